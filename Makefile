@@ -1,0 +1,74 @@
+# bnorm: `make` builds everything into build/; `make demo`, `make test`, `make install PREFIX=...`.
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+PREFIX  ?= /usr/local
+BUILD   ?= build
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
+ALL_CFLAGS := $(WARN) $(CFLAGS) -fPIC -Iinclude -Isrc
+LDLIBS  := -lm
+
+VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
+
+LIB_SRC  := $(wildcard src/*.c)
+CLI_SRC  := $(wildcard cli/*.c)
+TEST_SRC := $(wildcard tests/c/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h)
+
+.PHONY: all demo test test-c test-python install clean sanitize
+
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libbnorm.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libbnorm.so: $(LIB_OBJ)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bnorm: $(CLI_OBJ) $(BUILD)/libbnorm.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+demo: $(BUILD)/bnorm
+	$(BUILD)/bnorm demo
+
+# Every suite runs; a missing prerequisite fails the run with what to install.
+test: all
+	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
+
+test-c: $(BUILD)/test_bnorm
+	$(BUILD)/test_bnorm
+
+test-python: all
+	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so PYTHONPATH=python $(PYTHON) -m pytest -q tests/python
+
+# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc).
+sanitize:
+	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm
+	build-san/test_bnorm
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libbnorm.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libbnorm.so $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(VERSION)
+	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(firstword $(subst ., ,$(VERSION)))
+	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so
+	install -m 755 $(BUILD)/bnorm $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,227 @@
+/*
+ * bnorm.h - batch normalization in C, with PyTorch's semantics to the last detail.
+ *
+ * WHAT IT COMPUTES
+ *
+ *   A tensor x has N samples, C channels and S spatial positions per sample (S is the product of
+ *   the sizes after C: 1 for (N, C), L for (N, C, L), H*W for (N, C, H, W), D*H*W for
+ *   (N, C, D, H, W)). Every channel is normalized over its m = N*S values:
+ *
+ *     mean    = 1/m * sum_i x_i
+ *     var     = 1/m * sum_i (x_i - mean)^2          biased: divide by m
+ *     invstd  = 1 / sqrt(var + eps)                 eps inside the square root
+ *     y_i     = (x_i - mean) * invstd * weight + bias
+ *
+ *   In training the batch statistics are used, and the running statistics are blended in:
+ *
+ *     running_mean = (1 - f) * running_mean + f * mean
+ *     running_var  = (1 - f) * running_var  + f * var * m / (m - 1)     unbiased
+ *
+ *   with f = momentum, or f = 1 / num_batches_tracked after it is incremented when the cumulative
+ *   average is asked for (PyTorch's momentum=None). In eval, running_mean and running_var take the
+ *   place of the batch statistics. Backward, with xhat = (x - mean) * invstd:
+ *
+ *     dx      = (dy - mean(dy) - xhat * mean(dy * xhat)) * invstd * weight    (batch statistics)
+ *     dx      = dy * invstd * weight                                            (stored statistics)
+ *     dweight = sum(dy * xhat),  dbias = sum(dy)
+ *
+ * ACCURACY
+ *
+ *   Statistics are mean-centred and accumulated in double, block by block, merged in a fixed
+ *   order (Chan et al.); never E[x^2] - E[x]^2. The normalization subtracts the mean before
+ *   scaling, in double, so float32 results are within 1e-6 * max(1, |y|) of a float64 computation
+ *   at any offset and scale, and a constant channel normalizes to exactly 0 (before bias).
+ *   The saved mean and invstd are double for every dtype, so the backward pass sees the same
+ *   statistics the forward pass used.
+ *
+ * SHAPES AND LAYOUTS
+ *
+ *   bn_desc names the sizes (n, c, s), the element type and the memory layout:
+ *     BN_CHANNELS_FIRST   x[(i*C + c)*S + j]   (N, C, S): NCL, NCHW, NCDHW, contiguous
+ *     BN_CHANNELS_LAST    x[(i*S + j)*C + c]   (N, S, C): NLC, NHWC, NDHWC (channels_last)
+ *   For (N, C) both layouts are the same. bn_desc_from_dims() builds a bn_desc from the dims of an
+ *   (N, C, ...) tensor and checks the size arithmetic for overflow. Per-channel arrays (weight,
+ *   bias, running_mean, running_var) have C elements of the tensor's dtype; save_mean and
+ *   save_invstd have C doubles. A zero size (n = 0, or a spatial size of 0) is a valid, empty
+ *   batch. Tensor pointers may be NULL when the tensor is empty (torch gives empty tensors none).
+ *
+ * ERRORS
+ *
+ *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
+ *   what it means. Every argument is checked before anything is written: when a call fails, no
+ *   output, saved statistic, running statistic or counter has been touched. The library never
+ *   aborts or exits on caller input, and it allocates no memory.
+ *
+ * THREAD SAFETY
+ *
+ *   The library has no global mutable state. Calls on different buffers may run concurrently
+ *   from any number of threads; calls that write the same buffer (for example the same running
+ *   statistics) must be serialized by the caller.
+ *
+ * EXAMPLE (compiles as it stands: cc example.c -lbnorm -lm)
+ *
+ *   #include <bnorm.h>
+ *   #include <stdio.h>
+ *
+ *   int main(void) {
+ *       enum { N = 4, C = 2, H = 3, W = 3, M = N * C * H * W };
+ *       float x[M], y[M], dy[M], dx[M];
+ *       float weight[C] = {1, 1}, bias[C] = {0, 0}, dweight[C], dbias[C];
+ *       float running_mean[C] = {0, 0}, running_var[C] = {1, 1};
+ *       int64_t num_batches_tracked = 0;
+ *       double save_mean[C], save_invstd[C];
+ *       for (int i = 0; i < M; i++) { x[i] = (float)(i % 7); dy[i] = (float)(i % 3) - 1; }
+ *
+ *       int64_t dims[4] = {N, C, H, W};
+ *       bn_desc desc;
+ *       bn_status st = bn_desc_from_dims(&desc, 4, dims, BN_FLOAT32, BN_CHANNELS_FIRST);
+ *       bn_options opt = BN_OPTIONS_DEFAULT;            // eps 1e-5, momentum 0.1
+ *
+ *       // training step: normalize with batch statistics, update the running ones
+ *       if (st == BN_OK)
+ *           st = bn_forward_train(y, save_mean, save_invstd, running_mean, running_var,
+ *                                 &num_batches_tracked, x, weight, bias, &desc, &opt);
+ *       if (st == BN_OK)
+ *           st = bn_backward_train(dx, dweight, dbias, dy, x, save_mean, save_invstd, weight,
+ *                                  &desc);
+ *       // inference: normalize with the running statistics
+ *       if (st == BN_OK)
+ *           st = bn_forward_eval(y, x, running_mean, running_var, weight, bias, &desc, opt.eps);
+ *       if (st != BN_OK) { fprintf(stderr, "bnorm: %s\n", bn_status_string(st)); return 1; }
+ *       printf("y[0] = %g, dweight[0] = %g\n", y[0], dweight[0]);
+ *       return 0;
+ *   }
+ */
+#ifndef BNORM_H
+#define BNORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BN_VERSION_MAJOR 0
+#define BN_VERSION_MINOR 1
+#define BN_VERSION_PATCH 0
+#define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
+
+/* Status codes. Values are pinned and only ever appended to. */
+typedef enum bn_status {
+    BN_OK = 0,
+    BN_ERR_NULL_POINTER = -1, /* a required pointer is NULL */
+    BN_ERR_SHAPE = -2,        /* a size is negative or zero where it must be positive, or ndim < 2 */
+    BN_ERR_TOO_LARGE = -3,    /* the size arithmetic overflows 64 bits or the address space */
+    BN_ERR_ARGUMENT = -4,     /* eps < 0 or not finite, momentum outside [0, 1] */
+    BN_ERR_COUNT = -5,        /* training needs more than one value per channel */
+    BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
+    BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
+    BN_ERR_FORMAT = -8        /* a file is malformed or of an unsupported kind */
+} bn_status;
+
+typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1 } bn_dtype;
+
+typedef enum bn_layout { BN_CHANNELS_FIRST = 0, BN_CHANNELS_LAST = 1 } bn_layout;
+
+/* A tensor's sizes, element type and memory layout. */
+typedef struct bn_desc {
+    int64_t n;        /* batch size, >= 0 */
+    int64_t c;        /* channels, >= 1 */
+    int64_t s;        /* spatial positions per sample and channel, >= 0 */
+    bn_dtype dtype;
+    bn_layout layout;
+} bn_desc;
+
+/* Options of a training forward pass. Fields may be appended; start from BN_OPTIONS_DEFAULT. */
+typedef struct bn_options {
+    double eps;      /* added to the variance inside the square root; finite, >= 0 */
+    double momentum; /* weight of the batch in the running update, in [0, 1] */
+    int cumulative;  /* nonzero: cumulative average, weight 1/num_batches_tracked (momentum=None) */
+} bn_options;
+
+#define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0}
+
+/* What a status means, as a static sentence. Unknown values give "unknown status". */
+const char *bn_status_string(bn_status status);
+
+/* The library's version, "MAJOR.MINOR.PATCH", as built. */
+const char *bn_version_string(void);
+
+/*
+ * Fills *desc for a tensor with dims (N, C, ...) of ndim >= 2 sizes, in logical order whatever the
+ * layout (as torch reports a channels_last tensor's shape): s is the product of dims[2..].
+ * @return BN_OK; BN_ERR_NULL_POINTER, BN_ERR_SHAPE (ndim < 2, a negative size or C = 0), BN_ERR_TOO_LARGE (the element count or byte count overflows),
+ *         BN_ERR_UNSUPPORTED (dtype or layout). *desc is written only on success.
+ */
+bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
+                            bn_layout layout);
+
+/*
+ * Training forward pass: normalizes x with its batch statistics.
+ *   y:            out (N, C, S) in desc's layout, overwritten; may be the same buffer as x
+ *   save_mean:    out (C) double, overwritten: the batch mean; NULL to skip
+ *   save_invstd:  out (C) double, overwritten: 1/sqrt(biased batch var + eps); NULL to skip
+ *   running_mean: in/out (C), blended with the batch mean; NULL: not tracked
+ *   running_var:  in/out (C), blended with the unbiased batch variance; NULL: not tracked
+ *   num_batches_tracked: in/out, incremented by one when running_mean or running_var is given
+ *                 (also for n = 0, as torch.nn modules do); NULL is allowed unless
+ *                 opt->cumulative is set and running statistics are given
+ *   x:            in (N, C, S)
+ *   weight, bias: in (C); NULL means 1 and 0
+ * With no values (n*s = 0) nothing is normalized, the running statistics are left as they are
+ * and save_mean, save_invstd are NaN.
+ * @return BN_OK; BN_ERR_COUNT when n*s == 1; the validation errors of the other arguments.
+ */
+bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
+                           void *running_var, int64_t *num_batches_tracked, const void *x,
+                           const void *weight, const void *bias, const bn_desc *desc,
+                           const bn_options *opt);
+
+/*
+ * Eval forward pass: normalizes x with stored statistics.
+ *   y:            out (N, C, S), overwritten; may be the same buffer as x
+ *   x:            in (N, C, S)
+ *   running_mean, running_var: in (C), required
+ *   weight, bias: in (C); NULL means 1 and 0
+ *   eps:          finite, >= 0
+ * @return BN_OK or a validation error.
+ */
+bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
+                          const void *running_var, const void *weight, const void *bias,
+                          const bn_desc *desc, double eps);
+
+/*
+ * Backward pass of bn_forward_train (batch statistics, so the mean terms apply).
+ *   dx:           out (N, C, S), overwritten; NULL to skip
+ *   dweight:      out (C), overwritten with sum(dy * xhat); NULL to skip
+ *   dbias:        out (C), overwritten with sum(dy); NULL to skip
+ *   dy, x:        in (N, C, S)
+ *   save_mean, save_invstd: in (C) double, as bn_forward_train saved them
+ *   weight:       in (C); NULL means 1
+ * dx may be the same buffer as dy. With n = 0, dweight and dbias are zero.
+ * @return BN_OK or a validation error.
+ */
+bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
+                            const double *save_mean, const double *save_invstd,
+                            const void *weight, const bn_desc *desc);
+
+/*
+ * Backward pass of bn_forward_eval (stored statistics, which are constants).
+ *   dx:           out (N, C, S), overwritten with dy * invstd * weight; NULL to skip
+ *   dweight:      out (C), overwritten with sum(dy * xhat); NULL to skip
+ *   dbias:        out (C), overwritten with sum(dy); NULL to skip
+ *   dy, x:        in (N, C, S)
+ *   running_mean, running_var: in (C), required; eps as in the forward pass
+ *   weight:       in (C); NULL means 1
+ * @return BN_OK or a validation error.
+ */
+bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
+                           const void *running_mean, const void *running_var, const void *weight,
+                           const bn_desc *desc, double eps);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BNORM_H */

@@ -1,0 +1,41 @@
+/* moments.h - mergeable per-channel statistics: count, mean and M2 = sum (x - mean)^2.
+ *
+ * Partial moments of disjoint pieces of a channel merge exactly (Chan, Golub and LeVeque), for
+ * any counts including zero. Merging the same pieces in the same order gives the same bits, which
+ * is what makes the results independent of how work is split between threads or processes. */
+#ifndef BN_MOMENTS_H
+#define BN_MOMENTS_H
+
+#include <stdint.h>
+
+typedef struct bn_moments {
+    int64_t count;
+    double mean;
+    double m2; /* sum of squared deviations from mean */
+} bn_moments;
+
+static inline bn_moments bn_moments_empty(void) {
+    bn_moments m = {0, 0.0, 0.0};
+    return m;
+}
+
+/* acc += part. An empty part leaves acc's bits unchanged; merging into an empty acc copies part. */
+static inline void bn_moments_merge(bn_moments *acc, bn_moments part) {
+    if (part.count == 0) return;
+    if (acc->count == 0) {
+        *acc = part;
+        return;
+    }
+    double na = (double)acc->count, nb = (double)part.count, n = na + nb;
+    double delta = part.mean - acc->mean;
+    acc->mean += delta * (nb / n);
+    acc->m2 += part.m2 + delta * delta * (na * nb / n);
+    acc->count += part.count;
+}
+
+/* Biased variance M2 / count (0 for an empty set). */
+static inline double bn_moments_var(bn_moments m) {
+    return m.count > 0 ? m.m2 / (double)m.count : 0.0;
+}
+
+#endif

@@ -1,0 +1,69 @@
+/* main.c - runs every registered suite in name order; "N passed, N failed"; exit 1 on failure. */
+#include "check.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAX_SUITES = 64 };
+static struct { const char *name; check_suite_fn fn; } suites[MAX_SUITES];
+static int n_suites;
+static int n_passed, n_failed;
+static const char *current_suite = "";
+
+void check_register(const char *name, check_suite_fn fn) {
+    if (n_suites == MAX_SUITES) {
+        fprintf(stderr, "check: more than %d suites\n", MAX_SUITES);
+        exit(2);
+    }
+    suites[n_suites].name = name;
+    suites[n_suites].fn = fn;
+    n_suites++;
+}
+
+int check_report(int cond, const char *file, int line, const char *fmt, ...) {
+    if (cond) {
+        n_passed++;
+        return 1;
+    }
+    n_failed++;
+    fprintf(stderr, "FAIL %s %s:%d: ", current_suite, file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 0;
+}
+
+double check_max_rel_diff(const double *a, const double *b, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(a[i]) || isnan(b[i])) {
+            if (isnan(a[i]) != isnan(b[i])) return NAN;
+            continue;
+        }
+        if (a[i] == b[i]) continue; /* equal infinities */
+        double d = fabs(a[i] - b[i]) / fmax(1.0, fabs(b[i]));
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(((const char *const *)a)[0], ((const char *const *)b)[0]);
+}
+
+int main(int argc, char **argv) {
+    qsort(suites, (size_t)n_suites, sizeof suites[0], by_name);
+    for (int i = 0; i < n_suites; i++) {
+        if (argc > 1 && !strstr(suites[i].name, argv[1])) continue;
+        current_suite = suites[i].name;
+        int before = n_failed;
+        suites[i].fn();
+        printf("%-28s %s\n", suites[i].name, n_failed == before ? "ok" : "FAILED");
+    }
+    printf("%d passed, %d failed\n", n_passed, n_failed);
+    return n_failed || n_passed == 0 ? 1 : 0;
+}
