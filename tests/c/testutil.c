@@ -1,0 +1,95 @@
+/* testutil.c - shared helpers of the C tests; see testutil.h. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+tu_rng tu_rng_new(uint64_t seed) {
+    tu_rng r = {seed * 0x9E3779B97F4A7C15ull + 1};
+    return r;
+}
+
+static uint64_t next64(tu_rng *r) {
+    uint64_t z = (r->state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+double tu_uniform(tu_rng *r) { return (double)(next64(r) >> 11) * 0x1.0p-53; }
+
+double tu_normal(tu_rng *r) {
+    double u = 1.0 - tu_uniform(r), v = tu_uniform(r);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+int64_t tu_index(const bn_desc *d, int64_t i, int64_t c, int64_t j) {
+    if (d->layout == BN_CHANNELS_LAST) return (i * d->s + j) * d->c + c;
+    return (i * d->c + c) * d->s + j;
+}
+
+int64_t tu_numel(const bn_desc *d) { return d->n * d->c * d->s; }
+
+bn_desc tu_desc(int64_t n, int64_t c, int64_t s, bn_dtype dtype, bn_layout layout) {
+    bn_desc d = {n, c, s, dtype, layout};
+    return d;
+}
+
+double *tu_randn(tu_rng *r, int64_t count, double offset, double scale) {
+    double *v = malloc(sizeof(double) * (size_t)(count > 0 ? count : 1));
+    for (int64_t k = 0; k < count; k++) v[k] = offset + scale * tu_normal(r);
+    return v;
+}
+
+void *tu_to_dtype(const double *v, int64_t count, bn_dtype dtype) {
+    size_t n = (size_t)(count > 0 ? count : 1);
+    if (dtype == BN_FLOAT32) {
+        float *f = malloc(sizeof(float) * n);
+        for (int64_t k = 0; k < count; k++) f[k] = (float)v[k];
+        return f;
+    }
+    double *g = malloc(sizeof(double) * n);
+    for (int64_t k = 0; k < count; k++) g[k] = v[k];
+    return g;
+}
+
+double *tu_to_double(const void *p, int64_t count, bn_dtype dtype) {
+    double *v = malloc(sizeof(double) * (size_t)(count > 0 ? count : 1));
+    for (int64_t k = 0; k < count; k++)
+        v[k] = dtype == BN_FLOAT32 ? (double)((const float *)p)[k] : ((const double *)p)[k];
+    return v;
+}
+
+void tu_ref_stats(const bn_desc *d, const double *x, int64_t c, long double *mean,
+                  long double *var) {
+    long double sum = 0, sq = 0, m = (long double)(d->n * d->s);
+    for (int64_t i = 0; i < d->n; i++)
+        for (int64_t j = 0; j < d->s; j++) sum += x[tu_index(d, i, c, j)];
+    *mean = sum / m;
+    for (int64_t i = 0; i < d->n; i++)
+        for (int64_t j = 0; j < d->s; j++) {
+            long double dev = x[tu_index(d, i, c, j)] - *mean;
+            sq += dev * dev;
+        }
+    *var = sq / m;
+}
+
+void tu_ref_forward(const bn_desc *d, double *y, const double *x, const double *weight,
+                    const double *bias, const double *mean, const double *var, double eps) {
+    for (int64_t c = 0; c < d->c; c++) {
+        long double mu, v;
+        if (mean) {
+            mu = mean[c];
+            v = var[c];
+        } else {
+            tu_ref_stats(d, x, c, &mu, &v);
+        }
+        long double invstd = 1.0L / sqrtl(v + eps);
+        long double w = weight ? weight[c] : 1.0L, b = bias ? bias[c] : 0.0L;
+        for (int64_t i = 0; i < d->n; i++)
+            for (int64_t j = 0; j < d->s; j++) {
+                int64_t at = tu_index(d, i, c, j);
+                y[at] = (double)((x[at] - mu) * invstd * w + b);
+            }
+    }
+}
