@@ -58,8 +58,7 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
             continue;
         }
         double mean = bn_load(running_mean, dt, c, 0);
-        double var_eps = bn_load(running_var, dt, c, 0) + eps;
-        double invstd = var_eps == 0 ? 0.0 : 1.0 / sqrt(var_eps);
+        double invstd = 1.0 / sqrt(bn_load(running_var, dt, c, 0) + eps); /* as the forward */
         double sum_dy, sum_dy_xc;
         bn_channel_grad_sums(desc, &sum_dy, &sum_dy_xc, dy, x, c, mean);
         store_param_grads(dweight, dbias, dt, c, sum_dy, sum_dy_xc, invstd);

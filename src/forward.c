@@ -5,7 +5,8 @@
 
 #include <math.h>
 
-/* 1/sqrt(var + eps), and 0 where var + eps is 0 (a constant channel with eps = 0), as torch. */
+/* 1/sqrt(var + eps) of batch statistics, and 0 where var + eps is 0 (a constant channel with
+ * eps = 0), as torch's training kernels do; stored statistics get the plain 1/sqrt (eval). */
 static double inverse_std(double var, double eps) {
     double v = var + eps;
     return v == 0 ? 0.0 : 1.0 / sqrt(v);
@@ -70,7 +71,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const bn_dtype dt = desc->dtype;
     for (int64_t c = 0; c < desc->c; c++) {
         double mean = bn_load(running_mean, dt, c, 0);
-        double invstd = inverse_std(bn_load(running_var, dt, c, 0), eps);
+        double invstd = 1.0 / sqrt(bn_load(running_var, dt, c, 0) + eps);
         double scale = invstd * bn_load(weight, dt, c, 1.0);
         bn_channel_normalize(desc, y, x, c, mean, scale, bn_load(bias, dt, c, 0.0));
     }
