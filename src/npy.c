@@ -16,9 +16,9 @@
 
 static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 enum {
-    NPY_ALIGN = 64,                  /* the writer starts the data at a multiple of this */
-    NPY_MAX_HEADER = 1 << 20,        /* longer headers are refused (NumPy writes < 1 KiB) */
-    NPY_READ_CHUNK = 1 << 24         /* growth step when the file size is not known */
+    NPY_ALIGN = 64,           /* the writer starts the data at a multiple of this */
+    NPY_MAX_HEADER = 1 << 20, /* longer headers are refused (NumPy writes under 1 KiB) */
+    NPY_READ_CHUNK = 1 << 24  /* first allocation when the file size is not known */
 };
 
 /* Writes one formatted line into the caller's buffer; NULL or errlen 0 discards it. */
@@ -47,12 +47,26 @@ static size_t dtype_size(bn_dtype dtype) {
     }
 }
 
-static const char *dtype_name(bn_dtype dtype) { return dtype == BN_FLOAT32 ? "float32" : "float64"; }
+static const char *dtype_name(bn_dtype dtype) {
+    return dtype == BN_FLOAT32 ? "float32" : "float64";
+}
 
 /* *out = a * b for a, b >= 0; returns 0 on overflow of int64_t. */
 static int mul_checked(int64_t a, int64_t b, int64_t *out) {
     if (a != 0 && b > INT64_MAX / a) return 0;
     *out = a * b;
+    return 1;
+}
+
+/* *count = the product of dims[0 .. ndim-1] (each >= 0), 0 when any is 0 however large the
+ * others; returns 0 when it overflows int64_t. */
+static int shape_count(int ndim, const int64_t *dims, int64_t *count) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (dims[i] == 0) n = 0;
+    for (int i = 0; i < ndim && n; i++)
+        if (!mul_checked(n, dims[i], &n)) return 0;
+    *count = n;
     return 1;
 }
 
@@ -390,14 +404,12 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
     bn_status st = parse_descr(h, descr, err, errlen);
     if (st != BN_OK) return st;
 
-    int64_t count = 1, bytes;
-    for (int i = 0; i < h->ndim; i++) {
-        if (!mul_checked(count, h->dims[i], &count)) {
-            char shape[512];
-            set_err(err, errlen, "shape %s has more elements than 64 bits can count",
-                    bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims));
-            return BN_ERR_TOO_LARGE;
-        }
+    int64_t count, bytes;
+    if (!shape_count(h->ndim, h->dims, &count)) {
+        char shape[512];
+        set_err(err, errlen, "shape %s has more elements than 64 bits can count",
+                bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims));
+        return BN_ERR_TOO_LARGE;
     }
     if (!mul_checked(count, (int64_t)dtype_size(h->dtype), &bytes) ||
         (uint64_t)bytes > (uint64_t)SIZE_MAX) {
@@ -611,12 +623,9 @@ static bn_status read_file(bn_npy *arr, FILE *f, char *err, size_t errlen) {
     if (st == BN_OK) st = parse_header(&h, text, pre.header_len, err, errlen);
     free(text);
     if (st != BN_OK) return st;
-    /* The 12 bytes read first may already hold data bytes (a version 1 file with a header of
-     * 0 or 1 byte): a well-formed header is never that short, but stay exact anyway. */
+    /* The preamble read above took 12 bytes; with a version 1 header of under 2 bytes some of
+     * them were data, but such a header ("" or "{") never parses, so nothing is lost. */
     size_t offset = pre.prefix_len + pre.header_len;
-    if (offset < sizeof start && offset < file_len && regular) {
-        if (fseek(f, (long)offset, SEEK_SET) != 0) return io_error("seek failed", errno, err, errlen);
-    }
     long long rest = regular ? (long long)(file_len - offset) : -1;
     void *raw;
     st = read_data(f, &h, rest, &raw, err, errlen);
@@ -674,13 +683,20 @@ static bn_status write_fd(int fd, int sync, const char *header, size_t hlen, con
     }
     int e = 0;
     const char *what = NULL;
-    if (fwrite(header, 1, hlen, f) != hlen || (nbytes && fwrite(data, 1, nbytes, f) != nbytes))
-        e = errno, what = "write failed";
-    else if (fflush(f) != 0)
-        e = errno, what = "write failed";
-    else if (fsync(fileno(f)) != 0 && (sync || (errno != EINVAL && errno != EROFS)))
-        e = errno, what = "fsync failed";
-    if (fclose(f) != 0 && !what) e = errno, what = "close failed";
+    if (fwrite(header, 1, hlen, f) != hlen || (nbytes && fwrite(data, 1, nbytes, f) != nbytes)) {
+        e = errno;
+        what = "write failed";
+    } else if (fflush(f) != 0) {
+        e = errno;
+        what = "write failed";
+    } else if (fsync(fileno(f)) != 0 && (sync || (errno != EINVAL && errno != EROFS))) {
+        e = errno; /* devices that cannot sync say EINVAL; that is no data loss */
+        what = "fsync failed";
+    }
+    if (fclose(f) != 0 && !what) {
+        e = errno;
+        what = "close failed";
+    }
     if (what) return io_error(what, e ? e : EIO, err, errlen);
     return BN_OK;
 }
@@ -769,16 +785,16 @@ bn_status bn_npy_write(const char *path, bn_dtype dtype, int ndim, const int64_t
         set_err(err, errlen, "%d dimensions: a .npy array has 0 to %d", ndim, BN_NPY_MAX_NDIM);
         return BN_ERR_SHAPE;
     }
-    int64_t count = 1, bytes;
+    int64_t count, bytes;
     for (int i = 0; i < ndim; i++) {
         if (dims[i] < 0) {
             set_err(err, errlen, "negative size %lld in dimension %d", (long long)dims[i], i);
             return BN_ERR_SHAPE;
         }
-        if (!mul_checked(count, dims[i], &count)) {
-            set_err(err, errlen, "the shape has more elements than 64 bits can count");
-            return BN_ERR_TOO_LARGE;
-        }
+    }
+    if (!shape_count(ndim, dims, &count)) {
+        set_err(err, errlen, "the shape has more elements than 64 bits can count");
+        return BN_ERR_TOO_LARGE;
     }
     if (!mul_checked(count, (int64_t)size, &bytes) || (uint64_t)bytes > (uint64_t)SIZE_MAX) {
         set_err(err, errlen, "the array is too large to address in memory");

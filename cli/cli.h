@@ -1,0 +1,56 @@
+/* cli.h - what the parts of the bnorm command share: exit codes, the commands, error reporting
+ * and strict parsing of option values. */
+#ifndef BN_CLI_H
+#define BN_CLI_H
+
+#include <stdint.h>
+
+/* Exit statuses of the command. */
+enum { CLI_OK = 0, CLI_RUNTIME_ERROR = 1, CLI_USAGE_ERROR = 2 };
+
+/* The commands: argv[0] is the command's name; each returns an exit status. */
+int cli_demo(int argc, char **argv);
+int cli_normalize(int argc, char **argv);
+
+/*
+ * "bnorm: <file>: <problem>" on stderr.
+ * @return CLI_RUNTIME_ERROR, so that callers can write `return cli_fail(...)`.
+ */
+int cli_fail(const char *file, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * "bnorm: <problem>", then the command's usage lines and where to find its help, on stderr.
+ *   command: "normalize", "demo", or NULL for the top level
+ *   usage:   the command's synopsis, one or more lines ending in '\n'
+ * @return CLI_USAGE_ERROR.
+ */
+int cli_usage_error(const char *command, const char *usage, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/*
+ * Matches argv[*i] against an option that takes a value: "-o OUT", "--output OUT" or
+ * "--output=OUT" (short_name may be NULL). On a match stores the value in *value and moves *i
+ * past it.
+ * @return 1 matched; 0 not this option; -1 a usage error (value missing, option given twice),
+ *         already reported through cli_usage_error.
+ */
+int cli_take_value(int argc, char **argv, int *i, const char *short_name, const char *long_name,
+                   const char **value, const char *command, const char *usage);
+
+/*
+ * Strict number parsing: the whole text must be the number, with no spaces around it.
+ * cli_parse_double accepts any finite decimal or hexadecimal floating-point number in range;
+ * cli_parse_u64 accepts decimal digits only (no sign).
+ * @return 1 parsed into *out; 0 otherwise (*out untouched).
+ */
+int cli_parse_double(const char *text, double *out);
+int cli_parse_u64(const char *text, uint64_t *out);
+
+/*
+ * Prints a rows x cols float32 matrix (row-major) the way PyTorch prints a 2-d tensor:
+ * "tensor([[ 0.1234, -1.2345],\n        [...]])" with 4 decimals, or in scientific notation when
+ * the magnitudes span more than 1000x, as torch does.
+ */
+void cli_print_tensor(const float *x, int rows, int cols);
+
+#endif /* BN_CLI_H */

@@ -1,0 +1,78 @@
+/* main.c - the bnorm command: dispatch to a subcommand, top-level help and version, and the
+ * conventions every subcommand shares (messages on stderr, exit 0 / 1 / 2). */
+#include "bnorm.h"
+#include "cli.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: bnorm <command> [options]\n"
+    "       bnorm --help | --version\n";
+
+static const char help[] =
+    "bnorm - batch normalization with PyTorch's semantics\n"
+    "\n"
+    "commands:\n"
+    "  demo       normalize a random 20x2 batch and check it against a float64 reference\n"
+    "  normalize  batch-normalize an (N, C, ...) array stored in a .npy file\n"
+    "\n"
+    "options:\n"
+    "  -h, --help     show this help\n"
+    "  -V, --version  show the version\n"
+    "\n"
+    "Run 'bnorm <command> --help' for a command's options.\n"
+    "Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.\n";
+
+int cli_fail(const char *file, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bnorm: %s: ", file);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return CLI_RUNTIME_ERROR;
+}
+
+int cli_usage_error(const char *command, const char *usage_lines, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("bnorm: ", stderr);
+    if (command) fprintf(stderr, "%s: ", command);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    fputs(usage_lines, stderr);
+    fprintf(stderr, "Run 'bnorm %s%s--help' for more.\n", command ? command : "",
+            command ? " " : "");
+    return CLI_USAGE_ERROR;
+}
+
+static int run(int argc, char **argv) {
+    if (argc < 2) return cli_usage_error(NULL, usage, "no command given");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        fputs(help, stdout);
+        return CLI_OK;
+    }
+    if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("bnorm %s\n", bn_version_string());
+        return CLI_OK;
+    }
+    if (strcmp(cmd, "demo") == 0) return cli_demo(argc - 1, argv + 1);
+    if (strcmp(cmd, "normalize") == 0) return cli_normalize(argc - 1, argv + 1);
+    if (cmd[0] == '-') return cli_usage_error(NULL, usage, "unknown option '%s'", cmd);
+    return cli_usage_error(NULL, usage, "unknown command '%s'", cmd);
+}
+
+int main(int argc, char **argv) {
+    int status = run(argc, argv);
+    /* a full disk or a closed pipe on stdout is a failure too */
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "bnorm: standard output: %s\n", strerror(errno));
+        if (status == CLI_OK) status = CLI_RUNTIME_ERROR;
+    }
+    return status;
+}
