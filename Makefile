@@ -5,9 +5,10 @@ PREFIX  ?= /usr/local
 BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
+OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
-ALL_CFLAGS := $(WARN) $(CFLAGS) -fPIC -Iinclude -Isrc
-LDLIBS  := -lm
+ALL_CFLAGS := $(WARN) $(CFLAGS) $(OPENMP) -fPIC -Iinclude -Isrc
+LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
 

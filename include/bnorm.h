@@ -52,11 +52,14 @@
  *   output, saved statistic, running statistic or counter has been touched. The library never
  *   aborts or exits on caller input, and it allocates no memory.
  *
- * THREAD SAFETY
+ * THREADS AND THREAD SAFETY
  *
- *   The library has no global mutable state. Calls on different buffers may run concurrently
- *   from any number of threads; calls that write the same buffer (for example the same running
- *   statistics) must be serialized by the caller.
+ *   Large calls spread their work over OpenMP threads: bn_set_num_threads() sets how many (by
+ *   default, OpenMP's default). The work is cut into pieces fixed by the shape alone and merged
+ *   in a fixed order, so every result is bit-for-bit the same for any number of threads.
+ *   The thread count is the library's only global state. Calls on different buffers may run
+ *   concurrently from any number of threads; calls that write the same buffer (for example the
+ *   same running statistics) must be serialized by the caller.
  *
  * EXAMPLE (compiles as it stands: cc example.c -lbnorm -lm)
  *
@@ -113,7 +116,7 @@ typedef enum bn_status {
     BN_ERR_NULL_POINTER = -1, /* a required pointer is NULL */
     BN_ERR_SHAPE = -2,        /* a size is negative or zero where it must be positive, or ndim < 2 */
     BN_ERR_TOO_LARGE = -3,    /* the size arithmetic overflows 64 bits or the address space */
-    BN_ERR_ARGUMENT = -4,     /* eps < 0 or not finite, momentum outside [0, 1] */
+    BN_ERR_ARGUMENT = -4,     /* eps < 0 or not finite, momentum outside [0, 1], reserved != 0 */
     BN_ERR_COUNT = -5,        /* training needs more than one value per channel */
     BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
     BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
@@ -133,14 +136,24 @@ typedef struct bn_desc {
     bn_layout layout;
 } bn_desc;
 
-/* Options of a training forward pass. Fields may be appended; start from BN_OPTIONS_DEFAULT. */
+/* Options of a training forward pass; start from BN_OPTIONS_DEFAULT. The struct's size is
+ * pinned: options added later take the place of reserved words, and 0 there always means
+ * today's behaviour, so programs built now keep working with later libraries. */
 typedef struct bn_options {
     double eps;      /* added to the variance inside the square root; finite, >= 0 */
     double momentum; /* weight of the batch in the running update, in [0, 1] */
     int cumulative;  /* nonzero: cumulative average, weight 1/num_batches_tracked (momentum=None) */
+    int reserved_flags;    /* must be 0 */
+    int64_t reserved[6];   /* must be 0 */
 } bn_options;
 
-#define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0}
+#define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0, 0, {0, 0, 0, 0, 0, 0}}
+
+/* Sets the number of threads later calls use; n <= 0 restores OpenMP's default. Thread-safe. */
+void bn_set_num_threads(int n);
+
+/* The number of threads calls use now (1 when the library was built without OpenMP). */
+int bn_get_num_threads(void);
 
 /* What a status means, as a static sentence. Unknown values give "unknown status". */
 const char *bn_status_string(bn_status status);

@@ -17,9 +17,8 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
                            const void *weight, const void *bias, const bn_desc *desc,
                            const bn_options *opt) {
     BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(!opt || bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
-    BN_RETURN_IF_ERROR(bn_check_eps(opt->eps));
-    BN_RETURN_IF(!opt->cumulative && !(opt->momentum >= 0 && opt->momentum <= 1), BN_ERR_ARGUMENT);
+    BN_RETURN_IF_ERROR(bn_check_options(opt));
+    BN_RETURN_IF(bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
     const int64_t m = bn_count(desc);
     BN_RETURN_IF(m == 1, BN_ERR_COUNT);
     const int tracking = running_mean || running_var;

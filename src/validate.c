@@ -45,6 +45,15 @@ bn_status bn_check_eps(double eps) {
     return BN_OK;
 }
 
+bn_status bn_check_options(const bn_options *opt) {
+    BN_RETURN_IF(!opt, BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(bn_check_eps(opt->eps));
+    BN_RETURN_IF(!opt->cumulative && !(opt->momentum >= 0 && opt->momentum <= 1), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(opt->reserved_flags != 0, BN_ERR_ARGUMENT);
+    for (int k = 0; k < 6; k++) BN_RETURN_IF(opt->reserved[k] != 0, BN_ERR_ARGUMENT);
+    return BN_OK;
+}
+
 bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
                             bn_layout layout) {
     BN_RETURN_IF(!desc || !dims, BN_ERR_NULL_POINTER);

@@ -24,6 +24,9 @@ bn_status bn_check_desc(const bn_desc *desc);
 /* eps finite and >= 0. */
 bn_status bn_check_eps(double eps);
 
+/* eps as bn_check_eps, momentum in [0, 1] unless cumulative, reserved words 0. */
+bn_status bn_check_options(const bn_options *opt);
+
 /* Number of values per channel, n * s (bn_check_desc has ruled out overflow). */
 static inline int64_t bn_count(const bn_desc *desc) { return desc->n * desc->s; }
 

@@ -24,7 +24,7 @@ static void check_regime(const regime *g, bn_layout lay, uint64_t seed) {
     float *dy = tu_to_dtype(dyv, count, BN_FLOAT32), *dx = tu_to_dtype(v, count, BN_FLOAT32);
     double *xr = tu_to_double(x, count, BN_FLOAT32), *dyr = tu_to_double(dy, count, BN_FLOAT32);
     double *yref = malloc(sizeof(double) * (size_t)count), sm[3], si[3];
-    bn_options opt = {g->eps, 0.1, 0};
+    bn_options opt = tu_options(g->eps, 0.1, 0);
 
     CHECK_STATUS(bn_forward_train(y, sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
     tu_ref_forward(&d, yref, xr, NULL, NULL, NULL, NULL, g->eps);

@@ -56,7 +56,7 @@ BN_SUITE(suite_errors_forward) {
     EXPECT_FAIL(train(o, &good, &opt, 0, 1), BN_ERR_NULL_POINTER);
     EXPECT_FAIL(bn_forward_train(NULL, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &good, &opt),
                 BN_ERR_NULL_POINTER);
-    bn_options cum = {1e-5, 0.1, 1};
+    bn_options cum = tu_options(1e-5, 0.1, 1);
     EXPECT_FAIL(train(o, &good, &cum, 1, 0), BN_ERR_NULL_POINTER);
 
     /* shapes */
@@ -84,7 +84,7 @@ BN_SUITE(suite_errors_forward) {
     /* scalars */
     const double bad_eps[] = {-1e-5, NAN, INFINITY, -INFINITY};
     for (size_t k = 0; k < 4; k++) {
-        bn_options e = {bad_eps[k], 0.1, 0};
+        bn_options e = tu_options(bad_eps[k], 0.1, 0);
         EXPECT_FAIL(train(o, &good, &e, 1, 1), BN_ERR_ARGUMENT);
         EXPECT_FAIL(bn_forward_eval(o->y, x, rm, rv, NULL, NULL, &good, bad_eps[k]), BN_ERR_ARGUMENT);
         EXPECT_FAIL(bn_backward_eval(o->dx, o->dweight, o->dbias, dy, x, rm, rv, NULL, &good,
@@ -93,14 +93,21 @@ BN_SUITE(suite_errors_forward) {
     }
     const double bad_momentum[] = {-0.1, 1.5, NAN, INFINITY};
     for (size_t k = 0; k < 4; k++) {
-        bn_options mo = {1e-5, bad_momentum[k], 0};
+        bn_options mo = tu_options(1e-5, bad_momentum[k], 0);
         EXPECT_FAIL(train(o, &good, &mo, 1, 1), BN_ERR_ARGUMENT);
+    }
+    {   /* reserved words must be zero */
+        bn_options r1 = BN_OPTIONS_DEFAULT, r2 = BN_OPTIONS_DEFAULT;
+        r1.reserved_flags = 1;
+        r2.reserved[5] = -1;
+        EXPECT_FAIL(train(o, &good, &r1, 1, 1), BN_ERR_ARGUMENT);
+        EXPECT_FAIL(train(o, &good, &r2, 1, 1), BN_ERR_ARGUMENT);
     }
     {   /* the cumulative average ignores momentum */
         outputs o;
         fill(&o);
         o.nbt = 0;
-        bn_options c2 = {1e-5, 5.0, 1};
+        bn_options c2 = tu_options(1e-5, 5.0, 1);
         CHECK_STATUS(train(&o, &good, &c2, 1, 1), BN_OK);
         CHECK(o.nbt == 1);
     }

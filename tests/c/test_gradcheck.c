@@ -16,7 +16,7 @@ typedef struct {
 
 static double loss(const problem *p) {
     double y[MAXN];
-    bn_options opt = {1e-3, 0.1, 0};
+    bn_options opt = tu_options(1e-3, 0.1, 0);
     bn_status st = p->training
         ? bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, p->x, p->weight, p->bias, &p->d, &opt)
         : bn_forward_eval(y, p->x, p->rm, p->rv, p->weight, p->bias, &p->d, opt.eps);
@@ -50,7 +50,7 @@ static void gradcheck(int64_t n, int64_t c, int64_t s, bn_layout lay, int traini
         p.rm[k] = tu_normal(&r), p.rv[k] = 1 + tu_uniform(&r);
     }
     double dx[MAXN], dweight[8], dbias[8], sm[8], si[8], y[MAXN];
-    bn_options opt = {1e-3, 0.1, 0};
+    bn_options opt = tu_options(1e-3, 0.1, 0);
     if (training) {
         CHECK_STATUS(bn_forward_train(y, sm, si, NULL, NULL, NULL, p.x, p.weight, p.bias, &p.d, &opt),
                      BN_OK);

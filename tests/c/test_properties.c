@@ -27,7 +27,7 @@ BN_SUITE(suite_properties_normalized) {
             tu_rng r = tu_rng_new(5 + (uint64_t)(dt * 2 + lay));
             double *v = tu_randn(&r, count, -4, 30);
             void *x = tu_to_dtype(v, count, d.dtype), *y = tu_to_dtype(v, count, d.dtype);
-            bn_options opt = {0.0, 0.1, 0}; /* eps = 0 makes the variance exactly 1 */
+            bn_options opt = tu_options(0.0, 0.1, 0); /* eps = 0 makes the variance exactly 1 */
             CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt),
                          BN_OK);
             double *yd = tu_to_double(y, count, d.dtype), wm, wv;
@@ -46,7 +46,7 @@ BN_SUITE(suite_properties_invariance) {
     tu_rng r = tu_rng_new(11);
     double *x = tu_randn(&r, count, 0, 1), *y0 = malloc(sizeof(double) * (size_t)count);
     double *xt = malloc(sizeof(double) * (size_t)count), *yt = malloc(sizeof(double) * (size_t)count);
-    bn_options opt = {0.0, 0.1, 0};
+    bn_options opt = tu_options(0.0, 0.1, 0);
     CHECK_STATUS(bn_forward_train(y0, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
     const double shifts[] = {0, 1e3, -7.5, 1e6}, scales[] = {1, 1e-3, 1e4, 1e-20, 1e20};
     for (size_t a = 0; a < 4; a++)

@@ -139,7 +139,7 @@ BN_SUITE(suite_semantics_running) {
         double rm[3] = {0.5, -1, 2}, rv[3] = {1, 2, 3}, rm0[3], rv0[3];
         memcpy(rm0, rm, sizeof rm), memcpy(rv0, rv, sizeof rv);
         int64_t nbt = 7;
-        bn_options opt = {1e-5, momenta[k], 0};
+        bn_options opt = tu_options(1e-5, momenta[k], 0);
         CHECK_STATUS(bn_forward_train(y, NULL, NULL, rm, rv, &nbt, x, NULL, NULL, &d, &opt), BN_OK);
         CHECK(nbt == 8);
         for (int64_t c = 0; c < 3; c++) {
@@ -155,7 +155,7 @@ BN_SUITE(suite_semantics_running) {
     /* cumulative average: after k batches the running values are the plain averages */
     double rm[3] = {9, 9, 9}, rv[3] = {9, 9, 9}, mean_sum[3] = {0}, var_sum[3] = {0};
     int64_t nbt = 0;
-    bn_options cum = {1e-5, 0.1, 1};
+    bn_options cum = tu_options(1e-5, 0.1, 1);
     for (int batch = 0; batch < 4; batch++) {
         double *xb = tu_randn(&r, count, batch, 1 + batch);
         CHECK_STATUS(bn_forward_train(y, NULL, NULL, rm, rv, &nbt, xb, NULL, NULL, &d, &cum), BN_OK);
@@ -228,7 +228,7 @@ BN_SUITE(suite_semantics_edges) {
                 double *v = malloc(sizeof(double) * (size_t)count);
                 for (int64_t i = 0; i < count; i++) v[i] = values[k];
                 void *x = tu_to_dtype(v, count, (bn_dtype)dt), *y = tu_to_dtype(v, count, (bn_dtype)dt);
-                bn_options o = {e ? 0.0 : 1e-5, 0.1, 0};
+                bn_options o = tu_options(e ? 0.0 : 1e-5, 0.1, 0);
                 double sm[2], si[2];
                 CHECK_STATUS(bn_forward_train(y, sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &o), BN_OK);
                 double *yd = tu_to_double(y, count, (bn_dtype)dt);

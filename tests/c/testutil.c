@@ -23,6 +23,14 @@ double tu_normal(tu_rng *r) {
     return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
 }
 
+bn_options tu_options(double eps, double momentum, int cumulative) {
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    opt.eps = eps;
+    opt.momentum = momentum;
+    opt.cumulative = cumulative;
+    return opt;
+}
+
 int64_t tu_index(const bn_desc *d, int64_t i, int64_t c, int64_t j) {
     if (d->layout == BN_CHANNELS_LAST) return (i * d->s + j) * d->c + c;
     return (i * d->c + c) * d->s + j;

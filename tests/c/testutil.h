@@ -13,6 +13,9 @@ tu_rng tu_rng_new(uint64_t seed);
 double tu_normal(tu_rng *r);
 double tu_uniform(tu_rng *r); /* in [0, 1) */
 
+/* BN_OPTIONS_DEFAULT with eps, momentum and cumulative set. */
+bn_options tu_options(double eps, double momentum, int cumulative);
+
 /* Offset in elements of value (i, c, j) in desc's layout. */
 int64_t tu_index(const bn_desc *d, int64_t i, int64_t c, int64_t j);
 int64_t tu_numel(const bn_desc *d);

@@ -1,0 +1,172 @@
+"""Loading the bnorm shared library and declaring its C functions for ctypes.
+
+The library is looked for, in this order:
+
+  1. the file named by the environment variable BNORM_LIBRARY, if it is set (and only there:
+     a wrong path is an error, not a reason to pick up some other copy);
+  2. build/libbnorm.so of the source tree this package sits in (python/bnorm/../../build),
+     which is what `make` produces;
+  3. whatever ctypes.util.find_library("bnorm") finds (an installed libbnorm.so).
+
+Every function of include/bnorm.h is declared with its argument and result types. Data pointers
+are declared as c_void_p, so callers pass plain integers (numpy's ctypes.data, torch's
+data_ptr()) or None for NULL.
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = [
+    "lib", "path", "BnormError", "check", "make_desc", "make_options", "status_string",
+    "version_string", "BnDesc", "BnOptions",
+    "BN_FLOAT32", "BN_FLOAT64", "BN_CHANNELS_FIRST", "BN_CHANNELS_LAST", "STATUS_NAMES",
+]
+
+# Values pinned by include/bnorm.h.
+BN_FLOAT32, BN_FLOAT64 = 0, 1
+BN_CHANNELS_FIRST, BN_CHANNELS_LAST = 0, 1
+STATUS_NAMES = {
+    0: "BN_OK",
+    -1: "BN_ERR_NULL_POINTER",
+    -2: "BN_ERR_SHAPE",
+    -3: "BN_ERR_TOO_LARGE",
+    -4: "BN_ERR_ARGUMENT",
+    -5: "BN_ERR_COUNT",
+    -6: "BN_ERR_UNSUPPORTED",
+    -7: "BN_ERR_IO",
+    -8: "BN_ERR_FORMAT",
+}
+
+
+class BnDesc(ctypes.Structure):
+    """struct bn_desc: sizes (n, c, s), element type and memory layout."""
+    _fields_ = [
+        ("n", ctypes.c_int64),
+        ("c", ctypes.c_int64),
+        ("s", ctypes.c_int64),
+        ("dtype", ctypes.c_int),   # enum bn_dtype
+        ("layout", ctypes.c_int),  # enum bn_layout
+    ]
+
+
+class BnOptions(ctypes.Structure):
+    """struct bn_options, field for field as in the header (BN_OPTIONS_DEFAULT = {1e-5, 0.1, 0, 0, {0}})."""
+    _fields_ = [
+        ("eps", ctypes.c_double),
+        ("momentum", ctypes.c_double),
+        ("cumulative", ctypes.c_int),
+        ("reserved_flags", ctypes.c_int),        # must be 0
+        ("reserved", ctypes.c_int64 * 6),        # must be 0
+    ]
+
+
+def _candidates():
+    """The places to try, in order, as (description, path-or-name)."""
+    env = os.environ.get("BNORM_LIBRARY")
+    if env:
+        return [("BNORM_LIBRARY", env)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.dirname(os.path.dirname(here))
+    found = [("source tree build", os.path.join(repo, "build", "libbnorm.so"))]
+    system = ctypes.util.find_library("bnorm")
+    found.append(("ctypes.util.find_library('bnorm')", system))
+    return found
+
+
+def _load():
+    tried = []
+    for what, where in _candidates():
+        if where is None:
+            tried.append("%s: nothing found" % what)
+            continue
+        if what == "source tree build" and not os.path.exists(where):
+            tried.append("%s: %s does not exist" % (what, where))
+            continue
+        try:
+            return ctypes.CDLL(where), where
+        except OSError as e:
+            tried.append("%s: %s: %s" % (what, where, e))
+            if what == "BNORM_LIBRARY":
+                break
+    raise ImportError(
+        "bnorm: cannot load the bnorm shared library (run `make` in the source tree, or set "
+        "BNORM_LIBRARY to the path of libbnorm.so). Tried:\n  " + "\n  ".join(tried))
+
+
+lib, path = _load()
+
+_vp = ctypes.c_void_p
+_desc_p = ctypes.POINTER(BnDesc)
+_opt_p = ctypes.POINTER(BnOptions)
+
+# (name, result type, argument types), in the header's order.
+_SIGNATURES = [
+    ("bn_status_string", ctypes.c_char_p, [ctypes.c_int]),
+    ("bn_version_string", ctypes.c_char_p, []),
+    ("bn_desc_from_dims", ctypes.c_int,
+     [_desc_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.c_int]),
+    # y, save_mean, save_invstd, running_mean, running_var, num_batches_tracked, x, weight, bias
+    ("bn_forward_train", ctypes.c_int, [_vp] * 9 + [_desc_p, _opt_p]),
+    # y, x, running_mean, running_var, weight, bias, desc, eps
+    ("bn_forward_eval", ctypes.c_int, [_vp] * 6 + [_desc_p, ctypes.c_double]),
+    # dx, dweight, dbias, dy, x, save_mean, save_invstd, weight, desc
+    ("bn_backward_train", ctypes.c_int, [_vp] * 8 + [_desc_p]),
+    # dx, dweight, dbias, dy, x, running_mean, running_var, weight, desc, eps
+    ("bn_backward_eval", ctypes.c_int, [_vp] * 8 + [_desc_p, ctypes.c_double]),
+]
+
+for _name, _res, _args in _SIGNATURES:
+    _f = getattr(lib, _name)
+    _f.restype = _res
+    _f.argtypes = _args
+
+
+def status_string(status):
+    """bn_status_string(status) as a str."""
+    return lib.bn_status_string(int(status)).decode("utf-8", "replace")
+
+
+def version_string():
+    """bn_version_string() as a str, e.g. "0.1.0"."""
+    return lib.bn_version_string().decode("ascii", "replace")
+
+
+class BnormError(RuntimeError):
+    """A bnorm C function returned an error status.
+
+    status is the bn_status value (negative), name its enum name (BN_ERR_...), function the C
+    function that failed; str() of the error is the library's own sentence for the status.
+    """
+
+    def __init__(self, status, function=None):
+        self.status = int(status)
+        self.name = STATUS_NAMES.get(self.status, "unknown status")
+        self.function = function
+        self.message = status_string(self.status)
+        where = function + ": " if function else ""
+        super().__init__("%s%s (%s)" % (where, self.message, self.name))
+
+
+def check(status, function=None):
+    """Raise BnormError unless status is BN_OK."""
+    if status != 0:
+        raise BnormError(status, function)
+
+
+def make_desc(dims, dtype, layout):
+    """A BnDesc for a tensor of logical dims (N, C, ...) through bn_desc_from_dims.
+
+    dtype is BN_FLOAT32 or BN_FLOAT64, layout BN_CHANNELS_FIRST or BN_CHANNELS_LAST.
+    """
+    dims = [int(d) for d in dims]
+    arr = (ctypes.c_int64 * max(len(dims), 1))(*dims)
+    desc = BnDesc()
+    check(lib.bn_desc_from_dims(ctypes.byref(desc), len(dims), arr, dtype, layout),
+          "bn_desc_from_dims")
+    return desc
+
+
+def make_options(eps=1e-5, momentum=0.1, cumulative=False):
+    """A BnOptions; the defaults are BN_OPTIONS_DEFAULT."""
+    return BnOptions(float(eps), float(momentum), 1 if cumulative else 0)
