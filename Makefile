@@ -7,7 +7,9 @@ OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
-ALL_CFLAGS := $(WARN) $(CFLAGS) $(OPENMP) -fPIC -Iinclude -Isrc
+# Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
+EXACT   := -ffp-contract=off
+ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) -fPIC -Iinclude -Isrc
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)

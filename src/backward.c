@@ -1,69 +1,87 @@
-/* backward.c - gradients of the training and eval forward passes, channel by channel: the sums
- * of dy and dy * (x - mean) first, then dx. */
+/* backward.c - gradients of the training and eval forward passes, channel group by channel
+ * group (in parallel): the sums of dy and dy * (x - mean) first, then dx. */
 #include "kernels.h"
+#include "threads.h"
 #include "validate.h"
 
 #include <math.h>
 
-static bn_status check_common(const void *dx, const void *dy, const void *x, const bn_desc *desc) {
-    BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc), BN_ERR_NULL_POINTER);
-    (void)dx; /* optional */
-    return BN_OK;
+typedef struct {
+    bn_desc d; /* the effective descriptor (bn_kernel_desc) */
+    void *dx, *dweight, *dbias;
+    const void *dy, *x, *weight;
+    const double *save_mean, *save_invstd;  /* training: batch statistics */
+    const void *running_mean, *running_var; /* eval: stored statistics */
+    double eps;
+} backward_args;
+
+/* Channels [c0, c0 + g). With batch statistics, dx has the mean terms; with stored ones
+ * (constants), dx = dy * invstd * weight. */
+static void backward_group(const void *args, int64_t c0, int g) {
+    const backward_args *a = args;
+    const bn_dtype dt = a->d.dtype;
+    const int batch = a->save_mean != NULL;
+    const double m = (double)(a->d.n * a->d.s);
+    double mean[BN_MAX_LANES] = {0}, invstd[BN_MAX_LANES] = {0};
+    double sum_dy[BN_MAX_LANES], sum_dy_xc[BN_MAX_LANES];
+    double mean_dy[BN_MAX_LANES], k[BN_MAX_LANES], scale[BN_MAX_LANES], zero[BN_MAX_LANES] = {0};
+    for (int l = 0; l < g; l++) {
+        const int64_t c = c0 + l;
+        mean[l] = batch ? a->save_mean[c] : bn_load(a->running_mean, dt, c, 0);
+        invstd[l] = batch ? a->save_invstd[c]
+                          : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
+    }
+    bn_kernel_grad_sums(&a->d, sum_dy, sum_dy_xc, a->dy, a->x, c0, g, mean);
+    for (int l = 0; l < g; l++) {
+        const int64_t c = c0 + l;
+        if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xc[l] * invstd[l]);
+        if (a->dbias) bn_store(a->dbias, dt, c, sum_dy[l]);
+        scale[l] = invstd[l] * bn_load(a->weight, dt, c, 1.0);
+        mean_dy[l] = sum_dy[l] / m;
+        k[l] = sum_dy_xc[l] * invstd[l] * invstd[l] / m; /* mean(dy * xhat) * invstd */
+    }
+    if (!a->dx) return;
+    if (batch)
+        bn_kernel_grad_input(&a->d, a->dx, a->dy, a->x, c0, g, mean, mean_dy, k, scale);
+    else
+        bn_kernel_normalize(&a->d, a->dx, a->dy, c0, g, zero, scale, zero);
 }
 
-/* dweight[c], dbias[c] for the statistics (mean, invstd) of channel c. */
-static void store_param_grads(void *dweight, void *dbias, bn_dtype dt, int64_t c,
-                              double sum_dy, double sum_dy_xc, double invstd) {
-    if (dweight) bn_store(dweight, dt, c, sum_dy_xc * invstd);
-    if (dbias) bn_store(dbias, dt, c, sum_dy);
+/* Both passes: with no values, dweight and dbias are 0 and there is no dx. */
+static bn_status run_backward(backward_args *a, const bn_desc *desc) {
+    if (bn_count(desc) == 0) {
+        for (int64_t c = 0; c < desc->c; c++) {
+            if (a->dweight) bn_store(a->dweight, desc->dtype, c, 0);
+            if (a->dbias) bn_store(a->dbias, desc->dtype, c, 0);
+        }
+        return BN_OK;
+    }
+    a->d = bn_kernel_desc(desc);
+    bn_for_each_group(&a->d, backward_group, a);
+    return BN_OK;
 }
 
 bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                             const double *save_mean, const double *save_invstd,
                             const void *weight, const bn_desc *desc) {
-    BN_RETURN_IF_ERROR(check_common(dx, dy, x, desc));
-    BN_RETURN_IF(!save_mean || !save_invstd, BN_ERR_NULL_POINTER);
-    const int64_t m = bn_count(desc);
-    const bn_dtype dt = desc->dtype;
-    for (int64_t c = 0; c < desc->c; c++) {
-        if (m == 0) {
-            store_param_grads(dweight, dbias, dt, c, 0, 0, 0);
-            continue;
-        }
-        double mean = save_mean[c], invstd = save_invstd[c], sum_dy, sum_dy_xc;
-        bn_channel_grad_sums(desc, &sum_dy, &sum_dy_xc, dy, x, c, mean);
-        store_param_grads(dweight, dbias, dt, c, sum_dy, sum_dy_xc, invstd);
-        if (dx) {
-            double mean_dy = sum_dy / (double)m;
-            double k = sum_dy_xc * invstd * invstd / (double)m; /* mean(dy * xhat) * invstd */
-            double scale = invstd * bn_load(weight, dt, c, 1.0);
-            bn_channel_grad_input(desc, dx, dy, x, c, mean, mean_dy, k, scale);
-        }
-    }
-    return BN_OK;
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !save_mean ||
+                     !save_invstd,
+                 BN_ERR_NULL_POINTER);
+    backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
+                       NULL, NULL, 0};
+    return run_backward(&a, desc);
 }
 
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                            const void *running_mean, const void *running_var, const void *weight,
                            const bn_desc *desc, double eps) {
-    BN_RETURN_IF_ERROR(check_common(dx, dy, x, desc));
-    BN_RETURN_IF(!running_mean || !running_var, BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !running_mean ||
+                     !running_var,
+                 BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
-    const int64_t m = bn_count(desc);
-    const bn_dtype dt = desc->dtype;
-    for (int64_t c = 0; c < desc->c; c++) {
-        if (m == 0) {
-            store_param_grads(dweight, dbias, dt, c, 0, 0, 0);
-            continue;
-        }
-        double mean = bn_load(running_mean, dt, c, 0);
-        double invstd = 1.0 / sqrt(bn_load(running_var, dt, c, 0) + eps); /* as the forward */
-        double sum_dy, sum_dy_xc;
-        bn_channel_grad_sums(desc, &sum_dy, &sum_dy_xc, dy, x, c, mean);
-        store_param_grads(dweight, dbias, dt, c, sum_dy, sum_dy_xc, invstd);
-        if (dx) /* stored statistics are constants: dx = dy * invstd * weight */
-            bn_channel_normalize(desc, dx, dy, c, 0.0, invstd * bn_load(weight, dt, c, 1.0), 0.0);
-    }
-    return BN_OK;
+    backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
+                       running_mean, running_var, eps};
+    return run_backward(&a, desc);
 }

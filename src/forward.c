@@ -1,6 +1,7 @@
-/* forward.c - the training and eval forward passes: validate, statistics, running update,
- * normalize, channel by channel. */
+/* forward.c - the training and eval forward passes: validate everything, then, channel group by
+ * channel group (in parallel): statistics, running update, normalize. */
 #include "kernels.h"
+#include "threads.h"
 #include "validate.h"
 
 #include <math.h>
@@ -10,6 +11,41 @@
 static double inverse_std(double var, double eps) {
     double v = var + eps;
     return v == 0 ? 0.0 : 1.0 / sqrt(v);
+}
+
+typedef struct {
+    bn_desc d; /* the effective descriptor (bn_kernel_desc) */
+    void *y, *running_mean, *running_var;
+    double *save_mean, *save_invstd;
+    const void *x, *weight, *bias;
+    double eps, factor; /* factor: weight of the batch in the running statistics */
+} train_args;
+
+/* Channels [c0, c0 + g): statistics, saved and running statistics, then the normalized output
+ * while the group's data is still in cache. */
+static void train_group(const void *args, int64_t c0, int g) {
+    const train_args *a = args;
+    const bn_dtype dt = a->d.dtype;
+    const double f = a->factor;
+    bn_moments mom[BN_MAX_LANES];
+    double mean[BN_MAX_LANES], scale[BN_MAX_LANES], shift[BN_MAX_LANES];
+    bn_kernel_moments(&a->d, mom, a->x, c0, g);
+    for (int l = 0; l < g; l++) {
+        const int64_t c = c0 + l;
+        const double invstd = inverse_std(bn_moments_var(mom[l]), a->eps);
+        mean[l] = mom[l].mean;
+        scale[l] = invstd * bn_load(a->weight, dt, c, 1.0);
+        shift[l] = bn_load(a->bias, dt, c, 0.0);
+        if (a->save_mean) a->save_mean[c] = mean[l];
+        if (a->save_invstd) a->save_invstd[c] = invstd;
+        if (a->running_mean)
+            bn_store(a->running_mean, dt, c, f * mean[l] + (1 - f) * bn_load(a->running_mean, dt, c, 0));
+        if (a->running_var) {
+            const double unbiased = mom[l].m2 / (double)(mom[l].count - 1);
+            bn_store(a->running_var, dt, c, f * unbiased + (1 - f) * bn_load(a->running_var, dt, c, 0));
+        }
+    }
+    bn_kernel_normalize(&a->d, a->y, a->x, c0, g, mean, scale, shift);
 }
 
 bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
@@ -27,34 +63,41 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
                  BN_ERR_TOO_LARGE);
 
     /* Weight of this batch in the running statistics; the counter counts empty batches too. */
-    int64_t batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
-    double factor = opt->cumulative ? 1.0 / (double)batches : opt->momentum;
-
-    const bn_dtype dt = desc->dtype;
-    for (int64_t c = 0; c < desc->c; c++) {
-        if (m == 0) { /* no values: no statistics, nothing to normalize or track */
+    const int64_t batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
+    if (m == 0) { /* no values: no statistics, nothing to normalize or track */
+        for (int64_t c = 0; c < desc->c; c++) {
             if (save_mean) save_mean[c] = NAN;
             if (save_invstd) save_invstd[c] = NAN;
-            continue;
         }
-        bn_moments mom = bn_channel_moments(desc, x, c);
-        double var = bn_moments_var(mom);
-        double invstd = inverse_std(var, opt->eps);
-        double scale = invstd * bn_load(weight, dt, c, 1.0);
-        bn_channel_normalize(desc, y, x, c, mom.mean, scale, bn_load(bias, dt, c, 0.0));
-        if (save_mean) save_mean[c] = mom.mean;
-        if (save_invstd) save_invstd[c] = invstd;
-        if (running_mean)
-            bn_store(running_mean, dt, c,
-                     factor * mom.mean + (1 - factor) * bn_load(running_mean, dt, c, 0));
-        if (running_var) {
-            double unbiased = mom.m2 / (double)(m - 1);
-            bn_store(running_var, dt, c,
-                     factor * unbiased + (1 - factor) * bn_load(running_var, dt, c, 0));
-        }
+    } else {
+        train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
+                        x, weight, bias, opt->eps,
+                        opt->cumulative ? 1.0 / (double)batches : opt->momentum};
+        bn_for_each_group(&a.d, train_group, &a);
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
     return BN_OK;
+}
+
+typedef struct {
+    bn_desc d;
+    void *y;
+    const void *x, *running_mean, *running_var, *weight, *bias;
+    double eps;
+} eval_args;
+
+static void eval_group(const void *args, int64_t c0, int g) {
+    const eval_args *a = args;
+    const bn_dtype dt = a->d.dtype;
+    double mean[BN_MAX_LANES], scale[BN_MAX_LANES], shift[BN_MAX_LANES];
+    for (int l = 0; l < g; l++) {
+        const int64_t c = c0 + l;
+        mean[l] = bn_load(a->running_mean, dt, c, 0);
+        scale[l] = 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps) *
+                   bn_load(a->weight, dt, c, 1.0);
+        shift[l] = bn_load(a->bias, dt, c, 0.0);
+    }
+    bn_kernel_normalize(&a->d, a->y, a->x, c0, g, mean, scale, shift);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -66,13 +109,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     if (bn_count(desc) == 0) return BN_OK;
-
-    const bn_dtype dt = desc->dtype;
-    for (int64_t c = 0; c < desc->c; c++) {
-        double mean = bn_load(running_mean, dt, c, 0);
-        double invstd = 1.0 / sqrt(bn_load(running_var, dt, c, 0) + eps);
-        double scale = invstd * bn_load(weight, dt, c, 1.0);
-        bn_channel_normalize(desc, y, x, c, mean, scale, bn_load(bias, dt, c, 0.0));
-    }
+    eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps};
+    bn_for_each_group(&a.d, eval_group, &a);
     return BN_OK;
 }

@@ -1,65 +1,153 @@
-/* kernels.c - instantiates the per-dtype kernels and the channel walks. */
+/* kernels.c - instantiates the per-dtype kernels of kernels.inc and dispatches to them. */
 #include "kernels.h"
 
-bn_walk bn_walk_of(const bn_desc *desc) {
-    bn_walk w = {desc->n, desc->s, desc->c * desc->s, 1};
-    if (desc->layout == BN_CHANNELS_LAST) w.stride_s = desc->c;
-    return w;
+#include <string.h>
+
+/* One build runs everywhere and uses the widest vectors the CPU has: each exported kernel is
+ * compiled for AVX-512, AVX2 and the x86-64 baseline, and the loader picks one at start-up.
+ * Results are the same bits on all three: vectors of 8 doubles fix the order of every sum, and
+ * -ffp-contract=off keeps multiply-adds from being fused on one machine but not another. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
+#define BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BN_CLONES
+#endif
+#define BN_INLINE inline __attribute__((always_inline))
+
+/* The vector helpers are always inlined: their calling convention never matters. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+typedef double bn_v8d __attribute__((vector_size(64)));
+typedef float bn_v8f __attribute__((vector_size(32)));
+
+static BN_INLINE bn_v8d bn_v8d_zero(void) {
+    bn_v8d z = {0, 0, 0, 0, 0, 0, 0, 0};
+    return z;
 }
 
-int64_t bn_channel_offset(const bn_desc *desc, int64_t c) {
-    return desc->layout == BN_CHANNELS_LAST ? c : c * desc->s;
+/* The lanes' sum in a fixed order. */
+static BN_INLINE double bn_v8d_sum(bn_v8d v) {
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
+
+/* max(v, 0) lane by lane. */
+static BN_INLINE bn_v8d bn_v8d_max0(bn_v8d v) {
+    for (int l = 0; l < 8; l++)
+        if (v[l] < 0) v[l] = 0;
+    return v;
+}
+
+static BN_INLINE bn_v8d load8_f32(const float *p) {
+    bn_v8f v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, bn_v8d);
+}
+
+static BN_INLINE void store8_f32(float *p, bn_v8d v) {
+    bn_v8f f = __builtin_convertvector(v, bn_v8f);
+    memcpy(p, &f, sizeof f);
+}
+
+static BN_INLINE bn_v8d load8_f64(const double *p) {
+    bn_v8d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static BN_INLINE void store8_f64(double *p, bn_v8d v) { memcpy(p, &v, sizeof v); }
 
 #define T float
 #define SUF f32
+#define LANES 16
+#define LOAD8 load8_f32
+#define STORE8 store8_f32
 #include "kernels.inc"
 #undef T
 #undef SUF
+#undef LANES
+#undef LOAD8
+#undef STORE8
 
 #define T double
 #define SUF f64
+#define LANES 8
+#define LOAD8 load8_f64
+#define STORE8 store8_f64
 #include "kernels.inc"
 #undef T
 #undef SUF
+#undef LANES
+#undef LOAD8
+#undef STORE8
 
-bn_moments bn_channel_moments(const bn_desc *desc, const void *x, int64_t c) {
-    bn_walk w = bn_walk_of(desc);
-    int64_t at = bn_channel_offset(desc, c);
-    if (desc->dtype == BN_FLOAT32) return bn_moments_f32((const float *)x + at, &w);
-    return bn_moments_f64((const double *)x + at, &w);
+int bn_group_width(const bn_desc *desc) {
+    if (desc->layout != BN_CHANNELS_LAST) return 1;
+    return desc->dtype == BN_FLOAT32 ? 16 : 8;
 }
 
-void bn_channel_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
-                          double scale, double shift) {
-    bn_walk w = bn_walk_of(desc);
-    int64_t at = bn_channel_offset(desc, c);
-    if (desc->dtype == BN_FLOAT32)
-        bn_normalize_f32((float *)y + at, (const float *)x + at, &w, mean, scale, shift);
-    else
-        bn_normalize_f64((double *)y + at, (const double *)x + at, &w, mean, scale, shift);
+/* Channels-first: channel c's first value and the distance between its rows. */
+#define CF_AT(p, TYPE, c) ((TYPE *)(p) + (c) * desc->s)
+#define CF_ROWS desc->n, desc->s, desc->c * desc->s
+/* Channels-last: the group's first value, the number of rows and their length. */
+#define CL_AT(p, TYPE) ((TYPE *)(p) + c0)
+#define CL_ROWS desc->n * desc->s, desc->c, g
+
+void bn_kernel_moments(const bn_desc *desc, bn_moments *out, const void *x, int64_t c0, int g) {
+    int f32 = desc->dtype == BN_FLOAT32;
+    if (desc->layout == BN_CHANNELS_LAST) {
+        if (f32) bn_cl_moments_f32(out, CL_AT(x, const float), CL_ROWS);
+        else bn_cl_moments_f64(out, CL_AT(x, const double), CL_ROWS);
+        return;
+    }
+    for (int l = 0; l < g; l++)
+        out[l] = f32 ? bn_cf_moments_f32(CF_AT(x, const float, c0 + l), CF_ROWS)
+                     : bn_cf_moments_f64(CF_AT(x, const double, c0 + l), CF_ROWS);
 }
 
-void bn_channel_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc, const void *dy,
-                          const void *x, int64_t c, double mean) {
-    bn_walk w = bn_walk_of(desc);
-    int64_t at = bn_channel_offset(desc, c);
-    if (desc->dtype == BN_FLOAT32)
-        bn_grad_sums_f32(sum_dy, sum_dy_xc, (const float *)dy + at, (const float *)x + at, &w,
-                         mean);
-    else
-        bn_grad_sums_f64(sum_dy, sum_dy_xc, (const double *)dy + at, (const double *)x + at, &w,
-                         mean);
+void bn_kernel_normalize(const bn_desc *desc, void *y, const void *x, int64_t c0, int g,
+                         const double *mean, const double *scale, const double *shift) {
+    int f32 = desc->dtype == BN_FLOAT32;
+    if (desc->layout == BN_CHANNELS_LAST) {
+        if (f32) bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), CL_ROWS, mean, scale, shift);
+        else bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), CL_ROWS, mean, scale, shift);
+        return;
+    }
+    for (int l = 0; l < g; l++) {
+        int64_t c = c0 + l;
+        if (f32) bn_cf_normalize_f32(CF_AT(y, float, c), CF_AT(x, const float, c), CF_ROWS, mean[l], scale[l], shift[l]);
+        else bn_cf_normalize_f64(CF_AT(y, double, c), CF_AT(x, const double, c), CF_ROWS, mean[l], scale[l], shift[l]);
+    }
 }
 
-void bn_channel_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
-                           int64_t c, double mean, double mean_dy, double k, double scale) {
-    bn_walk w = bn_walk_of(desc);
-    int64_t at = bn_channel_offset(desc, c);
-    if (desc->dtype == BN_FLOAT32)
-        bn_grad_input_f32((float *)dx + at, (const float *)dy + at, (const float *)x + at, &w,
-                          mean, mean_dy, k, scale);
-    else
-        bn_grad_input_f64((double *)dx + at, (const double *)dy + at, (const double *)x + at, &w,
-                          mean, mean_dy, k, scale);
+void bn_kernel_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc, const void *dy,
+                         const void *x, int64_t c0, int g, const double *mean) {
+    int f32 = desc->dtype == BN_FLOAT32;
+    if (desc->layout == BN_CHANNELS_LAST) {
+        if (f32) bn_cl_grad_sums_f32(sum_dy, sum_dy_xc, CL_AT(dy, const float), CL_AT(x, const float), CL_ROWS, mean);
+        else bn_cl_grad_sums_f64(sum_dy, sum_dy_xc, CL_AT(dy, const double), CL_AT(x, const double), CL_ROWS, mean);
+        return;
+    }
+    for (int l = 0; l < g; l++) {
+        int64_t c = c0 + l;
+        if (f32) bn_cf_grad_sums_f32(sum_dy + l, sum_dy_xc + l, CF_AT(dy, const float, c), CF_AT(x, const float, c), CF_ROWS, mean[l]);
+        else bn_cf_grad_sums_f64(sum_dy + l, sum_dy_xc + l, CF_AT(dy, const double, c), CF_AT(x, const double, c), CF_ROWS, mean[l]);
+    }
+}
+
+void bn_kernel_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                          int64_t c0, int g, const double *mean, const double *mean_dy,
+                          const double *k, const double *scale) {
+    int f32 = desc->dtype == BN_FLOAT32;
+    if (desc->layout == BN_CHANNELS_LAST) {
+        if (f32) bn_cl_grad_input_f32(CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float), CL_ROWS, mean, mean_dy, k, scale);
+        else bn_cl_grad_input_f64(CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double), CL_ROWS, mean, mean_dy, k, scale);
+        return;
+    }
+    for (int l = 0; l < g; l++) {
+        int64_t c = c0 + l;
+        if (f32) bn_cf_grad_input_f32(CF_AT(dx, float, c), CF_AT(dy, const float, c), CF_AT(x, const float, c), CF_ROWS, mean[l], mean_dy[l], k[l], scale[l]);
+        else bn_cf_grad_input_f64(CF_AT(dx, double, c), CF_AT(dy, const double, c), CF_AT(x, const double, c), CF_ROWS, mean[l], mean_dy[l], k[l], scale[l]);
+    }
 }

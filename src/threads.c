@@ -1,7 +1,8 @@
-/* threads.c - how many threads a call may use. The count changes only who computes which piece
- * of work, never the pieces or the order they are merged in. */
-#include "bnorm.h"
+/* threads.c - the thread count, and the one parallel loop of the library. The count changes only
+ * who computes which channel group, never the groups or how each is computed. */
 #include "threads.h"
+
+#include "kernels.h"
 
 #include <stdatomic.h>
 
@@ -22,8 +23,19 @@ int bn_get_num_threads(void) {
 #endif
 }
 
-int bn_threads_for(int64_t elements, int64_t pieces) {
-    if (elements < BN_PARALLEL_MIN_ELEMENTS || pieces < 2) return 1;
-    int n = bn_get_num_threads();
-    return pieces < n ? (int)pieces : n;
+void bn_for_each_group(const bn_desc *desc, bn_group_fn fn, const void *args) {
+    const int width = bn_group_width(desc);
+    const int64_t groups = (desc->c + width - 1) / width;
+    int threads = 1;
+    if (desc->n * desc->c * desc->s >= BN_PARALLEL_MIN_ELEMENTS && groups > 1) {
+        threads = bn_get_num_threads();
+        if (groups < threads) threads = (int)groups;
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (int64_t k = 0; k < groups; k++) {
+        int64_t c0 = k * width;
+        fn(args, c0, desc->c - c0 < width ? (int)(desc->c - c0) : width);
+    }
 }

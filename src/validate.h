@@ -30,6 +30,14 @@ bn_status bn_check_options(const bn_options *opt);
 /* Number of values per channel, n * s (bn_check_desc has ruled out overflow). */
 static inline int64_t bn_count(const bn_desc *desc) { return desc->n * desc->s; }
 
+/* The descriptor the kernels see: a tensor with one position per sample ((N, C), or any S = 1)
+ * is the same memory in both layouts, and channels-last serves it with vectors across C. */
+static inline bn_desc bn_kernel_desc(const bn_desc *desc) {
+    bn_desc d = *desc;
+    if (d.s == 1) d.layout = BN_CHANNELS_LAST;
+    return d;
+}
+
 /* A tensor pointer may be NULL only when the tensor is empty (torch gives empty tensors none). */
 static inline int bn_tensor_missing(const void *p, const bn_desc *desc) {
     return !p && desc->n * desc->c * desc->s != 0;

@@ -257,8 +257,8 @@ BN_SUITE(suite_semantics_edges) {
     free(x), free(dy), free(ya), free(yb);
 }
 
-/* Layouts and aliasing: channels-last gives the same bits as channels-first on the same values,
- * and in-place calls (y = x, dx = dy) give the same bits as out-of-place ones. */
+/* Layouts and aliasing: channels-last agrees with channels-first on the same values (to rounding:
+ * their blocks differ), and in-place calls (y = x, dx = dy) give the same bits as out-of-place. */
 BN_SUITE(suite_semantics_layouts) {
     for (int dt = 0; dt < 2; dt++) {
         bn_desc cf = tu_desc(3, 5, 1200, (bn_dtype)dt, BN_CHANNELS_FIRST);
@@ -285,14 +285,17 @@ BN_SUITE(suite_semantics_layouts) {
         bn_options opt = BN_OPTIONS_DEFAULT;
         CHECK_STATUS(bn_forward_train(y_f, sm_f, si_f, NULL, NULL, NULL, x_f, NULL, NULL, &cf, &opt), BN_OK);
         CHECK_STATUS(bn_forward_train(y_l, sm_l, si_l, NULL, NULL, NULL, x_l, NULL, NULL, &cl, &opt), BN_OK);
-        CHECK(memcmp(sm_f, sm_l, sizeof sm_f) == 0 && memcmp(si_f, si_l, sizeof si_f) == 0);
+        double stat = 0;
+        for (int c = 0; c < 5; c++)
+            stat = fmax(stat, fmax(fabs(sm_f[c] - sm_l[c]) / fabs(sm_f[c]), fabs(si_f[c] - si_l[c]) / si_f[c]));
+        CHECK_MSG(stat <= 1e-14, "dtype %d: layouts' statistics differ by %g", dt, stat);
         double *yf = tu_to_double(y_f, count, cf.dtype), *yl = tu_to_double(y_l, count, cf.dtype);
-        int same = 1;
+        double worst = 0;
         for (int64_t i = 0; i < cf.n; i++)
             for (int64_t c = 0; c < cf.c; c++)
                 for (int64_t j = 0; j < cf.s; j++)
-                    same &= yf[tu_index(&cf, i, c, j)] == yl[tu_index(&cl, i, c, j)];
-        CHECK_MSG(same, "dtype %d: channels-last output differs from channels-first", dt);
+                    worst = fmax(worst, fabs(yf[tu_index(&cf, i, c, j)] - yl[tu_index(&cl, i, c, j)]));
+        CHECK_MSG(worst <= (dt ? 1e-13 : 5e-7), "dtype %d: layouts' outputs differ by %g", dt, worst);
 
         /* in place: y = x, and dx = dy */
         CHECK_STATUS(bn_forward_train(x_f, NULL, NULL, NULL, NULL, NULL, x_f, NULL, NULL, &cf, &opt), BN_OK);

@@ -1,0 +1,74 @@
+/* test_threads.c - bit-for-bit the same outputs, statistics and gradients for 1, 2, 3 and 4
+ * threads, in both layouts and dtypes, including partial channel groups. */
+#include "check.h"
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    void *y, *dx, *dweight, *dbias, *rm, *rv, *ye, *dxe;
+    double *sm, *si;
+    int64_t nbt;
+} results;
+
+static void run_all(results *o, const bn_desc *d, const void *x, const void *dy, const void *w,
+                    const void *b, size_t es) {
+    int64_t count = tu_numel(d);
+    o->y = calloc((size_t)count, es), o->dx = calloc((size_t)count, es);
+    o->ye = calloc((size_t)count, es), o->dxe = calloc((size_t)count, es);
+    o->dweight = calloc((size_t)d->c, es), o->dbias = calloc((size_t)d->c, es);
+    o->rm = calloc((size_t)d->c, es), o->rv = calloc((size_t)d->c, es);
+    o->sm = calloc((size_t)d->c, sizeof(double)), o->si = calloc((size_t)d->c, sizeof(double));
+    o->nbt = 0;
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    CHECK_STATUS(bn_forward_train(o->y, o->sm, o->si, o->rm, o->rv, &o->nbt, x, w, b, d, &opt), BN_OK);
+    CHECK_STATUS(bn_backward_train(o->dx, o->dweight, o->dbias, dy, x, o->sm, o->si, w, d), BN_OK);
+    CHECK_STATUS(bn_forward_eval(o->ye, x, o->rm, o->rv, w, b, d, 1e-5), BN_OK);
+    CHECK_STATUS(bn_backward_eval(o->dxe, NULL, NULL, dy, x, o->rm, o->rv, w, d, 1e-5), BN_OK);
+}
+
+static int same(const results *a, const results *b, const bn_desc *d, size_t es) {
+    size_t big = (size_t)tu_numel(d) * es, small = (size_t)d->c * es, st = (size_t)d->c * sizeof(double);
+    return !memcmp(a->y, b->y, big) && !memcmp(a->dx, b->dx, big) && !memcmp(a->ye, b->ye, big) &&
+           !memcmp(a->dxe, b->dxe, big) && !memcmp(a->dweight, b->dweight, small) &&
+           !memcmp(a->dbias, b->dbias, small) && !memcmp(a->rm, b->rm, small) &&
+           !memcmp(a->rv, b->rv, small) && !memcmp(a->sm, b->sm, st) && !memcmp(a->si, b->si, st);
+}
+
+static void release(results *o) {
+    free(o->y), free(o->dx), free(o->ye), free(o->dxe), free(o->dweight), free(o->dbias);
+    free(o->rm), free(o->rv), free(o->sm), free(o->si);
+}
+
+BN_SUITE(suite_threads_bitwise) {
+    static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048}};
+    for (size_t k = 0; k < 3; k++)
+        for (int dt = 0; dt < 2; dt++)
+            for (int lay = 0; lay < 2; lay++) {
+                bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
+                int64_t count = tu_numel(&d);
+                size_t es = dt ? 8 : 4;
+                tu_rng r = tu_rng_new(1000 + k);
+                double *xv = tu_randn(&r, count, 3, 2), *gv = tu_randn(&r, count, 0, 1);
+                double *wv = tu_randn(&r, d.c, 1, 0.2), *bv = tu_randn(&r, d.c, 0, 1);
+                void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+                void *w = tu_to_dtype(wv, d.c, d.dtype), *b = tu_to_dtype(bv, d.c, d.dtype);
+                results one;
+                bn_set_num_threads(1);
+                CHECK(bn_get_num_threads() == 1);
+                run_all(&one, &d, x, dy, w, b, es);
+                for (int t = 2; t <= 4; t++) {
+                    results many;
+                    bn_set_num_threads(t);
+                    run_all(&many, &d, x, dy, w, b, es);
+                    CHECK_MSG(same(&one, &many, &d, es), "shape %zu dtype %d layout %d: %d threads differ",
+                              k, dt, lay, t);
+                    release(&many);
+                }
+                bn_set_num_threads(0);
+                release(&one);
+                free(xv), free(gv), free(wv), free(bv), free(x), free(dy), free(w), free(b);
+            }
+    CHECK(bn_get_num_threads() >= 1);
+}
