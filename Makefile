@@ -28,7 +28,10 @@ all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
+
+# The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there.
+$(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3
 
 $(BUILD)/libbnorm.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -75,3 +78,16 @@ install: all
 
 clean:
 	rm -rf build build-san
+
+# `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
+# memory roofline; writes bench/results.json, bench/chart.png and bench/table.md. Needs
+# python3-torch, python3-matplotlib and libdnnl-dev (none of them is needed to build bnorm).
+.PHONY: bench
+bench: $(BUILD)/bnorm $(BUILD)/onednn_peer
+	$(PYTHON) bench/run.py --build $(BUILD)
+
+$(BUILD)/onednn_peer: bench/onednn_peer.c
+	@echo '#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 || \
+	  { echo "make bench: oneDNN is missing: apt-get install libdnnl-dev" >&2; exit 1; }
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) -O2 -fopenmp -o $@ $< -ldnnl -lm

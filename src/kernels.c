@@ -5,82 +5,72 @@
 
 /* One build runs everywhere and uses the widest vectors the CPU has: each exported kernel is
  * compiled for AVX-512, AVX2 and the x86-64 baseline, and the loader picks one at start-up.
- * Results are the same bits on all three: vectors of 8 doubles fix the order of every sum, and
- * -ffp-contract=off keeps multiply-adds from being fused on one machine but not another. */
+ * Results are the same bits on all three: vectors of a fixed width fix the order of every sum,
+ * and -ffp-contract=off keeps multiply-adds from being fused on one machine but not another. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
 #define BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define BN_CLONES
 #endif
-#define BN_INLINE inline __attribute__((always_inline))
-
-/* The vector helpers are always inlined: their calling convention never matters. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
+/* Vector helpers are macros: clang refuses functions that pass 64-byte vectors in a clone
+ * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. */
 typedef double bn_v8d __attribute__((vector_size(64)));
 typedef float bn_v8f __attribute__((vector_size(32)));
+/* Unaligned, alias-safe views for loads and stores. */
+typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
-static BN_INLINE bn_v8d bn_v8d_zero(void) {
-    bn_v8d z = {0, 0, 0, 0, 0, 0, 0, 0};
-    return z;
-}
+#define BN_V8D_ZERO ((bn_v8d){0, 0, 0, 0, 0, 0, 0, 0})
+/* The lanes' sum in a fixed order (v must be a plain variable). */
+#define BN_V8D_SUM(v) ((((v)[0] + (v)[1]) + ((v)[2] + (v)[3])) + (((v)[4] + (v)[5]) + ((v)[6] + (v)[7])))
 
-/* The lanes' sum in a fixed order. */
-static BN_INLINE double bn_v8d_sum(bn_v8d v) {
-    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-}
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define BN_ALWAYS_INLINE __attribute__((always_inline))
 
-/* max(v, 0) lane by lane. */
-static BN_INLINE bn_v8d bn_v8d_max0(bn_v8d v) {
-    for (int l = 0; l < 8; l++)
-        if (v[l] < 0) v[l] = 0;
-    return v;
-}
-
-static BN_INLINE bn_v8d load8_f32(const float *p) {
-    bn_v8f v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, bn_v8d);
-}
-
-static BN_INLINE void store8_f32(float *p, bn_v8d v) {
-    bn_v8f f = __builtin_convertvector(v, bn_v8f);
-    memcpy(p, &f, sizeof f);
-}
-
-static BN_INLINE bn_v8d load8_f64(const double *p) {
-    bn_v8d v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static BN_INLINE void store8_f64(double *p, bn_v8d v) { memcpy(p, &v, sizeof v); }
+typedef float bn_v16f __attribute__((vector_size(64)));
+typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 
 #define T float
 #define SUF f32
-#define LANES 16
-#define LOAD8 load8_f32
-#define STORE8 store8_f32
+#define W bn_v16f
+#define WL 16
+#define NH 2
+#define LOADW(p) (*(const bn_v16f_u *)(p))
+#define STOREW(p, v) (*(bn_v16f_u *)(p) = (v))
+#define WIDEN(vec, out)                                              \
+    do {                                                             \
+        bn_v16f_halves h_;                                           \
+        h_.whole = (vec);                                            \
+        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);     \
+        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);     \
+    } while (0)
 #include "kernels.inc"
 #undef T
 #undef SUF
-#undef LANES
-#undef LOAD8
-#undef STORE8
+#undef W
+#undef WL
+#undef NH
+#undef LOADW
+#undef STOREW
+#undef WIDEN
 
 #define T double
 #define SUF f64
-#define LANES 8
-#define LOAD8 load8_f64
-#define STORE8 store8_f64
+#define W bn_v8d
+#define WL 8
+#define NH 1
+#define LOADW(p) (*(const bn_v8d_u *)(p))
+#define STOREW(p, v) (*(bn_v8d_u *)(p) = (v))
+#define WIDEN(vec, out) ((out)[0] = (vec))
 #include "kernels.inc"
 #undef T
 #undef SUF
-#undef LANES
-#undef LOAD8
-#undef STORE8
+#undef W
+#undef WL
+#undef NH
+#undef LOADW
+#undef STOREW
+#undef WIDEN
 
 int bn_group_width(const bn_desc *desc) {
     if (desc->layout != BN_CHANNELS_LAST) return 1;
