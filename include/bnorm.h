@@ -48,9 +48,16 @@
  * ERRORS
  *
  *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
- *   what it means. Every argument is checked before anything is written: when a call fails, no
- *   output, saved statistic, running statistic or counter has been touched. The library never
- *   aborts or exits on caller input, and it allocates no memory.
+ *   what it means. Every argument is checked, and scratch memory allocated, before anything is
+ *   written: when a call fails, no output, saved statistic, running statistic or counter has
+ *   been touched. The library never aborts or exits on caller input.
+ *
+ * MEMORY
+ *
+ *   Channels-first calls allocate nothing. Channels-last calls (and (N, C) ones, which take that
+ *   path) allocate a scratch of at most about 2 KiB per channel (partial statistics of up to 64
+ *   parts of the rows, and per-channel coefficients), independent of N and S, and free it before
+ *   they return; BN_ERR_NO_MEMORY if that fails.
  *
  * THREADS AND THREAD SAFETY
  *
@@ -61,7 +68,7 @@
  *   concurrently from any number of threads; calls that write the same buffer (for example the
  *   same running statistics) must be serialized by the caller.
  *
- * EXAMPLE (compiles as it stands: cc example.c -lbnorm -lm)
+ * EXAMPLE (as it stands: cc example.c -lbnorm, or cc example.c libbnorm.a -fopenmp -lm)
  *
  *   #include <bnorm.h>
  *   #include <stdio.h>
@@ -120,7 +127,8 @@ typedef enum bn_status {
     BN_ERR_COUNT = -5,        /* training needs more than one value per channel */
     BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
     BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
-    BN_ERR_FORMAT = -8        /* a file is malformed or of an unsupported kind */
+    BN_ERR_FORMAT = -8,       /* a file is malformed or of an unsupported kind */
+    BN_ERR_NO_MEMORY = -9     /* a scratch buffer could not be allocated */
 } bn_status;
 
 typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1 } bn_dtype;

@@ -1,10 +1,14 @@
-/* backward.c - gradients of the training and eval forward passes, channel group by channel
- * group (in parallel): the sums of dy and dy * (x - mean) first, then dx. */
+/* backward.c - gradients of the training and eval forward passes: the sums of dy and
+ * dy * (x - mean) per channel first, then dweight, dbias and dx.
+ *   channels-first: channel by channel (in parallel);
+ *   channels-last: sums over parts of the rows (in parallel), added per channel in part order,
+ *   then dx row by row (in parallel). */
 #include "kernels.h"
 #include "threads.h"
 #include "validate.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 typedef struct {
     bn_desc d; /* the effective descriptor (bn_kernel_desc) */
@@ -13,38 +17,100 @@ typedef struct {
     const double *save_mean, *save_invstd;  /* training: batch statistics */
     const void *running_mean, *running_var; /* eval: stored statistics */
     double eps;
+    /* channels-last only: scratch */
+    bn_parts parts;
+    double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
+    double *mean;      /* (C) */
+    void *coef;        /* (BN_COEF_COUNT, C) in the tensor's dtype */
 } backward_args;
 
-/* Channels [c0, c0 + g). With batch statistics, dx has the mean terms; with stored ones
- * (constants), dx = dy * invstd * weight. */
-static void backward_group(const void *args, int64_t c0, int g) {
-    const backward_args *a = args;
+static int batch_stats(const backward_args *a) { return a->save_mean != NULL; }
+
+static void channel_stats(const backward_args *a, int64_t c, double *mean, double *invstd) {
     const bn_dtype dt = a->d.dtype;
-    const int batch = a->save_mean != NULL;
+    *mean = batch_stats(a) ? a->save_mean[c] : bn_load(a->running_mean, dt, c, 0);
+    *invstd = batch_stats(a) ? a->save_invstd[c]
+                             : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
+}
+
+/* From channel c's sums: dweight, dbias, and the coefficients of
+ * dx = (dy - mean_dy - (x - mean) * k) * scale (mean_dy = k = 0 with stored statistics). */
+static void finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xc,
+                           double invstd, double *mean_dy, double *k, double *scale) {
+    const bn_dtype dt = a->d.dtype;
     const double m = (double)(a->d.n * a->d.s);
-    double mean[BN_MAX_LANES] = {0}, invstd[BN_MAX_LANES] = {0};
-    double sum_dy[BN_MAX_LANES], sum_dy_xc[BN_MAX_LANES];
-    double mean_dy[BN_MAX_LANES], k[BN_MAX_LANES], scale[BN_MAX_LANES], zero[BN_MAX_LANES] = {0};
-    for (int l = 0; l < g; l++) {
-        const int64_t c = c0 + l;
-        mean[l] = batch ? a->save_mean[c] : bn_load(a->running_mean, dt, c, 0);
-        invstd[l] = batch ? a->save_invstd[c]
-                          : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
-    }
-    bn_kernel_grad_sums(&a->d, sum_dy, sum_dy_xc, a->dy, a->x, c0, g, mean);
-    for (int l = 0; l < g; l++) {
-        const int64_t c = c0 + l;
-        if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xc[l] * invstd[l]);
-        if (a->dbias) bn_store(a->dbias, dt, c, sum_dy[l]);
-        scale[l] = invstd[l] * bn_load(a->weight, dt, c, 1.0);
-        mean_dy[l] = sum_dy[l] / m;
-        k[l] = sum_dy_xc[l] * invstd[l] * invstd[l] / m; /* mean(dy * xhat) * invstd */
-    }
+    if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xc * invstd);
+    if (a->dbias) bn_store(a->dbias, dt, c, sum_dy);
+    *scale = invstd * bn_load(a->weight, dt, c, 1.0);
+    *mean_dy = batch_stats(a) ? sum_dy / m : 0.0;
+    *k = batch_stats(a) ? sum_dy_xc * invstd * invstd / m : 0.0; /* mean(dy * xhat) * invstd */
+}
+
+static void backward_channel(const void *args, int64_t c) {
+    const backward_args *a = args;
+    double mean, invstd, sum_dy, sum_dy_xc, mean_dy, k, scale;
+    channel_stats(a, c, &mean, &invstd);
+    bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c, mean);
+    finish_channel(a, c, sum_dy, sum_dy_xc, invstd, &mean_dy, &k, &scale);
     if (!a->dx) return;
-    if (batch)
-        bn_kernel_grad_input(&a->d, a->dx, a->dy, a->x, c0, g, mean, mean_dy, k, scale);
+    if (batch_stats(a))
+        bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, k, scale);
+    else /* stored statistics are constants: dx = dy * invstd * weight */
+        bn_kernel_cf_normalize(&a->d, a->dx, a->dy, c, 0.0, scale, 0.0);
+}
+
+static void part_sums(const void *args, int64_t k) {
+    const backward_args *a = args;
+    double *sums = a->part_sums + 2 * k * a->d.c;
+    for (int64_t c = 0; c < 2 * a->d.c; c++) sums[c] = 0;
+    bn_kernel_cl_grad_sums(&a->d, sums, sums + a->d.c, a->dy, a->x, bn_part_begin(&a->parts, k),
+                           bn_part_end(&a->parts, k), a->mean);
+}
+
+static void part_grad_input(const void *args, int64_t k) {
+    const backward_args *a = args;
+    const int64_t r0 = bn_part_begin(&a->parts, k), r1 = bn_part_end(&a->parts, k);
+    if (batch_stats(a))
+        bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, r0, r1, a->coef);
     else
-        bn_kernel_normalize(&a->d, a->dx, a->dy, c0, g, zero, scale, zero);
+        bn_kernel_cl_normalize(&a->d, a->dx, a->dy, r0, r1, a->coef);
+}
+
+static bn_status backward_channels_last(backward_args *a) {
+    const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
+    a->parts = bn_parts_of(a->d.n * a->d.s);
+    a->part_sums = calloc((size_t)(a->parts.count * C), 2 * sizeof(double));
+    a->mean = calloc((size_t)C, 5 * sizeof(double));
+    a->coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a->d.dtype));
+    bn_status st = BN_ERR_NO_MEMORY;
+    if (a->part_sums && a->mean && a->coef) {
+        double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
+        double *scale = a->mean + 4 * C;
+        for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
+        bn_parallel_for(a->parts.count, elements, part_sums, a);
+        for (int64_t c = 0; c < C; c++) {
+            double sum_dy = 0, sum_dy_xc = 0;
+            for (int64_t p = 0; p < a->parts.count; p++) {
+                sum_dy += a->part_sums[2 * p * C + c];
+                sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
+            }
+            finish_channel(a, c, sum_dy, sum_dy_xc, invstd[c], &mean_dy[c], &k[c], &scale[c]);
+        }
+        if (a->dx) {
+            if (batch_stats(a)) {
+                bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
+            } else { /* dx = (dy - 0) * scale + 0 */
+                for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
+                bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
+            }
+            bn_parallel_for(a->parts.count, elements, part_grad_input, a);
+        }
+        st = BN_OK;
+    }
+    free(a->part_sums);
+    free(a->mean);
+    free(a->coef);
+    return st;
 }
 
 /* Both passes: with no values, dweight and dbias are 0 and there is no dx. */
@@ -57,7 +123,8 @@ static bn_status run_backward(backward_args *a, const bn_desc *desc) {
         return BN_OK;
     }
     a->d = bn_kernel_desc(desc);
-    bn_for_each_group(&a->d, backward_group, a);
+    if (a->d.layout == BN_CHANNELS_LAST) return backward_channels_last(a);
+    bn_parallel_for(a->d.c, bn_count(desc) * desc->c, backward_channel, a);
     return BN_OK;
 }
 
@@ -69,7 +136,7 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
                      !save_invstd,
                  BN_ERR_NULL_POINTER);
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0};
+                       NULL, NULL, 0, {0, 0, 0}, NULL, NULL, NULL};
     return run_backward(&a, desc);
 }
 
@@ -82,6 +149,6 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
-                       running_mean, running_var, eps};
+                       running_mean, running_var, eps, {0, 0, 0}, NULL, NULL, NULL};
     return run_backward(&a, desc);
 }

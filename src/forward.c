@@ -1,10 +1,14 @@
-/* forward.c - the training and eval forward passes: validate everything, then, channel group by
- * channel group (in parallel): statistics, running update, normalize. */
+/* forward.c - the training and eval forward passes: validate everything, then statistics,
+ * saved and running statistics, and the normalized output.
+ *   channels-first: channel by channel (in parallel), each normalized while still in cache;
+ *   channels-last: statistics of parts of the rows (in parallel), merged per channel in part
+ *   order, then the rows normalized (in parallel). */
 #include "kernels.h"
 #include "threads.h"
 #include "validate.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* 1/sqrt(var + eps) of batch statistics, and 0 where var + eps is 0 (a constant channel with
  * eps = 0), as torch's training kernels do; stored statistics get the plain 1/sqrt (eval). */
@@ -19,33 +23,76 @@ typedef struct {
     double *save_mean, *save_invstd;
     const void *x, *weight, *bias;
     double eps, factor; /* factor: weight of the batch in the running statistics */
+    /* channels-last only: scratch */
+    bn_parts parts;
+    bn_moments *part_moments; /* (parts, C) */
+    double *mean, *scale, *shift; /* (C) */
+    void *coef;                   /* (BN_COEF_COUNT, C) in the tensor's dtype */
 } train_args;
 
-/* Channels [c0, c0 + g): statistics, saved and running statistics, then the normalized output
- * while the group's data is still in cache. */
-static void train_group(const void *args, int64_t c0, int g) {
-    const train_args *a = args;
+/* Channel c's statistics are mom: saved and running statistics, and the coefficients of
+ * y = (x - mean) * scale + shift. */
+static void finish_channel(const train_args *a, int64_t c, bn_moments mom, double *mean,
+                           double *scale, double *shift) {
     const bn_dtype dt = a->d.dtype;
-    const double f = a->factor;
-    bn_moments mom[BN_MAX_LANES];
-    double mean[BN_MAX_LANES], scale[BN_MAX_LANES], shift[BN_MAX_LANES];
-    bn_kernel_moments(&a->d, mom, a->x, c0, g);
-    for (int l = 0; l < g; l++) {
-        const int64_t c = c0 + l;
-        const double invstd = inverse_std(bn_moments_var(mom[l]), a->eps);
-        mean[l] = mom[l].mean;
-        scale[l] = invstd * bn_load(a->weight, dt, c, 1.0);
-        shift[l] = bn_load(a->bias, dt, c, 0.0);
-        if (a->save_mean) a->save_mean[c] = mean[l];
-        if (a->save_invstd) a->save_invstd[c] = invstd;
-        if (a->running_mean)
-            bn_store(a->running_mean, dt, c, f * mean[l] + (1 - f) * bn_load(a->running_mean, dt, c, 0));
-        if (a->running_var) {
-            const double unbiased = mom[l].m2 / (double)(mom[l].count - 1);
-            bn_store(a->running_var, dt, c, f * unbiased + (1 - f) * bn_load(a->running_var, dt, c, 0));
-        }
+    const double f = a->factor, invstd = inverse_std(bn_moments_var(mom), a->eps);
+    *mean = mom.mean;
+    *scale = invstd * bn_load(a->weight, dt, c, 1.0);
+    *shift = bn_load(a->bias, dt, c, 0.0);
+    if (a->save_mean) a->save_mean[c] = mom.mean;
+    if (a->save_invstd) a->save_invstd[c] = invstd;
+    if (a->running_mean)
+        bn_store(a->running_mean, dt, c, f * mom.mean + (1 - f) * bn_load(a->running_mean, dt, c, 0));
+    if (a->running_var) {
+        const double unbiased = mom.m2 / (double)(mom.count - 1);
+        bn_store(a->running_var, dt, c, f * unbiased + (1 - f) * bn_load(a->running_var, dt, c, 0));
     }
-    bn_kernel_normalize(&a->d, a->y, a->x, c0, g, mean, scale, shift);
+}
+
+static void train_channel(const void *args, int64_t c) {
+    const train_args *a = args;
+    double mean, scale, shift;
+    finish_channel(a, c, bn_kernel_cf_moments(&a->d, a->x, c), &mean, &scale, &shift);
+    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
+}
+
+static void part_moments(const void *args, int64_t k) {
+    const train_args *a = args;
+    bn_moments *acc = a->part_moments + k * a->d.c;
+    for (int64_t c = 0; c < a->d.c; c++) acc[c] = bn_moments_empty();
+    bn_kernel_cl_moments(&a->d, acc, a->x, bn_part_begin(&a->parts, k), bn_part_end(&a->parts, k));
+}
+
+static void part_normalize(const void *args, int64_t k) {
+    const train_args *a = args;
+    bn_kernel_cl_normalize(&a->d, a->y, a->x, bn_part_begin(&a->parts, k),
+                           bn_part_end(&a->parts, k), a->coef);
+}
+
+static bn_status train_channels_last(train_args *a) {
+    const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
+    a->parts = bn_parts_of(a->d.n * a->d.s);
+    a->part_moments = calloc((size_t)(a->parts.count * C), sizeof(bn_moments));
+    a->mean = calloc((size_t)C, 3 * sizeof(double));
+    a->coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a->d.dtype));
+    bn_status st = BN_ERR_NO_MEMORY;
+    if (a->part_moments && a->mean && a->coef) {
+        a->scale = a->mean + C;
+        a->shift = a->mean + 2 * C;
+        bn_parallel_for(a->parts.count, elements, part_moments, a);
+        for (int64_t c = 0; c < C; c++) {
+            bn_moments mom = bn_moments_empty();
+            for (int64_t k = 0; k < a->parts.count; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
+            finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
+        }
+        bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
+        bn_parallel_for(a->parts.count, elements, part_normalize, a);
+        st = BN_OK;
+    }
+    free(a->part_moments);
+    free(a->mean);
+    free(a->coef);
+    return st;
 }
 
 bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
@@ -72,8 +119,13 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
     } else {
         train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                         x, weight, bias, opt->eps,
-                        opt->cumulative ? 1.0 / (double)batches : opt->momentum};
-        bn_for_each_group(&a.d, train_group, &a);
+                        opt->cumulative ? 1.0 / (double)batches : opt->momentum,
+                        {0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
+        if (a.d.layout == BN_CHANNELS_LAST) {
+            BN_RETURN_IF_ERROR(train_channels_last(&a));
+        } else {
+            bn_parallel_for(a.d.c, m * a.d.c, train_channel, &a);
+        }
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
     return BN_OK;
@@ -84,20 +136,29 @@ typedef struct {
     void *y;
     const void *x, *running_mean, *running_var, *weight, *bias;
     double eps;
+    bn_parts parts; /* channels-last only */
+    void *coef;
 } eval_args;
 
-static void eval_group(const void *args, int64_t c0, int g) {
-    const eval_args *a = args;
+/* Channel c's coefficients of y = (x - mean) * scale + shift from the stored statistics. */
+static void eval_coefs(const eval_args *a, int64_t c, double *mean, double *scale, double *shift) {
     const bn_dtype dt = a->d.dtype;
-    double mean[BN_MAX_LANES], scale[BN_MAX_LANES], shift[BN_MAX_LANES];
-    for (int l = 0; l < g; l++) {
-        const int64_t c = c0 + l;
-        mean[l] = bn_load(a->running_mean, dt, c, 0);
-        scale[l] = 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps) *
-                   bn_load(a->weight, dt, c, 1.0);
-        shift[l] = bn_load(a->bias, dt, c, 0.0);
-    }
-    bn_kernel_normalize(&a->d, a->y, a->x, c0, g, mean, scale, shift);
+    *mean = bn_load(a->running_mean, dt, c, 0);
+    *scale = 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps) * bn_load(a->weight, dt, c, 1.0);
+    *shift = bn_load(a->bias, dt, c, 0.0);
+}
+
+static void eval_channel(const void *args, int64_t c) {
+    const eval_args *a = args;
+    double mean, scale, shift;
+    eval_coefs(a, c, &mean, &scale, &shift);
+    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
+}
+
+static void eval_part(const void *args, int64_t k) {
+    const eval_args *a = args;
+    bn_kernel_cl_normalize(&a->d, a->y, a->x, bn_part_begin(&a->parts, k),
+                           bn_part_end(&a->parts, k), a->coef);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -108,8 +169,26 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                      !running_var,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
-    if (bn_count(desc) == 0) return BN_OK;
-    eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps};
-    bn_for_each_group(&a.d, eval_group, &a);
-    return BN_OK;
+    const int64_t elements = bn_count(desc) * desc->c;
+    if (elements == 0) return BN_OK;
+    eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps,
+                   {0, 0, 0}, NULL};
+    if (a.d.layout != BN_CHANNELS_LAST) {
+        bn_parallel_for(a.d.c, elements, eval_channel, &a);
+        return BN_OK;
+    }
+    const int64_t C = a.d.c;
+    double *coefs = calloc((size_t)C, 3 * sizeof(double));
+    a.coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a.d.dtype));
+    bn_status st = BN_ERR_NO_MEMORY;
+    if (coefs && a.coef) {
+        for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &coefs[c], &coefs[C + c], &coefs[2 * C + c]);
+        bn_kernel_cl_coefs(&a.d, a.coef, coefs, coefs + C, coefs + 2 * C, NULL, NULL);
+        a.parts = bn_parts_of(a.d.n * a.d.s);
+        bn_parallel_for(a.parts.count, elements, eval_part, &a);
+        st = BN_OK;
+    }
+    free(coefs);
+    free(a.coef);
+    return st;
 }

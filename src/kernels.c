@@ -72,72 +72,88 @@ typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 #undef STOREW
 #undef WIDEN
 
-int bn_group_width(const bn_desc *desc) {
-    if (desc->layout != BN_CHANNELS_LAST) return 1;
-    return desc->dtype == BN_FLOAT32 ? 16 : 8;
-}
-
-/* Channels-first: channel c's first value and the distance between its rows. */
-#define CF_AT(p, TYPE, c) ((TYPE *)(p) + (c) * desc->s)
 #define CF_ROWS desc->n, desc->s, desc->c * desc->s
-/* Channels-last: the group's first value, the number of rows and their length. */
-#define CL_AT(p, TYPE) ((TYPE *)(p) + c0)
-#define CL_ROWS desc->n * desc->s, desc->c, g
 
-void bn_kernel_moments(const bn_desc *desc, bn_moments *out, const void *x, int64_t c0, int g) {
-    int f32 = desc->dtype == BN_FLOAT32;
-    if (desc->layout == BN_CHANNELS_LAST) {
-        if (f32) bn_cl_moments_f32(out, CL_AT(x, const float), CL_ROWS);
-        else bn_cl_moments_f64(out, CL_AT(x, const double), CL_ROWS);
-        return;
-    }
-    for (int l = 0; l < g; l++)
-        out[l] = f32 ? bn_cf_moments_f32(CF_AT(x, const float, c0 + l), CF_ROWS)
-                     : bn_cf_moments_f64(CF_AT(x, const double, c0 + l), CF_ROWS);
+bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c) {
+    if (desc->dtype == BN_FLOAT32) return bn_cf_moments_f32((const float *)x + c * desc->s, CF_ROWS);
+    return bn_cf_moments_f64((const double *)x + c * desc->s, CF_ROWS);
 }
 
-void bn_kernel_normalize(const bn_desc *desc, void *y, const void *x, int64_t c0, int g,
-                         const double *mean, const double *scale, const double *shift) {
-    int f32 = desc->dtype == BN_FLOAT32;
-    if (desc->layout == BN_CHANNELS_LAST) {
-        if (f32) bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), CL_ROWS, mean, scale, shift);
-        else bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), CL_ROWS, mean, scale, shift);
-        return;
-    }
-    for (int l = 0; l < g; l++) {
-        int64_t c = c0 + l;
-        if (f32) bn_cf_normalize_f32(CF_AT(y, float, c), CF_AT(x, const float, c), CF_ROWS, mean[l], scale[l], shift[l]);
-        else bn_cf_normalize_f64(CF_AT(y, double, c), CF_AT(x, const double, c), CF_ROWS, mean[l], scale[l], shift[l]);
-    }
+void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
+                            double scale, double shift) {
+    const int64_t at = c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        bn_cf_normalize_f32((float *)y + at, (const float *)x + at, CF_ROWS, mean, scale, shift);
+    else
+        bn_cf_normalize_f64((double *)y + at, (const double *)x + at, CF_ROWS, mean, scale, shift);
 }
 
-void bn_kernel_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc, const void *dy,
-                         const void *x, int64_t c0, int g, const double *mean) {
-    int f32 = desc->dtype == BN_FLOAT32;
-    if (desc->layout == BN_CHANNELS_LAST) {
-        if (f32) bn_cl_grad_sums_f32(sum_dy, sum_dy_xc, CL_AT(dy, const float), CL_AT(x, const float), CL_ROWS, mean);
-        else bn_cl_grad_sums_f64(sum_dy, sum_dy_xc, CL_AT(dy, const double), CL_AT(x, const double), CL_ROWS, mean);
-        return;
-    }
-    for (int l = 0; l < g; l++) {
-        int64_t c = c0 + l;
-        if (f32) bn_cf_grad_sums_f32(sum_dy + l, sum_dy_xc + l, CF_AT(dy, const float, c), CF_AT(x, const float, c), CF_ROWS, mean[l]);
-        else bn_cf_grad_sums_f64(sum_dy + l, sum_dy_xc + l, CF_AT(dy, const double, c), CF_AT(x, const double, c), CF_ROWS, mean[l]);
-    }
+void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                            const void *dy, const void *x, int64_t c, double mean) {
+    const int64_t at = c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        bn_cf_grad_sums_f32(sum_dy, sum_dy_xc, (const float *)dy + at, (const float *)x + at,
+                            CF_ROWS, mean);
+    else
+        bn_cf_grad_sums_f64(sum_dy, sum_dy_xc, (const double *)dy + at, (const double *)x + at,
+                            CF_ROWS, mean);
 }
 
-void bn_kernel_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
-                          int64_t c0, int g, const double *mean, const double *mean_dy,
-                          const double *k, const double *scale) {
-    int f32 = desc->dtype == BN_FLOAT32;
-    if (desc->layout == BN_CHANNELS_LAST) {
-        if (f32) bn_cl_grad_input_f32(CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float), CL_ROWS, mean, mean_dy, k, scale);
-        else bn_cl_grad_input_f64(CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double), CL_ROWS, mean, mean_dy, k, scale);
-        return;
-    }
-    for (int l = 0; l < g; l++) {
-        int64_t c = c0 + l;
-        if (f32) bn_cf_grad_input_f32(CF_AT(dx, float, c), CF_AT(dy, const float, c), CF_AT(x, const float, c), CF_ROWS, mean[l], mean_dy[l], k[l], scale[l]);
-        else bn_cf_grad_input_f64(CF_AT(dx, double, c), CF_AT(dy, const double, c), CF_AT(x, const double, c), CF_ROWS, mean[l], mean_dy[l], k[l], scale[l]);
-    }
+void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                             int64_t c, double mean, double mean_dy, double k, double scale) {
+    const int64_t at = c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        bn_cf_grad_input_f32((float *)dx + at, (const float *)dy + at, (const float *)x + at,
+                             CF_ROWS, mean, mean_dy, k, scale);
+    else
+        bn_cf_grad_input_f64((double *)dx + at, (const double *)dy + at, (const double *)x + at,
+                             CF_ROWS, mean, mean_dy, k, scale);
+}
+
+/* Channels-last: rows [r0, r1) start r0 * C elements in. */
+#define CL_AT(p, TYPE) ((TYPE *)(p) + r0 * desc->c)
+
+void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
+                          int64_t r1) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_cl_moments_f32(acc, CL_AT(x, const float), r1 - r0, desc->c);
+    else
+        bn_cl_moments_f64(acc, CL_AT(x, const double), r1 - r0, desc->c);
+}
+
+void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
+                        const double *shift, const double *mean_dy, const double *k) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_cl_coefs_f32(coef, desc->c, mean, scale, shift, mean_dy, k);
+    else
+        bn_cl_coefs_f64(coef, desc->c, mean, scale, shift, mean_dy, k);
+}
+
+void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
+                            const void *coef) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), r1 - r0, desc->c, coef);
+    else
+        bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), r1 - r0, desc->c, coef);
+}
+
+void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                            const void *dy, const void *x, int64_t r0, int64_t r1,
+                            const double *mean) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_cl_grad_sums_f32(sum_dy, sum_dy_xc, CL_AT(dy, const float), CL_AT(x, const float),
+                            r1 - r0, desc->c, mean);
+    else
+        bn_cl_grad_sums_f64(sum_dy, sum_dy_xc, CL_AT(dy, const double), CL_AT(x, const double),
+                            r1 - r0, desc->c, mean);
+}
+
+void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                             int64_t r0, int64_t r1, const void *coef) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_cl_grad_input_f32(CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float),
+                             r1 - r0, desc->c, coef);
+    else
+        bn_cl_grad_input_f64(CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double),
+                             r1 - r0, desc->c, coef);
 }

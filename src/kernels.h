@@ -3,26 +3,32 @@
  * Two shapes of work, one per memory layout:
  *   channels-first: one channel at a time, its N rows of S contiguous values, row i at
  *     x + i*stride (stride = C*S). Each row is cut into blocks of at most BN_BLOCK values.
- *   channels-last: a group of g <= BN_LANES(T) adjacent channels (one cache line of each row),
- *     R = N*S rows of C values, row r at x + r*C. Rows are cut into blocks of BN_ROWS rows.
+ *     A channel's statistics and its normalization follow each other while it is in cache.
+ *   channels-last: R = N*S rows of C values, row r at x + r*C, vectorized across channels.
+ *     Rows are cut into blocks of BN_ROWS rows, each block's channels into groups of one
+ *     vector (16 float32 or 8 float64 channels, one cache line per row).
  * Statistics are mean-centred per block (two passes over a block that sits in L1), accumulated
  * in double and merged block after block in order (Chan et al.), so the result depends on the
  * shape alone: not on the thread count, not on which SIMD unit the machine has.
- * Vector code uses 8 doubles per vector; it runs as AVX-512, AVX2 or SSE2, chosen at run time. */
+ * Vectors are 64 bytes; the code runs as AVX-512, AVX2 or SSE2, chosen at run time. */
 #ifndef BN_KERNELS_H
 #define BN_KERNELS_H
 
 #include "bnorm.h"
 #include "moments.h"
 
-#define BN_BLOCK 1024   /* channels-first: values per statistics block */
-#define BN_ROWS 256     /* channels-last: rows per statistics block */
-#define BN_MAX_LANES 16 /* channels in a channels-last group: 64 bytes of float32, 8 of float64 */
+#define BN_BLOCK 1024 /* channels-first: values per statistics block */
+#define BN_ROWS 256   /* channels-last: rows per statistics block */
+
+/* Channels-last element-wise passes take per-channel coefficients in the tensor's dtype, as
+ * BN_COEF_COUNT arrays of C values one after the other (bn_kernel_cl_coefs makes them). */
+enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN_COEF_K,
+       BN_COEF_COUNT };
 
 #define BN_DECLARE_KERNELS(T, SUF)                                                              \
     /* x: (N, S) rows at stride. Count, mean and M2 of the channel. */                          \
     bn_moments bn_cf_moments_##SUF(const T *x, int64_t n, int64_t s, int64_t stride);           \
-    /* y, x: (N, S) rows at stride (y may be x). y = (x - mean) * scale + shift, in double. */  \
+    /* y, x: (N, S) rows at stride (y may be x). y = (x - mean) * scale + shift. */             \
     void bn_cf_normalize_##SUF(T *y, const T *x, int64_t n, int64_t s, int64_t stride,         \
                                double mean, double scale, double shift);                        \
     /* dy, x: (N, S) rows at stride. *sum_dy = sum dy, *sum_dy_xc = sum dy * (x - mean). */     \
@@ -33,35 +39,46 @@
     void bn_cf_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t n, int64_t s,           \
                                 int64_t stride, double mean, double mean_dy, double k,          \
                                 double scale);                                                  \
-    /* x: (R, g) columns of rows of length ld. out: (g) moments. */                             \
-    void bn_cl_moments_##SUF(bn_moments *out, const T *x, int64_t rows, int64_t ld, int g);    \
-    /* y, x: (R, g) of rows of length ld (y may be x); mean, scale, shift: (g). */             \
-    void bn_cl_normalize_##SUF(T *y, const T *x, int64_t rows, int64_t ld, int g,              \
-                               const double *mean, const double *scale, const double *shift);  \
-    /* dy, x: (R, g); sum_dy, sum_dy_xc: (g) out; mean: (g). */                                 \
+    /* x: (rows, C). acc: (C), each channel's moments of these rows merged into it, block by    \
+     * block in order. */                                                                       \
+    void bn_cl_moments_##SUF(bn_moments *acc, const T *x, int64_t rows, int64_t C);            \
+    /* coef: (BN_COEF_COUNT, C) out, from (C) doubles; shift, mean_dy, k may be NULL (0). */    \
+    void bn_cl_coefs_##SUF(T *coef, int64_t C, const double *mean, const double *scale,        \
+                           const double *shift, const double *mean_dy, const double *k);       \
+    /* y, x: (rows, C) (y may be x). y = (x - mean) * scale + shift. */                        \
+    void bn_cl_normalize_##SUF(T *y, const T *x, int64_t rows, int64_t C, const T *coef);      \
+    /* dy, x: (rows, C); mean: (C). sum_dy, sum_dy_xc: (C), these rows' sums added to them. */  \
     void bn_cl_grad_sums_##SUF(double *sum_dy, double *sum_dy_xc, const T *dy, const T *x,     \
-                               int64_t rows, int64_t ld, int g, const double *mean);            \
-    /* dx, dy, x: (R, g) (dx may be dy); mean, mean_dy, k, scale: (g). */                       \
-    void bn_cl_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t rows, int64_t ld,      \
-                                int g, const double *mean, const double *mean_dy,               \
-                                const double *k, const double *scale);
+                               int64_t rows, int64_t C, const double *mean);                    \
+    /* dx, dy, x: (rows, C) (dx may be dy). dx = (dy - mean_dy - (x - mean) * k) * scale. */   \
+    void bn_cl_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t rows, int64_t C,       \
+                                const T *coef);
 
 BN_DECLARE_KERNELS(float, f32)
 BN_DECLARE_KERNELS(double, f64)
 
-/* The kernels for channels [c0, c0 + g) of a tensor described by desc, dispatched on dtype and
- * layout: the one place where they decide which loop runs. Tensor pointers point at element 0;
- * per-channel arrays (mean, scale, ...) have g entries. For channels-first, g channels are done
- * one after the other; for channels-last, g <= bn_group_width(desc). */
-int bn_group_width(const bn_desc *desc);
-void bn_kernel_moments(const bn_desc *desc, bn_moments *out, const void *x, int64_t c0, int g);
-void bn_kernel_normalize(const bn_desc *desc, void *y, const void *x, int64_t c0, int g,
-                         const double *mean, const double *scale, const double *shift);
-void bn_kernel_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc, const void *dy,
-                         const void *x, int64_t c0, int g, const double *mean);
-void bn_kernel_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
-                          int64_t c0, int g, const double *mean, const double *mean_dy,
-                          const double *k, const double *scale);
+/* The kernels for a tensor described by desc, dispatched on its dtype: the one place where the
+ * dtype decides which loop runs. Tensor pointers point at element 0 of the tensor.
+ * Channels-first work is per channel c; channels-last work is per range of rows [r0, r1)
+ * (a row is one position of one sample: N*S rows of C values). */
+bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c);
+void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
+                            double scale, double shift);
+void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                            const void *dy, const void *x, int64_t c, double mean);
+void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                             int64_t c, double mean, double mean_dy, double k, double scale);
+void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
+                          int64_t r1);
+void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
+                        const double *shift, const double *mean_dy, const double *k);
+void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
+                            const void *coef);
+void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                            const void *dy, const void *x, int64_t r0, int64_t r1,
+                            const double *mean);
+void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                             int64_t r0, int64_t r1, const void *coef);
 
 /* Element c of a per-channel array of the given dtype, as double; NULL gives fallback. */
 static inline double bn_load(const void *p, bn_dtype dtype, int64_t c, double fallback) {

@@ -16,6 +16,7 @@ const char *bn_status_string(bn_status status) {
     case BN_ERR_UNSUPPORTED: return "unsupported dtype or layout";
     case BN_ERR_IO: return "input/output error";
     case BN_ERR_FORMAT: return "malformed or unsupported file";
+    case BN_ERR_NO_MEMORY: return "out of memory for a scratch buffer";
     }
     return "unknown status";
 }

@@ -1,5 +1,4 @@
-/* threads.c - the thread count, and the one parallel loop of the library. The count changes only
- * who computes which channel group, never the groups or how each is computed. */
+/* threads.c - the thread count, and the one parallel loop of the library. */
 #include "threads.h"
 
 #include "kernels.h"
@@ -23,19 +22,22 @@ int bn_get_num_threads(void) {
 #endif
 }
 
-void bn_for_each_group(const bn_desc *desc, bn_group_fn fn, const void *args) {
-    const int width = bn_group_width(desc);
-    const int64_t groups = (desc->c + width - 1) / width;
+void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
     int threads = 1;
-    if (desc->n * desc->c * desc->s >= BN_PARALLEL_MIN_ELEMENTS && groups > 1) {
+    if (elements >= BN_PARALLEL_MIN_ELEMENTS && items > 1) {
         threads = bn_get_num_threads();
-        if (groups < threads) threads = (int)groups;
+        if (items < threads) threads = (int)items;
     }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
-    for (int64_t k = 0; k < groups; k++) {
-        int64_t c0 = k * width;
-        fn(args, c0, desc->c - c0 < width ? (int)(desc->c - c0) : width);
-    }
+    for (int64_t k = 0; k < items; k++) fn(args, k);
+}
+
+bn_parts bn_parts_of(int64_t rows) {
+    int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
+    per = (per + BN_ROWS - 1) / BN_ROWS * BN_ROWS;
+    if (per < BN_ROWS) per = BN_ROWS;
+    bn_parts p = {rows, per, (rows + per - 1) / per};
+    return p;
 }

@@ -36,6 +36,7 @@ STATUS_NAMES = {
     -6: "BN_ERR_UNSUPPORTED",
     -7: "BN_ERR_IO",
     -8: "BN_ERR_FORMAT",
+    -9: "BN_ERR_NO_MEMORY",
 }
 
 

@@ -33,7 +33,7 @@ def compile_and_run(tmp_path, cflags, libs):
 
 def test_header_example_compiles_and_runs(tmp_path):
     compile_and_run(tmp_path, ["-I" + os.path.join(REPO, "include")],
-                    [os.path.join(BUILD, "libbnorm.a"), "-lm"])
+                    [os.path.join(BUILD, "libbnorm.a"), "-fopenmp", "-lm"])
 
 
 def test_make_install(tmp_path):

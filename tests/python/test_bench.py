@@ -1,0 +1,128 @@
+"""`bnorm bench`, run as `make bench` runs it: JSON lines with the documented keys and sane
+numbers, the table without --json, the grid narrowed by the options, and usage errors (exit 2)
+for bad values. Small shapes and --repeat 5 keep it to a few seconds.
+
+The command is $BNORM_BUILD/bnorm (default: <repo>/build/bnorm).
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BNORM = Path(os.environ.get("BNORM_BUILD", str(REPO / "build"))) / "bnorm"
+
+if not os.access(BNORM, os.X_OK):
+    pytest.fail(f"{BNORM} is not built: run make (or set BNORM_BUILD)", pytrace=False)
+
+KEYS = {"shape", "layout", "mode", "threads", "dtype", "median_ns", "min_ns", "bytes", "gbps",
+        "roofline_ns", "roofline_pct"}
+
+
+def run(*args):
+    return subprocess.run([str(BNORM), "bench", *map(str, args)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def bench_json(*args):
+    r = run("--json", "--repeat", 5, *args)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines, "no output"
+    return [json.loads(line) for line in lines]
+
+
+def check_case(case, shape, layout, mode, threads, dtype="f32"):
+    assert KEYS <= case.keys()
+    assert (case["shape"], case["layout"], case["mode"], case["threads"], case["dtype"]) == \
+        (shape, layout, mode, threads, dtype)
+    dims = [int(d) for d in shape.split("x")]
+    count = 1
+    for d in dims:
+        count *= d
+    per_elem = (12 if mode == "backward" else 8) * (2 if dtype == "f64" else 1)
+    assert case["bytes"] == count * per_elem
+    for k in ("median_ns", "min_ns", "roofline_ns", "gbps", "roofline_pct"):
+        assert isinstance(case[k], (int, float)) and case[k] > 0, (k, case[k])
+    assert case["min_ns"] <= case["median_ns"]
+    assert case["gbps"] == pytest.approx(case["bytes"] / case["median_ns"], rel=1e-2)
+    assert case["gbps"] < 10000  # 10 TB/s: no CPU memory system moves that
+    assert case["roofline_pct"] == pytest.approx(100 * case["roofline_ns"] / case["median_ns"],
+                                                 rel=1e-2, abs=0.01)
+
+
+def test_small_2d_train():
+    [case] = bench_json("--shape", "20x2", "--mode", "train", "--threads", 1)
+    check_case(case, "20x2", "nchw", "train", 1)
+    assert case["repeat"] == 5
+
+
+def test_4d_nhwc_backward():
+    [case] = bench_json("--shape", "4x32x8x8", "--layout", "nhwc", "--mode", "backward",
+                        "--threads", 2)
+    check_case(case, "4x32x8x8", "nhwc", "backward", 2)
+
+
+def test_shape_without_layout_runs_both_layouts_and_f64():
+    cases = bench_json("--shape", "2x16x4x4", "--mode", "eval", "--threads", 1, "--dtype", "f64")
+    assert [c["layout"] for c in cases] == ["nchw", "nhwc"]
+    for c in cases:
+        check_case(c, "2x16x4x4", c["layout"], "eval", 1, "f64")
+
+
+def test_2d_shape_reports_one_layout_for_every_mode_and_thread_count():
+    cases = bench_json("--shape", "8x4", "--layout", "nhwc")
+    assert [(c["mode"], c["threads"]) for c in cases] == \
+        [(m, t) for m in ("train", "eval", "backward") for t in (1, 2)]
+    assert {c["layout"] for c in cases} == {"nchw"}
+
+
+def test_table_output():
+    r = run("--shape", "20x2", "--mode", "eval", "--threads", 1, "--repeat", 5)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("shape"))
+    for word in ("layout", "mode", "median", "GB/s", "roofline"):
+        assert word in header
+    assert lines[-1].split()[:5] == ["20x2", "nchw", "eval", "1", "f32"]
+
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0 and "usage: bnorm bench" in r.stdout
+    top = subprocess.run([str(BNORM), "--help"], capture_output=True, text=True, timeout=60)
+    assert "bench" in top.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shape", "20"], "--shape"),
+    (["--shape", "20x"], "--shape"),
+    (["--shape", "0x2"], "--shape"),
+    (["--shape", "20x-2"], "--shape"),
+    (["--shape", "axb"], "--shape"),
+    (["--shape", "1x2x3x4x5x6"], "--shape"),
+    (["--shape", "1x4"], "one value per channel"),
+    (["--shape", "99999999999x99999999999x99999999999"], "--shape"),
+    (["--layout", "nchw16c"], "--layout"),
+    (["--layout", ""], "--layout"),
+    (["--mode", "forward"], "--mode"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"),
+    (["--threads", "two"], "--threads"),
+    (["--threads", "2.5"], "--threads"),
+    (["--dtype", "f16"], "--dtype"),
+    (["--repeat", "0"], "--repeat"),
+    (["--shape"], "needs a value"),
+    (["--shape", "2x2", "--shape", "4x4"], "more than once"),
+    (["--fast"], "unknown option"),
+    (["extra"], "unexpected argument"),
+])
+def test_usage_errors(args, message):
+    r = run(*args)
+    assert r.returncode == 2, (args, r.returncode, r.stderr)
+    assert r.stdout == ""
+    assert r.stderr.startswith("bnorm: bench: ") and message in r.stderr, r.stderr
+    assert "usage: bnorm bench" in r.stderr
