@@ -4,11 +4,11 @@
  *   channels-last: sums over parts of the rows (in parallel), added per channel in part order,
  *   then dx row by row (in parallel). */
 #include "kernels.h"
+#include "scratch.h"
 #include "threads.h"
 #include "validate.h"
 
 #include <math.h>
-#include <stdlib.h>
 
 typedef struct {
     bn_desc d; /* the effective descriptor (bn_kernel_desc) */
@@ -79,38 +79,38 @@ static void part_grad_input(const void *args, int64_t k) {
 static bn_status backward_channels_last(backward_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
     a->parts = bn_parts_of(a->d.n * a->d.s);
-    a->part_sums = calloc((size_t)(a->parts.count * C), 2 * sizeof(double));
-    a->mean = calloc((size_t)C, 5 * sizeof(double));
-    a->coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a->d.dtype));
-    bn_status st = BN_ERR_NO_MEMORY;
-    if (a->part_sums && a->mean && a->coef) {
-        double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
-        double *scale = a->mean + 4 * C;
-        for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
-        bn_parallel_for(a->parts.count, elements, part_sums, a);
-        for (int64_t c = 0; c < C; c++) {
-            double sum_dy = 0, sum_dy_xc = 0;
-            for (int64_t p = 0; p < a->parts.count; p++) {
-                sum_dy += a->part_sums[2 * p * C + c];
-                sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
-            }
-            finish_channel(a, c, sum_dy, sum_dy_xc, invstd[c], &mean_dy[c], &k[c], &scale[c]);
+    bn_scratch scratch;
+    void *arrays[3];
+    const size_t bytes[3] = {bn_bytes(2 * a->parts.count * C, sizeof(double)),
+                             bn_bytes(5 * C, sizeof(double)),
+                             bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a->d.dtype))};
+    if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
+    a->part_sums = arrays[0];
+    a->mean = arrays[1];
+    a->coef = arrays[2];
+    double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
+    double *scale = a->mean + 4 * C;
+    for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
+    bn_parallel_for(a->parts.count, elements, part_sums, a);
+    for (int64_t c = 0; c < C; c++) {
+        double sum_dy = 0, sum_dy_xc = 0;
+        for (int64_t p = 0; p < a->parts.count; p++) {
+            sum_dy += a->part_sums[2 * p * C + c];
+            sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
         }
-        if (a->dx) {
-            if (batch_stats(a)) {
-                bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
-            } else { /* dx = (dy - 0) * scale + 0 */
-                for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
-                bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
-            }
-            bn_parallel_for(a->parts.count, elements, part_grad_input, a);
-        }
-        st = BN_OK;
+        finish_channel(a, c, sum_dy, sum_dy_xc, invstd[c], &mean_dy[c], &k[c], &scale[c]);
     }
-    free(a->part_sums);
-    free(a->mean);
-    free(a->coef);
-    return st;
+    if (a->dx) {
+        if (batch_stats(a)) {
+            bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
+        } else { /* dx = (dy - 0) * scale + 0 */
+            for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
+            bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
+        }
+        bn_parallel_for(a->parts.count, elements, part_grad_input, a);
+    }
+    bn_scratch_release(&scratch);
+    return BN_OK;
 }
 
 /* Both passes: with no values, dweight and dbias are 0 and there is no dx. */

@@ -4,11 +4,11 @@
  *   channels-last: statistics of parts of the rows (in parallel), merged per channel in part
  *   order, then the rows normalized (in parallel). */
 #include "kernels.h"
+#include "scratch.h"
 #include "threads.h"
 #include "validate.h"
 
 #include <math.h>
-#include <stdlib.h>
 
 /* 1/sqrt(var + eps) of batch statistics, and 0 where var + eps is 0 (a constant channel with
  * eps = 0), as torch's training kernels do; stored statistics get the plain 1/sqrt (eval). */
@@ -72,27 +72,27 @@ static void part_normalize(const void *args, int64_t k) {
 static bn_status train_channels_last(train_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
     a->parts = bn_parts_of(a->d.n * a->d.s);
-    a->part_moments = calloc((size_t)(a->parts.count * C), sizeof(bn_moments));
-    a->mean = calloc((size_t)C, 3 * sizeof(double));
-    a->coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a->d.dtype));
-    bn_status st = BN_ERR_NO_MEMORY;
-    if (a->part_moments && a->mean && a->coef) {
-        a->scale = a->mean + C;
-        a->shift = a->mean + 2 * C;
-        bn_parallel_for(a->parts.count, elements, part_moments, a);
-        for (int64_t c = 0; c < C; c++) {
-            bn_moments mom = bn_moments_empty();
-            for (int64_t k = 0; k < a->parts.count; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
-            finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
-        }
-        bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
-        bn_parallel_for(a->parts.count, elements, part_normalize, a);
-        st = BN_OK;
+    bn_scratch scratch;
+    void *arrays[3];
+    const size_t bytes[3] = {bn_bytes(a->parts.count * C, sizeof(bn_moments)),
+                             bn_bytes(3 * C, sizeof(double)),
+                             bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a->d.dtype))};
+    if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
+    a->part_moments = arrays[0];
+    a->mean = arrays[1];
+    a->scale = a->mean + C;
+    a->shift = a->mean + 2 * C;
+    a->coef = arrays[2];
+    bn_parallel_for(a->parts.count, elements, part_moments, a);
+    for (int64_t c = 0; c < C; c++) {
+        bn_moments mom = bn_moments_empty();
+        for (int64_t k = 0; k < a->parts.count; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
+        finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
     }
-    free(a->part_moments);
-    free(a->mean);
-    free(a->coef);
-    return st;
+    bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
+    bn_parallel_for(a->parts.count, elements, part_normalize, a);
+    bn_scratch_release(&scratch);
+    return BN_OK;
 }
 
 bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
@@ -178,17 +178,17 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
         return BN_OK;
     }
     const int64_t C = a.d.c;
-    double *coefs = calloc((size_t)C, 3 * sizeof(double));
-    a.coef = calloc((size_t)C, BN_COEF_COUNT * bn_dtype_size(a.d.dtype));
-    bn_status st = BN_ERR_NO_MEMORY;
-    if (coefs && a.coef) {
-        for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &coefs[c], &coefs[C + c], &coefs[2 * C + c]);
-        bn_kernel_cl_coefs(&a.d, a.coef, coefs, coefs + C, coefs + 2 * C, NULL, NULL);
-        a.parts = bn_parts_of(a.d.n * a.d.s);
-        bn_parallel_for(a.parts.count, elements, eval_part, &a);
-        st = BN_OK;
-    }
-    free(coefs);
-    free(a.coef);
-    return st;
+    bn_scratch scratch;
+    void *arrays[2];
+    const size_t bytes[2] = {bn_bytes(3 * C, sizeof(double)),
+                             bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype))};
+    if (!bn_scratch_take(&scratch, 2, bytes, arrays)) return BN_ERR_NO_MEMORY;
+    double *coefs = arrays[0];
+    a.coef = arrays[1];
+    for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &coefs[c], &coefs[C + c], &coefs[2 * C + c]);
+    bn_kernel_cl_coefs(&a.d, a.coef, coefs, coefs + C, coefs + 2 * C, NULL, NULL);
+    a.parts = bn_parts_of(a.d.n * a.d.s);
+    bn_parallel_for(a.parts.count, elements, eval_part, &a);
+    bn_scratch_release(&scratch);
+    return BN_OK;
 }

@@ -28,8 +28,12 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
         threads = bn_get_num_threads();
         if (items < threads) threads = (int)items;
     }
+    if (threads == 1) { /* no parallel region at all: small calls pay nothing for threads */
+        for (int64_t k = 0; k < items; k++) fn(args, k);
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#pragma omp parallel for schedule(static) num_threads(threads)
 #endif
     for (int64_t k = 0; k < items; k++) fn(args, k);
 }
