@@ -1,8 +1,8 @@
 /* backward.c - gradients of the training and eval forward passes: the sums of dy and
  * dy * (x - mean) per channel first, then dweight, dbias and dx.
  *   channels-first: channel by channel (in parallel);
- *   channels-last: sums over parts of the rows (in parallel), added per channel in part order,
- *   then dx row by row (in parallel). */
+ *   channels-last: sums over tiles of the (N*S, C) rows (in parallel), added per channel in the
+ *   order of the rows, then dx tile by tile (in parallel). */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
@@ -18,7 +18,7 @@ typedef struct {
     const void *running_mean, *running_var; /* eval: stored statistics */
     double eps;
     /* channels-last only: scratch */
-    bn_parts parts;
+    bn_tiles tiles;
     double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
     double *mean;      /* (C) */
     void *coef;        /* (BN_COEF_COUNT, C) in the tensor's dtype */
@@ -59,29 +59,30 @@ static void backward_channel(const void *args, int64_t c) {
         bn_kernel_cf_normalize(&a->d, a->dx, a->dy, c, 0.0, scale, 0.0);
 }
 
-static void part_sums(const void *args, int64_t k) {
+static void tile_sums(const void *args, int64_t k) {
     const backward_args *a = args;
-    double *sums = a->part_sums + 2 * k * a->d.c;
-    for (int64_t c = 0; c < 2 * a->d.c; c++) sums[c] = 0;
-    bn_kernel_cl_grad_sums(&a->d, sums, sums + a->d.c, a->dy, a->x, bn_part_begin(&a->parts, k),
-                           bn_part_end(&a->parts, k), a->mean);
+    const bn_tile t = bn_tile_at(&a->tiles, k);
+    double *sum_dy = a->part_sums + 2 * t.part * a->d.c, *sum_dy_xc = sum_dy + a->d.c;
+    for (int64_t c = t.c0; c < t.c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
+    bn_kernel_cl_grad_sums(&a->d, sum_dy, sum_dy_xc, a->dy, a->x, t.r0, t.r1, t.c0, t.c1, a->mean);
 }
 
-static void part_grad_input(const void *args, int64_t k) {
+static void tile_grad_input(const void *args, int64_t k) {
     const backward_args *a = args;
-    const int64_t r0 = bn_part_begin(&a->parts, k), r1 = bn_part_end(&a->parts, k);
+    const bn_tile t = bn_tile_at(&a->tiles, k);
     if (batch_stats(a))
-        bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, r0, r1, a->coef);
+        bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
     else
-        bn_kernel_cl_normalize(&a->d, a->dx, a->dy, r0, r1, a->coef);
+        bn_kernel_cl_normalize(&a->d, a->dx, a->dy, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
 static bn_status backward_channels_last(backward_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
-    a->parts = bn_parts_of(a->d.n * a->d.s);
+    a->tiles = bn_tiles_of(a->d.n * a->d.s, C);
+    const int64_t parts = a->tiles.parts, tiles = parts * a->tiles.chunks;
     bn_scratch scratch;
     void *arrays[3];
-    const size_t bytes[3] = {bn_bytes(2 * a->parts.count * C, sizeof(double)),
+    const size_t bytes[3] = {bn_bytes(2 * parts * C, sizeof(double)),
                              bn_bytes(5 * C, sizeof(double)),
                              bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a->d.dtype))};
     if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
@@ -91,10 +92,10 @@ static bn_status backward_channels_last(backward_args *a) {
     double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
     double *scale = a->mean + 4 * C;
     for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
-    bn_parallel_for(a->parts.count, elements, part_sums, a);
+    bn_parallel_for(tiles, elements, tile_sums, a);
     for (int64_t c = 0; c < C; c++) {
         double sum_dy = 0, sum_dy_xc = 0;
-        for (int64_t p = 0; p < a->parts.count; p++) {
+        for (int64_t p = 0; p < parts; p++) {
             sum_dy += a->part_sums[2 * p * C + c];
             sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
         }
@@ -107,7 +108,7 @@ static bn_status backward_channels_last(backward_args *a) {
             for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
             bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
         }
-        bn_parallel_for(a->parts.count, elements, part_grad_input, a);
+        bn_parallel_for(tiles, elements, tile_grad_input, a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;
@@ -136,7 +137,7 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
                      !save_invstd,
                  BN_ERR_NULL_POINTER);
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, {0, 0, 0}, NULL, NULL, NULL};
+                       NULL, NULL, 0, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
     return run_backward(&a, desc);
 }
 
@@ -149,6 +150,6 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
-                       running_mean, running_var, eps, {0, 0, 0}, NULL, NULL, NULL};
+                       running_mean, running_var, eps, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
     return run_backward(&a, desc);
 }

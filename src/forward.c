@@ -1,8 +1,8 @@
 /* forward.c - the training and eval forward passes: validate everything, then statistics,
  * saved and running statistics, and the normalized output.
  *   channels-first: channel by channel (in parallel), each normalized while still in cache;
- *   channels-last: statistics of parts of the rows (in parallel), merged per channel in part
- *   order, then the rows normalized (in parallel). */
+ *   channels-last: statistics of tiles of the (N*S, C) rows (in parallel), merged per channel
+ *   in the order of the rows, then the tiles normalized (in parallel). */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
@@ -24,7 +24,7 @@ typedef struct {
     const void *x, *weight, *bias;
     double eps, factor; /* factor: weight of the batch in the running statistics */
     /* channels-last only: scratch */
-    bn_parts parts;
+    bn_tiles tiles;
     bn_moments *part_moments; /* (parts, C) */
     double *mean, *scale, *shift; /* (C) */
     void *coef;                   /* (BN_COEF_COUNT, C) in the tensor's dtype */
@@ -56,25 +56,27 @@ static void train_channel(const void *args, int64_t c) {
     bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
 }
 
-static void part_moments(const void *args, int64_t k) {
+static void tile_moments(const void *args, int64_t k) {
     const train_args *a = args;
-    bn_moments *acc = a->part_moments + k * a->d.c;
-    for (int64_t c = 0; c < a->d.c; c++) acc[c] = bn_moments_empty();
-    bn_kernel_cl_moments(&a->d, acc, a->x, bn_part_begin(&a->parts, k), bn_part_end(&a->parts, k));
+    const bn_tile t = bn_tile_at(&a->tiles, k);
+    bn_moments *acc = a->part_moments + t.part * a->d.c;
+    for (int64_t c = t.c0; c < t.c1; c++) acc[c] = bn_moments_empty();
+    bn_kernel_cl_moments(&a->d, acc, a->x, t.r0, t.r1, t.c0, t.c1);
 }
 
-static void part_normalize(const void *args, int64_t k) {
+static void tile_normalize(const void *args, int64_t k) {
     const train_args *a = args;
-    bn_kernel_cl_normalize(&a->d, a->y, a->x, bn_part_begin(&a->parts, k),
-                           bn_part_end(&a->parts, k), a->coef);
+    const bn_tile t = bn_tile_at(&a->tiles, k);
+    bn_kernel_cl_normalize(&a->d, a->y, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
 static bn_status train_channels_last(train_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
-    a->parts = bn_parts_of(a->d.n * a->d.s);
+    a->tiles = bn_tiles_of(a->d.n * a->d.s, C);
+    const int64_t parts = a->tiles.parts, tiles = parts * a->tiles.chunks;
     bn_scratch scratch;
     void *arrays[3];
-    const size_t bytes[3] = {bn_bytes(a->parts.count * C, sizeof(bn_moments)),
+    const size_t bytes[3] = {bn_bytes(parts * C, sizeof(bn_moments)),
                              bn_bytes(3 * C, sizeof(double)),
                              bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a->d.dtype))};
     if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
@@ -83,14 +85,14 @@ static bn_status train_channels_last(train_args *a) {
     a->scale = a->mean + C;
     a->shift = a->mean + 2 * C;
     a->coef = arrays[2];
-    bn_parallel_for(a->parts.count, elements, part_moments, a);
+    bn_parallel_for(tiles, elements, tile_moments, a);
     for (int64_t c = 0; c < C; c++) {
         bn_moments mom = bn_moments_empty();
-        for (int64_t k = 0; k < a->parts.count; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
+        for (int64_t k = 0; k < parts; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
         finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
     }
     bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
-    bn_parallel_for(a->parts.count, elements, part_normalize, a);
+    bn_parallel_for(tiles, elements, tile_normalize, a);
     bn_scratch_release(&scratch);
     return BN_OK;
 }
@@ -120,7 +122,7 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
         train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                         x, weight, bias, opt->eps,
                         opt->cumulative ? 1.0 / (double)batches : opt->momentum,
-                        {0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
+                        {0, 0, 0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
         if (a.d.layout == BN_CHANNELS_LAST) {
             BN_RETURN_IF_ERROR(train_channels_last(&a));
         } else {
@@ -136,7 +138,7 @@ typedef struct {
     void *y;
     const void *x, *running_mean, *running_var, *weight, *bias;
     double eps;
-    bn_parts parts; /* channels-last only */
+    bn_tiles tiles; /* channels-last only */
     void *coef;
 } eval_args;
 
@@ -155,10 +157,10 @@ static void eval_channel(const void *args, int64_t c) {
     bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
 }
 
-static void eval_part(const void *args, int64_t k) {
+static void eval_tile(const void *args, int64_t k) {
     const eval_args *a = args;
-    bn_kernel_cl_normalize(&a->d, a->y, a->x, bn_part_begin(&a->parts, k),
-                           bn_part_end(&a->parts, k), a->coef);
+    const bn_tile t = bn_tile_at(&a->tiles, k);
+    bn_kernel_cl_normalize(&a->d, a->y, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -172,7 +174,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const int64_t elements = bn_count(desc) * desc->c;
     if (elements == 0) return BN_OK;
     eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps,
-                   {0, 0, 0}, NULL};
+                   {0, 0, 0, 0, 0}, NULL};
     if (a.d.layout != BN_CHANNELS_LAST) {
         bn_parallel_for(a.d.c, elements, eval_channel, &a);
         return BN_OK;
@@ -187,8 +189,8 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     a.coef = arrays[1];
     for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &coefs[c], &coefs[C + c], &coefs[2 * C + c]);
     bn_kernel_cl_coefs(&a.d, a.coef, coefs, coefs + C, coefs + 2 * C, NULL, NULL);
-    a.parts = bn_parts_of(a.d.n * a.d.s);
-    bn_parallel_for(a.parts.count, elements, eval_part, &a);
+    a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
+    bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
     bn_scratch_release(&scratch);
     return BN_OK;
 }

@@ -110,15 +110,18 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
                              CF_ROWS, mean, mean_dy, k, scale);
 }
 
-/* Channels-last: rows [r0, r1) start r0 * C elements in. */
-#define CL_AT(p, TYPE) ((TYPE *)(p) + r0 * desc->c)
+/* Channels-last: the tile's first element, its rows, their length and the tile's width;
+ * acc, sums and coefficients indexed by channel are offset to channel c0. */
+#define CL_AT(p, TYPE) ((TYPE *)(p) + r0 * desc->c + c0)
+#define CL_TILE r1 - r0, desc->c, c1 - c0
+#define COEF(p, TYPE) ((const TYPE *)(p) + c0)
 
 void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
-                          int64_t r1) {
+                          int64_t r1, int64_t c0, int64_t c1) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_moments_f32(acc, CL_AT(x, const float), r1 - r0, desc->c);
+        bn_cl_moments_f32(acc + c0, CL_AT(x, const float), CL_TILE);
     else
-        bn_cl_moments_f64(acc, CL_AT(x, const double), r1 - r0, desc->c);
+        bn_cl_moments_f64(acc + c0, CL_AT(x, const double), CL_TILE);
 }
 
 void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
@@ -130,30 +133,30 @@ void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, con
 }
 
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
-                            const void *coef) {
+                            int64_t c0, int64_t c1, const void *coef) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), r1 - r0, desc->c, coef);
+        bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), CL_TILE, COEF(coef, float));
     else
-        bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), r1 - r0, desc->c, coef);
+        bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), CL_TILE, COEF(coef, double));
 }
 
 void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
-                            const void *dy, const void *x, int64_t r0, int64_t r1,
-                            const double *mean) {
+                            const void *dy, const void *x, int64_t r0, int64_t r1, int64_t c0,
+                            int64_t c1, const double *mean) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_grad_sums_f32(sum_dy, sum_dy_xc, CL_AT(dy, const float), CL_AT(x, const float),
-                            r1 - r0, desc->c, mean);
+        bn_cl_grad_sums_f32(sum_dy + c0, sum_dy_xc + c0, CL_AT(dy, const float),
+                            CL_AT(x, const float), CL_TILE, mean + c0);
     else
-        bn_cl_grad_sums_f64(sum_dy, sum_dy_xc, CL_AT(dy, const double), CL_AT(x, const double),
-                            r1 - r0, desc->c, mean);
+        bn_cl_grad_sums_f64(sum_dy + c0, sum_dy_xc + c0, CL_AT(dy, const double),
+                            CL_AT(x, const double), CL_TILE, mean + c0);
 }
 
 void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
-                             int64_t r0, int64_t r1, const void *coef) {
+                             int64_t r0, int64_t r1, int64_t c0, int64_t c1, const void *coef) {
     if (desc->dtype == BN_FLOAT32)
         bn_cl_grad_input_f32(CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float),
-                             r1 - r0, desc->c, coef);
+                             CL_TILE, COEF(coef, float));
     else
         bn_cl_grad_input_f64(CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double),
-                             r1 - r0, desc->c, coef);
+                             CL_TILE, COEF(coef, double));
 }

@@ -39,28 +39,33 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
     void bn_cf_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t n, int64_t s,           \
                                 int64_t stride, double mean, double mean_dy, double k,          \
                                 double scale);                                                  \
-    /* x: (rows, C). acc: (C), each channel's moments of these rows merged into it, block by    \
-     * block in order. */                                                                       \
-    void bn_cl_moments_##SUF(bn_moments *acc, const T *x, int64_t rows, int64_t C);            \
+    /* x: (rows, width) of rows ld apart. acc: (width), each channel's moments of these rows    \
+     * merged into it, block by block in order. */                                              \
+    void bn_cl_moments_##SUF(bn_moments *acc, const T *x, int64_t rows, int64_t ld,            \
+                             int64_t width);                                                    \
     /* coef: (BN_COEF_COUNT, C) out, from (C) doubles; shift, mean_dy, k may be NULL (0). */    \
     void bn_cl_coefs_##SUF(T *coef, int64_t C, const double *mean, const double *scale,        \
                            const double *shift, const double *mean_dy, const double *k);       \
-    /* y, x: (rows, C) (y may be x). y = (x - mean) * scale + shift. */                        \
-    void bn_cl_normalize_##SUF(T *y, const T *x, int64_t rows, int64_t C, const T *coef);      \
-    /* dy, x: (rows, C); mean: (C). sum_dy, sum_dy_xc: (C), these rows' sums added to them. */  \
+    /* y, x: (rows, width) of rows ld apart (y may be x); coef: (BN_COEF_COUNT, ld).           \
+     * y = (x - mean) * scale + shift. */                                                       \
+    void bn_cl_normalize_##SUF(T *y, const T *x, int64_t rows, int64_t ld, int64_t width,      \
+                               const T *coef);                                                  \
+    /* dy, x: (rows, width) of rows ld apart; mean: (width). sum_dy, sum_dy_xc: (width), these  \
+     * rows' sums added to them. */                                                             \
     void bn_cl_grad_sums_##SUF(double *sum_dy, double *sum_dy_xc, const T *dy, const T *x,     \
-                               int64_t rows, int64_t C, const double *mean);                    \
-    /* dx, dy, x: (rows, C) (dx may be dy). dx = (dy - mean_dy - (x - mean) * k) * scale. */   \
-    void bn_cl_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t rows, int64_t C,       \
-                                const T *coef);
+                               int64_t rows, int64_t ld, int64_t width, const double *mean);    \
+    /* dx, dy, x: (rows, width) of rows ld apart (dx may be dy); coef: (BN_COEF_COUNT, ld).    \
+     * dx = (dy - mean_dy - (x - mean) * k) * scale. */                                         \
+    void bn_cl_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t rows, int64_t ld,      \
+                                int64_t width, const T *coef);
 
 BN_DECLARE_KERNELS(float, f32)
 BN_DECLARE_KERNELS(double, f64)
 
 /* The kernels for a tensor described by desc, dispatched on its dtype: the one place where the
  * dtype decides which loop runs. Tensor pointers point at element 0 of the tensor.
- * Channels-first work is per channel c; channels-last work is per range of rows [r0, r1)
- * (a row is one position of one sample: N*S rows of C values). */
+ * Channels-first work is per channel c; channels-last work is per tile: rows [r0, r1) and
+ * channels [c0, c1) (a row is one position of one sample: N*S rows of C values). */
 bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c);
 void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
                             double scale, double shift);
@@ -69,16 +74,16 @@ void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_
 void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t c, double mean, double mean_dy, double k, double scale);
 void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
-                          int64_t r1);
+                          int64_t r1, int64_t c0, int64_t c1);
 void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
                         const double *shift, const double *mean_dy, const double *k);
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
-                            const void *coef);
+                            int64_t c0, int64_t c1, const void *coef);
 void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
-                            const void *dy, const void *x, int64_t r0, int64_t r1,
-                            const double *mean);
+                            const void *dy, const void *x, int64_t r0, int64_t r1, int64_t c0,
+                            int64_t c1, const double *mean);
 void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
-                             int64_t r0, int64_t r1, const void *coef);
+                             int64_t r0, int64_t r1, int64_t c0, int64_t c1, const void *coef);
 
 /* Element c of a per-channel array of the given dtype, as double; NULL gives fallback. */
 static inline double bn_load(const void *p, bn_dtype dtype, int64_t c, double fallback) {

@@ -38,10 +38,11 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
     for (int64_t k = 0; k < items; k++) fn(args, k);
 }
 
-bn_parts bn_parts_of(int64_t rows) {
+bn_tiles bn_tiles_of(int64_t rows, int64_t channels) {
     int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
     per = (per + BN_ROWS - 1) / BN_ROWS * BN_ROWS;
     if (per < BN_ROWS) per = BN_ROWS;
-    bn_parts p = {rows, per, (rows + per - 1) / per};
-    return p;
+    bn_tiles t = {rows, per, (rows + per - 1) / per, channels,
+                  (channels + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS};
+    return t;
 }

@@ -18,17 +18,32 @@ typedef void (*bn_item_fn)(const void *args, int64_t item);
  * touches at least BN_PARALLEL_MIN_ELEMENTS elements. Items must be independent. */
 void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args);
 
-/* Rows [0, rows) cut into parts of `per` rows (a multiple of the statistics block), the last
- * shorter: fixed by the number of rows alone. */
+/* Channels in a channels-last tile: a few KiB of each row, so tiles of a wide (N, C) tensor
+ * can go to different threads. */
+#define BN_TILE_CHANNELS 256
+
+/* A channels-last tensor's (N*S, C) rows cut into tiles: `parts` ranges of `per` rows (a
+ * multiple of the statistics block, the last shorter) times `chunks` ranges of channels.
+ * Fixed by the shape alone; tile k is part k / chunks, chunk k % chunks. */
 typedef struct {
-    int64_t rows, per, count;
-} bn_parts;
+    int64_t rows, per, parts;
+    int64_t channels, chunks;
+} bn_tiles;
 
-bn_parts bn_parts_of(int64_t rows);
+bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
 
-static inline int64_t bn_part_begin(const bn_parts *p, int64_t k) { return k * p->per; }
-static inline int64_t bn_part_end(const bn_parts *p, int64_t k) {
-    return (k + 1) * p->per < p->rows ? (k + 1) * p->per : p->rows;
+typedef struct {
+    int64_t r0, r1, c0, c1, part;
+} bn_tile;
+
+static inline bn_tile bn_tile_at(const bn_tiles *t, int64_t k) {
+    bn_tile tile;
+    tile.part = k / t->chunks;
+    tile.r0 = tile.part * t->per;
+    tile.r1 = tile.r0 + t->per < t->rows ? tile.r0 + t->per : t->rows;
+    tile.c0 = k % t->chunks * BN_TILE_CHANNELS;
+    tile.c1 = tile.c0 + BN_TILE_CHANNELS < t->channels ? tile.c0 + BN_TILE_CHANNELS : t->channels;
+    return tile;
 }
 
 #endif

@@ -42,8 +42,10 @@ static void release(results *o) {
 }
 
 BN_SUITE(suite_threads_bitwise) {
-    static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048}};
-    for (size_t k = 0; k < 3; k++)
+    /* partial channel groups, wide tensors cut into channel tiles, many row parts */
+    static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048},
+                                        {200, 300, 1}, {4, 300, 30}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
         for (int dt = 0; dt < 2; dt++)
             for (int lay = 0; lay < 2; lay++) {
                 bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
