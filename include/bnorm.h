@@ -54,10 +54,11 @@
  *
  * MEMORY
  *
- *   Channels-first calls allocate nothing. Channels-last calls (and (N, C) ones, which take that
- *   path) allocate a scratch of at most about 2 KiB per channel (partial statistics of up to 64
- *   parts of the rows, and per-channel coefficients), independent of N and S, and free it before
- *   they return; BN_ERR_NO_MEMORY if that fails.
+ *   A call may need a scratch buffer of per-channel values: at most about 2 KiB per channel
+ *   (partial statistics of up to 64 parts of the rows, and per-channel coefficients), never
+ *   anything proportional to N or S. Small ones live on the stack; larger ones are allocated
+ *   and freed before the call returns, and BN_ERR_NO_MEMORY reports a failed allocation (before
+ *   anything is written). Channels-first training and backward calls need none.
  *
  * THREADS AND THREAD SAFETY
  *

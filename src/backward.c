@@ -56,7 +56,7 @@ static void backward_channel(const void *args, int64_t c) {
     if (batch_stats(a))
         bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, k, scale);
     else /* stored statistics are constants: dx = dy * invstd * weight */
-        bn_kernel_cf_normalize(&a->d, a->dx, a->dy, c, 0.0, scale, 0.0);
+        bn_kernel_cf_normalize(&a->d, a->dx, a->dy, c, 0, a->d.n, 0.0, scale, 0.0);
 }
 
 static void tile_sums(const void *args, int64_t k) {

@@ -53,7 +53,7 @@ static void train_channel(const void *args, int64_t c) {
     const train_args *a = args;
     double mean, scale, shift;
     finish_channel(a, c, bn_kernel_cf_moments(&a->d, a->x, c), &mean, &scale, &shift);
-    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
+    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mean, scale, shift);
 }
 
 static void tile_moments(const void *args, int64_t k) {
@@ -138,6 +138,7 @@ typedef struct {
     void *y;
     const void *x, *running_mean, *running_var, *weight, *bias;
     double eps;
+    double *coefs; /* (3, C): mean, scale, shift */
     bn_tiles tiles; /* channels-last only */
     void *coef;
 } eval_args;
@@ -150,11 +151,13 @@ static void eval_coefs(const eval_args *a, int64_t c, double *mean, double *scal
     *shift = bn_load(a->bias, dt, c, 0.0);
 }
 
-static void eval_channel(const void *args, int64_t c) {
+/* Row k of a channels-first tensor in memory order: sample k / C, channel k % C. Eval has no
+ * statistics to gather, so it streams through memory in order, as a copy would. */
+static void eval_row(const void *args, int64_t k) {
     const eval_args *a = args;
-    double mean, scale, shift;
-    eval_coefs(a, c, &mean, &scale, &shift);
-    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, mean, scale, shift);
+    const int64_t C = a->d.c, c = k % C, i = k / C;
+    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, i, i + 1, a->coefs[c], a->coefs[C + c],
+                           a->coefs[2 * C + c]);
 }
 
 static void eval_tile(const void *args, int64_t k) {
@@ -174,23 +177,23 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const int64_t elements = bn_count(desc) * desc->c;
     if (elements == 0) return BN_OK;
     eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps,
-                   {0, 0, 0, 0, 0}, NULL};
-    if (a.d.layout != BN_CHANNELS_LAST) {
-        bn_parallel_for(a.d.c, elements, eval_channel, &a);
-        return BN_OK;
-    }
-    const int64_t C = a.d.c;
+                   NULL, {0, 0, 0, 0, 0}, NULL};
+    const int64_t C = a.d.c, cl = a.d.layout == BN_CHANNELS_LAST;
     bn_scratch scratch;
     void *arrays[2];
     const size_t bytes[2] = {bn_bytes(3 * C, sizeof(double)),
-                             bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype))};
+                             cl ? bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype)) : 0};
     if (!bn_scratch_take(&scratch, 2, bytes, arrays)) return BN_ERR_NO_MEMORY;
-    double *coefs = arrays[0];
-    a.coef = arrays[1];
-    for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &coefs[c], &coefs[C + c], &coefs[2 * C + c]);
-    bn_kernel_cl_coefs(&a.d, a.coef, coefs, coefs + C, coefs + 2 * C, NULL, NULL);
-    a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
-    bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
+    a.coefs = arrays[0];
+    for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &a.coefs[c], &a.coefs[C + c], &a.coefs[2 * C + c]);
+    if (cl) {
+        a.coef = arrays[1];
+        bn_kernel_cl_coefs(&a.d, a.coef, a.coefs, a.coefs + C, a.coefs + 2 * C, NULL, NULL);
+        a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
+        bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
+    } else {
+        bn_parallel_for(a.d.n * C, elements, eval_row, &a);
+    }
     bn_scratch_release(&scratch);
     return BN_OK;
 }

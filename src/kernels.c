@@ -79,13 +79,15 @@ bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c) {
     return bn_cf_moments_f64((const double *)x + c * desc->s, CF_ROWS);
 }
 
-void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
-                            double scale, double shift) {
-    const int64_t at = c * desc->s;
+void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, int64_t i0,
+                            int64_t i1, double mean, double scale, double shift) {
+    const int64_t at = i0 * desc->c * desc->s + c * desc->s;
     if (desc->dtype == BN_FLOAT32)
-        bn_cf_normalize_f32((float *)y + at, (const float *)x + at, CF_ROWS, mean, scale, shift);
+        bn_cf_normalize_f32((float *)y + at, (const float *)x + at, i1 - i0, desc->s,
+                            desc->c * desc->s, mean, scale, shift);
     else
-        bn_cf_normalize_f64((double *)y + at, (const double *)x + at, CF_ROWS, mean, scale, shift);
+        bn_cf_normalize_f64((double *)y + at, (const double *)x + at, i1 - i0, desc->s,
+                            desc->c * desc->s, mean, scale, shift);
 }
 
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,

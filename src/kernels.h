@@ -67,8 +67,9 @@ BN_DECLARE_KERNELS(double, f64)
  * Channels-first work is per channel c; channels-last work is per tile: rows [r0, r1) and
  * channels [c0, c1) (a row is one position of one sample: N*S rows of C values). */
 bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c);
-void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, double mean,
-                            double scale, double shift);
+/* Rows [i0, i1) of channel c (the samples i0 .. i1-1). */
+void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, int64_t i0,
+                            int64_t i1, double mean, double scale, double shift);
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
                             const void *dy, const void *x, int64_t c, double mean);
 void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
