@@ -11,6 +11,7 @@ enum { CLI_OK = 0, CLI_RUNTIME_ERROR = 1, CLI_USAGE_ERROR = 2 };
 /* The commands: argv[0] is the command's name; each returns an exit status. */
 int cli_demo(int argc, char **argv);
 int cli_normalize(int argc, char **argv);
+int cli_bench(int argc, char **argv);
 
 /*
  * "bnorm: <file>: <problem>" on stderr.

@@ -18,6 +18,7 @@ static const char help[] =
     "commands:\n"
     "  demo       normalize a random 20x2 batch and check it against a float64 reference\n"
     "  normalize  batch-normalize an (N, C, ...) array stored in a .npy file\n"
+    "  bench      time the forward and backward passes against the memory roofline\n"
     "\n"
     "options:\n"
     "  -h, --help     show this help\n"
@@ -63,6 +64,7 @@ static int run(int argc, char **argv) {
     }
     if (strcmp(cmd, "demo") == 0) return cli_demo(argc - 1, argv + 1);
     if (strcmp(cmd, "normalize") == 0) return cli_normalize(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
     if (cmd[0] == '-') return cli_usage_error(NULL, usage, "unknown option '%s'", cmd);
     return cli_usage_error(NULL, usage, "unknown command '%s'", cmd);
 }
