@@ -138,32 +138,30 @@ typedef struct {
     void *y;
     const void *x, *running_mean, *running_var, *weight, *bias;
     double eps;
-    double *coefs; /* (3, C): mean, scale, shift */
-    bn_tiles tiles; /* channels-last only */
-    void *coef;
+    void *coef;     /* (BN_COEF_COUNT, C) in the tensor's dtype */
+    bn_tiles tiles; /* the tiles of the rows (channels-last) or of the samples' channels */
 } eval_args;
 
-/* Channel c's coefficients of y = (x - mean) * scale + shift from the stored statistics. */
-static void eval_coefs(const eval_args *a, int64_t c, double *mean, double *scale, double *shift) {
-    const bn_dtype dt = a->d.dtype;
-    *mean = bn_load(a->running_mean, dt, c, 0);
-    *scale = 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps) * bn_load(a->weight, dt, c, 1.0);
-    *shift = bn_load(a->bias, dt, c, 0.0);
-}
-
-/* Row k of a channels-first tensor in memory order: sample k / C, channel k % C. Eval has no
- * statistics to gather, so it streams through memory in order, as a copy would. */
-static void eval_row(const void *args, int64_t k) {
+static void eval_coef_chunk(const void *args, int64_t k) {
     const eval_args *a = args;
-    const int64_t C = a->d.c, c = k % C, i = k / C;
-    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, i, i + 1, a->coefs[c], a->coefs[C + c],
-                           a->coefs[2 * C + c]);
+    const bn_tile t = bn_tile_at(&a->tiles, k); /* tiles.parts = 1: chunk k */
+    bn_kernel_eval_coefs(&a->d, a->coef, t.c0, t.c1, a->running_mean, a->running_var, a->weight,
+                         a->bias, a->eps);
 }
 
 static void eval_tile(const void *args, int64_t k) {
     const eval_args *a = args;
     const bn_tile t = bn_tile_at(&a->tiles, k);
     bn_kernel_cl_normalize(&a->d, a->y, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
+}
+
+/* Channels-first: tile k is sample k / chunks, its channel chunk k % chunks. Eval has no
+ * statistics to gather, so it streams through memory in order, as a copy would. */
+static void eval_sample_chunk(const void *args, int64_t k) {
+    const eval_args *a = args;
+    const int64_t i = k / a->tiles.chunks, c0 = k % a->tiles.chunks * BN_TILE_CHANNELS;
+    const int64_t c1 = c0 + BN_TILE_CHANNELS < a->d.c ? c0 + BN_TILE_CHANNELS : a->d.c;
+    bn_kernel_cf_normalize_rows(&a->d, a->y, a->x, i, c0, c1, a->coef);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -177,22 +175,19 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const int64_t elements = bn_count(desc) * desc->c;
     if (elements == 0) return BN_OK;
     eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps,
-                   NULL, {0, 0, 0, 0, 0}, NULL};
-    const int64_t C = a.d.c, cl = a.d.layout == BN_CHANNELS_LAST;
+                   NULL, {0, 0, 0, 0, 0}};
+    const int64_t C = a.d.c;
     bn_scratch scratch;
-    void *arrays[2];
-    const size_t bytes[2] = {bn_bytes(3 * C, sizeof(double)),
-                             cl ? bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype)) : 0};
-    if (!bn_scratch_take(&scratch, 2, bytes, arrays)) return BN_ERR_NO_MEMORY;
-    a.coefs = arrays[0];
-    for (int64_t c = 0; c < C; c++) eval_coefs(&a, c, &a.coefs[c], &a.coefs[C + c], &a.coefs[2 * C + c]);
-    if (cl) {
-        a.coef = arrays[1];
-        bn_kernel_cl_coefs(&a.d, a.coef, a.coefs, a.coefs + C, a.coefs + 2 * C, NULL, NULL);
+    const size_t bytes = bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype));
+    if (!bn_scratch_take(&scratch, 1, &bytes, &a.coef)) return BN_ERR_NO_MEMORY;
+    a.tiles = bn_tiles_of(1, C);
+    bn_parallel_for(a.tiles.chunks, elements, eval_coef_chunk, &a);
+    if (a.d.layout == BN_CHANNELS_LAST) {
         a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
         bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
     } else {
-        bn_parallel_for(a.d.n * C, elements, eval_row, &a);
+        a.tiles = bn_tiles_of(1, C);
+        bn_parallel_for(a.d.n * a.tiles.chunks, elements, eval_sample_chunk, &a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;

@@ -1,6 +1,7 @@
 /* kernels.c - instantiates the per-dtype kernels of kernels.inc and dispatches to them. */
 #include "kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 /* One build runs everywhere and uses the widest vectors the CPU has: each exported kernel is
@@ -110,6 +111,26 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
     else
         bn_cf_grad_input_f64((double *)dx + at, (const double *)dy + at, (const double *)x + at,
                              CF_ROWS, mean, mean_dy, k, scale);
+}
+
+void bn_kernel_eval_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
+                          const void *running_mean, const void *running_var, const void *weight,
+                          const void *bias, double eps) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_eval_coefs_f32(coef, desc->c, c0, c1, running_mean, running_var, weight, bias, eps);
+    else
+        bn_eval_coefs_f64(coef, desc->c, c0, c1, running_mean, running_var, weight, bias, eps);
+}
+
+void bn_kernel_cf_normalize_rows(const bn_desc *desc, void *y, const void *x, int64_t i,
+                                 int64_t c0, int64_t c1, const void *coef) {
+    const int64_t at = (i * desc->c + c0) * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        bn_cf_normalize_rows_f32((float *)y + at, (const float *)x + at, c1 - c0, desc->s,
+                                 (const float *)coef + c0, desc->c);
+    else
+        bn_cf_normalize_rows_f64((double *)y + at, (const double *)x + at, c1 - c0, desc->s,
+                                 (const double *)coef + c0, desc->c);
 }
 
 /* Channels-last: the tile's first element, its rows, their length and the tile's width;

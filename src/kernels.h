@@ -46,6 +46,14 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
     /* coef: (BN_COEF_COUNT, C) out, from (C) doubles; shift, mean_dy, k may be NULL (0). */    \
     void bn_cl_coefs_##SUF(T *coef, int64_t C, const double *mean, const double *scale,        \
                            const double *shift, const double *mean_dy, const double *k);       \
+    /* coef: (BN_COEF_COUNT, ld) out for channels [c0, c1): eval's mean, scale and shift from   \
+     * the stored statistics rm, rv: (C) and weight, bias: (C) or NULL. */                      \
+    void bn_eval_coefs_##SUF(T *coef, int64_t ld, int64_t c0, int64_t c1, const T *rm,         \
+                             const T *rv, const T *w, const T *b, double eps);                  \
+    /* y, x: (channels, s) contiguous rows of one sample (y may be x); coef: (BN_COEF_COUNT,    \
+     * ld) offset to the first row's channel. y = (x - mean) * scale + shift. */                \
+    void bn_cf_normalize_rows_##SUF(T *y, const T *x, int64_t channels, int64_t s,             \
+                                    const T *coef, int64_t ld);                                 \
     /* y, x: (rows, width) of rows ld apart (y may be x); coef: (BN_COEF_COUNT, ld).           \
      * y = (x - mean) * scale + shift. */                                                       \
     void bn_cl_normalize_##SUF(T *y, const T *x, int64_t rows, int64_t ld, int64_t width,      \
@@ -74,6 +82,13 @@ void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_
                             const void *dy, const void *x, int64_t c, double mean);
 void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t c, double mean, double mean_dy, double k, double scale);
+/* Eval coefficients of channels [c0, c1) (coef: (BN_COEF_COUNT, C)). */
+void bn_kernel_eval_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
+                          const void *running_mean, const void *running_var, const void *weight,
+                          const void *bias, double eps);
+/* Channels-first, sample i, channels [c0, c1), with coefficients from coef: (BN_COEF_COUNT, C). */
+void bn_kernel_cf_normalize_rows(const bn_desc *desc, void *y, const void *x, int64_t i,
+                                 int64_t c0, int64_t c1, const void *coef);
 void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
                           int64_t r1, int64_t c0, int64_t c1);
 void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
