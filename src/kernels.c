@@ -1,7 +1,9 @@
 /* kernels.c - instantiates the per-dtype kernels of kernels.inc and dispatches to them. */
 #include "kernels.h"
+#include "validate.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 /* One build runs everywhere and uses the widest vectors the CPU has: each exported kernel is
@@ -73,6 +75,92 @@ typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 #undef STOREW
 #undef WIDEN
 
+/* Large outputs are written with non-temporal (streaming) stores on AVX-512 machines: they
+ * skip reading each destination line into the cache first and do not evict the inputs, which
+ * saves a third of the memory traffic of a pass that reads x and writes y. The same kernels
+ * again, compiled for AVX-512 only with such stores (plain ones where a vector is not 64-byte
+ * aligned); the values stored are the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
+#define BN_HAVE_STREAM 1
+#include <immintrin.h>
+#undef BN_CLONES
+#define BN_CLONES __attribute__((target("avx512f")))
+BN_DECLARE_KERNELS(float, f32_stream)
+BN_DECLARE_KERNELS(double, f64_stream)
+
+#define T float
+#define SUF f32_stream
+#define W bn_v16f
+#define WL 16
+#define NH 2
+#define LOADW(p) (*(const bn_v16f_u *)(p))
+#define STOREW(p, v)                                                                     \
+    do {                                                                                 \
+        if (((uintptr_t)(p)&63) == 0) _mm512_stream_ps((float *)(p), (__m512)(v));       \
+        else *(bn_v16f_u *)(p) = (v);                                                    \
+    } while (0)
+#define WIDEN(vec, out)                                                  \
+    do {                                                                 \
+        bn_v16f_halves h_;                                               \
+        h_.whole = (vec);                                                \
+        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);         \
+        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);         \
+    } while (0)
+#include "kernels.inc"
+#undef T
+#undef SUF
+#undef W
+#undef WL
+#undef NH
+#undef LOADW
+#undef STOREW
+#undef WIDEN
+
+#define T double
+#define SUF f64_stream
+#define W bn_v8d
+#define WL 8
+#define NH 1
+#define LOADW(p) (*(const bn_v8d_u *)(p))
+#define STOREW(p, v)                                                                     \
+    do {                                                                                 \
+        if (((uintptr_t)(p)&63) == 0) _mm512_stream_pd((double *)(p), (__m512d)(v));     \
+        else *(bn_v8d_u *)(p) = (v);                                                     \
+    } while (0)
+#define WIDEN(vec, out) ((out)[0] = (vec))
+#include "kernels.inc"
+#undef T
+#undef SUF
+#undef W
+#undef WL
+#undef NH
+#undef LOADW
+#undef STOREW
+#undef WIDEN
+
+/* Stream when the pass writes at least BN_STREAM_MIN_BYTES and the CPU has AVX-512. */
+static int use_stream(const bn_desc *desc) {
+    return (uint64_t)(desc->n * desc->c * desc->s) * bn_dtype_size(desc->dtype) >=
+               BN_STREAM_MIN_BYTES &&
+           __builtin_cpu_supports("avx512f");
+}
+
+/* Streaming stores are weakly ordered: fence them before anyone reads the output. */
+#define STREAMED(call) (call, _mm_sfence())
+#else
+static int use_stream(const bn_desc *desc) {
+    (void)desc;
+    return 0;
+}
+#define STREAMED(call) ((void)0)
+#endif
+
+/* The output kernels: f##_f32 or its streaming twin. */
+#define OUT_F32(f, ...) \
+    (use_stream(desc) ? STREAMED(f##_f32_stream(__VA_ARGS__)) : f##_f32(__VA_ARGS__))
+#define OUT_F64(f, ...) \
+    (use_stream(desc) ? STREAMED(f##_f64_stream(__VA_ARGS__)) : f##_f64(__VA_ARGS__))
+
 #define CF_ROWS desc->n, desc->s, desc->c * desc->s
 
 bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c) {
@@ -84,10 +172,10 @@ void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t
                             int64_t i1, double mean, double scale, double shift) {
     const int64_t at = i0 * desc->c * desc->s + c * desc->s;
     if (desc->dtype == BN_FLOAT32)
-        bn_cf_normalize_f32((float *)y + at, (const float *)x + at, i1 - i0, desc->s,
+        OUT_F32(bn_cf_normalize, (float *)y + at, (const float *)x + at, i1 - i0, desc->s,
                             desc->c * desc->s, mean, scale, shift);
     else
-        bn_cf_normalize_f64((double *)y + at, (const double *)x + at, i1 - i0, desc->s,
+        OUT_F64(bn_cf_normalize, (double *)y + at, (const double *)x + at, i1 - i0, desc->s,
                             desc->c * desc->s, mean, scale, shift);
 }
 
@@ -106,10 +194,10 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
                              int64_t c, double mean, double mean_dy, double k, double scale) {
     const int64_t at = c * desc->s;
     if (desc->dtype == BN_FLOAT32)
-        bn_cf_grad_input_f32((float *)dx + at, (const float *)dy + at, (const float *)x + at,
+        OUT_F32(bn_cf_grad_input, (float *)dx + at, (const float *)dy + at, (const float *)x + at,
                              CF_ROWS, mean, mean_dy, k, scale);
     else
-        bn_cf_grad_input_f64((double *)dx + at, (const double *)dy + at, (const double *)x + at,
+        OUT_F64(bn_cf_grad_input, (double *)dx + at, (const double *)dy + at, (const double *)x + at,
                              CF_ROWS, mean, mean_dy, k, scale);
 }
 
@@ -126,10 +214,10 @@ void bn_kernel_cf_normalize_rows(const bn_desc *desc, void *y, const void *x, in
                                  int64_t c0, int64_t c1, const void *coef) {
     const int64_t at = (i * desc->c + c0) * desc->s;
     if (desc->dtype == BN_FLOAT32)
-        bn_cf_normalize_rows_f32((float *)y + at, (const float *)x + at, c1 - c0, desc->s,
+        OUT_F32(bn_cf_normalize_rows, (float *)y + at, (const float *)x + at, c1 - c0, desc->s,
                                  (const float *)coef + c0, desc->c);
     else
-        bn_cf_normalize_rows_f64((double *)y + at, (const double *)x + at, c1 - c0, desc->s,
+        OUT_F64(bn_cf_normalize_rows, (double *)y + at, (const double *)x + at, c1 - c0, desc->s,
                                  (const double *)coef + c0, desc->c);
 }
 
@@ -158,9 +246,9 @@ void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, con
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
                             int64_t c0, int64_t c1, const void *coef) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_normalize_f32(CL_AT(y, float), CL_AT(x, const float), CL_TILE, COEF(coef, float));
+        OUT_F32(bn_cl_normalize, CL_AT(y, float), CL_AT(x, const float), CL_TILE, COEF(coef, float));
     else
-        bn_cl_normalize_f64(CL_AT(y, double), CL_AT(x, const double), CL_TILE, COEF(coef, double));
+        OUT_F64(bn_cl_normalize, CL_AT(y, double), CL_AT(x, const double), CL_TILE, COEF(coef, double));
 }
 
 void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
@@ -177,9 +265,9 @@ void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_
 void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t r0, int64_t r1, int64_t c0, int64_t c1, const void *coef) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_grad_input_f32(CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float),
+        OUT_F32(bn_cl_grad_input, CL_AT(dx, float), CL_AT(dy, const float), CL_AT(x, const float),
                              CL_TILE, COEF(coef, float));
     else
-        bn_cl_grad_input_f64(CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double),
+        OUT_F64(bn_cl_grad_input, CL_AT(dx, double), CL_AT(dy, const double), CL_AT(x, const double),
                              CL_TILE, COEF(coef, double));
 }

@@ -19,6 +19,9 @@
 
 #define BN_BLOCK 1024 /* channels-first: values per statistics block */
 #define BN_ROWS 256   /* channels-last: rows per statistics block */
+/* Outputs of at least this many bytes are written with streaming stores (on AVX-512): well past
+ * what the caches hold, where reading each destination line before writing it costs most. */
+#define BN_STREAM_MIN_BYTES (INT64_C(48) << 20)
 
 /* Channels-last element-wise passes take per-channel coefficients in the tensor's dtype, as
  * BN_COEF_COUNT arrays of C values one after the other (bn_kernel_cl_coefs makes them). */
