@@ -3,6 +3,7 @@
 #include "validate.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -138,16 +139,22 @@ BN_DECLARE_KERNELS(double, f64_stream)
 #undef STOREW
 #undef WIDEN
 
+static atomic_int plain_stores_only; /* tests compare both kinds of store */
+
+void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on != 0); }
+
 /* Stream when the pass writes at least BN_STREAM_MIN_BYTES and the CPU has AVX-512. */
 static int use_stream(const bn_desc *desc) {
     return (uint64_t)(desc->n * desc->c * desc->s) * bn_dtype_size(desc->dtype) >=
                BN_STREAM_MIN_BYTES &&
-           __builtin_cpu_supports("avx512f");
+           __builtin_cpu_supports("avx512f") && !atomic_load(&plain_stores_only);
 }
 
 /* Streaming stores are weakly ordered: fence them before anyone reads the output. */
 #define STREAMED(call) (call, _mm_sfence())
 #else
+void bn_kernel_force_plain_stores(int on) { (void)on; }
+
 static int use_stream(const bn_desc *desc) {
     (void)desc;
     return 0;

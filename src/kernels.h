@@ -104,6 +104,10 @@ void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_
 void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t r0, int64_t r1, int64_t c0, int64_t c1, const void *coef);
 
+/* For tests: nonzero makes every output kernel use plain stores (streaming ones store the same
+ * bits, which a test checks by comparing the two). */
+void bn_kernel_force_plain_stores(int on);
+
 /* Element c of a per-channel array of the given dtype, as double; NULL gives fallback. */
 static inline double bn_load(const void *p, bn_dtype dtype, int64_t c, double fallback) {
     if (!p) return fallback;

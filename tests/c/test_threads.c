@@ -3,6 +3,8 @@
 #include "check.h"
 #include "testutil.h"
 
+#include "kernels.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,5 +103,38 @@ BN_SUITE(suite_threads_lanes) {
             CHECK(!memcmp(gw, gn, sizeof gn));
         }
         free(v), free(vn), free(xw), free(xn), free(yw), free(yn);
+    }
+}
+
+/* Outputs past BN_STREAM_MIN_BYTES are written with streaming stores on AVX-512 machines: they
+ * must hold the same bits as plain stores, in every pass and both layouts. */
+BN_SUITE(suite_threads_streaming_stores) {
+    const int64_t n = 2, c = 20, s = 330000; /* 13.2 M float32 values: 52.8 MB */
+    for (int lay = 0; lay < 2; lay++) {
+        bn_desc d = tu_desc(n, c, s, BN_FLOAT32, (bn_layout)lay);
+        const int64_t count = tu_numel(&d);
+        CHECK(count * 4 >= BN_STREAM_MIN_BYTES);
+        float *x = malloc(sizeof(float) * (size_t)count), *dy = malloc(sizeof(float) * (size_t)count);
+        tu_rng r = tu_rng_new(9);
+        for (int64_t k = 0; k < count; k++) x[k] = (float)(1 + tu_normal(&r)), dy[k] = (float)tu_uniform(&r);
+        float *out[2][3];
+        double sm[20], si[20];
+        float rm[20] = {0}, rv[20];
+        for (int k = 0; k < 20; k++) rv[k] = 1.5f;
+        bn_options opt = BN_OPTIONS_DEFAULT;
+        for (int plain = 0; plain < 2; plain++) {
+            bn_kernel_force_plain_stores(plain);
+            for (int m = 0; m < 3; m++) out[plain][m] = malloc(sizeof(float) * (size_t)count);
+            CHECK_STATUS(bn_forward_train(out[plain][0], sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
+            CHECK_STATUS(bn_forward_eval(out[plain][1], x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+            CHECK_STATUS(bn_backward_train(out[plain][2], NULL, NULL, dy, x, sm, si, NULL, &d), BN_OK);
+        }
+        bn_kernel_force_plain_stores(0);
+        for (int m = 0; m < 3; m++) {
+            CHECK_MSG(!memcmp(out[0][m], out[1][m], sizeof(float) * (size_t)count),
+                      "layout %d pass %d: streaming stores changed the output", lay, m);
+            free(out[0][m]), free(out[1][m]);
+        }
+        free(x), free(dy);
     }
 }
