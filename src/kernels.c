@@ -19,7 +19,6 @@
 /* Vector helpers are macros: clang refuses functions that pass 64-byte vectors in a clone
  * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. */
 typedef double bn_v8d __attribute__((vector_size(64)));
-typedef float bn_v8f __attribute__((vector_size(32)));
 /* Unaligned, alias-safe views for loads and stores. */
 typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
@@ -32,7 +31,10 @@ typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
 typedef float bn_v16f __attribute__((vector_size(64)));
 typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
+/* A float vector widened whole: GCC 12 converts a 16-float vector to 16 doubles with two
+ * full-width instructions, but splits a conversion of 8 floats into pieces. */
+typedef double bn_v16d __attribute__((vector_size(128)));
+typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
 
 #define T float
 #define SUF f32
@@ -43,10 +45,10 @@ typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 #define STOREW(p, v) (*(bn_v16f_u *)(p) = (v))
 #define WIDEN(vec, out)                                              \
     do {                                                             \
-        bn_v16f_halves h_;                                           \
-        h_.whole = (vec);                                            \
-        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);     \
-        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);     \
+        bn_v16d_halves h_;                                           \
+        h_.whole = __builtin_convertvector((vec), bn_v16d);          \
+        (out)[0] = h_.half[0];                                       \
+        (out)[1] = h_.half[1];                                       \
     } while (0)
 #include "kernels.inc"
 #undef T
@@ -102,10 +104,10 @@ BN_DECLARE_KERNELS(double, f64_stream)
     } while (0)
 #define WIDEN(vec, out)                                                  \
     do {                                                                 \
-        bn_v16f_halves h_;                                               \
-        h_.whole = (vec);                                                \
-        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);         \
-        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);         \
+        bn_v16d_halves h_;                                           \
+        h_.whole = __builtin_convertvector((vec), bn_v16d);          \
+        (out)[0] = h_.half[0];                                       \
+        (out)[1] = h_.half[1];                                       \
     } while (0)
 #include "kernels.inc"
 #undef T
