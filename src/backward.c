@@ -103,10 +103,10 @@ static bn_status backward_channels_last(backward_args *a) {
     }
     if (a->dx) {
         if (batch_stats(a)) {
-            bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
+            bn_kernel_cl_coefs(&a->d, a->coef, 0, C, a->mean, scale, NULL, mean_dy, k);
         } else { /* dx = (dy - 0) * scale + 0 */
             for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
-            bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
+            bn_kernel_cl_coefs(&a->d, a->coef, 0, C, mean_dy, scale, NULL, NULL, NULL);
         }
         bn_parallel_for(tiles, elements, tile_grad_input, a);
     }

@@ -210,6 +210,25 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
                              CF_ROWS, mean, mean_dy, k, scale);
 }
 
+#define AT_C0(p, TYPE) ((p) ? (TYPE *)(p) + c0 : NULL)
+
+void bn_kernel_train_finish(const bn_desc *desc, int64_t c0, int64_t c1, double count,
+                            const double *mean, const double *m2, double *scale, double *shift,
+                            double *save_mean, double *save_invstd, void *running_mean,
+                            void *running_var, const void *weight, const void *bias, double eps,
+                            double factor) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_train_finish_f32(c1 - c0, count, mean, m2, scale, shift, AT_C0(save_mean, double),
+                            AT_C0(save_invstd, double), AT_C0(running_mean, float),
+                            AT_C0(running_var, float), AT_C0(weight, const float),
+                            AT_C0(bias, const float), eps, factor);
+    else
+        bn_train_finish_f64(c1 - c0, count, mean, m2, scale, shift, AT_C0(save_mean, double),
+                            AT_C0(save_invstd, double), AT_C0(running_mean, double),
+                            AT_C0(running_var, double), AT_C0(weight, const double),
+                            AT_C0(bias, const double), eps, factor);
+}
+
 void bn_kernel_eval_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
                           const void *running_mean, const void *running_var, const void *weight,
                           const void *bias, double eps) {
@@ -244,12 +263,13 @@ void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, i
         bn_cl_moments_f64(acc + c0, CL_AT(x, const double), CL_TILE);
 }
 
-void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
-                        const double *shift, const double *mean_dy, const double *k) {
+void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
+                        const double *mean, const double *scale, const double *shift,
+                        const double *mean_dy, const double *k) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_coefs_f32(coef, desc->c, mean, scale, shift, mean_dy, k);
+        bn_cl_coefs_f32(coef, desc->c, c0, c1, mean, scale, shift, mean_dy, k);
     else
-        bn_cl_coefs_f64(coef, desc->c, mean, scale, shift, mean_dy, k);
+        bn_cl_coefs_f64(coef, desc->c, c0, c1, mean, scale, shift, mean_dy, k);
 }
 
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,

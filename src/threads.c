@@ -4,6 +4,7 @@
 #include "kernels.h"
 
 #include <stdatomic.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -45,4 +46,30 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels) {
     bn_tiles t = {rows, per, (rows + per - 1) / per, channels,
                   (channels + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS};
     return t;
+}
+
+/* Bytes a thread may keep in cache between two passes over the same chunk. */
+static int64_t cache_budget(void) {
+    static atomic_llong budget; /* 0 until first asked */
+    long long b = atomic_load(&budget);
+    if (b == 0) {
+        long l2 = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        b = (l2 > 0 ? l2 : 1L << 20) / 2;
+        atomic_store(&budget, b);
+    }
+    return (int64_t)b;
+}
+
+int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size) {
+    const int64_t budget = cache_budget();
+    if (rows <= 0 || rows > budget) return 0;
+    const int64_t width = budget / (rows * streams * (int64_t)elem_size) / 16 * 16;
+    if (width < 16) return 0;
+    const int64_t threads = bn_get_num_threads();
+    const int64_t share = (channels + threads - 1) / threads;
+    const int64_t even = (share + 15) / 16 * 16; /* one chunk per thread, when chunks can be so wide */
+    return width < even ? width : even;
 }
