@@ -2,7 +2,8 @@
  * saved and running statistics, and the normalized output.
  *   channels-first: channel by channel (in parallel), each normalized while still in cache;
  *   channels-last: statistics of tiles of the (N*S, C) rows (in parallel), merged per channel
- *   in the order of the rows, then the tiles normalized (in parallel). */
+ *   in the order of the rows, then the tiles normalized (in parallel); when a chunk of channels
+ *   fits in cache with all its rows, chunk by chunk instead, each normalized while in cache. */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
