@@ -48,9 +48,15 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels) {
     return t;
 }
 
+static atomic_llong budget_override; /* tests: bytes, or 0 */
+
+void bn_cache_budget_override(int64_t bytes) { atomic_store(&budget_override, bytes > 0 ? bytes : 0); }
+
 /* Bytes a thread may keep in cache between two passes over the same chunk. */
 static int64_t cache_budget(void) {
     static atomic_llong budget; /* 0 until first asked */
+    const long long forced = atomic_load(&budget_override);
+    if (forced) return (int64_t)forced;
     long long b = atomic_load(&budget);
     if (b == 0) {
         long l2 = -1;

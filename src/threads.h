@@ -39,6 +39,9 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
  * channels are independent, so results are the same bits for any width. */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
 
+/* For tests: the cache budget in bytes instead of half the L2 (0: the L2's again). */
+void bn_cache_budget_override(int64_t bytes);
+
 typedef struct {
     int64_t r0, r1, c0, c1, part;
 } bn_tile;
