@@ -1,5 +1,6 @@
 /* kernels.c - instantiates the per-dtype kernels of kernels.inc and dispatches to them. */
 #include "kernels.h"
+#include "threads.h"
 #include "validate.h"
 
 #include <math.h>
@@ -145,10 +146,21 @@ static atomic_int plain_stores_only; /* tests compare both kinds of store */
 
 void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on != 0); }
 
-/* Stream when the pass writes at least BN_STREAM_MIN_BYTES and the CPU has AVX-512. */
+/* Output bytes from which stores stream: half the last-level cache, at most BN_STREAM_MIN_BYTES. */
+static int64_t stream_threshold(void) {
+    static atomic_llong threshold; /* 0 until first asked */
+    long long t = atomic_load(&threshold);
+    if (t == 0) {
+        const int64_t llc = bn_cache_size(3);
+        t = llc > 0 && llc / 2 < BN_STREAM_MIN_BYTES ? llc / 2 : BN_STREAM_MIN_BYTES;
+        atomic_store(&threshold, t);
+    }
+    return (int64_t)t;
+}
+
+/* Stream when the pass writes at least stream_threshold() bytes and the CPU has AVX-512. */
 static int use_stream(const bn_desc *desc) {
-    return (uint64_t)(desc->n * desc->c * desc->s) * bn_dtype_size(desc->dtype) >=
-               BN_STREAM_MIN_BYTES &&
+    return desc->n * desc->c * desc->s * (int64_t)bn_dtype_size(desc->dtype) >= stream_threshold() &&
            __builtin_cpu_supports("avx512f") && !atomic_load(&plain_stores_only);
 }
 

@@ -4,7 +4,8 @@
 #include "kernels.h"
 
 #include <stdatomic.h>
-#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -52,6 +53,37 @@ static atomic_llong budget_override; /* tests: bytes, or 0 */
 
 void bn_cache_budget_override(int64_t bytes) { atomic_store(&budget_override, bytes > 0 ? bytes : 0); }
 
+/* The first line of a small text file, or "" when it cannot be read. */
+static void read_line(const char *path, char *buf, int size) {
+    buf[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (!fgets(buf, size, f)) buf[0] = 0;
+    fclose(f);
+}
+
+int64_t bn_cache_size(int level) {
+    for (int index = 0; index < 16; index++) {
+        char path[96], text[64];
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", index);
+        read_line(path, text, sizeof text);
+        if (!text[0]) break;
+        if (atoi(text) != level) continue;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/type", index);
+        read_line(path, text, sizeof text);
+        if (text[0] == 'I') continue; /* an instruction cache */
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", index);
+        read_line(path, text, sizeof text);
+        char *end;
+        long long size = strtoll(text, &end, 10);
+        if (size <= 0) return 0;
+        if (*end == 'K') size <<= 10;
+        if (*end == 'M') size <<= 20;
+        return (int64_t)size;
+    }
+    return 0;
+}
+
 /* Bytes a thread may keep in cache between two passes over the same chunk. */
 static int64_t cache_budget(void) {
     static atomic_llong budget; /* 0 until first asked */
@@ -59,11 +91,8 @@ static int64_t cache_budget(void) {
     if (forced) return (int64_t)forced;
     long long b = atomic_load(&budget);
     if (b == 0) {
-        long l2 = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-        l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        b = (l2 > 0 ? l2 : 1L << 20) / 2;
+        const int64_t l2 = bn_cache_size(2);
+        b = (l2 > 0 ? l2 : INT64_C(1) << 20) / 2;
         atomic_store(&budget, b);
     }
     return (int64_t)b;

@@ -39,6 +39,11 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
  * channels are independent, so results are the same bits for any width. */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
 
+/* The size in bytes of the data cache of the given level (2, 3) that CPU 0 reports in Linux's
+ * /sys/devices/system/cpu/cpu0/cache, or 0 when it reports none. (glibc's sysconf can be far off
+ * in virtual machines: 384 MiB of L3 for a 32 MiB one has been seen.) */
+int64_t bn_cache_size(int level);
+
 /* For tests: the cache budget in bytes instead of half the L2 (0: the L2's again). */
 void bn_cache_budget_override(int64_t bytes);
 

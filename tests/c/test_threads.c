@@ -174,3 +174,13 @@ BN_SUITE(suite_threads_cache_chunks) {
             free(xv), free(gv), free(wv), free(bv), free(x), free(dy), free(w), free(b);
         }
 }
+
+/* Cache sizes come from Linux's /sys tables: a plausible size or 0, never garbage. */
+BN_SUITE(suite_threads_cache_sizes) {
+    for (int level = 2; level <= 3; level++) {
+        const int64_t size = bn_cache_size(level);
+        CHECK_MSG(size == 0 || (size >= (INT64_C(16) << 10) && size <= (INT64_C(4) << 30)),
+                  "L%d cache: %lld bytes", level, (long long)size);
+    }
+    CHECK(bn_cache_size(9) == 0);
+}
