@@ -51,7 +51,9 @@ typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
         (out)[0] = h_.half[0];                                       \
         (out)[1] = h_.half[1];                                       \
     } while (0)
+#define HEAD(p, s) 0
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -69,7 +71,9 @@ typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
 #define LOADW(p) (*(const bn_v8d_u *)(p))
 #define STOREW(p, v) (*(bn_v8d_u *)(p) = (v))
 #define WIDEN(vec, out) ((out)[0] = (vec))
+#define HEAD(p, s) 0
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -110,7 +114,9 @@ BN_DECLARE_KERNELS(double, f64_stream)
         (out)[0] = h_.half[0];                                       \
         (out)[1] = h_.half[1];                                       \
     } while (0)
+#define HEAD(p, s) BN_FN(head_)(p, s)
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -132,7 +138,9 @@ BN_DECLARE_KERNELS(double, f64_stream)
         else *(bn_v8d_u *)(p) = (v);                                                     \
     } while (0)
 #define WIDEN(vec, out) ((out)[0] = (vec))
+#define HEAD(p, s) BN_FN(head_)(p, s)
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
