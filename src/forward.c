@@ -2,7 +2,9 @@
  * saved and running statistics, and the normalized output.
  *   channels-first: channel by channel (in parallel), each normalized while still in cache;
  *   channels-last: statistics of tiles of the (N*S, C) rows (in parallel), merged per channel
- *   in the order of the rows, then the tiles normalized (in parallel). */
+ *   in the order of the rows, then the tiles normalized (in parallel).
+ * The same drivers run the stages of a split batch: statistics only (bn_compute_moments), and
+ * the normalization with statistics given (bn_forward_train_stats). */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
@@ -23,6 +25,8 @@ typedef struct {
     double *save_mean, *save_invstd;
     const void *x, *weight, *bias;
     double eps, factor; /* factor: weight of the batch in the running statistics */
+    const bn_moments *given; /* (C) the batch's moments (bn_forward_train_stats), or NULL */
+    bn_moments *moments_out; /* (C) non-NULL: only compute the statistics (bn_compute_moments) */
     /* channels-last only: scratch */
     bn_tiles tiles;
     bn_moments *part_moments; /* (parts, C) */
@@ -51,8 +55,13 @@ static void finish_channel(const train_args *a, int64_t c, bn_moments mom, doubl
 
 static void train_channel(const void *args, int64_t c) {
     const train_args *a = args;
+    const bn_moments mom = a->given ? a->given[c] : bn_kernel_cf_moments(&a->d, a->x, c);
+    if (a->moments_out) {
+        a->moments_out[c] = mom;
+        return;
+    }
     double mean, scale, shift;
-    finish_channel(a, c, bn_kernel_cf_moments(&a->d, a->x, c), &mean, &scale, &shift);
+    finish_channel(a, c, mom, &mean, &scale, &shift);
     bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mean, scale, shift);
 }
 
@@ -85,15 +94,32 @@ static bn_status train_channels_last(train_args *a) {
     a->scale = a->mean + C;
     a->shift = a->mean + 2 * C;
     a->coef = arrays[2];
-    bn_parallel_for(tiles, elements, tile_moments, a);
+    if (!a->given) bn_parallel_for(tiles, elements, tile_moments, a);
     for (int64_t c = 0; c < C; c++) {
         bn_moments mom = bn_moments_empty();
-        for (int64_t k = 0; k < parts; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
-        finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
+        if (a->given)
+            mom = a->given[c];
+        else
+            for (int64_t k = 0; k < parts; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
+        if (a->moments_out)
+            a->moments_out[c] = mom;
+        else
+            finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
+    }
+    if (a->moments_out) {
+        bn_scratch_release(&scratch);
+        return BN_OK;
     }
     bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
     bn_parallel_for(tiles, elements, tile_normalize, a);
     bn_scratch_release(&scratch);
+    return BN_OK;
+}
+
+/* The training driver: statistics, then (unless only they are asked for) the normalization. */
+static bn_status run_train(train_args *a) {
+    if (a->d.layout == BN_CHANNELS_LAST) return train_channels_last(a);
+    bn_parallel_for(a->d.c, bn_count(&a->d) * a->d.c, train_channel, a);
     return BN_OK;
 }
 
@@ -121,13 +147,66 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
     } else {
         train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                         x, weight, bias, opt->eps,
-                        opt->cumulative ? 1.0 / (double)batches : opt->momentum,
+                        opt->cumulative ? 1.0 / (double)batches : opt->momentum, NULL, NULL,
                         {0, 0, 0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
-        if (a.d.layout == BN_CHANNELS_LAST) {
-            BN_RETURN_IF_ERROR(train_channels_last(&a));
-        } else {
-            bn_parallel_for(a.d.c, m * a.d.c, train_channel, &a);
+        BN_RETURN_IF_ERROR(run_train(&a));
+    }
+    if (tracking && num_batches_tracked) *num_batches_tracked = batches;
+    return BN_OK;
+}
+
+bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(!moments || bn_tensor_missing(x, desc), BN_ERR_NULL_POINTER);
+    if (bn_count(desc) == 0) {
+        for (int64_t c = 0; c < desc->c; c++) moments[c] = bn_moments_empty();
+        return BN_OK;
+    }
+    train_args a = {bn_kernel_desc(desc), NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, 0, 0,
+                    NULL, moments, {0, 0, 0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
+    return run_train(&a);
+}
+
+/* The batch's count m from stats: the same for every channel and at least the piece's. */
+static bn_status check_stats(const bn_moments *stats, const bn_desc *desc, int64_t *m) {
+    BN_RETURN_IF(!stats, BN_ERR_NULL_POINTER);
+    *m = stats[0].count;
+    for (int64_t c = 0; c < desc->c; c++)
+        BN_RETURN_IF(stats[c].count != *m, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(*m < bn_count(desc), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(*m == 1, BN_ERR_COUNT);
+    return BN_OK;
+}
+
+bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
+                                 void *running_mean, void *running_var,
+                                 int64_t *num_batches_tracked, const void *x, const void *weight,
+                                 const void *bias, const bn_moments *stats, const bn_desc *desc,
+                                 const bn_options *opt) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF_ERROR(bn_check_options(opt));
+    BN_RETURN_IF(bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
+    int64_t m;
+    BN_RETURN_IF_ERROR(check_stats(stats, desc, &m));
+    if (m == 0) /* an empty batch: what bn_forward_train does with one */
+        return bn_forward_train(y, save_mean, save_invstd, running_mean, running_var,
+                                num_batches_tracked, x, weight, bias, desc, opt);
+    const int tracking = running_mean || running_var;
+    BN_RETURN_IF(tracking && opt->cumulative && !num_batches_tracked, BN_ERR_NULL_POINTER);
+    BN_RETURN_IF(tracking && num_batches_tracked && *num_batches_tracked == INT64_MAX,
+                 BN_ERR_TOO_LARGE);
+    const int64_t batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
+    train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
+                    x, weight, bias, opt->eps,
+                    opt->cumulative ? 1.0 / (double)batches : opt->momentum, stats, NULL,
+                    {0, 0, 0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
+    if (bn_count(desc) == 0) { /* nothing here to normalize; the statistics are still saved */
+        for (int64_t c = 0; c < desc->c; c++) {
+            double mean, scale, shift;
+            finish_channel(&a, c, stats[c], &mean, &scale, &shift);
         }
+    } else {
+        BN_RETURN_IF_ERROR(run_train(&a));
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
     return BN_OK;
