@@ -22,9 +22,22 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h)
 
+# MPI (libbnorm_mpi, its tests, `bnorm fit` across ranks) is built when mpicc is found; mpicc
+# drives $(CC) (OMPI_CC / MPICH_CC), so the gcc, clang and sanitizer builds all cover it.
+MPICC    ?= mpicc
+HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
+MPI_CC   := OMPI_CC=$(CC) MPICH_CC=$(CC) $(MPICC)
+MPI_SRC  := $(wildcard src/mpi/*.c)
+MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
+MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
+ifeq ($(HAVE_MPI),yes)
+MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
+endif
+HEADERS  += include/bnorm_mpi.h
+
 .PHONY: all demo test test-c test-python install clean sanitize
 
-all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -33,6 +46,24 @@ $(BUILD)/%.o: %.c $(HEADERS)
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
 $(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3 -fno-math-errno
+
+$(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -Itests/c -c $< -o $@
+
+$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+# self-contained: the MPI calls and the library, for loaders such as ctypes
+$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ)
+	$(MPI_CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
+	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/libbnorm.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -51,7 +82,7 @@ demo: $(BUILD)/bnorm
 
 # Every suite runs; a missing prerequisite fails the run with what to install.
 test: all
-	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
+	PYTHON=$(PYTHON) BUILD=$(BUILD) HAVE_MPI=$(HAVE_MPI) sh tests/run_all.sh
 
 test-c: $(BUILD)/test_bnorm
 	$(BUILD)/test_bnorm
@@ -63,7 +94,7 @@ test-python: all
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm
+	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi)
 	build-san/test_bnorm
 
 install: all
@@ -74,6 +105,8 @@ install: all
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(firstword $(subst ., ,$(VERSION)))
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so
 	install -m 755 $(BUILD)/bnorm $(DESTDIR)$(PREFIX)/bin/
+	$(if $(HAVE_MPI),install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/)
+	$(if $(HAVE_MPI),install -m 644 $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 

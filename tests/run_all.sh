@@ -1,6 +1,7 @@
 #!/bin/sh
-# run_all.sh - every suite of `make test`: the C tests, then the Python tests (bnorm's numpy API,
-# bnorm.torch against live torch.nn, the `bnorm` command). A missing prerequisite fails the run
+# run_all.sh - every suite of `make test`: the C tests, the MPI tests under mpirun with 1 to 4
+# ranks, then the Python tests (bnorm's numpy API, bnorm.torch against live torch.nn, SyncBatchNorm
+# under mpirun, the `bnorm` command). A missing prerequisite fails the run
 # and says what to install; nothing is skipped. Ends with one line: "N passed, N failed".
 set -u
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -20,6 +21,26 @@ if [ -n "$line" ]; then
     failed=$((failed + $(echo "$line" | cut -d' ' -f3)))
 fi
 [ "$c_status" -eq 0 ] || [ "$failed" -gt 0 ] || failed=$((failed + 1))
+
+echo "== MPI tests (libbnorm_mpi under mpirun, 1 to 4 ranks)"
+if [ "${HAVE_MPI:-}" != yes ] || ! command -v mpirun >/dev/null 2>&1 || [ ! -x "$BUILD/test_bnorm_mpi" ]; then
+    echo "run_all: MPI is missing (mpicc, mpirun or $BUILD/test_bnorm_mpi);" \
+         "install it: apt-get install openmpi-bin libopenmpi-dev python3-mpi4py" >&2
+    failed=$((failed + 1))
+else
+    for np in 1 2 3 4; do
+        # as root Open MPI refuses to start without --allow-run-as-root; 2 cores, up to 4 ranks
+        timeout 600 mpirun --allow-run-as-root --oversubscribe -np "$np" "$BUILD/test_bnorm_mpi" \
+            2>&1 | tee "$log"
+        line=$(grep -E '^[0-9]+ ranks: [0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+        if [ -n "$line" ]; then
+            passed=$((passed + $(echo "$line" | cut -d' ' -f3)))
+            failed=$((failed + $(echo "$line" | cut -d' ' -f5)))
+        else
+            failed=$((failed + 1))
+        fi
+    done
+fi
 
 echo "== Python tests"
 if ! "$PYTHON" -c 'import numpy, torch, pytest' 2>/dev/null; then
