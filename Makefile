@@ -15,7 +15,7 @@ LDLIBS  := $(OPENMP) -lm
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
 
 LIB_SRC  := $(wildcard src/*.c)
-CLI_SRC  := $(wildcard cli/*.c)
+CLI_SRC  := $(filter-out cli/comm_%.c,$(wildcard cli/*.c))
 TEST_SRC := $(wildcard tests/c/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -30,8 +30,16 @@ MPI_CC   := OMPI_CC=$(CC) MPICH_CC=$(CC) $(MPICC)
 MPI_SRC  := $(wildcard src/mpi/*.c)
 MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
 MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
+# the command: `bnorm fit` shares its work between MPI ranks when built with MPI
+CLI_LD   := $(CC)
+CLI_LIBS := -lcjson
 ifeq ($(HAVE_MPI),yes)
 MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
+CLI_OBJ_COMM := $(BUILD)/cli/comm_mpi.o
+CLI_LD   := $(MPI_CC)
+CLI_LIBS += $(BUILD)/libbnorm_mpi.a
+else
+CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
@@ -71,8 +79,12 @@ $(BUILD)/libbnorm.a: $(LIB_OBJ)
 $(BUILD)/libbnorm.so: $(LIB_OBJ)
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bnorm: $(CLI_OBJ) $(BUILD)/libbnorm.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm.a $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
+	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(CLI_LIBS) $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
