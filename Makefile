@@ -27,12 +27,17 @@ HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard
 MPICC    ?= mpicc
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
 MPI_CC   := OMPI_CC=$(CC) MPICH_CC=$(CC) $(MPICC)
+# as root Open MPI runs only with --allow-run-as-root; 2 cores may host 4 ranks
+MPIRUN_FLAGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
 MPI_SRC  := $(wildcard src/mpi/*.c)
 MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
 MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
-# the command: `bnorm fit` shares its work between MPI ranks when built with MPI
+# the command: `bnorm fit` shares its work between MPI ranks when built with MPI; its
+# safetensors files need cJSON (libcjson-dev): without it fit and apply say what to install
+HAVE_CJSON := $(shell echo '\#include <cjson/cJSON.h>' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
 CLI_LD   := $(CC)
-CLI_LIBS := -lcjson
+CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
+$(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
 ifeq ($(HAVE_MPI),yes)
 MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
 CLI_OBJ_COMM := $(BUILD)/cli/comm_mpi.o
@@ -108,6 +113,7 @@ sanitize:
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi)
 	build-san/test_bnorm
+	$(if $(HAVE_MPI),ASAN_OPTIONS=detect_leaks=0 mpirun $(MPIRUN_FLAGS) -np 3 build-san/test_bnorm_mpi)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
@@ -126,11 +132,17 @@ clean:
 	rm -rf build build-san
 
 # `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
-# memory roofline; writes bench/results.json, bench/chart.png and bench/table.md. Needs
+# memory roofline; writes bench/results.json, bench/chart.png and bench/table.md; then the
+# throughput of `bnorm fit` against reading the same file (bench/fit.py). Needs
 # python3-torch, python3-matplotlib and libdnnl-dev (none of them is needed to build bnorm).
-.PHONY: bench
+.PHONY: bench bench-fit
 bench: $(BUILD)/bnorm $(BUILD)/onednn_peer
 	$(PYTHON) bench/run.py --build $(BUILD)
+	$(PYTHON) bench/fit.py --build $(BUILD)
+
+# `bnorm fit` on a 1 GiB file against reading the same file (needs only numpy)
+bench-fit: $(BUILD)/bnorm
+	$(PYTHON) bench/fit.py --build $(BUILD)
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
 	@echo '#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 || \

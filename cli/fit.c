@@ -1,6 +1,6 @@
 /* fit.c - `bnorm fit FILE.npy... --out STATS.safetensors`: exact per-channel population
- * statistics of (N, C, ...) arrays of any size, read in batches of B samples (memory bounded by
- * B, whatever the files' sizes), written as the running statistics of a BatchNorm state_dict.
+ * statistics of (N, C, ...) arrays of any size, read in batches of B samples, each in pieces of
+ * a few MiB (memory bounded by that, whatever the files' sizes), written as the running statistics of a BatchNorm state_dict.
  * Under mpirun the ranks take consecutive runs of batches and merge their statistics in rank
  * order. */
 #define _POSIX_C_SOURCE 200809L
@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#define PIECE_BYTES (INT64_C(2) << 20)
 
 static const char usage[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
@@ -163,7 +165,11 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
     if (per_sample && a->batch > INT64_MAX / 8 / per_sample)
         return cli_fail(a->files[0], "a batch of %lld samples of %lld values is too large",
                         (long long)a->batch, (long long)per_sample);
-    const int64_t elements = a->batch * per_sample;
+    /* a batch is read in pieces of about PIECE_BYTES, which the statistics then find in the
+     * cache; their moments merge into the batch's */
+    const int64_t piece_max = PIECE_BYTES / 8 / (per_sample ? per_sample : 1);
+    const int64_t piece = piece_max < 1 ? 1 : piece_max < a->batch ? piece_max : a->batch;
+    const int64_t elements = piece * per_sample;
     void *buf = malloc((size_t)(elements > 0 ? elements : 1) * 8);
     bn_moments *batch = malloc(sizeof(bn_moments) * 2 * (size_t)C);
     if (!buf || !batch) {
@@ -180,7 +186,9 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
         for (int64_t g = g0; g < g1 && status == CLI_OK;) { /* the pieces of the batch's files */
             while (d->start[f + 1] <= g) f++;
             while (d->start[f] > g) f--;
-            const int64_t end = g1 < d->start[f + 1] ? g1 : d->start[f + 1], n = end - g;
+            int64_t end = g1 < d->start[f + 1] ? g1 : d->start[f + 1];
+            if (end - g > piece) end = g + piece;
+            const int64_t n = end - g;
             bn_npy_stream *in = &d->in[f];
             bn_status st = bn_npy_stream_read(in, buf, (g - d->start[f]) * per_sample,
                                               n * per_sample, err, sizeof err);
@@ -300,6 +308,10 @@ int cli_fit(int argc, char **argv) {
     int status = a.files && d.in && d.start ? parse_args(&a, argc, argv)
                                             : cli_fail("fit", "out of memory");
     if (status == CLI_OK) {
+        /* One thread per process: the pieces are small and in cache, the statistics keep pace
+         * with reading, and threads would only wait for each other (and for the other ranks'
+         * processes under mpirun) at every piece. */
+        bn_set_num_threads(1);
         cli_comm comm = cli_comm_start();
         status = run(&a, &d, comm);
         cli_comm_end();

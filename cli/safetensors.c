@@ -5,7 +5,9 @@
 #include "safetensors.h"
 #include "npy.h" /* bn_write_replacing */
 
+#ifdef BN_HAVE_CJSON
 #include <cjson/cJSON.h>
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,10 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-#define MAX_HEADER (100u << 20) /* the specification's limit on the header */
-
-static const char *const dtype_names[] = {"F32", "F64", "I64"};
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -28,13 +26,20 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* Every element size here is 4 or 8 bytes. */
+static size_t elem_size(int dtype) { return dtype == CLI_ST_F32 ? 4 : 8; }
+
+#ifdef BN_HAVE_CJSON
+
+#define MAX_HEADER (100u << 20) /* the specification's limit on the header */
+
+static const char *const dtype_names[] = {"F32", "F64", "I64"};
+
 static int little_endian(void) {
     const uint16_t one = 1;
     return *(const unsigned char *)&one == 1;
 }
 
-/* Every element size here is 4 or 8 bytes. */
-static size_t elem_size(int dtype) { return dtype == CLI_ST_F32 ? 4 : 8; }
 
 /* To or from little-endian, in place (nothing to do on a little-endian machine). */
 static void to_little(void *p, int64_t count, size_t size) {
@@ -311,6 +316,38 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
     return BN_OK;
 }
 
+void cli_safetensors_free(cli_st_file *f) {
+    free(f->tensors);
+    cJSON_Delete(f->json);
+    free(f->bytes);
+    memset(f, 0, sizeof *f);
+}
+
+#else /* built without cJSON: the commands say what to install */
+
+static bn_status no_json(char *err, size_t errlen) {
+    set_err(err, errlen, "bnorm was built without cJSON, which safetensors files need: "
+                         "apt-get install libcjson-dev, then rebuild");
+    return BN_ERR_UNSUPPORTED;
+}
+
+bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
+                                const char *meta_key, const char *meta_value, char *err,
+                                size_t errlen) {
+    (void)path, (void)t, (void)n, (void)meta_key, (void)meta_value;
+    return no_json(err, errlen);
+}
+
+bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size_t errlen) {
+    (void)path;
+    memset(f, 0, sizeof *f);
+    return no_json(err, errlen);
+}
+
+void cli_safetensors_free(cli_st_file *f) { memset(f, 0, sizeof *f); }
+
+#endif
+
 double cli_safetensors_value(const cli_st_tensor *t, int64_t k) {
     const unsigned char *p = (const unsigned char *)t->data + (size_t)k * elem_size(t->dtype);
     if (t->dtype == CLI_ST_F32) {
@@ -334,9 +371,3 @@ const cli_st_tensor *cli_safetensors_find(const cli_st_file *f, const char *name
     return NULL;
 }
 
-void cli_safetensors_free(cli_st_file *f) {
-    free(f->tensors);
-    cJSON_Delete(f->json);
-    free(f->bytes);
-    memset(f, 0, sizeof *f);
-}

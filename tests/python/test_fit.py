@@ -340,3 +340,15 @@ def test_apply_errors(tmp_path):
         assert not out.exists()
     assert run("apply", "--stats", good, src, "-o", out).returncode == 0
     np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_bench_script_measures_fit_against_reading(tmp_path):
+    out = tmp_path / "fit.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "fit.py"), "--build",
+                        str(BNORM.parent), "--size-mib", "4", "--rounds", "1", "--batch", "8",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["read_mb_s"] > 0 and res["fit_mb_s"] > 0 and res["batch"] == 8
+    assert abs(res["fit_over_read"] - res["fit_mb_s"] / res["read_mb_s"]) < 1e-9
+    assert "of the read rate" in r.stdout
