@@ -45,6 +45,13 @@
  *   save_invstd have C doubles. A zero size (n = 0, or a spatial size of 0) is a valid, empty
  *   batch. Tensor pointers may be NULL when the tensor is empty (torch gives empty tensors none).
  *
+ * SPLIT BATCHES
+ *
+ *   A batch split between processes, or read from a file piece by piece, goes through the stages
+ *   that make up each pass (see "STAGES OF A TRAINING STEP" below): per-channel moments of every
+ *   piece (bn_moments: count, mean, M2), merged in a fixed order, then each piece normalized
+ *   with the merged statistics. bnorm_mpi.h does this across the ranks of an MPI communicator.
+ *
  * ERRORS
  *
  *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
