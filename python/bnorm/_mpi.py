@@ -37,9 +37,9 @@ def load():
         return _loaded
     tried = []
     for where in _candidates():
-        if not os.path.sep in where or os.path.exists(where):
+        if os.path.sep not in where or os.path.exists(where):
             try:
-                lib = ctypes.CDLL(where, mode=ctypes.RTLD_GLOBAL)
+                lib = ctypes.CDLL(where)
                 break
             except OSError as e:
                 tried.append("%s: %s" % (where, e))

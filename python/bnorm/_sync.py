@@ -109,8 +109,35 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
             return self.process_group
         if not _launched_by_mpi():
             return None
-        from mpi4py import MPI
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ImportError("bnorm SyncBatchNorm: launched by mpirun, but mpi4py is missing "
+                              "(apt-get install python3-mpi4py): %s" % e) from e
         return MPI.COMM_WORLD
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """torch.nn.SyncBatchNorm.convert_sync_batchnorm, making bnorm SyncBatchNorms: every
+        BatchNorm1d/2d/3d in module (itself included) is replaced by one that shares its
+        parameters and buffers. Returns the converted module."""
+        out = module
+        if isinstance(module, _torch.nn.modules.batchnorm._BatchNorm):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine,
+                      module.track_running_stats, process_group)
+            if module.affine:
+                with _torch.no_grad():
+                    out.weight = module.weight
+                    out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            if hasattr(module, "qconfig"):
+                out.qconfig = module.qconfig
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return out
 
     def forward(self, input):
         from .torch import batch_norm

@@ -174,8 +174,10 @@ def test_batch_mean_matches_update_bn(tmp_path):
     assert np.max(np.abs(stats["running_var"] / var - 1)) > 1e-4
 
 
-def test_memory_does_not_grow_with_the_file(tmp_path):
-    """max RSS of fit on a 128 MiB file with batches of 64 samples stays far below its size."""
+@pytest.mark.parametrize("ranks", [None, 3])
+def test_memory_does_not_grow_with_the_file(tmp_path, ranks):
+    """max RSS of fit on a 128 MiB file with batches of 64 samples stays far below its size
+    (under mpirun: the largest of mpirun and the ranks, which it waits for)."""
     rng = np.random.default_rng(9)
     big = tmp_path / "big.npy"
     arr = np.lib.format.open_memmap(big, mode="w+", dtype=np.float32, shape=(8192, 16, 16, 16))
@@ -187,8 +189,14 @@ def test_memory_does_not_grow_with_the_file(tmp_path):
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]);"
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
     out = tmp_path / "big.safetensors"
-    r = subprocess.run([sys.executable, "-c", probe, str(BNORM), "fit", str(big), "--out",
-                        str(out), "--batch", "64"], capture_output=True, text=True, timeout=600)
+    launcher = []
+    if ranks:
+        launcher = [shutil.which("mpirun"), "--oversubscribe", "-np", str(ranks)]
+        if os.geteuid() == 0:
+            launcher.insert(1, "--allow-run-as-root")
+    r = subprocess.run([sys.executable, "-c", probe, *launcher, str(BNORM), "fit", str(big),
+                        "--out", str(out), "--batch", "64"], capture_output=True, text=True,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     max_rss_kib = int(r.stdout.split()[-1])
     assert max_rss_kib < 48 * 1024, f"fit used {max_rss_kib} KiB for a 128 MiB file"

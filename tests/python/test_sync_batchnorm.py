@@ -101,3 +101,18 @@ def test_communicator_passed_in(tmp_path):
     r = subprocess.run([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=300)
     assert r.returncode == 0 and "comm-self ok" in r.stdout, r.stdout
+
+
+def test_convert_sync_batchnorm_shares_parameters():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
+                                torch.nn.Sequential(torch.nn.BatchNorm1d(4, affine=False)))
+    model[1].eval()
+    weight, running_var = model[1].weight, model[1].running_var
+    out = bt.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(out[1]) is bt.SyncBatchNorm and type(out[2][0]) is bt.SyncBatchNorm
+    assert type(out[0]) is torch.nn.Conv2d
+    assert out[1].weight is weight and out[1].running_var is running_var
+    assert not out[1].training and out[2][0].weight is None
+    assert list(out.state_dict()) == list(model.state_dict())
+    single = bt.SyncBatchNorm.convert_sync_batchnorm(torch.nn.BatchNorm3d(2, momentum=None))
+    assert type(single) is bt.SyncBatchNorm and single.momentum is None
