@@ -116,3 +116,33 @@ def test_convert_sync_batchnorm_shares_parameters():
     assert list(out.state_dict()) == list(model.state_dict())
     single = bt.SyncBatchNorm.convert_sync_batchnorm(torch.nn.BatchNorm3d(2, momentum=None))
     assert type(single) is bt.SyncBatchNorm and single.momentum is None
+
+
+def test_mpi_header_example(tmp_path):
+    """bnorm_mpi.h's example compiles with mpicc and runs under mpirun with 3 ranks (one empty
+    shard), every rank printing the same running mean."""
+    import re
+    text = open(os.path.join(ROOT, "include", "bnorm_mpi.h")).read()
+    block = text.split(" * EXAMPLE", 1)[1].split(" */", 1)[0]
+    code = "\n".join(re.sub(r"^ \*( {3})?", "", line) for line in block.splitlines()[1:])
+    assert "int main(int argc, char **argv)" in code
+    src, exe = tmp_path / "example.c", tmp_path / "example"
+    src.write_text(code)
+    build = os.environ.get("BNORM_BUILD", os.path.join(ROOT, "build"))
+    mpicc = shutil.which("mpicc")
+    assert mpicc, "mpicc is missing: apt-get install libopenmpi-dev"
+    subprocess.run([mpicc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-I",
+                    os.path.join(ROOT, "include"), str(src), "-o", str(exe),
+                    os.path.join(build, "libbnorm_mpi.a"), os.path.join(build, "libbnorm.a"),
+                    "-fopenmp", "-lm"], check=True)
+    cmd = [shutil.which("mpirun"), "--oversubscribe", "-np", "3", str(exe)]
+    if os.geteuid() == 0:
+        cmd.insert(1, "--allow-run-as-root")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    values = re.findall(r"rank \d: running_mean\[0\] = (\S+)", r.stdout)
+    assert len(values) == 3 and len(set(values)) == 1, r.stdout
+    # the batch: rank 1's sample (values 1 + i % 5) and rank 2's two (2 + i % 5); channel 0
+    x = [1 + i % 5 for i in range(4)] + [2 + i % 5 for i in range(4)] + \
+        [2 + i % 5 for i in range(8, 12)]
+    assert abs(float(values[0]) - 0.1 * sum(x) / len(x)) < 1e-6
