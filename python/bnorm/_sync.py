@@ -17,8 +17,9 @@ else mpi4py's MPI.COMM_WORLD when the process was started by mpirun / mpiexec (O
 or PMIx environment variables), else none: then the module is an ordinary bnorm BatchNorm.
 In eval, and in training without batch statistics, nothing is synchronized (as in torch).
 
-The forward and backward calls are collective: every rank must run the module the same number
-of times. A batch of one value per channel in all is the same ValueError on every rank.
+The forward and backward calls are collective: every rank must run the module, and backward
+through it, the same number of times (as with torch's). A batch of one value per channel in all
+is the same ValueError on every rank, raised by every rank together (no rank is left waiting).
 """
 
 import os
