@@ -99,7 +99,7 @@ demo: $(BUILD)/bnorm
 
 # Every suite runs; a missing prerequisite fails the run with what to install.
 test: all
-	PYTHON=$(PYTHON) BUILD=$(BUILD) HAVE_MPI=$(HAVE_MPI) sh tests/run_all.sh
+	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
 
 test-c: $(BUILD)/test_bnorm
 	$(BUILD)/test_bnorm

@@ -2,7 +2,8 @@
  * dy * (x - mean) per channel first, then dweight, dbias and dx.
  *   channels-first: channel by channel (in parallel);
  *   channels-last: sums over tiles of the (N*S, C) rows (in parallel), added per channel in the
- *   order of the rows, then dx tile by tile (in parallel).
+ *   order of the rows, then dx tile by tile (in parallel); when a chunk of channels fits in
+ *   cache with all its rows, chunk by chunk instead, dx computed while the chunk is in cache.
  * The same drivers run the stages of a split batch: the sums only (bn_backward_sums), and dx
  * from sums given (bn_backward_train_sums). */
 #include "kernels.h"
@@ -24,6 +25,7 @@ typedef struct {
     double *sums_out;         /* (2, C) non-NULL: only compute the sums (bn_backward_sums) */
     /* channels-last only: scratch */
     bn_tiles tiles;
+    int64_t chunk;     /* channels per item when a chunk's rows stay in cache, else 0 */
     double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
     double *mean;      /* (C) */
     void *coef;        /* (BN_COEF_COUNT, C) in the tensor's dtype */
@@ -38,9 +40,10 @@ static void channel_stats(const backward_args *a, int64_t c, double *mean, doubl
                              : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
 }
 
-/* From channel c's sums (sum dy, and sum dy * xhat = invstd * sum dy * (x - mean)): dweight,
- * dbias, and the coefficients of dx = (dy - mean_dy - (x - mean) * k) * scale (mean_dy = k = 0
- * with stored statistics). Returns 0 when only the sums are asked for (they are stored). */
+/* From channel c's sums (sum dy, and sum dy * xhat = invstd * sum dy * (x - mean); or the sums
+ * given): dweight, dbias, and the coefficients of dx = (dy - mean_dy - (x - mean) * k) * scale
+ * (mean_dy = k = 0 with stored statistics). Returns 0 when only the sums are asked for (they
+ * are stored). */
 static int finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xhat,
                           double invstd, double *mean_dy, double *k, double *scale) {
     const bn_dtype dt = a->d.dtype;
@@ -92,6 +95,51 @@ static void tile_grad_input(const void *args, int64_t k) {
         bn_kernel_cl_normalize(&a->d, a->dx, a->dy, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
+/* Channels [c0, c1): the parts' sums added in the order of the rows, then dweight, dbias and
+ * the coefficients of dx. */
+static void add_parts(backward_args *a, int64_t c0, int64_t c1) {
+    const int64_t C = a->d.c;
+    double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
+    double *scale = a->mean + 4 * C;
+    int dx_wanted = a->dx != NULL;
+    for (int64_t c = c0; c < c1; c++) {
+        double sum_dy = 0, sum_dy_xc = 0;
+        for (int64_t p = 0; p < a->tiles.parts && !a->given_sums; p++) {
+            sum_dy += a->part_sums[2 * p * C + c];
+            sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
+        }
+        dx_wanted &= finish_channel(a, c, sum_dy, sum_dy_xc * invstd[c], invstd[c], &mean_dy[c],
+                                    &k[c], &scale[c]);
+    }
+    if (!dx_wanted) return;
+    if (batch_stats(a)) {
+        bn_kernel_cl_coefs(&a->d, a->coef, c0, c1, a->mean, scale, NULL, mean_dy, k);
+    } else { /* dx = (dy - 0) * scale + 0 */
+        for (int64_t c = c0; c < c1; c++) mean_dy[c] = 0;
+        bn_kernel_cl_coefs(&a->d, a->coef, c0, c1, mean_dy, scale, NULL, NULL, NULL);
+    }
+}
+
+/* Item k: a chunk of channels whose rows fit in cache: the parts' sums, then dx while the chunk
+ * is still in cache; the same operations in the same order as tile by tile, so the same bits. */
+static void chunk_backward(const void *args, int64_t k) {
+    backward_args *a = (backward_args *)args; /* chunks write disjoint channels */
+    const int64_t C = a->d.c, rows = a->tiles.rows;
+    const int64_t c0 = k * a->chunk, c1 = c0 + a->chunk < C ? c0 + a->chunk : C;
+    for (int64_t p = 0; p < a->tiles.parts && !a->given_sums; p++) {
+        double *sum_dy = a->part_sums + 2 * p * C, *sum_dy_xc = sum_dy + C;
+        const int64_t r0 = p * a->tiles.per, r1 = r0 + a->tiles.per < rows ? r0 + a->tiles.per : rows;
+        for (int64_t c = c0; c < c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
+        bn_kernel_cl_grad_sums(&a->d, sum_dy, sum_dy_xc, a->dy, a->x, r0, r1, c0, c1, a->mean);
+    }
+    add_parts(a, c0, c1);
+    if (!a->dx) return;
+    if (batch_stats(a))
+        bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, 0, rows, c0, c1, a->coef);
+    else
+        bn_kernel_cl_normalize(&a->d, a->dx, a->dy, 0, rows, c0, c1, a->coef);
+}
+
 static bn_status backward_channels_last(backward_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
     a->tiles = bn_tiles_of(a->d.n * a->d.s, C);
@@ -105,28 +153,15 @@ static bn_status backward_channels_last(backward_args *a) {
     a->part_sums = arrays[0];
     a->mean = arrays[1];
     a->coef = arrays[2];
-    double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
-    double *scale = a->mean + 4 * C;
+    double *invstd = a->mean + C;
     for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
-    if (!a->given_sums) bn_parallel_for(tiles, elements, tile_sums, a);
-    int dx_wanted = a->dx != NULL;
-    for (int64_t c = 0; c < C; c++) {
-        double sum_dy = 0, sum_dy_xc = 0;
-        for (int64_t p = 0; p < parts && !a->given_sums; p++) {
-            sum_dy += a->part_sums[2 * p * C + c];
-            sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
-        }
-        dx_wanted &= finish_channel(a, c, sum_dy, sum_dy_xc * invstd[c], invstd[c], &mean_dy[c],
-                                    &k[c], &scale[c]);
-    }
-    if (dx_wanted) {
-        if (batch_stats(a)) {
-            bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
-        } else { /* dx = (dy - 0) * scale + 0 */
-            for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
-            bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
-        }
-        bn_parallel_for(tiles, elements, tile_grad_input, a);
+    a->chunk = bn_cache_chunk(a->tiles.rows, C, 3, bn_dtype_size(a->d.dtype));
+    if (a->chunk) {
+        bn_parallel_for((C + a->chunk - 1) / a->chunk, elements, chunk_backward, a);
+    } else {
+        if (!a->given_sums) bn_parallel_for(tiles, elements, tile_sums, a);
+        add_parts(a, 0, C);
+        if (a->dx) bn_parallel_for(tiles, elements, tile_grad_input, a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;
@@ -157,16 +192,7 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
                      !save_invstd,
                  BN_ERR_NULL_POINTER);
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, 0, NULL, NULL, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
-    return run_backward(&a, desc);
-}
-
-/* sums: (2, C) double, the sum of dy and of dy * xhat per channel. */
-static bn_status backward_sums(double *sums, const void *dy, const void *x,
-                               const double *save_mean, const double *save_invstd,
-                               const bn_desc *desc) {
-    backward_args a = {{0}, NULL, NULL, NULL, dy, x, NULL, save_mean, save_invstd,
-                       NULL, NULL, 0, 0, NULL, sums, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
+                       NULL, NULL, 0, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
     return run_backward(&a, desc);
 }
 
@@ -183,7 +209,9 @@ bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, 
     double *sums;
     const size_t bytes = bn_bytes(2 * C, sizeof(double));
     if (!bn_scratch_take(&scratch, 1, &bytes, (void **)&sums)) return BN_ERR_NO_MEMORY;
-    bn_status st = backward_sums(sums, dy, x, save_mean, save_invstd, desc);
+    backward_args a = {{0}, NULL, NULL, NULL, dy, x, NULL, save_mean, save_invstd,
+                       NULL, NULL, 0, 0, NULL, sums, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    bn_status st = run_backward(&a, desc);
     if (st == BN_OK) {
         for (int64_t c = 0; c < C; c++) {
             sum_dy[c] = sums[c];
@@ -216,7 +244,7 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
         sums[C + c] = sum_dy_xhat[c];
     }
     backward_args a = {{0}, dx, NULL, NULL, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, count, sums, NULL, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
+                       NULL, NULL, 0, count, sums, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
     bn_status st = run_backward(&a, desc);
     bn_scratch_release(&scratch);
     return st;
@@ -231,7 +259,7 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
-                       running_mean, running_var, eps, 0, NULL, NULL, {0, 0, 0, 0, 0}, NULL,
+                       running_mean, running_var, eps, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL,
                        NULL, NULL};
     return run_backward(&a, desc);
 }
