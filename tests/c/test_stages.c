@@ -142,9 +142,12 @@ BN_SUITE(suite_stages_split) {
             }
         }
     }
-    /* a large channels-last batch: many tiles per piece */
-    static const int64_t two[] = {0, 100, 256};
+    /* a large channels-last batch: many tiles per piece (too many rows for the chunk path;
+     * (12, 70, 1) above takes it), in one piece too, for the bits */
+    static const int64_t two[] = {0, 100, 256}, whole[] = {0, 256};
     check_split(256, 40, 64, BN_FLOAT32, BN_CHANNELS_LAST, two, 2, 99);
+    check_split(256, 40, 64, BN_FLOAT32, BN_CHANNELS_LAST, whole, 1, 97);
+    check_split(256, 40, 64, BN_FLOAT64, BN_CHANNELS_LAST, whole, 1, 96);
     check_split(256, 40, 64, BN_FLOAT32, BN_CHANNELS_FIRST, two, 2, 98);
 }
 
