@@ -12,10 +12,12 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n";
+    "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
+    "                   [--channels-last]\n";
 
 static const char help[] =
     "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
+    "                   [--channels-last]\n"
     "\n"
     "Eval-mode batch normalization, as a torch BatchNorm in eval() computes it:\n"
     "    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias\n"
@@ -28,11 +30,13 @@ static const char help[] =
     "  -o, --output OUT.npy       where to write; replaced atomically, left as it was on failure\n"
     "  --prefix NAME              key prefix in STATS: NAME.running_mean ... (default: none)\n"
     "  --eps E                    added to the variance, a finite number >= 0 (default 1e-05)\n"
+    "  --channels-last            the channel is the last dimension: IN is (N, ..., C)\n"
     "  -h, --help                 show this help\n";
 
 typedef struct apply_args {
     const char *in, *out, *stats, *prefix, *eps_text;
     double eps;
+    int channels_last;
 } apply_args;
 
 static int parse_args(apply_args *a, int argc, char **argv) {
@@ -51,6 +55,10 @@ static int parse_args(apply_args *a, int argc, char **argv) {
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             fputs(help, stdout);
             return -1;
+        }
+        if (strcmp(arg, "--channels-last") == 0) {
+            a->channels_last = 1;
+            continue;
         }
         int r = cli_take_value(argc, argv, &i, "-o", "--output", &a->out, "apply", usage);
         if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--stats", &a->stats, "apply", usage);
@@ -99,12 +107,18 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     st = bn_npy_read(x, a->in, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->in, "%s", err);
     bn_npy_shape_string(shape, sizeof shape, x->ndim, x->dims);
+    /* the library takes the dims in logical order (N, C, ...) whatever the layout */
+    int64_t dims[BN_NPY_MAX_NDIM];
+    const int nd = x->ndim;
+    for (int k = 0; k < nd; k++)
+        dims[k] = !a->channels_last || k == 0 ? x->dims[k] : k == 1 ? x->dims[nd - 1] : x->dims[k - 1];
     bn_desc desc;
-    st = x->ndim < 2 ? BN_ERR_SHAPE
-                     : bn_desc_from_dims(&desc, x->ndim, x->dims, x->dtype, BN_CHANNELS_FIRST);
+    st = nd < 2 ? BN_ERR_SHAPE
+                : bn_desc_from_dims(&desc, nd, dims, x->dtype,
+                                    a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST);
     if (st != BN_OK)
-        return cli_fail(a->in, "shape %s: batch normalization needs (N, C, ...) with C >= 1",
-                        shape);
+        return cli_fail(a->in, "shape %s: batch normalization needs %s with C >= 1", shape,
+                        a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
     *params = malloc((size_t)desc.c * 4 * 8);
     if (!*params) return cli_fail(a->in, "out of memory");
     const size_t es = x->dtype == BN_FLOAT32 ? 4 : 8;

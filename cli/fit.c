@@ -21,11 +21,11 @@
 
 static const char usage[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
-    "                 [--estimator population|batch-mean] [--prefix NAME]\n";
+    "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n";
 
 static const char help[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
-    "                 [--estimator population|batch-mean] [--prefix NAME]\n"
+    "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n"
     "\n"
     "Per-channel statistics of the samples of every FILE (float32 or float64 arrays of shape\n"
     "(N, C, ...) with the same C and sizes after it, taken one after the other as one dataset),\n"
@@ -40,6 +40,7 @@ static const char help[] =
     "  --estimator batch-mean   the average over batches of each batch's mean and unbiased\n"
     "                           variance, as torch.optim.swa_utils.update_bn computes them\n"
     "  --prefix NAME            key prefix, as in a state_dict: NAME.running_mean ...\n"
+    "  --channels-last          the channel is the last dimension: (N, ..., C), such as NHWC\n"
     "  -h, --help               show this help\n"
     "Under mpirun the ranks split the batches between them; the result equals one process's\n"
     "within rounding. A progress bar is shown on stderr when it is a terminal.\n";
@@ -49,7 +50,7 @@ typedef struct fit_args {
     int nfiles;
     const char *out, *prefix, *batch_text, *estimator;
     int64_t batch;
-    int batch_mean;
+    int batch_mean, channels_last;
 } fit_args;
 
 static int parse_args(fit_args *a, int argc, char **argv) {
@@ -67,6 +68,10 @@ static int parse_args(fit_args *a, int argc, char **argv) {
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             fputs(help, stdout);
             return -1;
+        }
+        if (strcmp(arg, "--channels-last") == 0) {
+            a->channels_last = 1;
+            continue;
         }
         int r = cli_take_value(argc, argv, &i, "-o", "--out", &a->out, "fit", usage);
         if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--batch", &a->batch_text, "fit", usage);
@@ -99,6 +104,7 @@ typedef struct dataset {
     int64_t *start;    /* (nfiles + 1): the first sample of each file in the dataset */
     int64_t c, s, total;
     int all_f64, any_f64;
+    bn_layout layout;
 } dataset;
 
 static int open_inputs(dataset *d, const fit_args *a) {
@@ -108,9 +114,9 @@ static int open_inputs(dataset *d, const fit_args *a) {
         bn_status st = bn_npy_stream_open(in, a->files[f], err, sizeof err);
         if (st != BN_OK) return cli_fail(a->files[f], "%s", err);
         bn_npy_shape_string(shape, sizeof shape, in->ndim, in->dims);
-        if (in->ndim < 2 || in->dims[1] < 1)
-            return cli_fail(a->files[f], "shape %s: statistics need (N, C, ...) with C >= 1",
-                            shape);
+        if (in->ndim < 2 || in->dims[a->channels_last ? in->ndim - 1 : 1] < 1)
+            return cli_fail(a->files[f], "shape %s: statistics need %s with C >= 1", shape,
+                            a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
         const bn_npy_stream *f0 = &d->in[0];
         if (in->ndim != f0->ndim || memcmp(in->dims + 1, f0->dims + 1,
                                            sizeof(int64_t) * (size_t)(in->ndim - 1)) != 0)
@@ -121,9 +127,13 @@ static int open_inputs(dataset *d, const fit_args *a) {
         d->all_f64 &= in->dtype == BN_FLOAT64;
         d->any_f64 |= in->dtype == BN_FLOAT64;
     }
-    d->c = d->in[0].dims[1];
-    d->s = 1; /* the sizes after C (bn_npy_stream_open has checked their product) */
-    for (int k = 2; k < d->in[0].ndim; k++) d->s *= d->in[0].dims[k];
+    /* C and the spatial sizes (bn_npy_stream_open has checked their product) */
+    const int nd = d->in[0].ndim;
+    d->c = d->in[0].dims[a->channels_last ? nd - 1 : 1];
+    d->s = 1;
+    for (int k = a->channels_last ? 1 : 2; k < (a->channels_last ? nd - 1 : nd); k++)
+        d->s *= d->in[0].dims[k];
+    d->layout = a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST;
     d->total = d->start[a->nfiles];
     return CLI_OK;
 }
@@ -196,7 +206,7 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                 status = cli_fail(a->files[f], "%s", err);
                 break;
             }
-            bn_desc desc = {n, C, d->s, in->dtype, BN_CHANNELS_FIRST};
+            bn_desc desc = {n, C, d->s, in->dtype, d->layout};
             st = bn_compute_moments(part, buf, &desc);
             if (st == BN_OK) st = bn_merge_moments(batch, part, C);
             if (st != BN_OK) status = cli_fail(a->files[f], "%s", bn_status_string(st));
@@ -304,7 +314,7 @@ int cli_fit(int argc, char **argv) {
     fit_args a = {0};
     a.files = calloc((size_t)argc, sizeof(char *));
     dataset d = {calloc((size_t)argc, sizeof(bn_npy_stream)),
-                 calloc((size_t)argc + 1, sizeof(int64_t)), 0, 0, 0, 1, 0};
+                 calloc((size_t)argc + 1, sizeof(int64_t)), 0, 0, 0, 1, 0, BN_CHANNELS_FIRST};
     int status = a.files && d.in && d.start ? parse_args(&a, argc, argv)
                                             : cli_fail("fit", "out of memory");
     if (status == CLI_OK) {

@@ -360,3 +360,24 @@ def test_bench_script_measures_fit_against_reading(tmp_path):
     assert res["read_mb_s"] > 0 and res["fit_mb_s"] > 0 and res["batch"] == 8
     assert abs(res["fit_over_read"] - res["fit_mb_s"] / res["read_mb_s"]) < 1e-9
     assert "of the read rate" in r.stdout
+
+
+def test_channels_last(tmp_path):
+    """(N, H, W, C) files: the same statistics as their (N, C, H, W) transposes; apply too."""
+    files, x = dataset(tmp_path, [(9, 4, 5, 3), (6, 4, 5, 3)], [np.float32, np.float64], seed=6)
+    out = tmp_path / "cl.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 4, "--channels-last")
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    check_population(stats, np.moveaxis(x, -1, 1))
+    y_path = tmp_path / "y.npy"
+    r = run("apply", "--stats", out, files[0], "-o", y_path, "--channels-last")
+    assert r.returncode == 0, r.stderr
+    x0 = np.load(files[0])
+    want = torch_eval(np.moveaxis(x0, -1, 1), stats["running_mean"], stats["running_var"])
+    np.testing.assert_allclose(np.load(y_path), np.moveaxis(want, 1, -1), rtol=1e-6, atol=1e-6)
+    # a different C in the last dimension is refused, naming the file
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((2, 4, 5, 2), np.float32))
+    r = run("fit", files[0], other, "--out", tmp_path / "z.safetensors", "--channels-last")
+    assert r.returncode == 1 and "other.npy" in r.stderr and "does not match" in r.stderr
