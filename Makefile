@@ -9,7 +9,7 @@ OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
 # Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
 EXACT   := -ffp-contract=off
-ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) -fPIC -Iinclude -Isrc
+ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude -Isrc
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
@@ -48,7 +48,7 @@ CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
-.PHONY: all demo test test-c test-python install clean sanitize
+.PHONY: all demo test test-c test-python install clean sanitize isa-check
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
@@ -98,8 +98,22 @@ demo: $(BUILD)/bnorm
 	$(BUILD)/bnorm demo
 
 # Every suite runs; a missing prerequisite fails the run with what to install.
-test: all
+test: all isa-check
 	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
+
+# The same bits on every x86-64: a digest of every result on a grid of cases, from the kernels
+# chosen at run time and from a build for the baseline instruction set only, must be identical.
+$(BUILD)/digest: tests/isa/digest.c $(BUILD)/tests/c/testutil.o $(BUILD)/libbnorm.a
+	$(CC) $(ALL_CFLAGS) -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+isa-check: $(BUILD)/digest
+	$(MAKE) -s BUILD=$(BUILD)/baseline EXTRA_DEFS=-DBN_NO_CLONES $(BUILD)/baseline/digest
+	$(BUILD)/digest > $(BUILD)/digest.txt
+	$(BUILD)/baseline/digest > $(BUILD)/baseline/digest.txt
+	@cmp -s $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt || \
+	  { diff $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt; \
+	    echo "isa-check: the baseline build gives other bits" >&2; exit 1; }
+	@echo "isa-check: $$(wc -l < $(BUILD)/digest.txt) cases, the same bits with and without run-time kernels"
 
 test-c: $(BUILD)/test_bnorm
 	$(BUILD)/test_bnorm
