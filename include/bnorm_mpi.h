@@ -23,7 +23,10 @@
  * BN_ERR_NO_MEMORY on that rank alone.
  *
  * MPI must be initialized. A failed MPI call follows the communicator's error handler (by
- * default MPI aborts the job); with MPI_ERRORS_RETURN it is returned as BN_ERR_IO.
+ * default MPI aborts the job); with MPI_ERRORS_RETURN it is returned as BN_ERR_IO. Threads: the
+ * calls are collective operations on comm, so MPI's rules apply (several threads may call only
+ * with MPI_THREAD_MULTIPLE, and not on the same communicator at once); the local work uses the
+ * library's threads as bnorm.h says.
  *
  * The *_f variants take the communicator as a Fortran handle (MPI_Comm_c2f; mpi4py's
  * comm.py2f()), for bindings that cannot hold an MPI_Comm.
