@@ -70,6 +70,8 @@ static int parse_args(apply_args *a, int argc, char **argv) {
     if (!a->in) return cli_usage_error("apply", usage, "missing the input file IN.npy");
     if (!a->out) return cli_usage_error("apply", usage, "missing -o OUT.npy");
     if (!a->stats) return cli_usage_error("apply", usage, "missing --stats STATS.safetensors");
+    if (a->prefix && strlen(a->prefix) > 500)
+        return cli_usage_error("apply", usage, "--prefix: longer than 500 characters");
     a->eps = 1e-5;
     if (a->eps_text && (!cli_parse_double(a->eps_text, &a->eps) || !(a->eps >= 0)))
         return cli_usage_error("apply", usage, "--eps: '%s' is not a finite number >= 0",

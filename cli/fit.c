@@ -91,6 +91,8 @@ static int parse_args(fit_args *a, int argc, char **argv) {
                                    a->batch_text);
         a->batch = (int64_t)b;
     }
+    if (a->prefix && strlen(a->prefix) > 500)
+        return cli_usage_error("fit", usage, "--prefix: longer than 500 characters");
     if (a->estimator && strcmp(a->estimator, "batch-mean") == 0) a->batch_mean = 1;
     else if (a->estimator && strcmp(a->estimator, "population") != 0)
         return cli_usage_error("fit", usage, "--estimator: '%s' is neither population nor "

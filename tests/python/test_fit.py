@@ -271,7 +271,8 @@ def test_errors_name_the_file_and_leave_no_output(tmp_path):
     for args in (["fit", files[0]], ["fit", "--out", out], ["fit", files[0], "--out", out,
                                                                "--batch", "0"],
                  ["fit", files[0], "--out", out, "--estimator", "median"],
-                 ["apply", files[0], "-o", out]):
+                 ["apply", files[0], "-o", out],
+                 ["fit", files[0], "--out", out, "--prefix", "p" * 501]):
         r = run(*args)
         assert r.returncode == 2 and "usage" in r.stderr, (args, r.stderr)
 
