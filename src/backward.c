@@ -97,7 +97,7 @@ static void tile_grad_input(const void *args, int64_t k) {
 
 /* Channels [c0, c1): the parts' sums added in the order of the rows, then dweight, dbias and
  * the coefficients of dx. */
-static void add_parts(backward_args *a, int64_t c0, int64_t c1) {
+static void add_parts(const backward_args *a, int64_t c0, int64_t c1) {
     const int64_t C = a->d.c;
     double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
     double *scale = a->mean + 4 * C;
@@ -123,7 +123,7 @@ static void add_parts(backward_args *a, int64_t c0, int64_t c1) {
 /* Item k: a chunk of channels whose rows fit in cache: the parts' sums, then dx while the chunk
  * is still in cache; the same operations in the same order as tile by tile, so the same bits. */
 static void chunk_backward(const void *args, int64_t k) {
-    backward_args *a = (backward_args *)args; /* chunks write disjoint channels */
+    const backward_args *a = args; /* chunks write disjoint channels */
     const int64_t C = a->d.c, rows = a->tiles.rows;
     const int64_t c0 = k * a->chunk, c1 = c0 + a->chunk < C ? c0 + a->chunk : C;
     for (int64_t p = 0; p < a->tiles.parts && !a->given_sums; p++) {

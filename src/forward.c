@@ -67,7 +67,7 @@ static void tile_normalize(const void *args, int64_t k) {
 
 /* Channels [c0, c1): the parts' moments merged in the order of the rows (or the moments given),
  * then finished, or stored when only they are asked for. */
-static void merge_parts(train_args *a, int64_t c0, int64_t c1) {
+static void merge_parts(const train_args *a, int64_t c0, int64_t c1) {
     const int64_t C = a->d.c;
     for (int64_t c = c0; c < c1; c++) {
         bn_moments mom = bn_moments_empty();
@@ -87,7 +87,7 @@ static void merge_parts(train_args *a, int64_t c0, int64_t c1) {
  * normalization, while the chunk is still in cache. The same operations in the same order as
  * the tile by tile passes, so the same bits. */
 static void chunk_train(const void *args, int64_t k) {
-    train_args *a = (train_args *)args; /* chunks write disjoint channels */
+    const train_args *a = args; /* chunks write disjoint channels */
     const int64_t C = a->d.c, rows = a->tiles.rows;
     const int64_t c0 = k * a->chunk, c1 = c0 + a->chunk < C ? c0 + a->chunk : C;
     for (int64_t p = 0; p < a->tiles.parts && !a->given; p++) {
