@@ -22,7 +22,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h)
 
-.PHONY: all demo test test-c test-python install clean sanitize
+.PHONY: all demo test test-c test-python install clean sanitize tsan valgrind fuzz fuzz-build
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm
 
@@ -66,6 +66,49 @@ sanitize:
 	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm
 	build-san/test_bnorm
 
+# The C tests under ThreadSanitizer, threaded paths included: clang's OpenMP runtime (libomp)
+# with its TSan tool, archer, which tells TSan about OpenMP's own synchronization.
+ARCHER ?= $(firstword $(wildcard /usr/lib/llvm-14/lib/libarcher.so /usr/lib/llvm-*/lib/libarcher.so))
+tsan:
+	@test -n "$(ARCHER)" || { echo "make tsan: libarcher.so is missing: apt-get install libomp-dev" >&2; exit 1; }
+	$(MAKE) BUILD=build-tsan CC=clang OPT=-O1 OPENMP=-fopenmp=libomp \
+	  CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
+	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm
+	OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 TSAN_OPTIONS="halt_on_error=1 exitcode=66" \
+	  OMP_NUM_THREADS=4 build-tsan/test_bnorm
+
+# The C tests under valgrind memcheck: any error or leak fails the run.
+valgrind: $(BUILD)/test_bnorm
+	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
+	OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
+	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+	  $(BUILD)/test_bnorm
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c) over the library built with ASan, UBSan and coverage.
+# `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
+# what it learns grows build-fuzz/corpus/<target>, and a finding is saved in build-fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := npy api
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+
+fuzz-build:
+	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a
+	$(MAKE) CC=clang $(FUZZ_BINS)
+
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libbnorm.a
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus/$$t && \
+	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s" && \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
+	    -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/ \
+	    build-fuzz/corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
@@ -78,7 +121,7 @@ install: all
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan build-fuzz
 
 # `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
 # memory roofline; writes bench/results.json, bench/chart.png and bench/table.md. Needs

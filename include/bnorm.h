@@ -129,7 +129,8 @@ typedef enum bn_status {
     BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
     BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
     BN_ERR_FORMAT = -8,       /* a file is malformed or of an unsupported kind */
-    BN_ERR_NO_MEMORY = -9     /* a scratch buffer could not be allocated */
+    BN_ERR_NO_MEMORY = -9,    /* a scratch buffer could not be allocated */
+    BN_ERR_NOT_FINITE = -10   /* bn_check_finite found a NaN or an infinity */
 } bn_status;
 
 typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1 } bn_dtype;
@@ -172,8 +173,10 @@ const char *bn_version_string(void);
 
 /*
  * Fills *desc for a tensor with dims (N, C, ...) of ndim >= 2 sizes, in logical order whatever the
- * layout (as torch reports a channels_last tensor's shape): s is the product of dims[2..].
- * @return BN_OK; BN_ERR_NULL_POINTER, BN_ERR_SHAPE (ndim < 2, a negative size or C = 0), BN_ERR_TOO_LARGE (the element count or byte count overflows),
+ * layout (as torch reports a channels_last tensor's shape): s is the product of dims[2..]
+ * (0 when any of them is 0, however large the others).
+ * @return BN_OK; BN_ERR_NULL_POINTER, BN_ERR_SHAPE (ndim < 2, a negative size or C = 0),
+ *         BN_ERR_TOO_LARGE (the element count overflows int64_t or the byte count PTRDIFF_MAX),
  *         BN_ERR_UNSUPPORTED (dtype or layout). *desc is written only on success.
  */
 bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
@@ -241,6 +244,20 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                            const void *running_mean, const void *running_var, const void *weight,
                            const bn_desc *desc, double eps);
+
+/*
+ * Looks for NaN and infinite values in x, which the passes above take like any other value and
+ * propagate as PyTorch does (a NaN in a channel makes its statistics and outputs NaN). Call it
+ * first to refuse such input instead.
+ *   channel:  out, the channel of the first value (in memory order) that is not finite; NULL to
+ *             skip; written only when BN_ERR_NOT_FINITE is returned
+ *   index:    out, that value's offset in elements from x, in desc's layout; NULL to skip;
+ *             written only when BN_ERR_NOT_FINITE is returned
+ *   x:        in (N, C, S)
+ * To check a per-channel array (weight, bias, running statistics), describe it as (1, C, 1).
+ * @return BN_OK when every value is finite; BN_ERR_NOT_FINITE; or a validation error.
+ */
+bn_status bn_check_finite(int64_t *channel, int64_t *index, const void *x, const bn_desc *desc);
 
 #ifdef __cplusplus
 }

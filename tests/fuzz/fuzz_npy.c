@@ -1,0 +1,111 @@
+/* fuzz_npy.c - libFuzzer target for the .npy reader: the fuzzed bytes are parsed from memory
+ * (bn_npy_parse) and read from a file (bn_npy_read, the command's path), and both must agree.
+ * Invariants: the same status, message and array from both; on success the shape, count and
+ * byte count agree and every byte of the data is readable (ASan checks); on failure the array
+ * is zeroed and the message is one non-empty line; a successful read writes back and reads
+ * again to the same bytes. */
+#define _POSIX_C_SOURCE 200809L
+
+#include "npy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* One file per process, rewritten for each input. */
+static char path[64], out_path[80];
+
+static void remove_files(void) {
+    unlink(path);
+    unlink(out_path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc, (void)argv;
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp) tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"; /* memory: fast fsync */
+    snprintf(path, sizeof path, "%.40s/bnorm_fuzz_npy.%ld", tmp, (long)getpid());
+    snprintf(out_path, sizeof out_path, "%s.out", path);
+    atexit(remove_files);
+    return 0;
+}
+
+static void die(const char *what) {
+    fprintf(stderr, "fuzz_npy: invariant broken: %s\n", what);
+    abort();
+}
+
+static volatile unsigned char sink;
+
+static int is_zeroed(const bn_npy *a) {
+    static const bn_npy zero;
+    return memcmp(a, &zero, sizeof zero) == 0;
+}
+
+static void check_success(const bn_npy *a) {
+    if (a->dtype != BN_FLOAT32 && a->dtype != BN_FLOAT64) die("dtype");
+    if (a->ndim < 0 || a->ndim > BN_NPY_MAX_NDIM) die("ndim");
+    int64_t count = 1;
+    int zero = 0;
+    for (int i = 0; i < a->ndim; i++) {
+        if (a->dims[i] < 0) die("negative size");
+        if (a->dims[i] == 0) zero = 1;
+        else if (!zero && count <= INT64_MAX / a->dims[i]) count *= a->dims[i];
+    }
+    for (int i = a->ndim; i < BN_NPY_MAX_NDIM; i++)
+        if (a->dims[i] != 0) die("dims past ndim not zero");
+    if (zero) count = 0;
+    if (a->count != count) die("count is not the product of dims");
+    if (a->nbytes != (size_t)count * (a->dtype == BN_FLOAT32 ? 4 : 8)) die("nbytes");
+    if (!a->data) die("data NULL after success");
+    for (size_t k = 0; k < a->nbytes; k++) /* touch every byte: ASan catches a short buffer */
+        sink ^= ((const unsigned char *)a->data)[k];
+}
+
+static void check_message(const char *err, size_t errlen) {
+    size_t n = strnlen(err, errlen);
+    if (n == 0 || n == errlen) die("empty or unterminated message");
+    if (memchr(err, '\n', n)) die("message of more than one line");
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char err1[512], err2[512];
+    bn_npy a, b;
+    memset(&a, 0x5A, sizeof a);
+    memset(&b, 0x5A, sizeof b);
+    bn_status s1 = bn_npy_parse(&a, data, size, err1, sizeof err1);
+
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0) die("cannot write the file");
+    bn_status s2 = bn_npy_read(&b, path, err2, sizeof err2);
+
+    if (s1 != s2) die("parse and read disagree on the status");
+    if (s1 == BN_OK) {
+        check_success(&a);
+        check_success(&b);
+        if (a.dtype != b.dtype || a.ndim != b.ndim || a.count != b.count ||
+            memcmp(a.dims, b.dims, sizeof a.dims) != 0 || memcmp(a.data, b.data, a.nbytes) != 0)
+            die("parse and read give different arrays");
+        /* the writer's file reads back to the same array */
+        char err3[512];
+        bn_npy c;
+        if (bn_npy_write(out_path, a.dtype, a.ndim, a.dims, a.data, err3, sizeof err3) != BN_OK)
+            die("cannot write back what was read");
+        if (bn_npy_read(&c, out_path, err3, sizeof err3) != BN_OK) die("cannot read back");
+        if (c.dtype != a.dtype || c.ndim != a.ndim || memcmp(c.dims, a.dims, sizeof a.dims) != 0 ||
+            memcmp(c.data, a.data, a.nbytes) != 0)
+            die("round trip changed the array");
+        bn_npy_free(&c);
+    } else {
+        if (s1 != BN_ERR_FORMAT && s1 != BN_ERR_UNSUPPORTED && s1 != BN_ERR_TOO_LARGE)
+            die("unexpected status");
+        if (!is_zeroed(&a) || !is_zeroed(&b)) die("array not zeroed on failure");
+        check_message(err1, sizeof err1);
+        check_message(err2, sizeof err2);
+        if (strcmp(err1, err2) != 0) die("parse and read give different messages");
+    }
+    bn_npy_free(&a);
+    bn_npy_free(&b);
+    return 0;
+}
