@@ -59,12 +59,13 @@ test-c: $(BUILD)/test_bnorm
 test-python: all
 	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so PYTHONPATH=python $(PYTHON) -m pytest -q tests/python
 
-# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc).
+# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc). A failed
+# allocation returns NULL, as malloc does, so that BN_ERR_NO_MEMORY can be tested.
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm
-	build-san/test_bnorm
+	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
 
 # The C tests under ThreadSanitizer, threaded paths included: clang's OpenMP runtime (libomp)
 # with its TSan tool, archer, which tells TSan about OpenMP's own synchronization. The kernels
@@ -76,7 +77,7 @@ tsan:
 	  CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer -DBN_NO_CLONES" \
 	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm
 	OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 \
-	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 ignore_noninstrumented_modules=1" \
+	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 ignore_noninstrumented_modules=1 allocator_may_return_null=1" \
 	  OMP_NUM_THREADS=4 build-tsan/test_bnorm
 
 # The C tests under valgrind memcheck: any error or leak fails the run.
