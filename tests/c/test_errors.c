@@ -208,7 +208,7 @@ BN_SUITE(suite_errors_desc) {
 BN_SUITE(suite_errors_strings) {
     const bn_status all[] = {BN_OK, BN_ERR_NULL_POINTER, BN_ERR_SHAPE, BN_ERR_TOO_LARGE,
                              BN_ERR_ARGUMENT, BN_ERR_COUNT, BN_ERR_UNSUPPORTED, BN_ERR_IO,
-                             BN_ERR_FORMAT, BN_ERR_NO_MEMORY};
+                             BN_ERR_FORMAT, BN_ERR_NO_MEMORY, BN_ERR_NOT_FINITE};
     const int n = (int)(sizeof all / sizeof all[0]);
     for (int a = 0; a < n; a++) {
         CHECK(all[a] == -a); /* pinned values */
