@@ -50,15 +50,29 @@
  *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
  *   what it means. Every argument is checked, and scratch memory allocated, before anything is
  *   written: when a call fails, no output, saved statistic, running statistic or counter has
- *   been touched. The library never aborts or exits on caller input.
+ *   been touched. The library never aborts or exits on caller input. docs/errors.md lists every
+ *   failure with its status and the test that provokes it.
+ *
+ *   NaN and infinity in the input are not errors: as in PyTorch they make their channel's
+ *   statistics and outputs NaN and leave the other channels alone. bn_check_finite() finds the
+ *   first one (channel and offset) for callers that would rather refuse them.
+ *
+ * LIMITS
+ *
+ *   The largest tensor accepted has N*C*S elements whose byte count is at most PTRDIFF_MAX
+ *   (2^63 - 1 bytes: 2^61 - 1 float32 or 2^60 - 1 float64 values); larger sizes, and sizes whose
+ *   product overflows int64_t, give BN_ERR_TOO_LARGE before any pointer is looked at.
  *
  * MEMORY
  *
  *   A call may need a scratch buffer of per-channel values: at most about 2 KiB per channel
  *   (partial statistics of up to 64 parts of the rows, and per-channel coefficients), never
- *   anything proportional to N or S. Small ones live on the stack; larger ones are allocated
- *   and freed before the call returns, and BN_ERR_NO_MEMORY reports a failed allocation (before
- *   anything is written). Channels-first training and backward calls need none.
+ *   anything proportional to N or S. Small ones (up to 2 KiB) live on the stack; larger ones
+ *   are allocated and freed before the call returns, and BN_ERR_NO_MEMORY reports a failed
+ *   allocation (before anything is written). Channels-first training and backward calls need
+ *   none; eval needs 6*C values of the tensor's dtype; channels-last (and (N, C)) training
+ *   24*P*C + 24*C + 6*C*sizeof(dtype) bytes and backward 16*P*C + 40*C + 6*C*sizeof(dtype),
+ *   with P <= 64 parts of the rows.
  *
  * THREADS AND THREAD SAFETY
  *

@@ -164,3 +164,12 @@ def test_out_of_memory_for_the_input(tmp_path):
     assert r.stderr == f"bnorm: {src}: out of memory: cannot allocate 1073741824 bytes for the data\n"
     assert out.read_bytes() == SENTINEL
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_header_over_one_mebibyte(tmp_path):
+    """The header length field of version 2.0 allows 4 GiB; more than 1 MiB is refused before
+    it is read."""
+    n = 2 << 20
+    (tmp_path / "big.npy").write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", n) + b" " * n)
+    expect_failure(tmp_path, tmp_path / "big.npy",
+                   "header of 2097152 bytes is larger than the 1048576 bytes accepted")
