@@ -103,13 +103,19 @@ fuzz-build:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libbnorm.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
 
+# Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build-fuzz/corpus/$$t && \
-	  echo "== fuzz_$$t for $(FUZZ_SECONDS) s" && \
-	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
-	    -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/ \
-	    build-fuzz/corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
+	  if build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
+	       -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/ \
+	       build-fuzz/corpus/$$t tests/fuzz/corpus/$$t > build-fuzz/fuzz_$$t.log 2>&1; then \
+	    grep -E '^#[0-9]+.*cov:' build-fuzz/fuzz_$$t.log | tail -n 1; \
+	    grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' build-fuzz/fuzz_$$t.log; \
+	  else \
+	    tail -n 60 build-fuzz/fuzz_$$t.log; echo "fuzz_$$t: FINDING (see build-fuzz/)" >&2; exit 1; \
+	  fi; \
 	done
 
 install: all
