@@ -4,8 +4,10 @@ memory that runs out. Every failure exits 1, names the file, and leaves no file 
 existing output as it was (expect_failure checks all three)."""
 import os
 import resource
+import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +175,38 @@ def test_header_over_one_mebibyte(tmp_path):
     (tmp_path / "big.npy").write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", n) + b" " * n)
     expect_failure(tmp_path, tmp_path / "big.npy",
                    "header of 2097152 bytes is larger than the 1048576 bytes accepted")
+
+
+# --- interrupted ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_write_leaves_no_temporary_file(tmp_path, sig):
+    """The command is killed while its temporary output file exists: the handler removes it,
+    the process dies of the signal, and the old output is intact. A run that finishes before the
+    signal lands must have written the whole output; at least one run must be caught."""
+    src = tmp_path / "in.npy"
+    np.save(src, sample((64, 16, 128, 128), np.float32))  # 64 MiB
+    out = tmp_path / "out.npy"
+    caught = 0
+    for attempt in range(5):
+        out.write_bytes(SENTINEL)
+        before = sorted(os.listdir(tmp_path))
+        p = subprocess.Popen([str(BNORM), "normalize", str(src), "-o", str(out)],
+                             stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < deadline:
+            if any(n.startswith(".out.npy.") for n in os.listdir(tmp_path)):
+                p.send_signal(sig)
+                break
+            time.sleep(0.0005)
+        p.wait(timeout=60)
+        p.stderr.close()
+        assert sorted(os.listdir(tmp_path)) == before  # no temporary file, nothing else new
+        if p.returncode == -sig:
+            caught += 1
+            assert out.read_bytes() == SENTINEL
+        else:
+            assert p.returncode == 0 and np.load(out).shape == (64, 16, 128, 128)
+        if caught >= 2:
+            break
+    assert caught >= 1
