@@ -3,7 +3,9 @@ refused by --check-finite), lying and absurd headers, unreadable input, unwritab
 memory that runs out. Every failure exits 1, names the file, and leaves no file behind and the
 existing output as it was (expect_failure checks all three)."""
 import os
+import re
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -210,3 +212,46 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, sig):
         if caught >= 2:
             break
     assert caught >= 1
+
+
+# --- how the output is written --------------------------------------------------------------
+
+def test_output_is_written_to_a_temporary_file_synced_and_renamed(tmp_path):
+    """The system calls, as strace sees them: a new temporary file in the output's directory
+    (O_EXCL), the data written to it, fsync, close, rename over the output, fsync of the
+    directory; nothing is ever opened for writing at the output's own name."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install strace", pytrace=False)
+    src = good_file(tmp_path)
+    out = tmp_path / "out.npy"
+    out.write_bytes(SENTINEL)
+    log = tmp_path / "strace.log"
+    r = subprocess.run(["strace", "-f", "-o", str(log), "-e",
+                        "trace=openat,open,creat,write,fsync,fdatasync,close,rename,renameat,renameat2",
+                        str(BNORM), "normalize", str(src), "-o", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
+    log.unlink()
+    tmp = re.escape(str(tmp_path)) + r"/\.out\.npy\.\w{6}"
+    opened = [i for i, c in enumerate(calls)
+              if re.match(rf'openat\(AT_FDCWD, "{tmp}", O_WRONLY\|O_CREAT\|O_EXCL', c)]
+    assert len(opened) == 1, calls
+    fd = re.search(r"= (\d+)$", calls[opened[0]]).group(1)
+    rest = calls[opened[0] + 1:]
+    seq = []  # what happens to the temporary file's descriptor, up to the rename
+    for c in rest:
+        if c.startswith("rename"):
+            seq.append("rename")
+            break
+        seq += [name for name in ("write", "fsync", "close")
+                if c.startswith((f"{name}({fd},", f"{name}({fd})"))]
+    writes = seq.count("write")
+    assert writes >= 1 and seq == ["write"] * writes + ["fsync", "close", "rename"], seq
+    rename = next(c for c in rest if c.startswith("rename"))
+    assert re.match(rf'rename\("{tmp}", "{re.escape(str(out))}"\) = 0', rename)
+    after = rest[rest.index(rename) + 1:]
+    assert any(c.startswith(f'openat(AT_FDCWD, "{tmp_path}/", O_RDONLY') for c in after)
+    assert any(c.startswith("fsync(") for c in after)  # the directory entry is durable too
+    assert not any(f'"{out}"' in c and "O_WRONLY" in c for c in calls)
+    assert np.load(out).shape == (4, 3, 5)
