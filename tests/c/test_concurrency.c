@@ -45,10 +45,9 @@ static int chain(const task *t, void *out[6], double *sm, double *si) {
     return ok && nbt == 1;
 }
 
-static void **alloc_outputs(const bn_desc *d, void *out[6]) {
+static void alloc_outputs(const bn_desc *d, void *out[6]) {
     size_t big = (size_t)tu_numel(d) * esize(d), small = (size_t)d->c * esize(d);
     for (int k = 0; k < 6; k++) out[k] = malloc(k < 2 ? big : small);
-    return out;
 }
 
 static int same_outputs(const task *t, void *const out[6], const double *sm, const double *si) {
