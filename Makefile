@@ -71,14 +71,19 @@ sanitize:
 # with its TSan tool, archer, which tells TSan about OpenMP's own synchronization. The kernels
 # are built once, without run-time clones: ifunc resolvers run before TSan is initialized.
 ARCHER ?= $(firstword $(wildcard /usr/lib/llvm-14/lib/libarcher.so /usr/lib/llvm-*/lib/libarcher.so))
+# A canary with a deliberate race must be reported first (exit 66), or the run fails.
+TSAN_RUN = OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 OMP_NUM_THREADS=4 \
+  TSAN_OPTIONS="halt_on_error=1 exitcode=66 ignore_noninstrumented_modules=1 allocator_may_return_null=1"
 tsan:
 	@test -n "$(ARCHER)" || { echo "make tsan: libarcher.so is missing: apt-get install libomp-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-tsan CC=clang OPT=-O1 OPENMP=-fopenmp=libomp \
 	  CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer -DBN_NO_CLONES" \
 	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm
-	OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 \
-	  TSAN_OPTIONS="halt_on_error=1 exitcode=66 ignore_noninstrumented_modules=1 allocator_may_return_null=1" \
-	  OMP_NUM_THREADS=4 build-tsan/test_bnorm
+	clang -O1 -g -fsanitize=thread -fopenmp=libomp -o build-tsan/race_canary tests/tsan/race_canary.c
+	@$(TSAN_RUN) build-tsan/race_canary >/dev/null 2>&1; \
+	  if [ $$? -eq 66 ]; then echo "tsan: the race canary was caught"; \
+	  else echo "make tsan: ThreadSanitizer missed the race canary" >&2; exit 1; fi
+	$(TSAN_RUN) build-tsan/test_bnorm
 
 # The C tests under valgrind memcheck: any error or leak fails the run.
 valgrind: $(BUILD)/test_bnorm
