@@ -305,6 +305,8 @@ static void fuzz_call(bytes *b, tensors *t, const bn_desc *d, int desc_ok, int o
                 st, allowed);
         die("status does not match the arguments");
     }
+    if (st == BN_OK && op == 0 && nbt && t->nbt != (tracking ? before.nbt + 1 : before.nbt))
+        die("num_batches_tracked not incremented by exactly one when tracking");
     unsigned w_mask = changed(&before, t);
     unsigned may = 0;
     if (st == BN_OK) switch (op) {
