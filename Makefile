@@ -9,22 +9,48 @@ OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
 # Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
 EXACT   := -ffp-contract=off
-ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) -fPIC -Iinclude -Isrc
+ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude -Isrc
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
 
 LIB_SRC  := $(wildcard src/*.c)
-CLI_SRC  := $(wildcard cli/*.c)
+CLI_SRC  := $(filter-out cli/comm_%.c,$(wildcard cli/*.c))
 TEST_SRC := $(wildcard tests/c/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h)
 
-.PHONY: all demo test test-c test-python install clean sanitize tsan valgrind fuzz fuzz-build
+# MPI (libbnorm_mpi, its tests, `bnorm fit` across ranks) is built when mpicc is found; mpicc
+# drives $(CC) (OMPI_CC / MPICH_CC), so the gcc, clang and sanitizer builds all cover it.
+MPICC    ?= mpicc
+HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
+MPI_CC   := OMPI_CC=$(CC) MPICH_CC=$(CC) $(MPICC)
+# as root Open MPI runs only with --allow-run-as-root; 2 cores may host 4 ranks
+MPIRUN_FLAGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root)
+MPI_SRC  := $(wildcard src/mpi/*.c)
+MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
+MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
+# the command: `bnorm fit` shares its work between MPI ranks when built with MPI; its
+# safetensors files need cJSON (libcjson-dev): without it fit and apply say what to install
+HAVE_CJSON := $(shell echo '\#include <cjson/cJSON.h>' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+CLI_LD   := $(CC)
+CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
+$(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
+ifeq ($(HAVE_MPI),yes)
+MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
+CLI_OBJ_COMM := $(BUILD)/cli/comm_mpi.o
+CLI_LD   := $(MPI_CC)
+CLI_LIBS += $(BUILD)/libbnorm_mpi.a
+else
+CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
+endif
+HEADERS  += include/bnorm_mpi.h
 
-all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm
+.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build
+
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -34,14 +60,36 @@ $(BUILD)/%.o: %.c $(HEADERS)
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
 $(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 
+$(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -Itests/c -c $< -o $@
+
+$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+# self-contained: the MPI calls and the library, for loaders such as ctypes
+$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ)
+	$(MPI_CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
+	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/libbnorm.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/libbnorm.so: $(LIB_OBJ)
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bnorm: $(CLI_OBJ) $(BUILD)/libbnorm.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm.a $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
+	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(CLI_LIBS) $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
@@ -50,8 +98,22 @@ demo: $(BUILD)/bnorm
 	$(BUILD)/bnorm demo
 
 # Every suite runs; a missing prerequisite fails the run with what to install.
-test: all
+test: all isa-check
 	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
+
+# The same bits on every x86-64: a digest of every result on a grid of cases, from the kernels
+# chosen at run time and from a build for the baseline instruction set only, must be identical.
+$(BUILD)/digest: tests/isa/digest.c $(BUILD)/tests/c/testutil.o $(BUILD)/libbnorm.a
+	$(CC) $(ALL_CFLAGS) -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+isa-check: $(BUILD)/digest
+	$(MAKE) -s BUILD=$(BUILD)/baseline EXTRA_DEFS=-DBN_NO_CLONES $(BUILD)/baseline/digest
+	$(BUILD)/digest > $(BUILD)/digest.txt
+	$(BUILD)/baseline/digest > $(BUILD)/baseline/digest.txt
+	@cmp -s $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt || \
+	  { diff $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt; \
+	    echo "isa-check: the baseline build gives other bits" >&2; exit 1; }
+	@echo "isa-check: $$(wc -l < $(BUILD)/digest.txt) cases, the same bits with and without run-time kernels"
 
 test-c: $(BUILD)/test_bnorm
 	$(BUILD)/test_bnorm
@@ -64,8 +126,9 @@ test-python: all
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm
+	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi)
 	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
+	$(if $(HAVE_MPI),ASAN_OPTIONS=detect_leaks=0 mpirun $(MPIRUN_FLAGS) -np 3 build-san/test_bnorm_mpi)
 
 # The C tests under ThreadSanitizer, threaded paths included: clang's OpenMP runtime (libomp)
 # with its TSan tool, archer, which tells TSan about OpenMP's own synchronization. The kernels
@@ -131,6 +194,8 @@ install: all
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(firstword $(subst ., ,$(VERSION)))
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so
 	install -m 755 $(BUILD)/bnorm $(DESTDIR)$(PREFIX)/bin/
+	$(if $(HAVE_MPI),install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/)
+	$(if $(HAVE_MPI),install -m 644 $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 
@@ -138,11 +203,17 @@ clean:
 	rm -rf build build-san build-tsan build-fuzz
 
 # `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
-# memory roofline; writes bench/results.json, bench/chart.png and bench/table.md. Needs
+# memory roofline; writes bench/results.json, bench/chart.png and bench/table.md; then the
+# throughput of `bnorm fit` against reading the same file (bench/fit.py). Needs
 # python3-torch, python3-matplotlib and libdnnl-dev (none of them is needed to build bnorm).
-.PHONY: bench
+.PHONY: bench bench-fit
 bench: $(BUILD)/bnorm $(BUILD)/onednn_peer
 	$(PYTHON) bench/run.py --build $(BUILD)
+	$(PYTHON) bench/fit.py --build $(BUILD)
+
+# `bnorm fit` on a 1 GiB file against reading the same file (needs only numpy)
+bench-fit: $(BUILD)/bnorm
+	$(PYTHON) bench/fit.py --build $(BUILD)
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
 	@echo '#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 || \

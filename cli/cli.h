@@ -12,6 +12,8 @@ enum { CLI_OK = 0, CLI_RUNTIME_ERROR = 1, CLI_USAGE_ERROR = 2 };
 int cli_demo(int argc, char **argv);
 int cli_normalize(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_fit(int argc, char **argv);
+int cli_apply(int argc, char **argv);
 
 /*
  * "bnorm: <file>: <problem>" on stderr.

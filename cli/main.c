@@ -23,6 +23,8 @@ static const char help[] =
     "  demo       normalize a random 20x2 batch and check it against a float64 reference\n"
     "  normalize  batch-normalize an (N, C, ...) array stored in a .npy file\n"
     "  bench      time the forward and backward passes against the memory roofline\n"
+    "  fit        population statistics of .npy files of any size, to a safetensors file\n"
+    "  apply      eval-mode normalization of a .npy file with statistics from a safetensors file\n"
     "\n"
     "options:\n"
     "  -h, --help     show this help\n"
@@ -69,6 +71,8 @@ static int run(int argc, char **argv) {
     if (strcmp(cmd, "demo") == 0) return cli_demo(argc - 1, argv + 1);
     if (strcmp(cmd, "normalize") == 0) return cli_normalize(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0) return cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "fit") == 0) return cli_fit(argc - 1, argv + 1);
+    if (strcmp(cmd, "apply") == 0) return cli_apply(argc - 1, argv + 1);
     if (cmd[0] == '-') return cli_usage_error(NULL, usage, "unknown option '%s'", cmd);
     return cli_usage_error(NULL, usage, "unknown command '%s'", cmd);
 }

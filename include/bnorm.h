@@ -45,6 +45,13 @@
  *   save_invstd have C doubles. A zero size (n = 0, or a spatial size of 0) is a valid, empty
  *   batch. Tensor pointers may be NULL when the tensor is empty (torch gives empty tensors none).
  *
+ * SPLIT BATCHES
+ *
+ *   A batch split between processes, or read from a file piece by piece, goes through the stages
+ *   that make up each pass (see "STAGES OF A TRAINING STEP" below): per-channel moments of every
+ *   piece (bn_moments: count, mean, M2), merged in a fixed order, then each piece normalized
+ *   with the merged statistics. bnorm_mpi.h does this across the ranks of an MPI communicator.
+ *
  * ERRORS
  *
  *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
@@ -173,6 +180,14 @@ typedef struct bn_options {
 
 #define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0, 0, {0, 0, 0, 0, 0, 0}}
 
+/* Mergeable statistics of one channel over some of its values: how many, their mean, and
+ * M2 = sum (x - mean)^2. Moments of disjoint pieces merge exactly (bn_merge_moments). */
+typedef struct bn_moments {
+    int64_t count; /* >= 0 */
+    double mean;   /* 0 when count is 0 */
+    double m2;     /* sum of squared deviations from mean; 0 when count is 0 */
+} bn_moments;
+
 /* Sets the number of threads later calls use; n <= 0 restores OpenMP's default. Thread-safe. */
 void bn_set_num_threads(int n);
 
@@ -258,6 +273,96 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                            const void *running_mean, const void *running_var, const void *weight,
                            const bn_desc *desc, double eps);
+
+/*
+ * STAGES OF A TRAINING STEP, for a batch split over processes or read in pieces
+ *
+ * bn_forward_train and bn_backward_train are each the composition of two stages; when the batch
+ * is split (between the ranks of an MPI communicator: see bnorm_mpi.h; or between chunks of a
+ * file), the statistics of the pieces are combined between the stages:
+ *
+ *   forward:  bn_compute_moments (each piece) -> bn_merge_moments (in a fixed order)
+ *             -> bn_forward_train_stats (each piece, with the merged moments)
+ *   backward: bn_backward_sums (each piece) -> add the sums (in a fixed order)
+ *             -> bn_backward_train_sums (each piece, with the added sums and the total count)
+ *
+ * On one piece the stages give exactly the bits of bn_forward_train and bn_backward_train: the
+ * same kernels, the same blocks, the same order.
+ */
+
+/*
+ * Per-channel partial statistics of x (the first stage of bn_forward_train, by the same code).
+ *   moments: out (C), overwritten: count = n*s, the mean and M2 of each channel's values
+ *   x:       in (N, C, S) in desc's layout
+ * An empty tensor (n*s = 0) gives {0, 0, 0} for every channel.
+ * @return BN_OK; BN_ERR_NULL_POINTER; the errors of a bad desc (as bn_forward_train);
+ *         BN_ERR_NO_MEMORY. Nothing is written on failure.
+ */
+bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc);
+
+/*
+ * acc[k] = acc[k] merged with part[k] for k < c (Chan, Golub and LeVeque): exact for unequal
+ * counts; an empty part leaves acc[k]'s bits as they were, and an empty acc[k] becomes a copy of
+ * part[k]. Merging the same parts in the same order gives the same bits on every machine.
+ *   acc:  in/out (c)
+ *   part: in (c); may not overlap acc
+ * @return BN_OK; BN_ERR_NULL_POINTER (acc or part NULL with c > 0); BN_ERR_SHAPE (c < 0);
+ *         BN_ERR_ARGUMENT (a negative count); BN_ERR_TOO_LARGE (a merged count overflows 64
+ *         bits). Nothing is written on failure.
+ */
+bn_status bn_merge_moments(bn_moments *acc, const bn_moments *part, int64_t c);
+
+/*
+ * Training forward pass of a piece x of a batch, with the batch's statistics given: as
+ * bn_forward_train on the whole batch, restricted to this piece. Every piece given the same
+ * stats and the same running statistics updates them to the same bits.
+ *   stats: in (C), the merged moments of the whole batch (bn_compute_moments of every piece,
+ *          merged by bn_merge_moments); every channel has the same count m >= n*s
+ *   the other arguments as bn_forward_train; the running variance takes M2 / (m - 1)
+ * With m = 0 (an empty batch) nothing is normalized, the running statistics are left as they
+ * are, num_batches_tracked is still incremented, and save_mean, save_invstd are NaN.
+ * @return BN_OK; BN_ERR_COUNT when m == 1; BN_ERR_ARGUMENT when the counts of stats differ
+ *         between channels or m < n*s; the validation errors of bn_forward_train. Nothing is
+ *         written on failure.
+ */
+bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
+                                 void *running_mean, void *running_var,
+                                 int64_t *num_batches_tracked, const void *x, const void *weight,
+                                 const void *bias, const bn_moments *stats, const bn_desc *desc,
+                                 const bn_options *opt);
+
+/*
+ * The per-channel sums of a piece that the training backward pass needs from the whole batch
+ * (the first stage of bn_backward_train, by the same code):
+ *   sum_dy:      out (C) double, overwritten: sum dy        (the piece's share of dbias)
+ *   sum_dy_xhat: out (C) double, overwritten: sum dy * xhat (the piece's share of dweight)
+ *   dy, x:       in (N, C, S)
+ *   save_mean, save_invstd: in (C) double, the batch statistics the forward pass saved
+ * With n*s = 0 both sums are 0. Sums of the pieces added in a fixed order give the batch's.
+ * @return BN_OK; the validation errors of bn_backward_train; BN_ERR_NO_MEMORY. Nothing is
+ *         written on failure.
+ */
+bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,
+                           const double *save_mean, const double *save_invstd,
+                           const bn_desc *desc);
+
+/*
+ * dx of a piece of a batch, from the batch's sums (bn_backward_sums of every piece, added):
+ *   dx = (dy - sum_dy / m - xhat * sum_dy_xhat / m) * invstd * weight
+ *   dx:          out (N, C, S), overwritten; may be the same buffer as dy
+ *   dy, x:       in (N, C, S)
+ *   save_mean, save_invstd: in (C) double, the batch statistics of the forward pass
+ *   weight:      in (C); NULL means 1
+ *   sum_dy, sum_dy_xhat: in (C) double, the sums over the whole batch
+ *   count:       m, the number of values per channel in the whole batch, >= n*s
+ * @return BN_OK; BN_ERR_ARGUMENT (count < n*s, or count < 1 while the piece has values); the
+ *         validation errors of bn_backward_train; BN_ERR_NO_MEMORY. Nothing is written on
+ *         failure.
+ */
+bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
+                                 const double *save_mean, const double *save_invstd,
+                                 const void *weight, const double *sum_dy,
+                                 const double *sum_dy_xhat, int64_t count, const bn_desc *desc);
 
 /*
  * Looks for NaN and infinite values in x, which the passes above take like any other value and

@@ -2,7 +2,10 @@
  * dy * (x - mean) per channel first, then dweight, dbias and dx.
  *   channels-first: channel by channel (in parallel);
  *   channels-last: sums over tiles of the (N*S, C) rows (in parallel), added per channel in the
- *   order of the rows, then dx tile by tile (in parallel). */
+ *   order of the rows, then dx tile by tile (in parallel); when a chunk of channels fits in
+ *   cache with all its rows, chunk by chunk instead, dx computed while the chunk is in cache.
+ * The same drivers run the stages of a split batch: the sums only (bn_backward_sums), and dx
+ * from sums given (bn_backward_train_sums). */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
@@ -17,8 +20,12 @@ typedef struct {
     const double *save_mean, *save_invstd;  /* training: batch statistics */
     const void *running_mean, *running_var; /* eval: stored statistics */
     double eps;
+    int64_t count;            /* m: values per channel in the whole batch */
+    const double *given_sums; /* (2, C): the batch's sum dy, sum dy * xhat; or NULL */
+    double *sums_out;         /* (2, C) non-NULL: only compute the sums (bn_backward_sums) */
     /* channels-last only: scratch */
     bn_tiles tiles;
+    int64_t chunk;     /* channels per item when a chunk's rows stay in cache, else 0 */
     double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
     double *mean;      /* (C) */
     void *coef;        /* (BN_COEF_COUNT, C) in the tensor's dtype */
@@ -33,25 +40,37 @@ static void channel_stats(const backward_args *a, int64_t c, double *mean, doubl
                              : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
 }
 
-/* From channel c's sums: dweight, dbias, and the coefficients of
- * dx = (dy - mean_dy - (x - mean) * k) * scale (mean_dy = k = 0 with stored statistics). */
-static void finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xc,
-                           double invstd, double *mean_dy, double *k, double *scale) {
+/* From channel c's sums (sum dy, and sum dy * xhat = invstd * sum dy * (x - mean); or the sums
+ * given): dweight, dbias, and the coefficients of dx = (dy - mean_dy - (x - mean) * k) * scale
+ * (mean_dy = k = 0 with stored statistics). Returns 0 when only the sums are asked for (they
+ * are stored). */
+static int finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xhat,
+                          double invstd, double *mean_dy, double *k, double *scale) {
     const bn_dtype dt = a->d.dtype;
-    const double m = (double)(a->d.n * a->d.s);
-    if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xc * invstd);
+    if (a->given_sums) {
+        sum_dy = a->given_sums[c];
+        sum_dy_xhat = a->given_sums[a->d.c + c];
+    }
+    if (a->sums_out) {
+        a->sums_out[c] = sum_dy;
+        a->sums_out[a->d.c + c] = sum_dy_xhat;
+        return 0;
+    }
+    const double m = (double)a->count;
+    if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xhat);
     if (a->dbias) bn_store(a->dbias, dt, c, sum_dy);
     *scale = invstd * bn_load(a->weight, dt, c, 1.0);
     *mean_dy = batch_stats(a) ? sum_dy / m : 0.0;
-    *k = batch_stats(a) ? sum_dy_xc * invstd * invstd / m : 0.0; /* mean(dy * xhat) * invstd */
+    *k = batch_stats(a) ? sum_dy_xhat * invstd / m : 0.0; /* mean(dy * xhat) * invstd */
+    return 1;
 }
 
 static void backward_channel(const void *args, int64_t c) {
     const backward_args *a = args;
-    double mean, invstd, sum_dy, sum_dy_xc, mean_dy, k, scale;
+    double mean, invstd, sum_dy = 0, sum_dy_xc = 0, mean_dy, k, scale;
     channel_stats(a, c, &mean, &invstd);
-    bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c, mean);
-    finish_channel(a, c, sum_dy, sum_dy_xc, invstd, &mean_dy, &k, &scale);
+    if (!a->given_sums) bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c, mean);
+    if (!finish_channel(a, c, sum_dy, sum_dy_xc * invstd, invstd, &mean_dy, &k, &scale)) return;
     if (!a->dx) return;
     if (batch_stats(a))
         bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, k, scale);
@@ -76,6 +95,51 @@ static void tile_grad_input(const void *args, int64_t k) {
         bn_kernel_cl_normalize(&a->d, a->dx, a->dy, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
+/* Channels [c0, c1): the parts' sums added in the order of the rows, then dweight, dbias and
+ * the coefficients of dx. */
+static void add_parts(backward_args *a, int64_t c0, int64_t c1) {
+    const int64_t C = a->d.c;
+    double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
+    double *scale = a->mean + 4 * C;
+    int dx_wanted = a->dx != NULL;
+    for (int64_t c = c0; c < c1; c++) {
+        double sum_dy = 0, sum_dy_xc = 0;
+        for (int64_t p = 0; p < a->tiles.parts && !a->given_sums; p++) {
+            sum_dy += a->part_sums[2 * p * C + c];
+            sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
+        }
+        dx_wanted &= finish_channel(a, c, sum_dy, sum_dy_xc * invstd[c], invstd[c], &mean_dy[c],
+                                    &k[c], &scale[c]);
+    }
+    if (!dx_wanted) return;
+    if (batch_stats(a)) {
+        bn_kernel_cl_coefs(&a->d, a->coef, c0, c1, a->mean, scale, NULL, mean_dy, k);
+    } else { /* dx = (dy - 0) * scale + 0 */
+        for (int64_t c = c0; c < c1; c++) mean_dy[c] = 0;
+        bn_kernel_cl_coefs(&a->d, a->coef, c0, c1, mean_dy, scale, NULL, NULL, NULL);
+    }
+}
+
+/* Item k: a chunk of channels whose rows fit in cache: the parts' sums, then dx while the chunk
+ * is still in cache; the same operations in the same order as tile by tile, so the same bits. */
+static void chunk_backward(const void *args, int64_t k) {
+    backward_args *a = (backward_args *)args; /* chunks write disjoint channels */
+    const int64_t C = a->d.c, rows = a->tiles.rows;
+    const int64_t c0 = k * a->chunk, c1 = c0 + a->chunk < C ? c0 + a->chunk : C;
+    for (int64_t p = 0; p < a->tiles.parts && !a->given_sums; p++) {
+        double *sum_dy = a->part_sums + 2 * p * C, *sum_dy_xc = sum_dy + C;
+        const int64_t r0 = p * a->tiles.per, r1 = r0 + a->tiles.per < rows ? r0 + a->tiles.per : rows;
+        for (int64_t c = c0; c < c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
+        bn_kernel_cl_grad_sums(&a->d, sum_dy, sum_dy_xc, a->dy, a->x, r0, r1, c0, c1, a->mean);
+    }
+    add_parts(a, c0, c1);
+    if (!a->dx) return;
+    if (batch_stats(a))
+        bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, 0, rows, c0, c1, a->coef);
+    else
+        bn_kernel_cl_normalize(&a->d, a->dx, a->dy, 0, rows, c0, c1, a->coef);
+}
+
 static bn_status backward_channels_last(backward_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
     a->tiles = bn_tiles_of(a->d.n * a->d.s, C);
@@ -89,26 +153,15 @@ static bn_status backward_channels_last(backward_args *a) {
     a->part_sums = arrays[0];
     a->mean = arrays[1];
     a->coef = arrays[2];
-    double *invstd = a->mean + C, *mean_dy = a->mean + 2 * C, *k = a->mean + 3 * C;
-    double *scale = a->mean + 4 * C;
+    double *invstd = a->mean + C;
     for (int64_t c = 0; c < C; c++) channel_stats(a, c, &a->mean[c], &invstd[c]);
-    bn_parallel_for(tiles, elements, tile_sums, a);
-    for (int64_t c = 0; c < C; c++) {
-        double sum_dy = 0, sum_dy_xc = 0;
-        for (int64_t p = 0; p < parts; p++) {
-            sum_dy += a->part_sums[2 * p * C + c];
-            sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
-        }
-        finish_channel(a, c, sum_dy, sum_dy_xc, invstd[c], &mean_dy[c], &k[c], &scale[c]);
-    }
-    if (a->dx) {
-        if (batch_stats(a)) {
-            bn_kernel_cl_coefs(&a->d, a->coef, a->mean, scale, NULL, mean_dy, k);
-        } else { /* dx = (dy - 0) * scale + 0 */
-            for (int64_t c = 0; c < C; c++) mean_dy[c] = 0;
-            bn_kernel_cl_coefs(&a->d, a->coef, mean_dy, scale, NULL, NULL, NULL);
-        }
-        bn_parallel_for(tiles, elements, tile_grad_input, a);
+    a->chunk = bn_cache_chunk(a->tiles.rows, C, 3, bn_dtype_size(a->d.dtype));
+    if (a->chunk) {
+        bn_parallel_for((C + a->chunk - 1) / a->chunk, elements, chunk_backward, a);
+    } else {
+        if (!a->given_sums) bn_parallel_for(tiles, elements, tile_sums, a);
+        add_parts(a, 0, C);
+        if (a->dx) bn_parallel_for(tiles, elements, tile_grad_input, a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;
@@ -120,10 +173,12 @@ static bn_status run_backward(backward_args *a, const bn_desc *desc) {
         for (int64_t c = 0; c < desc->c; c++) {
             if (a->dweight) bn_store(a->dweight, desc->dtype, c, 0);
             if (a->dbias) bn_store(a->dbias, desc->dtype, c, 0);
+            if (a->sums_out) a->sums_out[c] = a->sums_out[desc->c + c] = 0;
         }
         return BN_OK;
     }
     a->d = bn_kernel_desc(desc);
+    if (!a->given_sums) a->count = bn_count(desc);
     if (a->d.layout == BN_CHANNELS_LAST) return backward_channels_last(a);
     bn_parallel_for(a->d.c, bn_count(desc) * desc->c, backward_channel, a);
     return BN_OK;
@@ -137,8 +192,62 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
                      !save_invstd,
                  BN_ERR_NULL_POINTER);
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
+                       NULL, NULL, 0, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
     return run_backward(&a, desc);
+}
+
+bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,
+                           const double *save_mean, const double *save_invstd,
+                           const bn_desc *desc) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !save_mean ||
+                     !save_invstd || !sum_dy || !sum_dy_xhat,
+                 BN_ERR_NULL_POINTER);
+    /* the drivers write (2, C) in one array; copied out so that nothing is written on failure */
+    const int64_t C = desc->c;
+    bn_scratch scratch;
+    double *sums;
+    const size_t bytes = bn_bytes(2 * C, sizeof(double));
+    if (!bn_scratch_take(&scratch, 1, &bytes, (void **)&sums)) return BN_ERR_NO_MEMORY;
+    backward_args a = {{0}, NULL, NULL, NULL, dy, x, NULL, save_mean, save_invstd,
+                       NULL, NULL, 0, 0, NULL, sums, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    bn_status st = run_backward(&a, desc);
+    if (st == BN_OK) {
+        for (int64_t c = 0; c < C; c++) {
+            sum_dy[c] = sums[c];
+            sum_dy_xhat[c] = sums[C + c];
+        }
+    }
+    bn_scratch_release(&scratch);
+    return st;
+}
+
+bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
+                                 const double *save_mean, const double *save_invstd,
+                                 const void *weight, const double *sum_dy,
+                                 const double *sum_dy_xhat, int64_t count, const bn_desc *desc) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(bn_tensor_missing(dx, desc) || bn_tensor_missing(dy, desc) ||
+                     bn_tensor_missing(x, desc) || !save_mean || !save_invstd || !sum_dy ||
+                     !sum_dy_xhat,
+                 BN_ERR_NULL_POINTER);
+    BN_RETURN_IF(count < bn_count(desc), BN_ERR_ARGUMENT);
+    const int64_t C = desc->c;
+    if (bn_count(desc) == 0) return BN_OK; /* no dx to write */
+    /* the drivers read (2, C) from one array */
+    bn_scratch scratch;
+    double *sums;
+    const size_t bytes = bn_bytes(2 * C, sizeof(double));
+    if (!bn_scratch_take(&scratch, 1, &bytes, (void **)&sums)) return BN_ERR_NO_MEMORY;
+    for (int64_t c = 0; c < C; c++) {
+        sums[c] = sum_dy[c];
+        sums[C + c] = sum_dy_xhat[c];
+    }
+    backward_args a = {{0}, dx, NULL, NULL, dy, x, weight, save_mean, save_invstd,
+                       NULL, NULL, 0, count, sums, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    bn_status st = run_backward(&a, desc);
+    bn_scratch_release(&scratch);
+    return st;
 }
 
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
@@ -150,6 +259,7 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
-                       running_mean, running_var, eps, {0, 0, 0, 0, 0}, NULL, NULL, NULL};
+                       running_mean, running_var, eps, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL,
+                       NULL, NULL};
     return run_backward(&a, desc);
 }

@@ -2,7 +2,10 @@
  * saved and running statistics, and the normalized output.
  *   channels-first: channel by channel (in parallel), each normalized while still in cache;
  *   channels-last: statistics of tiles of the (N*S, C) rows (in parallel), merged per channel
- *   in the order of the rows, then the tiles normalized (in parallel). */
+ *   in the order of the rows, then the tiles normalized (in parallel); when a chunk of channels
+ *   fits in cache with all its rows, chunk by chunk instead, each normalized while in cache.
+ * The same drivers run the stages of a split batch: statistics only (bn_compute_moments), and
+ * the normalization with statistics given (bn_forward_train_stats). */
 #include "kernels.h"
 #include "scratch.h"
 #include "threads.h"
@@ -10,50 +13,42 @@
 
 #include <math.h>
 
-/* 1/sqrt(var + eps) of batch statistics, and 0 where var + eps is 0 (a constant channel with
- * eps = 0), as torch's training kernels do; stored statistics get the plain 1/sqrt (eval). */
-static double inverse_std(double var, double eps) {
-    double v = var + eps;
-    return v == 0 ? 0.0 : 1.0 / sqrt(v);
-}
-
 typedef struct {
     bn_desc d; /* the effective descriptor (bn_kernel_desc) */
     void *y, *running_mean, *running_var;
     double *save_mean, *save_invstd;
     const void *x, *weight, *bias;
     double eps, factor; /* factor: weight of the batch in the running statistics */
+    int64_t count;            /* m: values per channel in the whole batch */
+    const bn_moments *given;  /* (C) the batch's moments (bn_forward_train_stats), or NULL */
+    bn_moments *moments_out;  /* (C) non-NULL: only compute the statistics (bn_compute_moments) */
     /* channels-last only: scratch */
     bn_tiles tiles;
+    int64_t chunk;            /* channels per item when a chunk's rows stay in cache, else 0 */
     bn_moments *part_moments; /* (parts, C) */
-    double *mean, *scale, *shift; /* (C) */
+    double *mean, *m2, *scale, *shift; /* (C) */
     void *coef;                   /* (BN_COEF_COUNT, C) in the tensor's dtype */
 } train_args;
 
-/* Channel c's statistics are mom: saved and running statistics, and the coefficients of
- * y = (x - mean) * scale + shift. */
-static void finish_channel(const train_args *a, int64_t c, bn_moments mom, double *mean,
-                           double *scale, double *shift) {
-    const bn_dtype dt = a->d.dtype;
-    const double f = a->factor, invstd = inverse_std(bn_moments_var(mom), a->eps);
-    *mean = mom.mean;
-    *scale = invstd * bn_load(a->weight, dt, c, 1.0);
-    *shift = bn_load(a->bias, dt, c, 0.0);
-    if (a->save_mean) a->save_mean[c] = mom.mean;
-    if (a->save_invstd) a->save_invstd[c] = invstd;
-    if (a->running_mean)
-        bn_store(a->running_mean, dt, c, f * mom.mean + (1 - f) * bn_load(a->running_mean, dt, c, 0));
-    if (a->running_var) {
-        const double unbiased = mom.m2 / (double)(mom.count - 1);
-        bn_store(a->running_var, dt, c, f * unbiased + (1 - f) * bn_load(a->running_var, dt, c, 0));
-    }
+/* Channels [c0, c1): saved and running statistics, and the coefficients of
+ * y = (x - mean) * scale + shift, from their moments (mean, m2 point at channel c0's). */
+static void finish(const train_args *a, int64_t c0, int64_t c1, const double *mean,
+                   const double *m2, double *scale, double *shift) {
+    bn_kernel_train_finish(&a->d, c0, c1, (double)a->count, mean, m2, scale, shift,
+                           a->save_mean, a->save_invstd, a->running_mean, a->running_var,
+                           a->weight, a->bias, a->eps, a->factor);
 }
 
 static void train_channel(const void *args, int64_t c) {
     const train_args *a = args;
-    double mean, scale, shift;
-    finish_channel(a, c, bn_kernel_cf_moments(&a->d, a->x, c), &mean, &scale, &shift);
-    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mean, scale, shift);
+    const bn_moments mom = a->given ? a->given[c] : bn_kernel_cf_moments(&a->d, a->x, c);
+    if (a->moments_out) {
+        a->moments_out[c] = mom;
+        return;
+    }
+    double scale, shift;
+    finish(a, c, c + 1, &mom.mean, &mom.m2, &scale, &shift);
+    bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mom.mean, scale, shift);
 }
 
 static void tile_moments(const void *args, int64_t k) {
@@ -70,6 +65,43 @@ static void tile_normalize(const void *args, int64_t k) {
     bn_kernel_cl_normalize(&a->d, a->y, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
+/* Channels [c0, c1): the parts' moments merged in the order of the rows (or the moments given),
+ * then finished, or stored when only they are asked for. */
+static void merge_parts(train_args *a, int64_t c0, int64_t c1) {
+    const int64_t C = a->d.c;
+    for (int64_t c = c0; c < c1; c++) {
+        bn_moments mom = bn_moments_empty();
+        if (a->given)
+            mom = a->given[c];
+        else
+            for (int64_t k = 0; k < a->tiles.parts; k++)
+                bn_moments_merge(&mom, a->part_moments[k * C + c]);
+        if (a->moments_out) a->moments_out[c] = mom;
+        a->mean[c] = mom.mean;
+        a->m2[c] = mom.m2;
+    }
+    if (!a->moments_out) finish(a, c0, c1, a->mean + c0, a->m2 + c0, a->scale + c0, a->shift + c0);
+}
+
+/* Item k: a chunk of channels whose rows fit in cache: the parts' moments, their merge, and the
+ * normalization, while the chunk is still in cache. The same operations in the same order as
+ * the tile by tile passes, so the same bits. */
+static void chunk_train(const void *args, int64_t k) {
+    train_args *a = (train_args *)args; /* chunks write disjoint channels */
+    const int64_t C = a->d.c, rows = a->tiles.rows;
+    const int64_t c0 = k * a->chunk, c1 = c0 + a->chunk < C ? c0 + a->chunk : C;
+    for (int64_t p = 0; p < a->tiles.parts && !a->given; p++) {
+        bn_moments *acc = a->part_moments + p * C;
+        const int64_t r0 = p * a->tiles.per, r1 = r0 + a->tiles.per < rows ? r0 + a->tiles.per : rows;
+        for (int64_t c = c0; c < c1; c++) acc[c] = bn_moments_empty();
+        bn_kernel_cl_moments(&a->d, acc, a->x, r0, r1, c0, c1);
+    }
+    merge_parts(a, c0, c1);
+    if (a->moments_out) return;
+    bn_kernel_cl_coefs(&a->d, a->coef, c0, c1, a->mean, a->scale, a->shift, NULL, NULL);
+    bn_kernel_cl_normalize(&a->d, a->y, a->x, 0, rows, c0, c1, a->coef);
+}
+
 static bn_status train_channels_last(train_args *a) {
     const int64_t C = a->d.c, elements = a->d.n * a->d.c * a->d.s;
     a->tiles = bn_tiles_of(a->d.n * a->d.s, C);
@@ -77,23 +109,34 @@ static bn_status train_channels_last(train_args *a) {
     bn_scratch scratch;
     void *arrays[3];
     const size_t bytes[3] = {bn_bytes(parts * C, sizeof(bn_moments)),
-                             bn_bytes(3 * C, sizeof(double)),
+                             bn_bytes(4 * C, sizeof(double)),
                              bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a->d.dtype))};
     if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
     a->part_moments = arrays[0];
     a->mean = arrays[1];
-    a->scale = a->mean + C;
-    a->shift = a->mean + 2 * C;
+    a->m2 = a->mean + C;
+    a->scale = a->mean + 2 * C;
+    a->shift = a->mean + 3 * C;
     a->coef = arrays[2];
-    bn_parallel_for(tiles, elements, tile_moments, a);
-    for (int64_t c = 0; c < C; c++) {
-        bn_moments mom = bn_moments_empty();
-        for (int64_t k = 0; k < parts; k++) bn_moments_merge(&mom, a->part_moments[k * C + c]);
-        finish_channel(a, c, mom, &a->mean[c], &a->scale[c], &a->shift[c]);
+    a->chunk = bn_cache_chunk(a->tiles.rows, C, 2, bn_dtype_size(a->d.dtype));
+    if (a->chunk) {
+        bn_parallel_for((C + a->chunk - 1) / a->chunk, elements, chunk_train, a);
+    } else {
+        if (!a->given) bn_parallel_for(tiles, elements, tile_moments, a);
+        merge_parts(a, 0, C);
+        if (!a->moments_out) {
+            bn_kernel_cl_coefs(&a->d, a->coef, 0, C, a->mean, a->scale, a->shift, NULL, NULL);
+            bn_parallel_for(tiles, elements, tile_normalize, a);
+        }
     }
-    bn_kernel_cl_coefs(&a->d, a->coef, a->mean, a->scale, a->shift, NULL, NULL);
-    bn_parallel_for(tiles, elements, tile_normalize, a);
     bn_scratch_release(&scratch);
+    return BN_OK;
+}
+
+/* The training driver: statistics, then (unless only they are asked for) the normalization. */
+static bn_status run_train(train_args *a) {
+    if (a->d.layout == BN_CHANNELS_LAST) return train_channels_last(a);
+    bn_parallel_for(a->d.c, bn_count(&a->d) * a->d.c, train_channel, a);
     return BN_OK;
 }
 
@@ -121,13 +164,66 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
     } else {
         train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                         x, weight, bias, opt->eps,
-                        opt->cumulative ? 1.0 / (double)batches : opt->momentum,
-                        {0, 0, 0, 0, 0}, NULL, NULL, NULL, NULL, NULL};
-        if (a.d.layout == BN_CHANNELS_LAST) {
-            BN_RETURN_IF_ERROR(train_channels_last(&a));
-        } else {
-            bn_parallel_for(a.d.c, m * a.d.c, train_channel, &a);
+                        opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, NULL, NULL,
+                        {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+        BN_RETURN_IF_ERROR(run_train(&a));
+    }
+    if (tracking && num_batches_tracked) *num_batches_tracked = batches;
+    return BN_OK;
+}
+
+bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(!moments || bn_tensor_missing(x, desc), BN_ERR_NULL_POINTER);
+    if (bn_count(desc) == 0) {
+        for (int64_t c = 0; c < desc->c; c++) moments[c] = bn_moments_empty();
+        return BN_OK;
+    }
+    train_args a = {bn_kernel_desc(desc), NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, 0, 0,
+                    bn_count(desc), NULL, moments,
+                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    return run_train(&a);
+}
+
+/* The batch's count m from stats: the same for every channel and at least the piece's. */
+static bn_status check_stats(const bn_moments *stats, const bn_desc *desc, int64_t *m) {
+    BN_RETURN_IF(!stats, BN_ERR_NULL_POINTER);
+    *m = stats[0].count;
+    for (int64_t c = 0; c < desc->c; c++) BN_RETURN_IF(stats[c].count != *m, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(*m < bn_count(desc), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(*m == 1, BN_ERR_COUNT);
+    return BN_OK;
+}
+
+bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
+                                 void *running_mean, void *running_var,
+                                 int64_t *num_batches_tracked, const void *x, const void *weight,
+                                 const void *bias, const bn_moments *stats, const bn_desc *desc,
+                                 const bn_options *opt) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF_ERROR(bn_check_options(opt));
+    BN_RETURN_IF(bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
+    int64_t m;
+    BN_RETURN_IF_ERROR(check_stats(stats, desc, &m));
+    if (m == 0) /* an empty batch: what bn_forward_train does with one */
+        return bn_forward_train(y, save_mean, save_invstd, running_mean, running_var,
+                                num_batches_tracked, x, weight, bias, desc, opt);
+    const int tracking = running_mean || running_var;
+    BN_RETURN_IF(tracking && opt->cumulative && !num_batches_tracked, BN_ERR_NULL_POINTER);
+    BN_RETURN_IF(tracking && num_batches_tracked && *num_batches_tracked == INT64_MAX,
+                 BN_ERR_TOO_LARGE);
+    const int64_t batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
+    train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
+                    x, weight, bias, opt->eps,
+                    opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, stats, NULL,
+                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    if (bn_count(desc) == 0) { /* nothing here to normalize; the statistics are still saved */
+        for (int64_t c = 0; c < desc->c; c++) {
+            double scale, shift;
+            finish(&a, c, c + 1, &stats[c].mean, &stats[c].m2, &scale, &shift);
         }
+    } else {
+        BN_RETURN_IF_ERROR(run_train(&a));
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
     return BN_OK;

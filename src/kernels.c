@@ -1,5 +1,6 @@
 /* kernels.c - instantiates the per-dtype kernels of kernels.inc and dispatches to them. */
 #include "kernels.h"
+#include "threads.h"
 #include "validate.h"
 
 #include <math.h>
@@ -19,7 +20,6 @@
 /* Vector helpers are macros: clang refuses functions that pass 64-byte vectors in a clone
  * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. */
 typedef double bn_v8d __attribute__((vector_size(64)));
-typedef float bn_v8f __attribute__((vector_size(32)));
 /* Unaligned, alias-safe views for loads and stores. */
 typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
@@ -32,7 +32,10 @@ typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
 typedef float bn_v16f __attribute__((vector_size(64)));
 typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
+/* A float vector widened whole: GCC 12 converts a 16-float vector to 16 doubles with two
+ * full-width instructions, but splits a conversion of 8 floats into pieces. */
+typedef double bn_v16d __attribute__((vector_size(128)));
+typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
 
 #define T float
 #define SUF f32
@@ -43,12 +46,14 @@ typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 #define STOREW(p, v) (*(bn_v16f_u *)(p) = (v))
 #define WIDEN(vec, out)                                              \
     do {                                                             \
-        bn_v16f_halves h_;                                           \
-        h_.whole = (vec);                                            \
-        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);     \
-        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);     \
+        bn_v16d_halves h_;                                           \
+        h_.whole = __builtin_convertvector((vec), bn_v16d);          \
+        (out)[0] = h_.half[0];                                       \
+        (out)[1] = h_.half[1];                                       \
     } while (0)
+#define HEAD(p, s) 0
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -66,7 +71,9 @@ typedef union { bn_v16f whole; bn_v8f half[2]; } bn_v16f_halves;
 #define LOADW(p) (*(const bn_v8d_u *)(p))
 #define STOREW(p, v) (*(bn_v8d_u *)(p) = (v))
 #define WIDEN(vec, out) ((out)[0] = (vec))
+#define HEAD(p, s) 0
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -102,12 +109,14 @@ BN_DECLARE_KERNELS(double, f64_stream)
     } while (0)
 #define WIDEN(vec, out)                                                  \
     do {                                                                 \
-        bn_v16f_halves h_;                                               \
-        h_.whole = (vec);                                                \
-        (out)[0] = __builtin_convertvector(h_.half[0], bn_v8d);         \
-        (out)[1] = __builtin_convertvector(h_.half[1], bn_v8d);         \
+        bn_v16d_halves h_;                                           \
+        h_.whole = __builtin_convertvector((vec), bn_v16d);          \
+        (out)[0] = h_.half[0];                                       \
+        (out)[1] = h_.half[1];                                       \
     } while (0)
+#define HEAD(p, s) BN_FN(head_)(p, s)
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -129,7 +138,9 @@ BN_DECLARE_KERNELS(double, f64_stream)
         else *(bn_v8d_u *)(p) = (v);                                                     \
     } while (0)
 #define WIDEN(vec, out) ((out)[0] = (vec))
+#define HEAD(p, s) BN_FN(head_)(p, s)
 #include "kernels.inc"
+#undef HEAD
 #undef T
 #undef SUF
 #undef W
@@ -143,10 +154,21 @@ static atomic_int plain_stores_only; /* tests compare both kinds of store */
 
 void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on != 0); }
 
-/* Stream when the pass writes at least BN_STREAM_MIN_BYTES and the CPU has AVX-512. */
+/* Output bytes from which stores stream: half the last-level cache, at most BN_STREAM_MIN_BYTES. */
+static int64_t stream_threshold(void) {
+    static atomic_llong threshold; /* 0 until first asked */
+    long long t = atomic_load(&threshold);
+    if (t == 0) {
+        const int64_t llc = bn_cache_size(3);
+        t = llc > 0 && llc / 2 < BN_STREAM_MIN_BYTES ? llc / 2 : BN_STREAM_MIN_BYTES;
+        atomic_store(&threshold, t);
+    }
+    return (int64_t)t;
+}
+
+/* Stream when the pass writes at least stream_threshold() bytes and the CPU has AVX-512. */
 static int use_stream(const bn_desc *desc) {
-    return (uint64_t)(desc->n * desc->c * desc->s) * bn_dtype_size(desc->dtype) >=
-               BN_STREAM_MIN_BYTES &&
+    return desc->n * desc->c * desc->s * (int64_t)bn_dtype_size(desc->dtype) >= stream_threshold() &&
            __builtin_cpu_supports("avx512f") && !atomic_load(&plain_stores_only);
 }
 
@@ -208,6 +230,25 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
                              CF_ROWS, mean, mean_dy, k, scale);
 }
 
+#define AT_C0(p, TYPE) ((p) ? (TYPE *)(p) + c0 : NULL)
+
+void bn_kernel_train_finish(const bn_desc *desc, int64_t c0, int64_t c1, double count,
+                            const double *mean, const double *m2, double *scale, double *shift,
+                            double *save_mean, double *save_invstd, void *running_mean,
+                            void *running_var, const void *weight, const void *bias, double eps,
+                            double factor) {
+    if (desc->dtype == BN_FLOAT32)
+        bn_train_finish_f32(c1 - c0, count, mean, m2, scale, shift, AT_C0(save_mean, double),
+                            AT_C0(save_invstd, double), AT_C0(running_mean, float),
+                            AT_C0(running_var, float), AT_C0(weight, const float),
+                            AT_C0(bias, const float), eps, factor);
+    else
+        bn_train_finish_f64(c1 - c0, count, mean, m2, scale, shift, AT_C0(save_mean, double),
+                            AT_C0(save_invstd, double), AT_C0(running_mean, double),
+                            AT_C0(running_var, double), AT_C0(weight, const double),
+                            AT_C0(bias, const double), eps, factor);
+}
+
 void bn_kernel_eval_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
                           const void *running_mean, const void *running_var, const void *weight,
                           const void *bias, double eps) {
@@ -242,12 +283,13 @@ void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, i
         bn_cl_moments_f64(acc + c0, CL_AT(x, const double), CL_TILE);
 }
 
-void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
-                        const double *shift, const double *mean_dy, const double *k) {
+void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
+                        const double *mean, const double *scale, const double *shift,
+                        const double *mean_dy, const double *k) {
     if (desc->dtype == BN_FLOAT32)
-        bn_cl_coefs_f32(coef, desc->c, mean, scale, shift, mean_dy, k);
+        bn_cl_coefs_f32(coef, desc->c, c0, c1, mean, scale, shift, mean_dy, k);
     else
-        bn_cl_coefs_f64(coef, desc->c, mean, scale, shift, mean_dy, k);
+        bn_cl_coefs_f64(coef, desc->c, c0, c1, mean, scale, shift, mean_dy, k);
 }
 
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,

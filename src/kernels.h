@@ -19,8 +19,10 @@
 
 #define BN_BLOCK 1024 /* channels-first: values per statistics block */
 #define BN_ROWS 256   /* channels-last: rows per statistics block */
-/* Outputs of at least this many bytes are written with streaming stores (on AVX-512): well past
- * what the caches hold, where reading each destination line before writing it costs most. */
+/* Outputs of at least half the last-level cache, and at most this many bytes, are written with
+ * streaming stores (on AVX-512): past what the caches hold, reading each destination line before
+ * writing it costs most. (Measured: 48 MiB on a Xeon whose reported L3 is 480 MiB; 16 MiB on an
+ * EPYC with 32 MiB of L3, where it takes 12% off a 26 MB training pass.) */
 #define BN_STREAM_MIN_BYTES (INT64_C(48) << 20)
 
 /* Channels-last element-wise passes take per-channel coefficients in the tensor's dtype, as
@@ -46,9 +48,20 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
      * merged into it, block by block in order. */                                              \
     void bn_cl_moments_##SUF(bn_moments *acc, const T *x, int64_t rows, int64_t ld,            \
                              int64_t width);                                                    \
-    /* coef: (BN_COEF_COUNT, C) out, from (C) doubles; shift, mean_dy, k may be NULL (0). */    \
-    void bn_cl_coefs_##SUF(T *coef, int64_t C, const double *mean, const double *scale,        \
-                           const double *shift, const double *mean_dy, const double *k);       \
+    /* coef: (BN_COEF_COUNT, C) out for channels [c0, c1), from (C) doubles; shift, mean_dy, k  \
+     * may be NULL (0). */                                                                      \
+    void bn_cl_coefs_##SUF(T *coef, int64_t C, int64_t c0, int64_t c1, const double *mean,     \
+                           const double *scale, const double *shift, const double *mean_dy,    \
+                           const double *k);                                                   \
+    /* n channels of a training pass, from their statistics over count values each: mean, m2:  \
+     * (n) in; scale = invstd * w, shift = b: (n) out; save_mean, save_invstd: (n) out or NULL; \
+     * rm, rv: (n) blended with the batch's mean and unbiased variance (factor: the batch's    \
+     * weight), or NULL; w, b: (n) or NULL (1 and 0). Loops over arrays, so they vectorize.   \
+     * invstd = 1/sqrt(m2/count + eps), or 0 where that sum is 0, as torch's training kernels. */\
+    void bn_train_finish_##SUF(int64_t n, double count, const double *mean, const double *m2,  \
+                               double *scale, double *shift, double *save_mean,                \
+                               double *save_invstd, T *rm, T *rv, const T *w, const T *b,      \
+                               double eps, double factor);                                     \
     /* coef: (BN_COEF_COUNT, ld) out for channels [c0, c1): eval's mean, scale and shift from   \
      * the stored statistics rm, rv: (C) and weight, bias: (C) or NULL. */                      \
     void bn_eval_coefs_##SUF(T *coef, int64_t ld, int64_t c0, int64_t c1, const T *rm,         \
@@ -94,8 +107,18 @@ void bn_kernel_cf_normalize_rows(const bn_desc *desc, void *y, const void *x, in
                                  int64_t c0, int64_t c1, const void *coef);
 void bn_kernel_cl_moments(const bn_desc *desc, bn_moments *acc, const void *x, int64_t r0,
                           int64_t r1, int64_t c0, int64_t c1);
-void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, const double *mean, const double *scale,
-                        const double *shift, const double *mean_dy, const double *k);
+/* Channels [c0, c1) of a training pass (bn_train_finish_*): mean, m2, scale, shift point at
+ * channel c0's values; save_mean, save_invstd, running_mean, running_var, weight, bias are the
+ * caller's (C) arrays or NULL. */
+void bn_kernel_train_finish(const bn_desc *desc, int64_t c0, int64_t c1, double count,
+                            const double *mean, const double *m2, double *scale, double *shift,
+                            double *save_mean, double *save_invstd, void *running_mean,
+                            void *running_var, const void *weight, const void *bias, double eps,
+                            double factor);
+/* Coefficients of channels [c0, c1) (coef: (BN_COEF_COUNT, C)) from per-channel doubles. */
+void bn_kernel_cl_coefs(const bn_desc *desc, void *coef, int64_t c0, int64_t c1,
+                        const double *mean, const double *scale, const double *shift,
+                        const double *mean_dy, const double *k);
 void bn_kernel_cl_normalize(const bn_desc *desc, void *y, const void *x, int64_t r0, int64_t r1,
                             int64_t c0, int64_t c1, const void *coef);
 void bn_kernel_cl_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,

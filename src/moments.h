@@ -6,13 +6,9 @@
 #ifndef BN_MOMENTS_H
 #define BN_MOMENTS_H
 
-#include <stdint.h>
+#include "bnorm.h" /* bn_moments is public: bn_compute_moments, bn_merge_moments */
 
-typedef struct bn_moments {
-    int64_t count;
-    double mean;
-    double m2; /* sum of squared deviations from mean */
-} bn_moments;
+#include <stdint.h>
 
 static inline bn_moments bn_moments_empty(void) {
     bn_moments m = {0, 0.0, 0.0};

@@ -589,7 +589,10 @@ static bn_status read_data(FILE *f, const npy_header *h, long long known_rest, v
     return BN_OK;
 }
 
-static bn_status read_file(bn_npy *arr, FILE *f, char *err, size_t errlen) {
+/* Reads the preamble and the header of the file f is at the start of. On success *offset is where
+ * the data starts and *rest the number of bytes after it (-1 when f is not a regular file). */
+static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *rest, char *err,
+                             size_t errlen) {
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) return io_error("cannot stat", errno, err, errlen);
     if (S_ISDIR(sb.st_mode)) return io_error("cannot read", EISDIR, err, errlen);
@@ -620,14 +623,22 @@ static bn_status read_file(bn_npy *arr, FILE *f, char *err, size_t errlen) {
                 pre.header_len, in_start + got);
         st = BN_ERR_FORMAT;
     }
-    npy_header h;
-    if (st == BN_OK) st = parse_header(&h, text, pre.header_len, err, errlen);
+    if (st == BN_OK) st = parse_header(h, text, pre.header_len, err, errlen);
     free(text);
     if (st != BN_OK) return st;
     /* The preamble read above took 12 bytes; with a version 1 header of under 2 bytes some of
      * them were data, but such a header ("" or "{") never parses, so nothing is lost. */
-    size_t offset = pre.prefix_len + pre.header_len;
-    long long rest = regular ? (long long)(file_len - offset) : -1;
+    *offset = pre.prefix_len + pre.header_len;
+    *rest = regular ? (long long)(file_len - *offset) : -1;
+    return BN_OK;
+}
+
+static bn_status read_file(bn_npy *arr, FILE *f, char *err, size_t errlen) {
+    npy_header h;
+    size_t offset;
+    long long rest;
+    bn_status st = read_header(f, &h, &offset, &rest, err, errlen);
+    if (st != BN_OK) return st;
     void *raw;
     st = read_data(f, &h, rest, &raw, err, errlen);
     if (st != BN_OK) return st;
@@ -645,6 +656,80 @@ bn_status bn_npy_read(bn_npy *arr, const char *path, char *err, size_t errlen) {
     bn_status st = read_file(arr, f, err, errlen);
     fclose(f); /* read-only: nothing to lose */
     return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Reading a file in pieces.
+ */
+
+bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen) {
+    if (!s || !path) {
+        set_err(err, errlen, "a required argument is NULL");
+        return BN_ERR_NULL_POINTER;
+    }
+    memset(s, 0, sizeof *s);
+    FILE *f = fopen(path, "rb");
+    if (!f) return io_error("cannot open", errno, err, errlen);
+    npy_header h;
+    size_t offset;
+    long long rest;
+    bn_status st = read_header(f, &h, &offset, &rest, err, errlen);
+    if (st == BN_OK && rest < 0) {
+        set_err(err, errlen, "not a regular file: it cannot be read in pieces");
+        st = BN_ERR_IO;
+    }
+    if (st == BN_OK && (unsigned long long)rest != (unsigned long long)h.nbytes)
+        st = data_size_error(&h, (size_t)rest, 0, err, errlen);
+    if (st == BN_OK && h.fortran && h.ndim > 1 && h.count > 1) {
+        set_err(err, errlen, "a Fortran-order array cannot be read sample by sample; save it in "
+                             "C order (numpy.ascontiguousarray)");
+        st = BN_ERR_UNSUPPORTED;
+    }
+    if (st != BN_OK) {
+        fclose(f);
+        return st;
+    }
+    s->file = f;
+    s->dtype = h.dtype;
+    s->swap = h.swap;
+    s->ndim = h.ndim;
+    memcpy(s->dims, h.dims, sizeof s->dims);
+    s->count = h.count;
+    s->data_offset = (int64_t)offset;
+    return BN_OK;
+}
+
+bn_status bn_npy_stream_read(bn_npy_stream *s, void *out, int64_t first, int64_t count,
+                             char *err, size_t errlen) {
+    if (!s || !s->file || (!out && count)) {
+        set_err(err, errlen, "a required argument is NULL");
+        return BN_ERR_NULL_POINTER;
+    }
+    if (first < 0 || count < 0 || first > s->count || count > s->count - first) {
+        set_err(err, errlen, "elements [%lld, %lld) are outside the array's %lld", (long long)first,
+                (long long)(first + count), (long long)s->count);
+        return BN_ERR_SHAPE;
+    }
+    const size_t size = dtype_size(s->dtype);
+    const off_t at = (off_t)(s->data_offset + first * (int64_t)size);
+    if (s->position != at && fseeko(s->file, at, SEEK_SET) != 0)
+        return io_error("seek failed", errno, err, errlen);
+    size_t got = fread(out, size, (size_t)count, s->file);
+    if (got < (size_t)count) {
+        if (ferror(s->file)) return io_error("read failed", errno, err, errlen);
+        set_err(err, errlen, "the file is shorter than its header says (it changed while being "
+                             "read?)");
+        return BN_ERR_FORMAT;
+    }
+    s->position = at + (off_t)(count * (int64_t)size);
+    if (s->swap) swap_bytes(out, count, size);
+    return BN_OK;
+}
+
+void bn_npy_stream_close(bn_npy_stream *s) {
+    if (!s) return;
+    if (s->file) fclose(s->file);
+    memset(s, 0, sizeof *s);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -727,7 +812,7 @@ void bn_npy_remove_temporary(void) {
 }
 
 /* Writes through "<dir>/.<name>.XXXXXX" and renames it over path. */
-static bn_status write_replacing(const char *path, const char *header, size_t hlen,
+bn_status bn_write_replacing(const char *path, const char *header, size_t hlen,
                                  const void *data, size_t nbytes, char *err, size_t errlen) {
     const char *slash = strrchr(path, '/');
     size_t dir_len = slash ? (size_t)(slash - path) + 1 : 0; /* including the '/' */
@@ -828,5 +913,5 @@ bn_status bn_npy_write(const char *path, bn_dtype dtype, int ndim, const int64_t
         if (fd < 0) return io_error("cannot open for writing", errno, err, errlen);
         return write_fd(fd, 0, header, hlen, data, (size_t)bytes, err, errlen);
     }
-    return write_replacing(path, header, hlen, data, (size_t)bytes, err, errlen);
+    return bn_write_replacing(path, header, hlen, data, (size_t)bytes, err, errlen);
 }

@@ -92,6 +92,49 @@ bn_status bn_npy_write(const char *path, bn_dtype dtype, int ndim, const int64_t
                        const void *data, char *err, size_t errlen);
 
 /*
+ * A .npy file open for reading in pieces (bounded memory, whatever the file's size): the header
+ * is parsed and checked by bn_npy_stream_open, the data read by bn_npy_stream_read.
+ */
+typedef struct bn_npy_stream {
+    void *file;                    /* FILE * */
+    bn_dtype dtype;
+    int swap;                      /* the file's byte order is not the machine's */
+    int ndim;
+    int64_t dims[BN_NPY_MAX_NDIM];
+    int64_t count;                 /* elements */
+    int64_t data_offset;           /* where the data starts in the file */
+    int64_t position;              /* where the next read starts in the file (0: unknown) */
+} bn_npy_stream;
+
+/*
+ * Opens path and reads its header, with the checks of bn_npy_read: the file must be a regular
+ * file whose size matches the header. A Fortran-order array of more than one dimension is
+ * BN_ERR_UNSUPPORTED (its samples are not contiguous). On failure nothing stays open.
+ * @return BN_OK or a status of bn_npy_read; err says why.
+ */
+bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen);
+
+/*
+ * Reads the elements [first, first + count) of the array (C order) into out, converted to the
+ * machine's byte order. @return BN_OK; BN_ERR_SHAPE (outside the array); BN_ERR_IO;
+ * BN_ERR_FORMAT (the file shrank).
+ */
+bn_status bn_npy_stream_read(bn_npy_stream *s, void *out, int64_t first, int64_t count,
+                             char *err, size_t errlen);
+
+/* Closes the file and zeroes *s; NULL and a closed stream are fine. */
+void bn_npy_stream_close(bn_npy_stream *s);
+
+/*
+ * Writes header[0 .. hlen-1] then data[0 .. nbytes-1] to path atomically: through a temporary
+ * file "<dir>/.<name>.XXXXXX" that is fsync'ed and renamed over path, removed on any failure
+ * (an existing file at path is then left as it was). bn_npy_write uses it; so do other writers.
+ * @return BN_OK; BN_ERR_IO (err says why).
+ */
+bn_status bn_write_replacing(const char *path, const char *header, size_t hlen, const void *data,
+                             size_t nbytes, char *err, size_t errlen);
+
+/*
  * Removes the temporary file bn_npy_write is writing, if any: for a signal handler, so that a
  * command interrupted while writing leaves no temporary file behind. Async-signal-safe (an
  * atomic load and unlink). It knows one file: the latest write in progress.

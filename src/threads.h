@@ -32,6 +32,21 @@ typedef struct {
 
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
 
+/* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
+ * at a time while the chunk stays in the per-core cache (half of the L2 size the system reports,
+ * 1 MiB if it reports none). The chunk's width in channels, a multiple of 16, at most what
+ * gives every thread a chunk; 0 when even 16 channels do not fit. Only speed depends on it:
+ * channels are independent, so results are the same bits for any width. */
+int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
+
+/* The size in bytes of the data cache of the given level (2, 3) that CPU 0 reports in Linux's
+ * /sys/devices/system/cpu/cpu0/cache, or 0 when it reports none. (glibc's sysconf can be far off
+ * in virtual machines: 384 MiB of L3 for a 32 MiB one has been seen.) */
+int64_t bn_cache_size(int level);
+
+/* For tests: the cache budget in bytes instead of half the L2 (0: the L2's again). */
+void bn_cache_budget_override(int64_t bytes);
+
 typedef struct {
     int64_t r0, r1, c0, c1, part;
 } bn_tile;

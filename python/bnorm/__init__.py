@@ -263,7 +263,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             raise RuntimeError("%s should contain %d elements not %d" % (name, c, np.size(a)))
     if x.size == 0:
         # Nothing to normalize (N = 0 or an empty spatial dim); running statistics stay as they
-        # are, as in torch. (The C library takes N = 0 too, but not a spatial size of 0.)
+        # are, as in torch. (forward_train would do the same; this skips the call.)
         return _like(x, layout)
     if training:
         y, _, _ = forward_train(x, weight, bias, running_mean, running_var, momentum, eps)

@@ -19,7 +19,7 @@ import os
 
 __all__ = [
     "lib", "path", "BnormError", "check", "make_desc", "make_options", "status_string",
-    "version_string", "BnDesc", "BnOptions",
+    "version_string", "BnDesc", "BnOptions", "BnMoments",
     "BN_FLOAT32", "BN_FLOAT64", "BN_CHANNELS_FIRST", "BN_CHANNELS_LAST", "STATUS_NAMES",
 ]
 
@@ -60,6 +60,15 @@ class BnOptions(ctypes.Structure):
         ("cumulative", ctypes.c_int),
         ("reserved_flags", ctypes.c_int),        # must be 0
         ("reserved", ctypes.c_int64 * 6),        # must be 0
+    ]
+
+
+class BnMoments(ctypes.Structure):
+    """struct bn_moments: count, mean and M2 = sum (x - mean)^2 of one channel's values."""
+    _fields_ = [
+        ("count", ctypes.c_int64),
+        ("mean", ctypes.c_double),
+        ("m2", ctypes.c_double),
     ]
 
 
@@ -116,6 +125,17 @@ _SIGNATURES = [
     ("bn_backward_train", ctypes.c_int, [_vp] * 8 + [_desc_p]),
     # dx, dweight, dbias, dy, x, running_mean, running_var, weight, desc, eps
     ("bn_backward_eval", ctypes.c_int, [_vp] * 8 + [_desc_p, ctypes.c_double]),
+    # the stages of a split batch: moments, x, desc
+    ("bn_compute_moments", ctypes.c_int, [_vp, _vp, _desc_p]),
+    # acc, part, c
+    ("bn_merge_moments", ctypes.c_int, [_vp, _vp, ctypes.c_int64]),
+    # y, save_mean, save_invstd, running_mean, running_var, num_batches_tracked, x, weight, bias,
+    # stats, desc, opt
+    ("bn_forward_train_stats", ctypes.c_int, [_vp] * 10 + [_desc_p, _opt_p]),
+    # sum_dy, sum_dy_xhat, dy, x, save_mean, save_invstd, desc
+    ("bn_backward_sums", ctypes.c_int, [_vp] * 6 + [_desc_p]),
+    # dx, dy, x, save_mean, save_invstd, weight, sum_dy, sum_dy_xhat, count, desc
+    ("bn_backward_train_sums", ctypes.c_int, [_vp] * 8 + [ctypes.c_int64, _desc_p]),
 ]
 
 for _name, _res, _args in _SIGNATURES:

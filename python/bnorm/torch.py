@@ -1,4 +1,5 @@
-"""bnorm.torch: drop-in replacements for torch.nn.BatchNorm1d/2d/3d and F.batch_norm.
+"""bnorm.torch: drop-in replacements for torch.nn.BatchNorm1d/2d/3d, SyncBatchNorm (over MPI,
+on the CPU: see _sync.py) and F.batch_norm.
 
     import bnorm.torch
     model = nn.Sequential(nn.Conv2d(3, 8, 3), bnorm.torch.BatchNorm2d(8), nn.ReLU())
@@ -41,7 +42,7 @@ from torch.autograd.function import once_differentiable as _once_differentiable
 
 from . import _lib
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm", "convert"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert"]
 
 _DTYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64}
 
@@ -253,3 +254,6 @@ def convert(module):
         if cls is not None:
             m.__class__ = cls
     return module
+
+
+from ._sync import SyncBatchNorm  # noqa: E402 (it uses batch_norm and _layout above)

@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include "kernels.h"
+#include "threads.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -137,4 +138,49 @@ BN_SUITE(suite_threads_streaming_stores) {
         }
         free(x), free(dy);
     }
+}
+
+/* Channels-last passes work chunk by chunk when a chunk's rows fit in cache, tile by tile
+ * otherwise: the same bits either way, whatever the chunk width. */
+BN_SUITE(suite_threads_cache_chunks) {
+    static const int64_t shapes[][3] = {{16, 37, 301}, {200, 300, 1}, {7, 70, 9}};
+    const int64_t budgets[] = {1, INT64_C(1) << 40, 20000}; /* never, always, narrow chunks */
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (int dt = 0; dt < 2; dt++) {
+            bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, BN_CHANNELS_LAST);
+            int64_t count = tu_numel(&d);
+            size_t es = dt ? 8 : 4;
+            tu_rng r = tu_rng_new(77 + k);
+            double *xv = tu_randn(&r, count, -2, 3), *gv = tu_randn(&r, count, 0, 1);
+            double *wv = tu_randn(&r, d.c, 1, 0.2), *bv = tu_randn(&r, d.c, 0, 1);
+            void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+            void *w = tu_to_dtype(wv, d.c, d.dtype), *b = tu_to_dtype(bv, d.c, d.dtype);
+            results base, other;
+            bn_cache_budget_override(budgets[0]);
+            run_all(&base, &d, x, dy, w, b, es);
+            for (size_t q = 1; q < sizeof budgets / sizeof budgets[0]; q++) {
+                bn_cache_budget_override(budgets[q]);
+                for (int threads = 1; threads <= 3; threads += 2) {
+                    bn_set_num_threads(threads);
+                    run_all(&other, &d, x, dy, w, b, es);
+                    CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
+                              k, dt, q, threads);
+                    release(&other);
+                }
+            }
+            bn_set_num_threads(0);
+            bn_cache_budget_override(0);
+            release(&base);
+            free(xv), free(gv), free(wv), free(bv), free(x), free(dy), free(w), free(b);
+        }
+}
+
+/* Cache sizes come from Linux's /sys tables: a plausible size or 0, never garbage. */
+BN_SUITE(suite_threads_cache_sizes) {
+    for (int level = 2; level <= 3; level++) {
+        const int64_t size = bn_cache_size(level);
+        CHECK_MSG(size == 0 || (size >= (INT64_C(16) << 10) && size <= (INT64_C(4) << 30)),
+                  "L%d cache: %lld bytes", level, (long long)size);
+    }
+    CHECK(bn_cache_size(9) == 0);
 }

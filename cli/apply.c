@@ -1,0 +1,156 @@
+/* apply.c - `bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy`: eval-mode batch
+ * normalization of an (N, C, ...) array with stored statistics (those `bnorm fit` writes, or a
+ * BatchNorm state_dict saved as safetensors: its weight and bias are used when present). OUT is
+ * replaced atomically, so a failed run leaves it as it was. */
+#include "bnorm.h"
+#include "cli.h"
+#include "npy.h"
+#include "safetensors.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
+    "                   [--channels-last]\n";
+
+static const char help[] =
+    "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
+    "                   [--channels-last]\n"
+    "\n"
+    "Eval-mode batch normalization, as a torch BatchNorm in eval() computes it:\n"
+    "    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias\n"
+    "with running_mean and running_var (and weight and bias, when the file has them) read\n"
+    "from STATS, a safetensors file such as `bnorm fit` writes. IN holds a float32 or float64\n"
+    "(N, C, ...) array; OUT gets the same dtype and shape.\n"
+    "\n"
+    "options:\n"
+    "  --stats STATS.safetensors  the statistics\n"
+    "  -o, --output OUT.npy       where to write; replaced atomically, left as it was on failure\n"
+    "  --prefix NAME              key prefix in STATS: NAME.running_mean ... (default: none)\n"
+    "  --eps E                    added to the variance, a finite number >= 0 (default 1e-05)\n"
+    "  --channels-last            the channel is the last dimension: IN is (N, ..., C)\n"
+    "  -h, --help                 show this help\n";
+
+typedef struct apply_args {
+    const char *in, *out, *stats, *prefix, *eps_text;
+    double eps;
+    int channels_last;
+} apply_args;
+
+static int parse_args(apply_args *a, int argc, char **argv) {
+    int options_done = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (options_done || arg[0] != '-' || arg[1] == '\0') {
+            if (a->in) return cli_usage_error("apply", usage, "unexpected argument '%s'", arg);
+            a->in = arg;
+            continue;
+        }
+        if (strcmp(arg, "--") == 0) {
+            options_done = 1;
+            continue;
+        }
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            fputs(help, stdout);
+            return -1;
+        }
+        if (strcmp(arg, "--channels-last") == 0) {
+            a->channels_last = 1;
+            continue;
+        }
+        int r = cli_take_value(argc, argv, &i, "-o", "--output", &a->out, "apply", usage);
+        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--stats", &a->stats, "apply", usage);
+        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--prefix", &a->prefix, "apply", usage);
+        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--eps", &a->eps_text, "apply", usage);
+        if (r < 0) return CLI_USAGE_ERROR;
+        if (r == 0) return cli_usage_error("apply", usage, "unknown option '%s'", arg);
+    }
+    if (!a->in) return cli_usage_error("apply", usage, "missing the input file IN.npy");
+    if (!a->out) return cli_usage_error("apply", usage, "missing -o OUT.npy");
+    if (!a->stats) return cli_usage_error("apply", usage, "missing --stats STATS.safetensors");
+    if (a->prefix && strlen(a->prefix) > 500)
+        return cli_usage_error("apply", usage, "--prefix: longer than 500 characters");
+    a->eps = 1e-5;
+    if (a->eps_text && (!cli_parse_double(a->eps_text, &a->eps) || !(a->eps >= 0)))
+        return cli_usage_error("apply", usage, "--eps: '%s' is not a finite number >= 0",
+                               a->eps_text);
+    return CLI_OK;
+}
+
+/* Tensor NAME (with the prefix) of the stats file as c values of dtype in out (c elements);
+ * missing: 0 when optional (out untouched), else an error. */
+static int take(void *out, const cli_st_file *f, const apply_args *a, const char *name,
+                int64_t c, bn_dtype dtype, int required, int *found) {
+    char key[600];
+    const char *prefix = a->prefix ? a->prefix : "";
+    const char *dot = prefix[0] && prefix[strlen(prefix) - 1] != '.' ? "." : "";
+    snprintf(key, sizeof key, "%s%s%s", prefix, dot, name);
+    const cli_st_tensor *t = cli_safetensors_find(f, key);
+    *found = t != NULL;
+    if (!t) return required ? cli_fail(a->stats, "no tensor \"%s\"", key) : CLI_OK;
+    if (t->ndim != 1 || t->dims[0] != c || t->dtype == CLI_ST_I64)
+        return cli_fail(a->stats, "\"%s\" must be a float vector of %lld values (the channels of "
+                        "%s), but has %d dimension%s and %lld values", key, (long long)c, a->in,
+                        t->ndim, t->ndim == 1 ? "" : "s", (long long)t->count);
+    for (int64_t k = 0; k < c; k++) {
+        double v = cli_safetensors_value(t, k);
+        if (dtype == BN_FLOAT32) ((float *)out)[k] = (float)v;
+        else ((double *)out)[k] = v;
+    }
+    return CLI_OK;
+}
+
+static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
+    char err[512], shape[512];
+    bn_status st = cli_safetensors_read(f, a->stats, err, sizeof err);
+    if (st != BN_OK) return cli_fail(a->stats, "%s", err);
+    st = bn_npy_read(x, a->in, err, sizeof err);
+    if (st != BN_OK) return cli_fail(a->in, "%s", err);
+    bn_npy_shape_string(shape, sizeof shape, x->ndim, x->dims);
+    /* the library takes the dims in logical order (N, C, ...) whatever the layout */
+    int64_t dims[BN_NPY_MAX_NDIM];
+    const int nd = x->ndim;
+    for (int k = 0; k < nd; k++)
+        dims[k] = !a->channels_last || k == 0 ? x->dims[k] : k == 1 ? x->dims[nd - 1] : x->dims[k - 1];
+    bn_desc desc;
+    st = nd < 2 ? BN_ERR_SHAPE
+                : bn_desc_from_dims(&desc, nd, dims, x->dtype,
+                                    a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST);
+    if (st != BN_OK)
+        return cli_fail(a->in, "shape %s: batch normalization needs %s with C >= 1", shape,
+                        a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
+    *params = malloc((size_t)desc.c * 4 * 8);
+    if (!*params) return cli_fail(a->in, "out of memory");
+    const size_t es = x->dtype == BN_FLOAT32 ? 4 : 8;
+    char *p = *params;
+    void *rm = p, *rv = p + desc.c * (int64_t)es, *w = p + 2 * desc.c * (int64_t)es;
+    void *b = p + 3 * desc.c * (int64_t)es;
+    int has_rm, has_rv, has_w, has_b;
+    if (take(rm, f, a, "running_mean", desc.c, x->dtype, 1, &has_rm) != CLI_OK ||
+        take(rv, f, a, "running_var", desc.c, x->dtype, 1, &has_rv) != CLI_OK ||
+        take(w, f, a, "weight", desc.c, x->dtype, 0, &has_w) != CLI_OK ||
+        take(b, f, a, "bias", desc.c, x->dtype, 0, &has_b) != CLI_OK)
+        return CLI_RUNTIME_ERROR;
+    st = bn_forward_eval(x->data, x->data, rm, rv, has_w ? w : NULL, has_b ? b : NULL, &desc,
+                         a->eps);
+    if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
+    st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
+    if (st != BN_OK) return cli_fail(a->out, "%s", err);
+    return CLI_OK;
+}
+
+int cli_apply(int argc, char **argv) {
+    apply_args a = {0};
+    int status = parse_args(&a, argc, argv);
+    if (status != CLI_OK) return status < 0 ? CLI_OK : status;
+    bn_npy x = {0};
+    cli_st_file f = {0};
+    void *params = NULL;
+    status = run(&a, &x, &f, &params);
+    bn_npy_free(&x);
+    cli_safetensors_free(&f);
+    free(params);
+    return status;
+}

@@ -1,0 +1,59 @@
+/* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
+ * of cases, one line per case. `make isa-check` builds it twice, with the kernels chosen at run
+ * time (AVX-512 here) and with the x86-64 baseline only (-DBN_NO_CLONES), and the two listings
+ * must be identical: the same bits on every machine, not only for every thread count. */
+#include "bnorm.h"
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* FNV-1a, 64 bits, over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
+int main(void) {
+    /* (N, C, S): narrow and wide channel groups, short and long rows, channel tiles, a
+     * 20 MB tensor (streamed stores where the machine has them) */
+    static const int64_t shapes[][3] = {{20, 2, 1},   {256, 1024, 1}, {16, 37, 301}, {3, 19, 2048},
+                                        {32, 64, 49}, {4, 300, 30},  {2, 5, 524288}};
+    int failures = 0;
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
+        for (int dt = 0; dt < 2; dt++)
+            for (int lay = 0; lay < 2; lay++) {
+                bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
+                const int64_t count = tu_numel(&d), C = d.c;
+                const size_t es = dt ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
+                tu_rng r = tu_rng_new(4242 + k);
+                double *xv = tu_randn(&r, count, 5, 3), *gv = tu_randn(&r, count, 0, 1);
+                double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1);
+                double *ones = tu_randn(&r, C, 1, 0);
+                void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+                void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
+                void *rm = calloc((size_t)C, es), *rv = tu_to_dtype(ones, C, d.dtype);
+                void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
+                double *sm = malloc(sizeof(double) * (size_t)C), *si = malloc(sizeof(double) * (size_t)C);
+                int64_t nbt = 0;
+                bn_options opt = BN_OPTIONS_DEFAULT;
+                uint64_t h = UINT64_C(14695981039346656037);
+                int st = bn_forward_train(y, sm, si, rm, rv, &nbt, x, w, b, &d, &opt);
+                h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, (size_t)C * 8), si, (size_t)C * 8), rm, small), rv, small);
+                st |= bn_backward_train(dx, dw, db, dy, x, sm, si, w, &d);
+                h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+                st |= bn_forward_eval(y, x, rm, rv, w, b, &d, 1e-5);
+                h = fnv(h, y, big);
+                st |= bn_backward_eval(dx, dw, db, dy, x, rm, rv, w, &d, 1e-5);
+                h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+                if (st) failures++;
+                printf("%lldx%lldx%lld %s %s status %d digest %016llx\n", (long long)d.n, (long long)C,
+                       (long long)d.s, dt ? "f64" : "f32", lay ? "channels-last" : "channels-first", st,
+                       (unsigned long long)h);
+                free(xv), free(gv), free(wv), free(bv), free(ones), free(x), free(dy), free(w), free(b);
+                free(rm), free(rv), free(y), free(dx), free(dw), free(db), free(sm), free(si);
+            }
+    return failures != 0;
+}

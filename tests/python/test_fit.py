@@ -1,0 +1,384 @@
+"""`bnorm fit` and `bnorm apply`: population statistics of .npy files read in batches (bounded
+memory), under 1 and 3 MPI ranks, against float64 numpy statistics and torch's update_bn; the
+safetensors files parsed here with json + numpy (the format's specification) and loaded into a
+torch BatchNorm; `apply` against torch's eval-mode BatchNorm; errors name the file, exit 1 and
+leave no output.
+"""
+import json
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+BNORM = Path(os.environ.get("BNORM_BUILD", str(REPO / "build"))) / "bnorm"
+
+if not os.access(BNORM, os.X_OK):
+    pytest.fail(f"{BNORM} is not built: run make (or set BNORM_BUILD)", pytrace=False)
+
+
+def run(*args, ranks=None, **kwargs):
+    cmd = [str(BNORM), *map(str, args)]
+    if ranks is not None:
+        mpirun = shutil.which("mpirun")
+        assert mpirun, "mpirun is missing: apt-get install openmpi-bin libopenmpi-dev"
+        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        cmd = [mpirun, *root, "--oversubscribe", "-np", str(ranks)] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def read_safetensors(path):
+    """{name: ndarray} and the metadata, by the specification: u64 LE header length, JSON
+    header, little-endian data; every byte of the data belongs to exactly one tensor."""
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    data = raw[8 + n:]
+    meta = header.pop("__metadata__", None)
+    kinds = {"F32": "<f4", "F64": "<f8", "I64": "<i8"}
+    out, spans = {}, []
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        a = np.frombuffer(data[b:end], dtype=kinds[e["dtype"]]).reshape(e["shape"])
+        out[name] = a
+        spans.append((b, end))
+    spans.sort()
+    pos = 0
+    for b, end in spans:
+        assert b == pos, "hole or overlap in the data"
+        pos = end
+    assert pos == len(data)
+    assert (8 + n) % 8 == 0
+    return out, meta
+
+
+def write_safetensors(path, tensors):
+    """A safetensors file made here, independently of bnorm."""
+    header, blobs, pos = {}, [], 0
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        code = {"<f4": "F32", "<f8": "F64", "<i8": "I64"}[a.dtype.newbyteorder("<").str]
+        b = a.astype(a.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [pos, pos + len(b)]}
+        blobs.append(b)
+        pos += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def dataset(tmp_path, shapes, dtypes, seed=0, offset=1e3, scale=2.0):
+    rng = np.random.default_rng(seed)
+    files, arrays = [], []
+    for k, (shape, dt) in enumerate(zip(shapes, dtypes)):
+        a = (rng.standard_normal(shape) * scale + offset).astype(dt)
+        p = tmp_path / f"part{k}.npy"
+        np.save(p, a)
+        files.append(p)
+        arrays.append(a.astype(np.float64))
+    return files, np.concatenate(arrays)
+
+
+def population(x):
+    axes = (0,) + tuple(range(2, x.ndim))
+    return x.mean(axis=axes), x.var(axis=axes, ddof=1)
+
+
+def check_population(stats, x, prefix=""):
+    mean, var = population(x)
+    got_mean, got_var = stats[prefix + "running_mean"], stats[prefix + "running_var"]
+    scale = np.maximum(np.abs(mean), np.sqrt(var))
+    assert np.max(np.abs(got_mean - mean) / scale) <= 1e-6
+    assert np.max(np.abs(got_var / var - 1)) <= 1e-5
+
+
+@pytest.mark.parametrize("ranks", [None, 1, 3])
+def test_population_matches_float64(tmp_path, ranks):
+    # three files, float32 and float64 of either byte order, batches across the file boundaries
+    files, x = dataset(tmp_path, [(37, 3, 4, 5), (20, 3, 4, 5), (1, 3, 4, 5)],
+                       [np.float32, ">f8", np.float64])
+    out = tmp_path / "stats.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 8, "--prefix", "layer.bn", ranks=ranks)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert r.stderr == "" and r.stdout == ""
+    stats, meta = read_safetensors(out)
+    assert set(stats) == {"layer.bn.running_mean", "layer.bn.running_var",
+                          "layer.bn.num_batches_tracked"}
+    assert meta == {"format": "pt"}
+    assert stats["layer.bn.running_mean"].dtype == np.float32  # not every input is float64
+    assert stats["layer.bn.num_batches_tracked"].shape == () and \
+        int(stats["layer.bn.num_batches_tracked"]) == 8  # ceil(58 / 8)
+    check_population(stats, x, "layer.bn.")
+
+
+def test_one_and_three_ranks_agree_in_float64(tmp_path):
+    files, x = dataset(tmp_path, [(50, 4, 7), (31, 4, 7)], [np.float64, np.float64], seed=5,
+                       offset=-3e4, scale=0.5)
+    outs = []
+    for ranks in (1, 3):
+        out = tmp_path / f"s{ranks}.safetensors"
+        r = run("fit", *files, "--out", out, "--batch", 10, ranks=ranks)
+        assert r.returncode == 0, r.stderr
+        outs.append(read_safetensors(out)[0])
+    for key in ("running_mean", "running_var"):
+        assert outs[0][key].dtype == np.float64
+        np.testing.assert_allclose(outs[1][key], outs[0][key], rtol=1e-12)
+    mean, var = population(x)
+    np.testing.assert_allclose(outs[1]["running_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(outs[1]["running_var"], var, rtol=1e-9)
+
+
+def test_loads_into_torch_batchnorm(tmp_path):
+    files, x = dataset(tmp_path, [(16, 6, 3, 3)], [np.float32], seed=2)
+    out = tmp_path / "s.safetensors"
+    assert run("fit", *files, "--out", out, "--prefix", "1").returncode == 0
+    stats, _ = read_safetensors(out)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.BatchNorm2d(6))
+    state = model.state_dict()
+    for k, v in stats.items():
+        assert state[k].shape == v.shape and state[k].dtype == torch.from_numpy(v.copy()).dtype
+        state[k] = torch.from_numpy(v.copy())
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    t = torch.from_numpy(np.load(files[0]))
+    mean, var = population(x)
+    want = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(model(t).detach().numpy(), want, atol=1e-4)
+
+
+def test_batch_mean_matches_update_bn(tmp_path):
+    files, x = dataset(tmp_path, [(23, 3, 2, 2), (18, 3, 2, 2)], [np.float32, np.float32], seed=3,
+                       offset=4.0, scale=3.0)
+    for ranks in (None, 3):
+        out = tmp_path / "bm.safetensors"
+        r = run("fit", *files, "--out", out, "--batch", 6, "--estimator", "batch-mean",
+                ranks=ranks)
+        assert r.returncode == 0, r.stderr
+        stats, _ = read_safetensors(out)
+        model = torch.nn.BatchNorm2d(3).double()
+        data = torch.from_numpy(x)
+        loader = torch.utils.data.DataLoader(data, batch_size=6, shuffle=False)
+        torch.optim.swa_utils.update_bn(loader, model)
+        np.testing.assert_allclose(stats["running_mean"], model.running_mean.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(stats["running_var"], model.running_var.numpy(), rtol=1e-5)
+        assert int(stats["num_batches_tracked"]) == int(model.num_batches_tracked) == 7
+    # the estimators differ: batch-mean is not the population variance
+    mean, var = population(x)
+    assert np.max(np.abs(stats["running_var"] / var - 1)) > 1e-4
+
+
+@pytest.mark.parametrize("ranks", [None, 3])
+def test_memory_does_not_grow_with_the_file(tmp_path, ranks):
+    """max RSS of fit on a 128 MiB file with batches of 64 samples stays far below its size
+    (under mpirun: the largest of mpirun and the ranks, which it waits for)."""
+    rng = np.random.default_rng(9)
+    big = tmp_path / "big.npy"
+    arr = np.lib.format.open_memmap(big, mode="w+", dtype=np.float32, shape=(8192, 16, 16, 16))
+    for i in range(0, 8192, 1024):
+        arr[i:i + 1024] = rng.standard_normal((1024, 16, 16, 16), dtype=np.float32) + 7
+    arr.flush()
+    mean, var = arr.astype(np.float64).mean(axis=(0, 2, 3)), None
+    del arr
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]);"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    out = tmp_path / "big.safetensors"
+    launcher = []
+    if ranks:
+        launcher = [shutil.which("mpirun"), "--oversubscribe", "-np", str(ranks)]
+        if os.geteuid() == 0:
+            launcher.insert(1, "--allow-run-as-root")
+    r = subprocess.run([sys.executable, "-c", probe, *launcher, str(BNORM), "fit", str(big),
+                        "--out", str(out), "--batch", "64"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    max_rss_kib = int(r.stdout.split()[-1])
+    assert max_rss_kib < 48 * 1024, f"fit used {max_rss_kib} KiB for a 128 MiB file"
+    stats, _ = read_safetensors(out)
+    np.testing.assert_allclose(stats["running_mean"], mean, rtol=1e-6)
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    files, _ = dataset(tmp_path, [(40, 2, 3)], [np.float32])
+    out = tmp_path / "s.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 4)
+    assert r.returncode == 0 and r.stderr == ""
+    # stderr on a pseudo-terminal: the bar appears
+    master, slave = pty.openpty()
+    p = subprocess.Popen([str(BNORM), "fit", str(files[0]), "--out", str(out), "--batch", "4"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 4096)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    assert p.wait(timeout=60) == 0
+    os.close(master)
+    text = b"".join(chunks).decode()
+    assert "40/40 samples" in text and "samples/s" in text and "left" in text, text
+
+
+def test_errors_name_the_file_and_leave_no_output(tmp_path):
+    files, _ = dataset(tmp_path, [(10, 3, 2)], [np.float32])
+    out = tmp_path / "s.safetensors"
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not an npy file at all")
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((4, 2, 2), np.float32))
+    fortran = tmp_path / "fortran.npy"
+    np.save(fortran, np.asfortranarray(np.ones((4, 3, 2), np.float32)))
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 3, 2), np.float32))
+    truncated = tmp_path / "truncated.npy"
+    truncated.write_bytes(files[0].read_bytes()[:-8])
+    cases = [([files[0], bad], "bad.npy", "not a .npy file"),
+             ([files[0], other], "other.npy", "does not match"),
+             ([fortran], "fortran.npy", "Fortran"),
+             ([empty], "empty.npy", "no samples"),
+             ([truncated], "truncated.npy", "header says"),
+             ([tmp_path / "missing.npy"], "missing.npy", "No such file")]
+    for inputs, name, words in cases:
+        for ranks in (None, 3):
+            r = run("fit", *inputs, "--out", out, ranks=ranks)
+            assert r.returncode != 0, (name, r.stderr)
+            if ranks is None:
+                assert r.returncode == 1
+            assert name in r.stderr and words in r.stderr, r.stderr
+            assert not out.exists()
+            assert not [p for p in tmp_path.iterdir() if p.name.startswith(".s.safetensors")]
+    # an existing output is left as it was
+    out.write_bytes(b"previous")
+    assert run("fit", bad, "--out", out).returncode == 1
+    assert out.read_bytes() == b"previous"
+    # batch-mean with a batch of one value per channel
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((3, 2), np.float32))
+    r = run("fit", one, "--out", tmp_path / "x.safetensors", "--batch", 2,
+            "--estimator", "batch-mean")
+    assert r.returncode == 1 and "batch 1 has 1 value per channel" in r.stderr
+    # usage errors: exit 2
+    for args in (["fit", files[0]], ["fit", "--out", out], ["fit", files[0], "--out", out,
+                                                               "--batch", "0"],
+                 ["fit", files[0], "--out", out, "--estimator", "median"],
+                 ["apply", files[0], "-o", out],
+                 ["fit", files[0], "--out", out, "--prefix", "p" * 501]):
+        r = run(*args)
+        assert r.returncode == 2 and "usage" in r.stderr, (args, r.stderr)
+
+
+def torch_eval(x, mean, var, weight=None, bias=None, eps=1e-5):
+    t = torch.from_numpy(x.astype(np.float64))
+    f = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))
+    return torch.nn.functional.batch_norm(t, f(mean), f(var), f(weight), f(bias), False, 0.0,
+                                          eps).numpy()
+
+
+def test_apply_with_fitted_stats(tmp_path):
+    files, x = dataset(tmp_path, [(12, 4, 5)], [np.float32], seed=4)
+    stats_path = tmp_path / "s.safetensors"
+    assert run("fit", *files, "--out", stats_path, "--prefix", "bn").returncode == 0
+    stats, _ = read_safetensors(stats_path)
+    out = tmp_path / "y.npy"
+    r = run("apply", "--stats", stats_path, files[0], "-o", out, "--prefix", "bn")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    y = np.load(out)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    want = torch_eval(np.load(files[0]), stats["bn.running_mean"], stats["bn.running_var"])
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+def test_apply_with_a_state_dict(tmp_path):
+    """A torch BatchNorm's whole state_dict (weight and bias too), written as safetensors."""
+    bn = torch.nn.BatchNorm1d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.5, -2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+        bn.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        bn.running_var.copy_(torch.tensor([4.0, 0.25, 9.0]))
+    stats_path = tmp_path / "sd.safetensors"
+    write_safetensors(stats_path, {"m." + k: v.numpy() for k, v in bn.state_dict().items()})
+    x = np.random.default_rng(1).standard_normal((7, 3, 4))
+    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(src, x)
+    r = run("apply", "--stats", stats_path, src, "-o", out, "--prefix", "m.", "--eps", "1e-3")
+    assert r.returncode == 0, r.stderr
+    bn.eps = 1e-3
+    bn.eval()
+    np.testing.assert_allclose(np.load(out), bn(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_apply_errors(tmp_path):
+    x = np.ones((4, 3, 2), np.float32)
+    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(src, x)
+    good = tmp_path / "good.safetensors"
+    write_safetensors(good, {"running_mean": np.zeros(3, np.float32),
+                             "running_var": np.ones(3, np.float32)})
+    wrong_c = tmp_path / "wrong_c.safetensors"
+    write_safetensors(wrong_c, {"running_mean": np.zeros(4, np.float32),
+                                "running_var": np.ones(4, np.float32)})
+    no_var = tmp_path / "no_var.safetensors"
+    write_safetensors(no_var, {"running_mean": np.zeros(3, np.float32)})
+    raw = good.read_bytes()
+    too_long = tmp_path / "too_long.safetensors"
+    too_long.write_bytes(struct.pack("<Q", 10 ** 9) + raw[8:])
+    not_json = tmp_path / "not_json.safetensors"
+    not_json.write_bytes(struct.pack("<Q", 8) + b"{nojson}" + raw[8 + struct.unpack("<Q", raw[:8])[0]:])
+    hole = tmp_path / "hole.safetensors"
+    hole.write_bytes(raw + b"\0\0\0\0")
+    bad_dtype = tmp_path / "bad_dtype.safetensors"
+    bad_dtype.write_bytes(raw.replace(b'"F32"', b'"BF16"', 1))
+    cases = [(wrong_c, "4 values"), (no_var, 'no tensor "running_var"'),
+             (too_long, "not a safetensors file"), (not_json, "not valid JSON"),
+             (hole, "holes"), (bad_dtype, "BF16")]
+    for stats, words in cases:
+        r = run("apply", "--stats", stats, src, "-o", out)
+        assert r.returncode == 1 and stats.name in r.stderr and words in r.stderr, r.stderr
+        assert not out.exists()
+    assert run("apply", "--stats", good, src, "-o", out).returncode == 0
+    np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_bench_script_measures_fit_against_reading(tmp_path):
+    out = tmp_path / "fit.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "fit.py"), "--build",
+                        str(BNORM.parent), "--size-mib", "4", "--rounds", "1", "--batch", "8",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["read_mb_s"] > 0 and res["fit_mb_s"] > 0 and res["batch"] == 8
+    assert abs(res["fit_over_read"] - res["fit_mb_s"] / res["read_mb_s"]) < 1e-9
+    assert "of the read rate" in r.stdout
+
+
+def test_channels_last(tmp_path):
+    """(N, H, W, C) files: the same statistics as their (N, C, H, W) transposes; apply too."""
+    files, x = dataset(tmp_path, [(9, 4, 5, 3), (6, 4, 5, 3)], [np.float32, np.float64], seed=6)
+    out = tmp_path / "cl.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 4, "--channels-last")
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    check_population(stats, np.moveaxis(x, -1, 1))
+    y_path = tmp_path / "y.npy"
+    r = run("apply", "--stats", out, files[0], "-o", y_path, "--channels-last")
+    assert r.returncode == 0, r.stderr
+    x0 = np.load(files[0])
+    want = torch_eval(np.moveaxis(x0, -1, 1), stats["running_mean"], stats["running_var"])
+    np.testing.assert_allclose(np.load(y_path), np.moveaxis(want, 1, -1), rtol=1e-6, atol=1e-6)
+    # a different C in the last dimension is refused, naming the file
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((2, 4, 5, 2), np.float32))
+    r = run("fit", files[0], other, "--out", tmp_path / "z.safetensors", "--channels-last")
+    assert r.returncode == 1 and "other.npy" in r.stderr and "does not match" in r.stderr
