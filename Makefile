@@ -159,7 +159,7 @@ valgrind: $(BUILD)/test_bnorm
 # `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
 # what it learns grows build-fuzz/corpus/<target>, and a finding is saved in build-fuzz/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := npy api
+FUZZ_TARGETS := npy api safetensors
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
@@ -170,6 +170,12 @@ fuzz-build:
 
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libbnorm.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
+
+# the safetensors reader of `bnorm fit` and `apply` lives in cli/ and needs cJSON
+build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c cli/safetensors.c build-fuzz/libbnorm.a
+	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DBN_HAVE_CJSON -Iinclude -Isrc -Icli -o $@ \
+	  $< cli/safetensors.c build-fuzz/libbnorm.a -lcjson -lm
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build

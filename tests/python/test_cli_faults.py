@@ -2,6 +2,7 @@
 refused by --check-finite), lying and absurd headers, unreadable input, unwritable output,
 memory that runs out. Every failure exits 1, names the file, and leaves no file behind and the
 existing output as it was (expect_failure checks all three)."""
+import json
 import os
 import re
 import resource
@@ -255,3 +256,30 @@ def test_output_is_written_to_a_temporary_file_synced_and_renamed(tmp_path):
     assert any(c.startswith("fsync(") for c in after)  # the directory entry is durable too
     assert not any(f'"{out}"' in c and "O_WRONLY" in c for c in calls)
     assert np.load(out).shape == (4, 3, 5)
+
+
+# --- safetensors statistics (bnorm apply) ----------------------------------------------------
+
+def safetensors_file(path, header, data=b""):
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+@pytest.mark.parametrize("entry", [
+    {"dtype": "F16\x1b]0;title\x07", "shape": [3], "data_offsets": [0, 6]},
+    {"dtype": "F32", "shape": [3], "data_offsets": [0, 99]},
+    "not an object",
+])
+def test_hostile_names_in_a_statistics_file_stay_on_one_line(tmp_path, entry):
+    """fuzz_safetensors finding: names and dtypes from the file went into the message raw, so a
+    crafted file could print newlines and terminal escapes. Now they show as '?', cut short."""
+    name = "running_mean\n\x1b[2J" + "x" * 200
+    safetensors_file(tmp_path / "stats.safetensors", {name: entry}, b"\0" * 12)
+    src, out, stats = good_file(tmp_path), tmp_path / "out.npy", tmp_path / "stats.safetensors"
+    r = run("apply", "--stats", stats, src, "-o", out)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f'bnorm: {stats}: '), r.stderr
+    assert '"running_mean??[2Jxxx' in r.stderr
+    assert r.stderr.count("\n") == 1 and "\x1b" not in r.stderr and "\x07" not in r.stderr
+    assert 'xxx..."' in r.stderr and len(r.stderr) < 300
+    assert not out.exists()
