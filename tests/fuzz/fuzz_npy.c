@@ -1,6 +1,7 @@
 /* fuzz_npy.c - libFuzzer target for the .npy reader: the fuzzed bytes are parsed from memory
- * (bn_npy_parse), read from a file (bn_npy_read, the command's path) and from a pipe (the
- * reader's other path, for input of unknown length), and all three must agree.
+ * (bn_npy_parse), read from a file (bn_npy_read, the command's path), from a pipe (the
+ * reader's other path, for input of unknown length) and in pieces (bn_npy_stream, the reader
+ * of `bnorm fit`), and all four must agree.
  * Invariants: the same status, message and array from both; on success the shape, count and
  * byte count agree and every byte of the data is readable (ASan checks); on failure the array
  * is zeroed and the message is one non-empty line; a successful read writes back and reads
@@ -70,6 +71,32 @@ static void check_message(const char *err, size_t errlen) {
     if (memchr(err, '\n', n)) die("message of more than one line");
 }
 
+/* The file read in two pieces split where the data says: the same status and the same bytes
+ * as the whole read, except that the stream refuses Fortran order (not contiguous). */
+static void check_stream(bn_status whole, const bn_npy *b) {
+    char err[512];
+    bn_npy_stream s;
+    bn_status st = bn_npy_stream_open(&s, path, err, sizeof err);
+    if (st != whole && !(whole == BN_OK && st == BN_ERR_UNSUPPORTED))
+        die("stream and read disagree on the status");
+    if (st != BN_OK) {
+        check_message(err, sizeof err);
+        return;
+    }
+    if (s.count != b->count || s.ndim != b->ndim || s.dtype != b->dtype) die("stream header");
+    size_t size = b->dtype == BN_FLOAT32 ? 4 : 8;
+    unsigned char *out = malloc(b->nbytes + 1);
+    int64_t cut = b->count ? (int64_t)(((const unsigned char *)b->data)[0] % (b->count + 1)) : 0;
+    if (bn_npy_stream_read(&s, out + cut * size, cut, b->count - cut, err, sizeof err) != BN_OK ||
+        bn_npy_stream_read(&s, out, 0, cut, err, sizeof err) != BN_OK)
+        die("stream read failed");
+    if (b->nbytes && memcmp(out, b->data, b->nbytes) != 0) die("stream and read give different data");
+    if (bn_npy_stream_read(&s, out, b->count, 1, err, sizeof err) != BN_ERR_SHAPE)
+        die("stream read past the end");
+    free(out);
+    bn_npy_stream_close(&s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err1[512], err2[512];
     bn_npy a, b;
@@ -103,6 +130,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     if (s1 != s2) die("parse and read disagree on the status");
+    check_stream(s2, &b);
     if (s1 == BN_OK) {
         check_success(&a);
         check_success(&b);
