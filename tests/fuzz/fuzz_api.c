@@ -5,7 +5,9 @@
  *   - on failure nothing is written: every output buffer, running statistic and counter keeps
  *     its sentinel; inputs are never written;
  *   - with finite inputs of moderate size and eps > 0, the whole chain (train forward, backward,
- *     eval forward, backward) succeeds with finite outputs, and in-place calls give the same bits;
+ *     eval forward, backward) succeeds with finite outputs, and in-place calls give the same bits,
+ *     and so do the stages of a split batch on one piece (moments, then forward with them; sums,
+ *     then backward with them);
  *   - bn_check_finite finds the first NaN or infinity where a plain scan does.
  * ASan and UBSan watch every read and write. */
 #include "bnorm.h"
@@ -332,6 +334,10 @@ static void fuzz_chain(tensors *t, bytes *b) {
     const int64_t count = t->count, m = d->n * d->s;
     const size_t big = (size_t)count * esize(d->dtype);
     t->nbt = 0;
+    const size_t small = (size_t)d->c * esize(d->dtype);
+    unsigned char rm0[MAX_C * 8], rv0[MAX_C * 8]; /* the running statistics before the call */
+    memcpy(rm0, t->rm, small);
+    memcpy(rv0, t->rv, small);
     bn_status st = bn_forward_train(t->y, t->sm, t->si, t->rm, t->rv, &t->nbt, t->x, t->w, t->b, d, &opt);
     if (m == 1) {
         if (st != BN_ERR_COUNT) die("count 1 accepted");
@@ -352,8 +358,22 @@ static void fuzz_chain(tensors *t, bytes *b) {
         die("in-place train forward differs");
     if (m > 0 && (memcmp(sm2, t->sm, (size_t)d->c * 8) || memcmp(si2, t->si, (size_t)d->c * 8)))
         die("statistics differ between calls");
+    /* the stages on one piece: the same bits */
+    bn_moments mom[MAX_C];
+    int64_t nbt2 = 0;
+    if (bn_compute_moments(mom, t->x, d) != BN_OK) die("bn_compute_moments failed");
+    if (bn_forward_train_stats(copy, sm2, si2, rm0, rv0, &nbt2, t->x, t->w, t->b, mom, d, &opt) != BN_OK)
+        die("bn_forward_train_stats failed");
+    if ((big && memcmp(copy, t->y, big)) || memcmp(rm0, t->rm, small) || memcmp(rv0, t->rv, small) ||
+        memcmp(sm2, t->sm, (size_t)d->c * 8) || memcmp(si2, t->si, (size_t)d->c * 8) || nbt2 != 1)
+        die("stages of the forward pass differ from bn_forward_train");
+    double sum_dy[MAX_C], sum_dy_xhat[MAX_C];
+    if (bn_backward_sums(sum_dy, sum_dy_xhat, t->dy, t->x, t->sm, t->si, d) != BN_OK ||
+        bn_backward_train_sums(copy, t->dy, t->x, t->sm, t->si, t->w, sum_dy, sum_dy_xhat, m, d) != BN_OK)
+        die("backward stages failed");
     if (bn_backward_train(t->dx, t->dw, t->db, t->dy, t->x, t->sm, t->si, t->w, d) != BN_OK)
         die("train backward failed");
+    if (big && memcmp(copy, t->dx, big) != 0) die("stages of the backward pass differ from bn_backward_train");
     if (!all_finite(t->dx, count, d->dtype) || !all_finite(t->dw, d->c, d->dtype) ||
         !all_finite(t->db, d->c, d->dtype))
         die("train backward: non-finite gradient");
