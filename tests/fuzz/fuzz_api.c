@@ -395,6 +395,46 @@ static void fuzz_chain(tensors *t, bytes *b) {
     free(copy);
 }
 
+/* bn_merge_moments on fuzzed moments: the status the arguments deserve, nothing written on
+ * failure, and on success counts that add up and empty parts that change nothing. */
+static void fuzz_merge(bytes *b) {
+    enum { K = 8 };
+    bn_moments acc[K], part[K], before[K];
+    int64_t c = (int64_t)(take(b, 1) % (K + 2)) - 1; /* -1 .. K */
+    for (int k = 0; k < K; k++) {
+        bn_moments *m[2] = {&acc[k], &part[k]};
+        for (int j = 0; j < 2; j++) {
+            uint8_t kind = (uint8_t)take(b, 1);
+            m[j]->count = kind % 4 == 0 ? 0 : kind % 4 == 1 ? -(int64_t)take(b, 1)
+                        : kind % 4 == 2 ? INT64_MAX - (int64_t)take(b, 1) : (int64_t)take(b, 2);
+            m[j]->mean = m[j]->count ? take_scalar(b, 1.0) : 0;
+            m[j]->m2 = m[j]->count ? fabs(take_scalar(b, 1.0)) : 0;
+        }
+    }
+    int null_acc = take(b, 1) % 8 == 0, null_part = take(b, 1) % 8 == 0;
+    memcpy(before, acc, sizeof acc);
+    unsigned allowed = 0;
+    if (c < 0) allowed |= 1u << -BN_ERR_SHAPE;
+    if (c > 0 && (null_acc || null_part)) allowed |= 1u << -BN_ERR_NULL_POINTER;
+    for (int64_t k = 0; k < c && k < K; k++) {
+        if (acc[k].count < 0 || part[k].count < 0) allowed |= 1u << -BN_ERR_ARGUMENT;
+        else if (acc[k].count > INT64_MAX - part[k].count) allowed |= 1u << -BN_ERR_TOO_LARGE;
+    }
+    bn_status st = bn_merge_moments(null_acc ? NULL : acc, null_part ? NULL : part, c);
+    if (st == BN_OK ? allowed != 0 : !(allowed & 1u << -st)) die("bn_merge_moments status");
+    if (st != BN_OK) {
+        if (memcmp(acc, before, sizeof acc) != 0) die("bn_merge_moments wrote on failure");
+        return;
+    }
+    for (int64_t k = 0; k < c; k++) {
+        if (acc[k].count != before[k].count + part[k].count) die("merged counts do not add up");
+        if (part[k].count == 0 && memcmp(&acc[k], &before[k], sizeof acc[k]) != 0)
+            die("an empty part changed the moments");
+        if (before[k].count == 0 && memcmp(&acc[k], &part[k], sizeof acc[k]) != 0)
+            die("merging into empty moments is not a copy");
+    }
+}
+
 /* bn_check_finite against a plain scan. */
 static void fuzz_check_finite(tensors *t) {
     const bn_desc *d = &t->d;
@@ -413,9 +453,13 @@ static void fuzz_check_finite(tensors *t) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     bytes b = {data, size};
-    int op = (int)(take(&b, 1) % 7);
+    int op = (int)(take(&b, 1) % 8);
     if (op == 6) {
         fuzz_desc_from_dims(&b);
+        return 0;
+    }
+    if (op == 7) {
+        fuzz_merge(&b);
         return 0;
     }
     bn_desc d;

@@ -80,7 +80,7 @@ def main():
     api = HERE / "corpus" / "api"
     api.mkdir(parents=True, exist_ok=True)
     # op, odd-descriptor byte, n, c, s, dtype/layout, then values (zeros when they run out)
-    for op in range(7):
+    for op in range(8):
         for kind in (0, 1, 4, 5):
             head = bytes([op, 1, 4, 3, 5, kind])
             body = bytes((7 * k + op) % 251 for k in range(200))
