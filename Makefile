@@ -148,12 +148,17 @@ tsan:
 	  else echo "make tsan: ThreadSanitizer missed the race canary" >&2; exit 1; fi
 	$(TSAN_RUN) build-tsan/test_bnorm
 
-# The C tests under valgrind memcheck: any error or leak fails the run.
-valgrind: $(BUILD)/test_bnorm
+# The C tests under valgrind memcheck: any error or leak fails the run. The MPI tests run too,
+# with Open MPI's suppressions for its own runtime and without leak checks (Open MPI keeps its
+# memory at exit).
+VALGRIND_SUPP := $(wildcard /usr/share/openmpi/openmpi-valgrind.supp) tests/valgrind/openmpi.supp
+valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi)
 	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
 	OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
 	  $(BUILD)/test_bnorm
+	$(if $(HAVE_MPI),OMP_NUM_THREADS=2 mpirun $(MPIRUN_FLAGS) -np 3 valgrind -q --error-exitcode=99 \
+	  --leak-check=no $(VALGRIND_SUPP:%=--suppressions=%) $(BUILD)/test_bnorm_mpi)
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c) over the library built with ASan, UBSan and coverage.
 # `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
