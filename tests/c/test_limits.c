@@ -64,8 +64,18 @@ static int big_tensor_small_memory(void) {
         if (bn_backward_train(dx, dw, db, dy, x, sm, si, NULL, &d) != BN_OK) return 22 + lay;
         if (bn_forward_eval(y, x, rm, rv, NULL, NULL, &d, 1e-5) != BN_OK) return 24 + lay;
         if (bn_backward_eval(dx, dw, db, dy, x, rm, rv, NULL, &d, 1e-5) != BN_OK) return 26 + lay;
+        /* the stages of a split batch, and the finiteness check */
+        bn_moments mom[8];
+        double sum_dy[8], sum_dy_xhat[8];
+        if (bn_compute_moments(mom, x, &d) != BN_OK) return 40 + lay;
+        if (bn_forward_train_stats(y, sm, si, rm, rv, &nbt, x, NULL, NULL, mom, &d, &opt) != BN_OK)
+            return 42 + lay;
+        if (bn_backward_sums(sum_dy, sum_dy_xhat, dy, x, sm, si, &d) != BN_OK) return 44 + lay;
+        if (bn_backward_train_sums(dx, dy, x, sm, si, NULL, sum_dy, sum_dy_xhat, count / c, &d) != BN_OK)
+            return 46 + lay;
+        if (bn_check_finite(NULL, NULL, x, &d) != BN_OK) return 48 + lay;
     }
-    return nbt == 2 ? 0 : 30;
+    return nbt == 4 ? 0 : 30;
 }
 
 /* 2^22 channels need 96 to 288 MiB of channels-last scratch: with 4 MiB to spare every pass
