@@ -48,7 +48,7 @@ CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
-.PHONY: all demo test test-c test-python install clean sanitize isa-check
+.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
@@ -121,13 +121,81 @@ test-c: $(BUILD)/test_bnorm
 test-python: all
 	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so PYTHONPATH=python $(PYTHON) -m pytest -q tests/python
 
-# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc).
+# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc). A failed
+# allocation returns NULL, as malloc does, so that BN_ERR_NO_MEMORY can be tested.
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi)
-	build-san/test_bnorm
+	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
 	$(if $(HAVE_MPI),ASAN_OPTIONS=detect_leaks=0 mpirun $(MPIRUN_FLAGS) -np 3 build-san/test_bnorm_mpi)
+
+# The C tests under ThreadSanitizer, threaded paths included: clang's OpenMP runtime (libomp)
+# with its TSan tool, archer, which tells TSan about OpenMP's own synchronization. The kernels
+# are built once, without run-time clones: ifunc resolvers run before TSan is initialized.
+ARCHER ?= $(firstword $(wildcard /usr/lib/llvm-14/lib/libarcher.so /usr/lib/llvm-*/lib/libarcher.so))
+# A canary with a deliberate race must be reported first (exit 66), or the run fails.
+TSAN_RUN = OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 OMP_NUM_THREADS=4 \
+  TSAN_OPTIONS="halt_on_error=1 exitcode=66 ignore_noninstrumented_modules=1 allocator_may_return_null=1"
+tsan:
+	@test -n "$(ARCHER)" || { echo "make tsan: libarcher.so is missing: apt-get install libomp-dev" >&2; exit 1; }
+	$(MAKE) BUILD=build-tsan CC=clang OPT=-O1 OPENMP=-fopenmp=libomp \
+	  CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer -DBN_NO_CLONES" \
+	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm
+	clang -O1 -g -fsanitize=thread -fopenmp=libomp -o build-tsan/race_canary tests/tsan/race_canary.c
+	@$(TSAN_RUN) build-tsan/race_canary >/dev/null 2>&1; \
+	  if [ $$? -eq 66 ]; then echo "tsan: the race canary was caught"; \
+	  else echo "make tsan: ThreadSanitizer missed the race canary" >&2; exit 1; fi
+	$(TSAN_RUN) build-tsan/test_bnorm
+
+# The C tests under valgrind memcheck: any error or leak fails the run. The MPI tests run too,
+# with Open MPI's suppressions for its own runtime and without leak checks (Open MPI keeps its
+# memory at exit).
+VALGRIND_SUPP := $(wildcard /usr/share/openmpi/openmpi-valgrind.supp) tests/valgrind/openmpi.supp
+valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi)
+	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
+	OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
+	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
+	  $(BUILD)/test_bnorm
+	$(if $(HAVE_MPI),OMP_NUM_THREADS=2 mpirun $(MPIRUN_FLAGS) -np 3 valgrind -q --error-exitcode=99 \
+	  --leak-check=no $(VALGRIND_SUPP:%=--suppressions=%) $(BUILD)/test_bnorm_mpi)
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c) over the library built with ASan, UBSan and coverage.
+# `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
+# what it learns grows build-fuzz/corpus/<target>, and a finding is saved in build-fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := npy api safetensors
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+
+fuzz-build:
+	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a
+	$(MAKE) CC=clang $(FUZZ_BINS)
+
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libbnorm.a
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
+
+# the safetensors reader of `bnorm fit` and `apply` lives in cli/ and needs cJSON
+build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c cli/safetensors.c build-fuzz/libbnorm.a
+	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DBN_HAVE_CJSON -Iinclude -Isrc -Icli -o $@ \
+	  $< cli/safetensors.c build-fuzz/libbnorm.a -lcjson -lm
+
+# Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build-fuzz/corpus/$$t && \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
+	  if build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
+	       -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/ \
+	       build-fuzz/corpus/$$t tests/fuzz/corpus/$$t > build-fuzz/fuzz_$$t.log 2>&1; then \
+	    grep -E '^#[0-9]+.*cov:' build-fuzz/fuzz_$$t.log | tail -n 1; \
+	    grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' build-fuzz/fuzz_$$t.log; \
+	  else \
+	    tail -n 60 build-fuzz/fuzz_$$t.log; echo "fuzz_$$t: FINDING (see build-fuzz/)" >&2; exit 1; \
+	  fi; \
+	done
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
@@ -143,7 +211,7 @@ install: all
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan build-fuzz
 
 # `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
 # memory roofline; writes bench/results.json, bench/chart.png and bench/table.md; then the

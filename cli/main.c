@@ -1,9 +1,13 @@
 /* main.c - the bnorm command: dispatch to a subcommand, top-level help and version, and the
  * conventions every subcommand shares (messages on stderr, exit 0 / 1 / 2). */
+#define _POSIX_C_SOURCE 200809L
+
 #include "bnorm.h"
 #include "cli.h"
+#include "npy.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,7 +77,24 @@ static int run(int argc, char **argv) {
     return cli_usage_error(NULL, usage, "unknown command '%s'", cmd);
 }
 
+/* Interrupted while writing an output: remove the temporary file, then die of the signal. */
+static void on_signal(int sig) {
+    bn_npy_remove_temporary();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int main(int argc, char **argv) {
+    static const int fatal[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+    for (size_t k = 0; k < sizeof fatal / sizeof fatal[0]; k++) {
+        struct sigaction sa, old;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        /* a signal the caller ignores (nohup, background jobs) stays ignored */
+        if (sigaction(fatal[k], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(fatal[k], &sa, NULL);
+    }
     int status = run(argc, argv);
     /* a full disk or a closed pipe on stdout is a failure too */
     if (fflush(stdout) != 0 || ferror(stdout)) {

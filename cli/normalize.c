@@ -6,17 +6,18 @@
 #include "cli.h"
 #include "npy.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char usage[] =
     "usage: bnorm normalize IN.npy -o OUT.npy [--eps E] [--weight W.npy] [--bias B.npy]\n"
-    "                       [--channels-last]\n";
+    "                       [--channels-last] [--check-finite]\n";
 
 static const char help[] =
     "usage: bnorm normalize IN.npy -o OUT.npy [--eps E] [--weight W.npy] [--bias B.npy]\n"
-    "                       [--channels-last]\n"
+    "                       [--channels-last] [--check-finite]\n"
     "\n"
     "Training-mode batch normalization, as torch.nn.functional.batch_norm(x, None, None,\n"
     "weight, bias, training=True, eps=E): every channel is normalized with the mean and the\n"
@@ -33,6 +34,9 @@ static const char help[] =
     "  --bias B.npy          per-channel shift, shape (C,) (default: zeros)\n"
     "  --channels-last       the channel is the last dimension: IN is (N, ..., C), such as\n"
     "                        NHWC; OUT keeps that shape\n"
+    "  --check-finite        refuse input, weight or bias holding NaN or infinity (exit 1,\n"
+    "                        naming the first one's index and channel); by default they\n"
+    "                        propagate as in PyTorch: such a channel's output is NaN\n"
     "  -h, --help            show this help\n"
     "W and B may be float32 or float64 whatever IN's dtype; they are converted to it.\n";
 
@@ -40,7 +44,7 @@ static const char help[] =
 typedef struct normalize_args {
     const char *in, *out, *weight, *bias, *eps_text;
     double eps;
-    int channels_last;
+    int channels_last, check_finite;
 } normalize_args;
 
 /* @return CLI_OK, CLI_USAGE_ERROR, or -1 after printing the help (exit 0). */
@@ -64,6 +68,10 @@ static int parse_args(normalize_args *a, int argc, char **argv) {
         }
         if (strcmp(arg, "--channels-last") == 0) {
             a->channels_last = 1;
+            continue;
+        }
+        if (strcmp(arg, "--check-finite") == 0) {
+            a->check_finite = 1;
             continue;
         }
         int r = cli_take_value(argc, argv, &i, "-o", "--output", &a->out, "normalize", usage);
@@ -116,6 +124,25 @@ static int read_param(bn_npy *p, const char *path, const char *what, int64_t c, 
     return CLI_OK;
 }
 
+/* --check-finite: fails naming the first NaN or infinity of arr (described to the library as
+ * d), by its index in the file's shape and its channel. */
+static int refuse_nonfinite(const char *path, const bn_npy *arr, const bn_desc *d) {
+    int64_t channel, index, at[BN_NPY_MAX_NDIM];
+    bn_status st = bn_check_finite(&channel, &index, arr->data, d);
+    if (st == BN_OK) return CLI_OK;
+    if (st != BN_ERR_NOT_FINITE) return cli_fail(path, "%s", bn_status_string(st));
+    double v = arr->dtype == BN_FLOAT32 ? ((const float *)arr->data)[index]
+                                        : ((const double *)arr->data)[index];
+    for (int k = arr->ndim - 1; k >= 0; k--) { /* the file's C order */
+        at[k] = index % arr->dims[k];
+        index /= arr->dims[k];
+    }
+    char where[512];
+    return cli_fail(path, "%s at index %s (channel %lld), refused by --check-finite",
+                    isnan(v) ? "nan" : v > 0 ? "inf" : "-inf",
+                    bn_npy_shape_string(where, sizeof where, arr->ndim, at), (long long)channel);
+}
+
 static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias) {
     char err[512], shape[512];
     bn_status st = bn_npy_read(x, a->in, err, sizeof err);
@@ -141,6 +168,14 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
         return CLI_RUNTIME_ERROR;
     if (a->bias && read_param(bias, a->bias, "bias", desc.c, x->dtype, a->in) != CLI_OK)
         return CLI_RUNTIME_ERROR;
+
+    if (a->check_finite) {
+        const bn_desc per_channel = {1, desc.c, 1, desc.dtype, BN_CHANNELS_FIRST};
+        if (refuse_nonfinite(a->in, x, &desc) != CLI_OK ||
+            (a->weight && refuse_nonfinite(a->weight, weight, &per_channel) != CLI_OK) ||
+            (a->bias && refuse_nonfinite(a->bias, bias, &per_channel) != CLI_OK))
+            return CLI_RUNTIME_ERROR;
+    }
 
     bn_options opt = BN_OPTIONS_DEFAULT;
     opt.eps = a->eps;

@@ -174,10 +174,22 @@ static int whole(const cJSON *item, int64_t *v) {
     return 1;
 }
 
+/* text from the file, fit for a one-line message: bytes outside printable ASCII become '?' (no
+ * newline or terminal escape reaches the user's screen), and long text is cut with "...". */
+static const char *shown(char *buf, size_t buflen, const char *text) {
+    size_t k = 0;
+    for (; text[k] && k + 4 < buflen; k++)
+        buf[k] = text[k] >= 0x20 && text[k] < 0x7f ? text[k] : '?';
+    if (text[k]) memcpy(buf + k, "...", 3), k += 3;
+    buf[k] = '\0';
+    return buf;
+}
+
 /* One header entry: dtype, shape, offsets within data_len bytes. */
 static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, size_t data_len,
                              char *err, size_t errlen) {
-    const char *name = e->string;
+    char name_buf[68], dtype_buf[20];
+    const char *name = shown(name_buf, sizeof name_buf, e->string);
     if (!cJSON_IsObject(e)) {
         set_err(err, errlen, "header entry \"%s\" is not a JSON object", name);
         return BN_ERR_FORMAT;
@@ -191,13 +203,13 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
                              "\"data_offsets\" (two numbers)", name);
         return BN_ERR_FORMAT;
     }
-    t->name = name;
+    t->name = e->string;
     t->dtype = -1;
     for (int k = 0; k < 3; k++)
         if (strcmp(dt->valuestring, dtype_names[k]) == 0) t->dtype = k;
     if (t->dtype < 0) {
         set_err(err, errlen, "tensor \"%s\": dtype %s is not supported (only F32, F64, I64)", name,
-                dt->valuestring);
+                shown(dtype_buf, sizeof dtype_buf, dt->valuestring));
         return BN_ERR_UNSUPPORTED;
     }
     t->ndim = cJSON_GetArraySize(shape);
@@ -279,7 +291,9 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
         if (strcmp(e->string, "__metadata__") == 0) continue;
         for (int j = 0; j < k; j++)
             if (strcmp(t[j].name, e->string) == 0) {
-                set_err(err, errlen, "tensor \"%s\" appears twice in the header", e->string);
+                char name_buf[68];
+                set_err(err, errlen, "tensor \"%s\" appears twice in the header",
+                        shown(name_buf, sizeof name_buf, e->string));
                 st = BN_ERR_FORMAT;
             }
         if (st == BN_OK) st = parse_entry(&t[k], &offs[2 * k], e, data_len, err, errlen);

@@ -57,15 +57,29 @@
  *   Every function returns a bn_status: BN_OK (0) or a negative error; bn_status_string() tells
  *   what it means. Every argument is checked, and scratch memory allocated, before anything is
  *   written: when a call fails, no output, saved statistic, running statistic or counter has
- *   been touched. The library never aborts or exits on caller input.
+ *   been touched. The library never aborts or exits on caller input. docs/errors.md lists every
+ *   failure with its status and the test that provokes it.
+ *
+ *   NaN and infinity in the input are not errors: as in PyTorch they make their channel's
+ *   statistics and outputs NaN and leave the other channels alone. bn_check_finite() finds the
+ *   first one (channel and offset) for callers that would rather refuse them.
+ *
+ * LIMITS
+ *
+ *   The largest tensor accepted has N*C*S elements whose byte count is at most PTRDIFF_MAX
+ *   (2^63 - 1 bytes: 2^61 - 1 float32 or 2^60 - 1 float64 values); larger sizes, and sizes whose
+ *   product overflows int64_t, give BN_ERR_TOO_LARGE before any pointer is looked at.
  *
  * MEMORY
  *
  *   A call may need a scratch buffer of per-channel values: at most about 2 KiB per channel
  *   (partial statistics of up to 64 parts of the rows, and per-channel coefficients), never
- *   anything proportional to N or S. Small ones live on the stack; larger ones are allocated
- *   and freed before the call returns, and BN_ERR_NO_MEMORY reports a failed allocation (before
- *   anything is written). Channels-first training and backward calls need none.
+ *   anything proportional to N or S. Small ones (up to 2 KiB) live on the stack; larger ones
+ *   are allocated and freed before the call returns, and BN_ERR_NO_MEMORY reports a failed
+ *   allocation (before anything is written). Channels-first training and backward calls need
+ *   none; eval needs 6*C values of the tensor's dtype; channels-last (and (N, C)) training
+ *   24*P*C + 24*C + 6*C*sizeof(dtype) bytes and backward 16*P*C + 40*C + 6*C*sizeof(dtype),
+ *   with P <= 64 parts of the rows.
  *
  * THREADS AND THREAD SAFETY
  *
@@ -136,7 +150,8 @@ typedef enum bn_status {
     BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
     BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
     BN_ERR_FORMAT = -8,       /* a file is malformed or of an unsupported kind */
-    BN_ERR_NO_MEMORY = -9     /* a scratch buffer could not be allocated */
+    BN_ERR_NO_MEMORY = -9,    /* a scratch buffer could not be allocated */
+    BN_ERR_NOT_FINITE = -10   /* bn_check_finite found a NaN or an infinity */
 } bn_status;
 
 typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1 } bn_dtype;
@@ -187,8 +202,10 @@ const char *bn_version_string(void);
 
 /*
  * Fills *desc for a tensor with dims (N, C, ...) of ndim >= 2 sizes, in logical order whatever the
- * layout (as torch reports a channels_last tensor's shape): s is the product of dims[2..].
- * @return BN_OK; BN_ERR_NULL_POINTER, BN_ERR_SHAPE (ndim < 2, a negative size or C = 0), BN_ERR_TOO_LARGE (the element count or byte count overflows),
+ * layout (as torch reports a channels_last tensor's shape): s is the product of dims[2..]
+ * (0 when any of them is 0, however large the others).
+ * @return BN_OK; BN_ERR_NULL_POINTER, BN_ERR_SHAPE (ndim < 2, a negative size or C = 0),
+ *         BN_ERR_TOO_LARGE (the element count overflows int64_t or the byte count PTRDIFF_MAX),
  *         BN_ERR_UNSUPPORTED (dtype or layout). *desc is written only on success.
  */
 bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
@@ -346,6 +363,20 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
                                  const double *save_mean, const double *save_invstd,
                                  const void *weight, const double *sum_dy,
                                  const double *sum_dy_xhat, int64_t count, const bn_desc *desc);
+
+/*
+ * Looks for NaN and infinite values in x, which the passes above take like any other value and
+ * propagate as PyTorch does (a NaN in a channel makes its statistics and outputs NaN). Call it
+ * first to refuse such input instead.
+ *   channel:  out, the channel of the first value (in memory order) that is not finite; NULL to
+ *             skip; written only when BN_ERR_NOT_FINITE is returned
+ *   index:    out, that value's offset in elements from x, in desc's layout; NULL to skip;
+ *             written only when BN_ERR_NOT_FINITE is returned
+ *   x:        in (N, C, S)
+ * To check a per-channel array (weight, bias, running statistics), describe it as (1, C, 1).
+ * @return BN_OK when every value is finite; BN_ERR_NOT_FINITE; or a validation error.
+ */
+bn_status bn_check_finite(int64_t *channel, int64_t *index, const void *x, const bn_desc *desc);
 
 #ifdef __cplusplus
 }

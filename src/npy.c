@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -802,6 +803,14 @@ static void random_suffix(char *out, unsigned attempt) {
     for (int i = 0; i < 6; i++, x /= 62) out[i] = alphabet[x % 62];
 }
 
+/* The temporary file being written, for bn_npy_remove_temporary(); NULL when there is none. */
+static _Atomic(char *) temporary_path;
+
+void bn_npy_remove_temporary(void) {
+    char *tmp = atomic_load(&temporary_path);
+    if (tmp) unlink(tmp);
+}
+
 /* Writes through "<dir>/.<name>.XXXXXX" and renames it over path. */
 bn_status bn_write_replacing(const char *path, const char *header, size_t hlen,
                                  const void *data, size_t nbytes, char *err, size_t errlen) {
@@ -820,12 +829,15 @@ bn_status bn_write_replacing(const char *path, const char *header, size_t hlen,
         char suffix[7] = {0};
         random_suffix(suffix, attempt);
         snprintf(tmp, tmp_size, "%.*s.%s.%s", (int)dir_len, path, name, suffix);
+        /* named before it exists: a signal may land as open returns */
+        atomic_store(&temporary_path, tmp);
         /* O_EXCL as in mkstemp; mode 0666 so the umask decides, as for any new file */
         fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (fd < 0 && errno != EEXIST) break;
     }
     if (fd < 0) {
         int e = errno;
+        atomic_store(&temporary_path, NULL);
         set_err(err, errlen, "cannot create a temporary file in %s%.*s: %s",
                 dir_len ? "" : "the current directory", (int)dir_len, path, strerror(e));
         free(tmp);
@@ -839,6 +851,7 @@ bn_status bn_write_replacing(const char *path, const char *header, size_t hlen,
         st = BN_ERR_IO;
     }
     if (st != BN_OK) unlink(tmp);
+    atomic_store(&temporary_path, NULL);
     free(tmp);
     if (st == BN_OK) { /* make the rename itself durable; best effort */
         char *dir = malloc(dir_len + 2);

@@ -135,6 +135,13 @@ bn_status bn_write_replacing(const char *path, const char *header, size_t hlen, 
                              size_t nbytes, char *err, size_t errlen);
 
 /*
+ * Removes the temporary file bn_npy_write is writing, if any: for a signal handler, so that a
+ * command interrupted while writing leaves no temporary file behind. Async-signal-safe (an
+ * atomic load and unlink). It knows one file: the latest write in progress.
+ */
+void bn_npy_remove_temporary(void);
+
+/*
  * Formats a shape the way Python prints a tuple: "()", "(5,)", "(2, 3)", into buf (truncated
  * to buflen, always NUL-terminated when buflen > 0).
  * @return buf.

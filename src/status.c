@@ -17,6 +17,7 @@ const char *bn_status_string(bn_status status) {
     case BN_ERR_IO: return "input/output error";
     case BN_ERR_FORMAT: return "malformed or unsupported file";
     case BN_ERR_NO_MEMORY: return "out of memory for a scratch buffer";
+    case BN_ERR_NOT_FINITE: return "a value is NaN or infinite";
     }
     return "unknown status";
 }

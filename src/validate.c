@@ -61,8 +61,12 @@ bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dty
     BN_RETURN_IF(ndim < 2, BN_ERR_SHAPE);
     for (int k = 0; k < ndim; k++) BN_RETURN_IF(dims[k] < 0, BN_ERR_SHAPE);
     BN_RETURN_IF(dims[1] < 1, BN_ERR_SHAPE);
+    /* s = the product of dims[2..]: 0 when any of them is 0, however large the others */
     int64_t s = 1;
-    for (int k = 2; k < ndim; k++) BN_RETURN_IF(!mul_nonneg(s, dims[k], &s), BN_ERR_TOO_LARGE);
+    for (int k = 2; k < ndim; k++)
+        if (dims[k] == 0) s = 0;
+    for (int k = 2; k < ndim && s != 0; k++)
+        BN_RETURN_IF(!mul_nonneg(s, dims[k], &s), BN_ERR_TOO_LARGE);
     BN_RETURN_IF_ERROR(check_total(dims[0], dims[1], s, dtype));
     desc->n = dims[0];
     desc->c = dims[1];

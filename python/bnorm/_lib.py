@@ -37,6 +37,7 @@ STATUS_NAMES = {
     -7: "BN_ERR_IO",
     -8: "BN_ERR_FORMAT",
     -9: "BN_ERR_NO_MEMORY",
+    -10: "BN_ERR_NOT_FINITE",
 }
 
 

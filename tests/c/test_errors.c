@@ -196,6 +196,10 @@ BN_SUITE(suite_errors_desc) {
     CHECK(d.n == 2 && d.c == 3 && d.s == 120 && d.dtype == BN_FLOAT32 && d.layout == BN_CHANNELS_LAST);
     CHECK_STATUS(bn_desc_from_dims(&d, 2, dims, BN_FLOAT64, BN_CHANNELS_FIRST), BN_OK);
     CHECK(d.n == 2 && d.c == 3 && d.s == 1);
+    /* fuzz_api finding: a 0 among the spatial sizes makes an empty tensor, whatever the others */
+    int64_t empty_big[6] = {9, 8192, 3, 3, INT64_MAX - 3, 0};
+    CHECK_STATUS(bn_desc_from_dims(&d, 6, empty_big, BN_FLOAT32, BN_CHANNELS_FIRST), BN_OK);
+    CHECK(d.n == 9 && d.c == 8192 && d.s == 0);
     int64_t empty[3] = {0, 3, 7};
     CHECK_STATUS(bn_desc_from_dims(&d, 3, empty, BN_FLOAT64, BN_CHANNELS_FIRST), BN_OK);
     CHECK(d.n == 0 && d.s == 7);
@@ -204,7 +208,7 @@ BN_SUITE(suite_errors_desc) {
 BN_SUITE(suite_errors_strings) {
     const bn_status all[] = {BN_OK, BN_ERR_NULL_POINTER, BN_ERR_SHAPE, BN_ERR_TOO_LARGE,
                              BN_ERR_ARGUMENT, BN_ERR_COUNT, BN_ERR_UNSUPPORTED, BN_ERR_IO,
-                             BN_ERR_FORMAT, BN_ERR_NO_MEMORY};
+                             BN_ERR_FORMAT, BN_ERR_NO_MEMORY, BN_ERR_NOT_FINITE};
     const int n = (int)(sizeof all / sizeof all[0]);
     for (int a = 0; a < n; a++) {
         CHECK(all[a] == -a); /* pinned values */

@@ -422,6 +422,7 @@ static void test_malformed_files(void) {
 static void test_write_failure_keeps_old(void) {
     const char *path = in_dir("keep.npy");
     CHECK(put_file(path, "precious", 8));
+    fflush(stdout); /* the child must not print what the parent has buffered */
     pid_t pid = fork();
     if (pid == 0) {
         struct rlimit rl = {4096, 4096};

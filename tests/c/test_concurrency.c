@@ -1,0 +1,119 @@
+/* test_concurrency.c - many threads calling the library at once on different tensors (and on one
+ * shared input) get the same bits as serial calls, while another thread keeps changing the
+ * OpenMP thread count. Run under ThreadSanitizer by `make tsan`. */
+#include "check.h"
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { THREADS = 6, ROUNDS = 3, SHAPES = 4 };
+
+/* Big enough for the parallel paths (>= 2^15 elements) in both layouts, and a small one. */
+static const int64_t shapes[SHAPES][3] = {{8, 24, 200}, {4096, 20, 1}, {5, 3, 7}, {64, 300, 2}};
+
+/* One task: a shape, dtype and layout; its inputs; its serial results. */
+typedef struct {
+    bn_desc d;
+    void *x, *dy, *w, *b;
+    void *want[6]; /* y, dx, dweight, dbias, running_mean, running_var after the chain */
+    double want_sm[300], want_si[300];
+} task;
+
+static task tasks[THREADS];
+static atomic_int stop_toggling;
+
+static size_t esize(const bn_desc *d) { return d->dtype == BN_FLOAT32 ? 4 : 8; }
+
+/* Train forward, backward, eval forward (into y, after the train output is checked) and eval
+ * backward; out: y, dx, dweight, dbias, rm, rv. Returns 1 when every call succeeded. */
+static int chain(const task *t, void *out[6], double *sm, double *si) {
+    const bn_desc *d = &t->d;
+    size_t small = (size_t)d->c * esize(d);
+    memset(out[4], 0, small);
+    for (int64_t c = 0; c < d->c; c++) /* running_var starts at 1 */
+        if (d->dtype == BN_FLOAT32) ((float *)out[5])[c] = 1;
+        else ((double *)out[5])[c] = 1;
+    int64_t nbt = 0;
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    int ok = bn_forward_train(out[0], sm, si, out[4], out[5], &nbt, t->x, t->w, t->b, d, &opt) == BN_OK;
+    ok &= bn_backward_train(out[1], out[2], out[3], t->dy, t->x, sm, si, t->w, d) == BN_OK;
+    ok &= bn_forward_eval(out[0], t->x, out[4], out[5], t->w, t->b, d, 1e-5) == BN_OK;
+    ok &= bn_backward_eval(out[1], NULL, NULL, t->dy, t->x, out[4], out[5], t->w, d, 1e-5) == BN_OK;
+    return ok && nbt == 1;
+}
+
+static void alloc_outputs(const bn_desc *d, void *out[6]) {
+    size_t big = (size_t)tu_numel(d) * esize(d), small = (size_t)d->c * esize(d);
+    for (int k = 0; k < 6; k++) out[k] = malloc(k < 2 ? big : small);
+}
+
+static int same_outputs(const task *t, void *const out[6], const double *sm, const double *si) {
+    size_t big = (size_t)tu_numel(&t->d) * esize(&t->d), small = (size_t)t->d.c * esize(&t->d);
+    for (int k = 0; k < 6; k++)
+        if (memcmp(out[k], t->want[k], k < 2 ? big : small) != 0) return 0;
+    return !memcmp(sm, t->want_sm, (size_t)t->d.c * 8) && !memcmp(si, t->want_si, (size_t)t->d.c * 8);
+}
+
+/* Each worker runs its own task and, every round, task 0's chain on task 0's shared inputs. */
+static void *worker(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    int failures = 0;
+    for (int round = 0; round < ROUNDS; round++)
+        for (int which = 0; which < 2; which++) {
+            const task *t = &tasks[which ? 0 : id];
+            void *out[6];
+            double sm[300], si[300];
+            alloc_outputs(&t->d, out);
+            if (!chain(t, out, sm, si) || !same_outputs(t, out, sm, si)) failures++;
+            for (int k = 0; k < 6; k++) free(out[k]);
+        }
+    return (void *)(intptr_t)failures;
+}
+
+static void *toggler(void *arg) {
+    (void)arg;
+    for (int n = 0; !atomic_load(&stop_toggling); n++) bn_set_num_threads(n % 4);
+    return NULL;
+}
+
+BN_SUITE(suite_concurrency) {
+    tu_rng r = tu_rng_new(77);
+    for (int k = 0; k < THREADS; k++) {
+        task *t = &tasks[k];
+        const int64_t *s = shapes[k % SHAPES];
+        t->d = tu_desc(s[0], s[1], s[2], (bn_dtype)(k % 2),
+                       (bn_layout)(k / 2 % 2));
+        int64_t count = tu_numel(&t->d);
+        double *xv = tu_randn(&r, count, 2, 3), *gv = tu_randn(&r, count, 0, 1);
+        double *wv = tu_randn(&r, t->d.c, 1, 0.1), *bv = tu_randn(&r, t->d.c, 0, 1);
+        t->x = tu_to_dtype(xv, count, t->d.dtype), t->dy = tu_to_dtype(gv, count, t->d.dtype);
+        t->w = tu_to_dtype(wv, t->d.c, t->d.dtype), t->b = tu_to_dtype(bv, t->d.c, t->d.dtype);
+        free(xv), free(gv), free(wv), free(bv);
+        alloc_outputs(&t->d, t->want);
+        CHECK_MSG(chain(t, t->want, t->want_sm, t->want_si), "task %d: serial chain failed", k);
+    }
+
+    pthread_t workers[THREADS], tog;
+    atomic_store(&stop_toggling, 0);
+    CHECK(pthread_create(&tog, NULL, toggler, NULL) == 0);
+    for (int k = 0; k < THREADS; k++)
+        CHECK(pthread_create(&workers[k], NULL, worker, (void *)(intptr_t)k) == 0);
+    for (int k = 0; k < THREADS; k++) {
+        void *failures = NULL;
+        CHECK(pthread_join(workers[k], &failures) == 0);
+        CHECK_MSG(failures == NULL, "thread %d: %d of %d chains differ from the serial results", k,
+                  (int)(intptr_t)failures, 2 * ROUNDS);
+    }
+    atomic_store(&stop_toggling, 1);
+    CHECK(pthread_join(tog, NULL) == 0);
+    bn_set_num_threads(0);
+
+    for (int k = 0; k < THREADS; k++) {
+        task *t = &tasks[k];
+        free(t->x), free(t->dy), free(t->w), free(t->b);
+        for (int j = 0; j < 6; j++) free(t->want[j]);
+    }
+}
