@@ -277,7 +277,8 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const size_t bytes = bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype));
     if (!bn_scratch_take(&scratch, 1, &bytes, &a.coef)) return BN_ERR_NO_MEMORY;
     a.tiles = bn_tiles_of(1, C);
-    bn_parallel_for(a.tiles.chunks, elements, eval_coef_chunk, &a);
+    /* a region of threads costs more than the coefficients of fewer than 2^15 channels */
+    bn_parallel_for(a.tiles.chunks, C, eval_coef_chunk, &a);
     if (a.d.layout == BN_CHANNELS_LAST) {
         a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
         bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
