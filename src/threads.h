@@ -33,8 +33,8 @@ typedef struct {
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
 
 /* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
- * at a time while the chunk stays in the per-core cache (half of the L2 size the system reports,
- * 1 MiB if it reports none). The chunk's width in channels, a multiple of 16, at most what
+ * at a time while the chunk stays in the per-core cache: half of the L2 (taken as 1 MiB when the
+ * system reports none). The chunk's width in channels, a multiple of 16, at most what
  * gives every thread a chunk; 0 when even 16 channels do not fit. Only speed depends on it:
  * channels are independent, so results are the same bits for any width. */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
