@@ -40,33 +40,13 @@ typedef struct apply_args {
 } apply_args;
 
 static int parse_args(apply_args *a, int argc, char **argv) {
-    int options_done = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (options_done || arg[0] != '-' || arg[1] == '\0') {
-            if (a->in) return cli_usage_error("apply", usage, "unexpected argument '%s'", arg);
-            a->in = arg;
-            continue;
-        }
-        if (strcmp(arg, "--") == 0) {
-            options_done = 1;
-            continue;
-        }
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            fputs(help, stdout);
-            return -1;
-        }
-        if (strcmp(arg, "--channels-last") == 0) {
-            a->channels_last = 1;
-            continue;
-        }
-        int r = cli_take_value(argc, argv, &i, "-o", "--output", &a->out, "apply", usage);
-        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--stats", &a->stats, "apply", usage);
-        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--prefix", &a->prefix, "apply", usage);
-        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--eps", &a->eps_text, "apply", usage);
-        if (r < 0) return CLI_USAGE_ERROR;
-        if (r == 0) return cli_usage_error("apply", usage, "unknown option '%s'", arg);
-    }
+    const cli_flag flags[] = {{"--channels-last", &a->channels_last}, {NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--stats", &a->stats},
+                                  {NULL, "--prefix", &a->prefix}, {NULL, "--eps", &a->eps_text},
+                                  {NULL, NULL, NULL}};
+    int n = 0;
+    int status = cli_parse_args(argc, argv, "apply", usage, help, flags, options, &a->in, 1, &n);
+    if (status != CLI_OK) return status;
     if (!a->in) return cli_usage_error("apply", usage, "missing the input file IN.npy");
     if (!a->out) return cli_usage_error("apply", usage, "missing -o OUT.npy");
     if (!a->stats) return cli_usage_error("apply", usage, "missing --stats STATS.safetensors");

@@ -1,9 +1,10 @@
-/* args.c - reading the command line strictly: options with values, and numbers that must be
- * numbers through and through. */
+/* args.c - reading the command line strictly: the subcommands' argument loop, options with
+ * values, and numbers that must be numbers through and through. */
 #include "cli.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,37 @@ int cli_take_value(int argc, char **argv, int *i, const char *short_name, const 
     }
     *value = found;
     return 1;
+}
+
+int cli_parse_args(int argc, char **argv, const char *command, const char *usage,
+                   const char *help, const cli_flag *flags, const cli_option *options,
+                   const char **files, int max_files, int *nfiles) {
+    int options_done = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (options_done || arg[0] != '-' || arg[1] == '\0') {
+            if (*nfiles == max_files)
+                return cli_usage_error(command, usage, "unexpected argument '%s'", arg);
+            files[(*nfiles)++] = arg;
+            continue;
+        }
+        if (strcmp(arg, "--") == 0) {
+            options_done = 1;
+            continue;
+        }
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            fputs(help, stdout);
+            return -1;
+        }
+        int r = 0;
+        for (const cli_flag *f = flags; f && f->name && !r; f++)
+            if (strcmp(arg, f->name) == 0) *f->set = 1, r = 1;
+        for (const cli_option *o = options; o && o->long_name && !r; o++)
+            r = cli_take_value(argc, argv, &i, o->short_name, o->long_name, o->value, command, usage);
+        if (r < 0) return CLI_USAGE_ERROR;
+        if (r == 0) return cli_usage_error(command, usage, "unknown option '%s'", arg);
+    }
+    return CLI_OK;
 }
 
 int cli_parse_double(const char *text, double *out) {

@@ -40,6 +40,21 @@ int cli_usage_error(const char *command, const char *usage, const char *fmt, ...
 int cli_take_value(int argc, char **argv, int *i, const char *short_name, const char *long_name,
                    const char **value, const char *command, const char *usage);
 
+/* A flag ("--channels-last") sets *set to 1; an option ("-o OUT", "--output OUT", "--output=OUT")
+ * stores its value in *value. Tables end with an entry whose long name is NULL. */
+typedef struct { const char *name; int *set; } cli_flag;
+typedef struct { const char *short_name, *long_name; const char **value; } cli_option;
+
+/*
+ * The loop a subcommand's arguments go through: arguments that are not options (or come after
+ * "--") go into files[], at most max_files of them (*nfiles counts them); -h and --help print
+ * the help; flags and options as in the tables; anything else is a usage error.
+ * @return CLI_OK; -1 when the help was printed; CLI_USAGE_ERROR, already reported.
+ */
+int cli_parse_args(int argc, char **argv, const char *command, const char *usage,
+                   const char *help, const cli_flag *flags, const cli_option *options,
+                   const char **files, int max_files, int *nfiles);
+
 /*
  * Strict number parsing: the whole text must be the number, with no spaces around it.
  * cli_parse_double accepts any finite decimal or hexadecimal floating-point number in range;

@@ -54,33 +54,13 @@ typedef struct fit_args {
 } fit_args;
 
 static int parse_args(fit_args *a, int argc, char **argv) {
-    int options_done = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (options_done || arg[0] != '-' || arg[1] == '\0') {
-            a->files[a->nfiles++] = arg;
-            continue;
-        }
-        if (strcmp(arg, "--") == 0) {
-            options_done = 1;
-            continue;
-        }
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            fputs(help, stdout);
-            return -1;
-        }
-        if (strcmp(arg, "--channels-last") == 0) {
-            a->channels_last = 1;
-            continue;
-        }
-        int r = cli_take_value(argc, argv, &i, "-o", "--out", &a->out, "fit", usage);
-        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--batch", &a->batch_text, "fit", usage);
-        if (r == 0)
-            r = cli_take_value(argc, argv, &i, NULL, "--estimator", &a->estimator, "fit", usage);
-        if (r == 0) r = cli_take_value(argc, argv, &i, NULL, "--prefix", &a->prefix, "fit", usage);
-        if (r < 0) return CLI_USAGE_ERROR;
-        if (r == 0) return cli_usage_error("fit", usage, "unknown option '%s'", arg);
-    }
+    const cli_flag flags[] = {{"--channels-last", &a->channels_last}, {NULL, NULL}};
+    const cli_option options[] = {{"-o", "--out", &a->out}, {NULL, "--batch", &a->batch_text},
+                                  {NULL, "--estimator", &a->estimator},
+                                  {NULL, "--prefix", &a->prefix}, {NULL, NULL, NULL}};
+    int status = cli_parse_args(argc, argv, "fit", usage, help, flags, options, a->files, argc,
+                                &a->nfiles);
+    if (status != CLI_OK) return status;
     if (a->nfiles == 0) return cli_usage_error("fit", usage, "missing the input files FILE.npy");
     if (!a->out) return cli_usage_error("fit", usage, "missing --out STATS.safetensors");
     a->batch = 256;

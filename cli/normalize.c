@@ -49,41 +49,14 @@ typedef struct normalize_args {
 
 /* @return CLI_OK, CLI_USAGE_ERROR, or -1 after printing the help (exit 0). */
 static int parse_args(normalize_args *a, int argc, char **argv) {
-    int options_done = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (options_done || arg[0] != '-' || arg[1] == '\0') {
-            if (a->in)
-                return cli_usage_error("normalize", usage, "unexpected argument '%s'", arg);
-            a->in = arg;
-            continue;
-        }
-        if (strcmp(arg, "--") == 0) {
-            options_done = 1;
-            continue;
-        }
-        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            fputs(help, stdout);
-            return -1;
-        }
-        if (strcmp(arg, "--channels-last") == 0) {
-            a->channels_last = 1;
-            continue;
-        }
-        if (strcmp(arg, "--check-finite") == 0) {
-            a->check_finite = 1;
-            continue;
-        }
-        int r = cli_take_value(argc, argv, &i, "-o", "--output", &a->out, "normalize", usage);
-        if (r == 0)
-            r = cli_take_value(argc, argv, &i, NULL, "--eps", &a->eps_text, "normalize", usage);
-        if (r == 0)
-            r = cli_take_value(argc, argv, &i, NULL, "--weight", &a->weight, "normalize", usage);
-        if (r == 0)
-            r = cli_take_value(argc, argv, &i, NULL, "--bias", &a->bias, "normalize", usage);
-        if (r < 0) return CLI_USAGE_ERROR;
-        if (r == 0) return cli_usage_error("normalize", usage, "unknown option '%s'", arg);
-    }
+    const cli_flag flags[] = {{"--channels-last", &a->channels_last},
+                              {"--check-finite", &a->check_finite}, {NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--eps", &a->eps_text},
+                                  {NULL, "--weight", &a->weight}, {NULL, "--bias", &a->bias},
+                                  {NULL, NULL, NULL}};
+    int n = 0;
+    int status = cli_parse_args(argc, argv, "normalize", usage, help, flags, options, &a->in, 1, &n);
+    if (status != CLI_OK) return status;
     if (!a->in) return cli_usage_error("normalize", usage, "missing the input file IN.npy");
     if (!a->out) return cli_usage_error("normalize", usage, "missing -o OUT.npy");
     a->eps = 1e-5;
