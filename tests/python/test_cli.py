@@ -496,6 +496,31 @@ def test_usage_errors(tmp_path, args):
     assert os.listdir(tmp_path) == []  # nothing read, nothing written
 
 
+# The argument loop normalize, apply and fit share (cli_parse_args): the same messages in each.
+@pytest.mark.parametrize("args, message", [
+    (["normalize", "IN.npy", "-o", "OUT.npy", "--bogus"], "unknown option '--bogus'"),
+    (["apply", "IN.npy", "-o", "OUT.npy", "--stats", "S", "--bogus"], "unknown option '--bogus'"),
+    (["fit", "IN.npy", "--out", "S", "--bogus"], "unknown option '--bogus'"),
+    (["normalize", "IN.npy", "-o", "OUT.npy", "extra.npy"], "unexpected argument 'extra.npy'"),
+    (["apply", "IN.npy", "-o", "OUT.npy", "--stats", "S", "x.npy"], "unexpected argument 'x.npy'"),
+    (["normalize", "IN.npy", "-o", "A", "--output=B"], "--output given more than once"),
+    (["apply", "IN.npy", "-o", "OUT.npy", "--stats", "S", "--stats", "T"], "--stats given more than once"),
+    (["fit", "IN.npy", "--out", "S", "--batch"], "--batch needs a value"),
+    (["fit", "--channels-last", "--", "--out"], "missing --out"),
+])
+def test_shared_argument_loop(tmp_path, args, message):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert message in r.stderr and "usage: bnorm " + args[0] in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["normalize", "apply", "fit"])
+def test_help_of_each_command(command):
+    r = run(command, "--help")
+    assert r.returncode == 0 and r.stderr == "" and "usage: bnorm " + command in r.stdout
+
+
 def test_usage_error_even_with_real_files(tmp_path):
     src = good_file(tmp_path)
     r = run("normalize", src, "-o", tmp_path / "y.npy", "--eps", "-1")
