@@ -29,6 +29,7 @@ typedef struct {
     double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
     double *mean;      /* (C) */
     void *coef;        /* (BN_COEF_COUNT, C) in the tensor's dtype */
+    int64_t run;       /* channels-first only: channels per item of backward_run */
 } backward_args;
 
 static int batch_stats(const backward_args *a) { return a->save_mean != NULL; }
@@ -76,6 +77,28 @@ static void backward_channel(const void *args, int64_t c) {
         bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, k, scale);
     else /* stored statistics are constants: dx = dy * invstd * weight */
         bn_kernel_cf_normalize(&a->d, a->dx, a->dy, c, 0, a->d.n, 0.0, scale, 0.0);
+}
+
+/* Channels-first training gradients, channels [k * run, (k + 1) * run): each channel's dx is
+ * formed while the next one's sums are read, so that the reads overlap the writes (where
+ * bn_cache_overlap says it pays). The same bits as backward_channel. */
+static void backward_run(const void *args, int64_t k) {
+    const backward_args *a = args;
+    const int64_t c0 = k * a->run, c1 = c0 + a->run < a->d.c ? c0 + a->run : a->d.c;
+    double mean, invstd, sum_dy = 0, sum_dy_xc = 0, mean_dy, kk, scale;
+    channel_stats(a, c0, &mean, &invstd);
+    bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c0, mean);
+    for (int64_t c = c0; c < c1; c++) {
+        finish_channel(a, c, sum_dy, sum_dy_xc * invstd, invstd, &mean_dy, &kk, &scale);
+        if (c + 1 < c1) {
+            const double this_mean = mean;
+            channel_stats(a, c + 1, &mean, &invstd);
+            bn_kernel_cf_grad_input_next(&a->d, a->dx, a->dy, a->x, c, this_mean, mean_dy, kk,
+                                         scale, mean, &sum_dy, &sum_dy_xc);
+        } else {
+            bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, kk, scale);
+        }
+    }
 }
 
 static void tile_sums(const void *args, int64_t k) {
@@ -180,7 +203,16 @@ static bn_status run_backward(backward_args *a, const bn_desc *desc) {
     a->d = bn_kernel_desc(desc);
     if (!a->given_sums) a->count = bn_count(desc);
     if (a->d.layout == BN_CHANNELS_LAST) return backward_channels_last(a);
-    bn_parallel_for(a->d.c, bn_count(desc) * desc->c, backward_channel, a);
+    const int64_t elements = bn_count(desc) * desc->c;
+    const int64_t channel_bytes = 2 * bn_count(desc) * (int64_t)bn_dtype_size(desc->dtype);
+    if (a->given_sums || a->sums_out || !a->dx || !batch_stats(a) ||
+        !bn_cache_overlap(channel_bytes)) {
+        bn_parallel_for(a->d.c, elements, backward_channel, a);
+        return BN_OK;
+    }
+    const int64_t runs = bn_get_num_threads() < a->d.c ? bn_get_num_threads() : a->d.c;
+    a->run = (a->d.c + runs - 1) / runs;
+    bn_parallel_for((a->d.c + a->run - 1) / a->run, elements, backward_run, a);
     return BN_OK;
 }
 
@@ -191,8 +223,8 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
     BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !save_mean ||
                      !save_invstd,
                  BN_ERR_NULL_POINTER);
-    backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    backward_args a = {.dx = dx, .dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
+                       .weight = weight, .save_mean = save_mean, .save_invstd = save_invstd};
     return run_backward(&a, desc);
 }
 
@@ -209,8 +241,8 @@ bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, 
     double *sums;
     const size_t bytes = bn_bytes(2 * C, sizeof(double));
     if (!bn_scratch_take(&scratch, 1, &bytes, (void **)&sums)) return BN_ERR_NO_MEMORY;
-    backward_args a = {{0}, NULL, NULL, NULL, dy, x, NULL, save_mean, save_invstd,
-                       NULL, NULL, 0, 0, NULL, sums, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    backward_args a = {.dy = dy, .x = x, .save_mean = save_mean, .save_invstd = save_invstd,
+                       .sums_out = sums};
     bn_status st = run_backward(&a, desc);
     if (st == BN_OK) {
         for (int64_t c = 0; c < C; c++) {
@@ -243,8 +275,8 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
         sums[c] = sum_dy[c];
         sums[C + c] = sum_dy_xhat[c];
     }
-    backward_args a = {{0}, dx, NULL, NULL, dy, x, weight, save_mean, save_invstd,
-                       NULL, NULL, 0, count, sums, NULL, {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL};
+    backward_args a = {.dx = dx, .dy = dy, .x = x, .weight = weight, .save_mean = save_mean,
+                       .save_invstd = save_invstd, .count = count, .given_sums = sums};
     bn_status st = run_backward(&a, desc);
     bn_scratch_release(&scratch);
     return st;
@@ -258,8 +290,8 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                      !running_var,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
-    backward_args a = {{0}, dx, dweight, dbias, dy, x, weight, NULL, NULL,
-                       running_mean, running_var, eps, 0, NULL, NULL, {0, 0, 0, 0, 0}, 0, NULL,
-                       NULL, NULL};
+    backward_args a = {.dx = dx, .dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
+                       .weight = weight, .running_mean = running_mean,
+                       .running_var = running_var, .eps = eps};
     return run_backward(&a, desc);
 }

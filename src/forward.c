@@ -28,6 +28,7 @@ typedef struct {
     bn_moments *part_moments; /* (parts, C) */
     double *mean, *m2, *scale, *shift; /* (C) */
     void *coef;                   /* (BN_COEF_COUNT, C) in the tensor's dtype */
+    int64_t run; /* channels-first only: channels per item of train_run */
 } train_args;
 
 /* Channels [c0, c1): saved and running statistics, and the coefficients of
@@ -49,6 +50,23 @@ static void train_channel(const void *args, int64_t c) {
     double scale, shift;
     finish(a, c, c + 1, &mom.mean, &mom.m2, &scale, &shift);
     bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mom.mean, scale, shift);
+}
+
+/* Channels-first training, channels [k * run, (k + 1) * run): each channel is normalized while
+ * the next one's statistics are read, so that the reads overlap the writes (where
+ * bn_cache_overlap says it pays). The statistics are the same bits as train_channel's. */
+static void train_run(const void *args, int64_t k) {
+    const train_args *a = args;
+    const int64_t c0 = k * a->run, c1 = c0 + a->run < a->d.c ? c0 + a->run : a->d.c;
+    bn_moments mom = bn_kernel_cf_moments(&a->d, a->x, c0);
+    for (int64_t c = c0; c < c1; c++) {
+        double scale, shift;
+        finish(a, c, c + 1, &mom.mean, &mom.m2, &scale, &shift);
+        if (c + 1 < c1)
+            mom = bn_kernel_cf_normalize_next(&a->d, a->y, a->x, c, mom.mean, scale, shift);
+        else
+            bn_kernel_cf_normalize(&a->d, a->y, a->x, c, 0, a->d.n, mom.mean, scale, shift);
+    }
 }
 
 static void tile_moments(const void *args, int64_t k) {
@@ -136,7 +154,15 @@ static bn_status train_channels_last(train_args *a) {
 /* The training driver: statistics, then (unless only they are asked for) the normalization. */
 static bn_status run_train(train_args *a) {
     if (a->d.layout == BN_CHANNELS_LAST) return train_channels_last(a);
-    bn_parallel_for(a->d.c, bn_count(&a->d) * a->d.c, train_channel, a);
+    const int64_t elements = bn_count(&a->d) * a->d.c;
+    const int64_t channel_bytes = bn_count(&a->d) * (int64_t)bn_dtype_size(a->d.dtype);
+    if (a->given || a->moments_out || !bn_cache_overlap(channel_bytes)) {
+        bn_parallel_for(a->d.c, elements, train_channel, a);
+        return BN_OK;
+    }
+    const int64_t runs = bn_get_num_threads() < a->d.c ? bn_get_num_threads() : a->d.c;
+    a->run = (a->d.c + runs - 1) / runs;
+    bn_parallel_for((a->d.c + a->run - 1) / a->run, elements, train_run, a);
     return BN_OK;
 }
 
@@ -165,7 +191,7 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
         train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                         x, weight, bias, opt->eps,
                         opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, NULL, NULL,
-                        {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+                        {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
         BN_RETURN_IF_ERROR(run_train(&a));
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
@@ -181,7 +207,7 @@ bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *
     }
     train_args a = {bn_kernel_desc(desc), NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, 0, 0,
                     bn_count(desc), NULL, moments,
-                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     return run_train(&a);
 }
 
@@ -216,7 +242,7 @@ bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd
     train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
                     x, weight, bias, opt->eps,
                     opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, stats, NULL,
-                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
     if (bn_count(desc) == 0) { /* nothing here to normalize; the statistics are still saved */
         for (int64_t c = 0; c < desc->c; c++) {
             double scale, shift;

@@ -52,8 +52,10 @@ typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
         (out)[1] = h_.half[1];                                       \
     } while (0)
 #define HEAD(p, s) 0
+#define STORE_HELPER
 #include "kernels.inc"
 #undef HEAD
+#undef STORE_HELPER
 #undef T
 #undef SUF
 #undef W
@@ -72,8 +74,10 @@ typedef union { bn_v16d whole; bn_v8d half[2]; } bn_v16d_halves;
 #define STOREW(p, v) (*(bn_v8d_u *)(p) = (v))
 #define WIDEN(vec, out) ((out)[0] = (vec))
 #define HEAD(p, s) 0
+#define STORE_HELPER
 #include "kernels.inc"
 #undef HEAD
+#undef STORE_HELPER
 #undef T
 #undef SUF
 #undef W
@@ -115,8 +119,10 @@ BN_DECLARE_KERNELS(double, f64_stream)
         (out)[1] = h_.half[1];                                       \
     } while (0)
 #define HEAD(p, s) BN_FN(head_)(p, s)
+#define STORE_HELPER __attribute__((target("avx512f")))
 #include "kernels.inc"
 #undef HEAD
+#undef STORE_HELPER
 #undef T
 #undef SUF
 #undef W
@@ -139,8 +145,10 @@ BN_DECLARE_KERNELS(double, f64_stream)
     } while (0)
 #define WIDEN(vec, out) ((out)[0] = (vec))
 #define HEAD(p, s) BN_FN(head_)(p, s)
+#define STORE_HELPER __attribute__((target("avx512f")))
 #include "kernels.inc"
 #undef HEAD
+#undef STORE_HELPER
 #undef T
 #undef SUF
 #undef W
@@ -208,6 +216,28 @@ void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t
                             desc->c * desc->s, mean, scale, shift);
 }
 
+/* As OUT_F32 and OUT_F64, for kernels that return a value. */
+#ifdef BN_HAVE_STREAM
+#define OUT_RET(f, ...) \
+    (use_stream(desc) ? streamed_moments(f##_stream(__VA_ARGS__)) : f(__VA_ARGS__))
+static bn_moments streamed_moments(bn_moments m) {
+    _mm_sfence();
+    return m;
+}
+#else
+#define OUT_RET(f, ...) f(__VA_ARGS__)
+#endif
+
+bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void *x, int64_t c,
+                                       double mean, double scale, double shift) {
+    const int64_t at = c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        return OUT_RET(bn_cf_normalize_next_f32, (float *)y + at, (const float *)x + at,
+                       (const float *)x + at + desc->s, CF_ROWS, mean, scale, shift);
+    return OUT_RET(bn_cf_normalize_next_f64, (double *)y + at, (const double *)x + at,
+                   (const double *)x + at + desc->s, CF_ROWS, mean, scale, shift);
+}
+
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
                             const void *dy, const void *x, int64_t c, double mean) {
     const int64_t at = c * desc->s;
@@ -228,6 +258,20 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
     else
         OUT_F64(bn_cf_grad_input, (double *)dx + at, (const double *)dy + at, (const double *)x + at,
                              CF_ROWS, mean, mean_dy, k, scale);
+}
+
+void bn_kernel_cf_grad_input_next(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                                  int64_t c, double mean, double mean_dy, double k, double scale,
+                                  double next_mean, double *sum_dy, double *sum_dy_xc) {
+    const int64_t at = c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        OUT_F32(bn_cf_grad_input_next, (float *)dx + at, (const float *)dy + at,
+                (const float *)x + at, CF_ROWS, mean, mean_dy, k, scale, next_mean, sum_dy,
+                sum_dy_xc);
+    else
+        OUT_F64(bn_cf_grad_input_next, (double *)dx + at, (const double *)dy + at,
+                (const double *)x + at, CF_ROWS, mean, mean_dy, k, scale, next_mean, sum_dy,
+                sum_dy_xc);
 }
 
 #define AT_C0(p, TYPE) ((p) ? (TYPE *)(p) + c0 : NULL)

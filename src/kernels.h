@@ -33,6 +33,12 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
 #define BN_DECLARE_KERNELS(T, SUF)                                                              \
     /* x: (N, S) rows at stride. Count, mean and M2 of the channel. */                          \
     bn_moments bn_cf_moments_##SUF(const T *x, int64_t n, int64_t s, int64_t stride);           \
+    /* y, x, next: (N, S) rows at stride (y may be x). Normalizes x into y as bn_cf_normalize_   \
+     * and returns the moments of next as bn_cf_moments_ (the same bits), piece by piece: one   \
+     * channel is read from memory while the other is written. */                               \
+    bn_moments bn_cf_normalize_next_##SUF(T *y, const T *x, const T *next, int64_t n,           \
+                                          int64_t s, int64_t stride, double mean, double scale, \
+                                          double shift);                                        \
     /* y, x: (N, S) rows at stride (y may be x). y = (x - mean) * scale + shift. */             \
     void bn_cf_normalize_##SUF(T *y, const T *x, int64_t n, int64_t s, int64_t stride,         \
                                double mean, double scale, double shift);                        \
@@ -44,6 +50,12 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
     void bn_cf_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t n, int64_t s,           \
                                 int64_t stride, double mean, double mean_dy, double k,          \
                                 double scale);                                                  \
+    /* bn_cf_grad_input_ of one channel, while bn_cf_grad_sums_ of the next (dy + s, x + s,    \
+     * its mean next_mean) are formed, the same bits, piece by piece as bn_cf_normalize_next_. */\
+    void bn_cf_grad_input_next_##SUF(T *dx, const T *dy, const T *x, int64_t n, int64_t s,      \
+                                     int64_t stride, double mean, double mean_dy, double k,     \
+                                     double scale, double next_mean, double *sum_dy,            \
+                                     double *sum_dy_xc);                                        \
     /* x: (rows, width) of rows ld apart. acc: (width), each channel's moments of these rows    \
      * merged into it, block by block in order. */                                              \
     void bn_cl_moments_##SUF(bn_moments *acc, const T *x, int64_t rows, int64_t ld,            \
@@ -94,8 +106,17 @@ bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c);
 /* Rows [i0, i1) of channel c (the samples i0 .. i1-1). */
 void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, int64_t i0,
                             int64_t i1, double mean, double scale, double shift);
+/* Channel c normalized (all rows) while the moments of channel c + 1 are computed: returns
+ * them, the same bits as bn_kernel_cf_moments(desc, x, c + 1). */
+bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void *x, int64_t c,
+                                       double mean, double scale, double shift);
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
                             const void *dy, const void *x, int64_t c, double mean);
+/* bn_kernel_cf_grad_input of channel c while bn_kernel_cf_grad_sums of channel c + 1 (its
+ * mean next_mean) are formed: the same bits as the two calls. */
+void bn_kernel_cf_grad_input_next(const bn_desc *desc, void *dx, const void *dy, const void *x,
+                                  int64_t c, double mean, double mean_dy, double k, double scale,
+                                  double next_mean, double *sum_dy, double *sum_dy_xc);
 void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t c, double mean, double mean_dy, double k, double scale);
 /* Eval coefficients of channels [c0, c1) (coef: (BN_COEF_COUNT, C)). */

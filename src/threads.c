@@ -108,3 +108,8 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
     const int64_t even = (share + 15) / 16 * 16; /* one chunk per thread, when chunks can be so wide */
     return width < even ? width : even;
 }
+
+int bn_cache_overlap(int64_t bytes) {
+    const int64_t budget = cache_budget();
+    return bytes <= budget || bytes >= 2 * budget;
+}

@@ -39,6 +39,14 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
  * channels are independent, so results are the same bits for any width. */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
 
+/* Whether channel-by-channel passes should overlap: each channel's second pass (normalize, or
+ * dx) made while the next channel's first pass (statistics, or sums) reads it, so that one
+ * channel is read from memory while the other is written. The first pass leaves a channel of
+ * `bytes` in the L2 for the second when it fits there, but not beside the next channel:
+ * overlap then costs more than it saves. So: overlap when two channels fit in the L2 (twice
+ * the budget above), or when one channel does not. Only speed depends on it. */
+int bn_cache_overlap(int64_t bytes);
+
 /* The size in bytes of the data cache of the given level (2, 3) that CPU 0 reports in Linux's
  * /sys/devices/system/cpu/cpu0/cache, or 0 when it reports none. (glibc's sysconf can be far off
  * in virtual machines: 384 MiB of L3 for a 32 MiB one has been seen.) */

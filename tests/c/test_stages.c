@@ -133,8 +133,10 @@ BN_SUITE(suite_stages_split) {
     static const int64_t one[] = {0, 12}, three[] = {0, 5, 5, 12}, four[] = {0, 0, 1, 11, 12};
     for (int dt = 0; dt < 2; dt++) {
         for (int lay = 0; lay < 2; lay++) {
-            const int64_t sizes[][2] = {{3, 7}, {70, 1}, {5, 300}};
-            for (int q = 0; q < 3; q++) {
+            /* rows of every kind of length: one value, short, a whole statistics block and a
+             * piece with vector and scalar tails, several blocks */
+            const int64_t sizes[][2] = {{3, 7}, {70, 1}, {5, 300}, {3, 1024 + 45}, {2, 2100}};
+            for (int q = 0; q < 5; q++) {
                 int64_t c = sizes[q][0], s = sizes[q][1];
                 check_split(12, c, s, (bn_dtype)dt, (bn_layout)lay, one, 1, 11 + (uint64_t)q);
                 check_split(12, c, s, (bn_dtype)dt, (bn_layout)lay, three, 3, 21 + (uint64_t)q);
