@@ -24,7 +24,8 @@ typedef struct {
     const double *given_sums; /* (2, C): the batch's sum dy, sum dy * xhat; or NULL */
     double *sums_out;         /* (2, C) non-NULL: only compute the sums (bn_backward_sums) */
     /* channels-last only: scratch */
-    bn_tiles tiles;
+    bn_tiles tiles;    /* of the sums */
+    bn_tiles pieces;   /* of dx (bn_tiles_elementwise) */
     int64_t chunk;     /* channels per item when a chunk's rows stay in cache, else 0 */
     double *part_sums; /* (parts, 2, C): sum dy, sum dy * (x - mean) */
     double *mean;      /* (C) */
@@ -111,7 +112,7 @@ static void tile_sums(const void *args, int64_t k) {
 
 static void tile_grad_input(const void *args, int64_t k) {
     const backward_args *a = args;
-    const bn_tile t = bn_tile_at(&a->tiles, k);
+    const bn_tile t = bn_tile_at(&a->pieces, k);
     if (batch_stats(a))
         bn_kernel_cl_grad_input(&a->d, a->dx, a->dy, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
     else
@@ -184,7 +185,8 @@ static bn_status backward_channels_last(backward_args *a) {
     } else {
         if (!a->given_sums) bn_parallel_for(tiles, elements, tile_sums, a);
         add_parts(a, 0, C);
-        if (a->dx) bn_parallel_for(tiles, elements, tile_grad_input, a);
+        a->pieces = bn_tiles_elementwise(a->tiles.rows, C);
+        if (a->dx) bn_parallel_for(a->pieces.parts * a->pieces.chunks, elements, tile_grad_input, a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;

@@ -23,7 +23,8 @@ typedef struct {
     const bn_moments *given;  /* (C) the batch's moments (bn_forward_train_stats), or NULL */
     bn_moments *moments_out;  /* (C) non-NULL: only compute the statistics (bn_compute_moments) */
     /* channels-last only: scratch */
-    bn_tiles tiles;
+    bn_tiles tiles;           /* of the statistics */
+    bn_tiles pieces;          /* of the normalization (bn_tiles_elementwise) */
     int64_t chunk;            /* channels per item when a chunk's rows stay in cache, else 0 */
     bn_moments *part_moments; /* (parts, C) */
     double *mean, *m2, *scale, *shift; /* (C) */
@@ -79,7 +80,7 @@ static void tile_moments(const void *args, int64_t k) {
 
 static void tile_normalize(const void *args, int64_t k) {
     const train_args *a = args;
-    const bn_tile t = bn_tile_at(&a->tiles, k);
+    const bn_tile t = bn_tile_at(&a->pieces, k);
     bn_kernel_cl_normalize(&a->d, a->y, a->x, t.r0, t.r1, t.c0, t.c1, a->coef);
 }
 
@@ -144,7 +145,8 @@ static bn_status train_channels_last(train_args *a) {
         merge_parts(a, 0, C);
         if (!a->moments_out) {
             bn_kernel_cl_coefs(&a->d, a->coef, 0, C, a->mean, a->scale, a->shift, NULL, NULL);
-            bn_parallel_for(tiles, elements, tile_normalize, a);
+            a->pieces = bn_tiles_elementwise(a->tiles.rows, C);
+            bn_parallel_for(a->pieces.parts * a->pieces.chunks, elements, tile_normalize, a);
         }
     }
     bn_scratch_release(&scratch);
@@ -188,10 +190,12 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
             if (save_invstd) save_invstd[c] = NAN;
         }
     } else {
-        train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
-                        x, weight, bias, opt->eps,
-                        opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, NULL, NULL,
-                        {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+        train_args a = {.d = bn_kernel_desc(desc), .y = y, .running_mean = running_mean,
+                        .running_var = running_var, .save_mean = save_mean,
+                        .save_invstd = save_invstd, .x = x, .weight = weight, .bias = bias,
+                        .eps = opt->eps,
+                        .factor = opt->cumulative ? 1.0 / (double)batches : opt->momentum,
+                        .count = m};
         BN_RETURN_IF_ERROR(run_train(&a));
     }
     if (tracking && num_batches_tracked) *num_batches_tracked = batches;
@@ -205,9 +209,8 @@ bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *
         for (int64_t c = 0; c < desc->c; c++) moments[c] = bn_moments_empty();
         return BN_OK;
     }
-    train_args a = {bn_kernel_desc(desc), NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, 0, 0,
-                    bn_count(desc), NULL, moments,
-                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    train_args a = {.d = bn_kernel_desc(desc), .x = x, .count = bn_count(desc),
+                    .moments_out = moments};
     return run_train(&a);
 }
 
@@ -239,10 +242,12 @@ bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd
     BN_RETURN_IF(tracking && num_batches_tracked && *num_batches_tracked == INT64_MAX,
                  BN_ERR_TOO_LARGE);
     const int64_t batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
-    train_args a = {bn_kernel_desc(desc), y, running_mean, running_var, save_mean, save_invstd,
-                    x, weight, bias, opt->eps,
-                    opt->cumulative ? 1.0 / (double)batches : opt->momentum, m, stats, NULL,
-                    {0, 0, 0, 0, 0}, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0};
+    train_args a = {.d = bn_kernel_desc(desc), .y = y, .running_mean = running_mean,
+                    .running_var = running_var, .save_mean = save_mean,
+                    .save_invstd = save_invstd, .x = x, .weight = weight, .bias = bias,
+                    .eps = opt->eps,
+                    .factor = opt->cumulative ? 1.0 / (double)batches : opt->momentum,
+                    .count = m, .given = stats};
     if (bn_count(desc) == 0) { /* nothing here to normalize; the statistics are still saved */
         for (int64_t c = 0; c < desc->c; c++) {
             double scale, shift;
@@ -296,8 +301,8 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     const int64_t elements = bn_count(desc) * desc->c;
     if (elements == 0) return BN_OK;
-    eval_args a = {bn_kernel_desc(desc), y, x, running_mean, running_var, weight, bias, eps,
-                   NULL, {0, 0, 0, 0, 0}};
+    eval_args a = {.d = bn_kernel_desc(desc), .y = y, .x = x, .running_mean = running_mean,
+                   .running_var = running_var, .weight = weight, .bias = bias, .eps = eps};
     const int64_t C = a.d.c;
     bn_scratch scratch;
     const size_t bytes = bn_bytes(BN_COEF_COUNT * C, bn_dtype_size(a.d.dtype));
@@ -306,7 +311,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     /* a region of threads costs more than the coefficients of fewer than 2^15 channels */
     bn_parallel_for(a.tiles.chunks, C, eval_coef_chunk, &a);
     if (a.d.layout == BN_CHANNELS_LAST) {
-        a.tiles = bn_tiles_of(a.d.n * a.d.s, C);
+        a.tiles = bn_tiles_elementwise(a.d.n * a.d.s, C);
         bn_parallel_for(a.tiles.parts * a.tiles.chunks, elements, eval_tile, &a);
     } else {
         a.tiles = bn_tiles_of(1, C);

@@ -27,15 +27,22 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
  * Fixed by the shape alone; tile k is part k / chunks, chunk k % chunks. */
 typedef struct {
     int64_t rows, per, parts;
-    int64_t channels, chunks;
+    int64_t channels, chunks, width; /* width: channels per chunk (BN_TILE_CHANNELS) */
 } bn_tiles;
 
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
 
+/* Tiles for passes with no sums (normalize, dx), which may cut the rows anywhere: whole rows,
+ * at most BN_MAX_PARTS parts of them, when there are that many rows; bn_tiles_of otherwise.
+ * Two threads that write the two halves of the same rows slow each other down (measured:
+ * (256, 1024) eval on 2 threads, 31 us with channel chunks against 12.7 us with whole rows). */
+bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels);
+
 /* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
  * at a time while the chunk stays in the per-core cache: half of the L2 (taken as 1 MiB when the
  * system reports none). The chunk's width in channels, a multiple of 16, at most what
- * gives every thread a chunk; 0 when even 16 channels do not fit. Only speed depends on it:
+ * gives every thread a chunk; 0 when even 16 channels do not fit, or when a chunk would be a
+ * piece of less than 1 KiB of each row (too narrow to read well). Only speed depends on it:
  * channels are independent, so results are the same bits for any width. */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
 
@@ -64,8 +71,8 @@ static inline bn_tile bn_tile_at(const bn_tiles *t, int64_t k) {
     tile.part = k / t->chunks;
     tile.r0 = tile.part * t->per;
     tile.r1 = tile.r0 + t->per < t->rows ? tile.r0 + t->per : t->rows;
-    tile.c0 = k % t->chunks * BN_TILE_CHANNELS;
-    tile.c1 = tile.c0 + BN_TILE_CHANNELS < t->channels ? tile.c0 + BN_TILE_CHANNELS : t->channels;
+    tile.c0 = k % t->chunks * t->width;
+    tile.c1 = tile.c0 + t->width < t->channels ? tile.c0 + t->width : t->channels;
     return tile;
 }
 

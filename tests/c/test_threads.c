@@ -145,8 +145,9 @@ BN_SUITE(suite_threads_streaming_stores) {
  * of 20000 bytes, f32 training overlaps and f32 backward does not; the reverse in f64): the
  * same bits either way, whatever the chunk width. */
 BN_SUITE(suite_threads_cache_chunks) {
-    static const int64_t shapes[][3] = {{16, 37, 301}, {200, 300, 1}, {7, 70, 9}};
-    const int64_t budgets[] = {1, INT64_C(1) << 40, 20000}; /* never, always, narrow chunks */
+    static const int64_t shapes[][3] = {{16, 37, 301}, {200, 300, 1}, {7, 70, 9}, {8, 1000, 1}};
+    /* never, always, chunks of about 300 channels for (8, 1000, 1) training */
+    const int64_t budgets[] = {1, INT64_C(1) << 40, 20000};
     for (size_t k = 0; k < 2 * sizeof shapes / sizeof shapes[0]; k++)
         for (int dt = 0; dt < 2; dt++) {
             const int64_t *shape = shapes[k / 2];
