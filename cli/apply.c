@@ -13,11 +13,11 @@
 
 static const char usage[] =
     "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
-    "                   [--channels-last]\n";
+    "                   [--channels-last] [--check-finite]\n";
 
 static const char help[] =
     "usage: bnorm apply --stats STATS.safetensors IN.npy -o OUT.npy [--prefix NAME] [--eps E]\n"
-    "                   [--channels-last]\n"
+    "                   [--channels-last] [--check-finite]\n"
     "\n"
     "Eval-mode batch normalization, as a torch BatchNorm in eval() computes it:\n"
     "    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias\n"
@@ -31,16 +31,19 @@ static const char help[] =
     "  --prefix NAME              key prefix in STATS: NAME.running_mean ... (default: none)\n"
     "  --eps E                    added to the variance, a finite number >= 0 (default 1e-05)\n"
     "  --channels-last            the channel is the last dimension: IN is (N, ..., C)\n"
+    "  --check-finite             refuse IN or statistics holding NaN or infinity (exit 1,\n"
+    "                             naming the first); without it they propagate as in torch\n"
     "  -h, --help                 show this help\n";
 
 typedef struct apply_args {
     const char *in, *out, *stats, *prefix, *eps_text;
     double eps;
-    int channels_last;
+    int channels_last, check_finite;
 } apply_args;
 
 static int parse_args(apply_args *a, int argc, char **argv) {
-    const cli_flag flags[] = {{"--channels-last", &a->channels_last}, {NULL, NULL}};
+    const cli_flag flags[] = {{"--channels-last", &a->channels_last},
+                              {"--check-finite", &a->check_finite}, {NULL, NULL}};
     const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--stats", &a->stats},
                                   {NULL, "--prefix", &a->prefix}, {NULL, "--eps", &a->eps_text},
                                   {NULL, NULL, NULL}};
@@ -60,7 +63,8 @@ static int parse_args(apply_args *a, int argc, char **argv) {
 }
 
 /* Tensor NAME (with the prefix) of the stats file as c values of dtype in out (c elements);
- * missing: 0 when optional (out untouched), else an error. */
+ * missing: 0 when optional (out untouched), else an error. With --check-finite, values that
+ * are not finite in dtype are refused. */
 static int take(void *out, const cli_st_file *f, const apply_args *a, const char *name,
                 int64_t c, bn_dtype dtype, int required, int *found) {
     char key[600];
@@ -79,7 +83,9 @@ static int take(void *out, const cli_st_file *f, const apply_args *a, const char
         if (dtype == BN_FLOAT32) ((float *)out)[k] = (float)v;
         else ((double *)out)[k] = v;
     }
-    return CLI_OK;
+    const bn_desc per_channel = {1, c, 1, dtype, BN_CHANNELS_FIRST};
+    return a->check_finite ? cli_refuse_nonfinite(a->stats, key, out, &per_channel, 0, 1, &c)
+                           : CLI_OK;
 }
 
 static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
@@ -101,6 +107,9 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     if (st != BN_OK)
         return cli_fail(a->in, "shape %s: batch normalization needs %s with C >= 1", shape,
                         a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
+    if (a->check_finite &&
+        cli_refuse_nonfinite(a->in, NULL, x->data, &desc, 0, x->ndim, x->dims) != CLI_OK)
+        return CLI_RUNTIME_ERROR;
     *params = malloc((size_t)desc.c * 4 * 8);
     if (!*params) return cli_fail(a->in, "out of memory");
     const size_t es = x->dtype == BN_FLOAT32 ? 4 : 8;

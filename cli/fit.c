@@ -21,11 +21,13 @@
 
 static const char usage[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
-    "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n";
+    "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n"
+    "                 [--check-finite]\n";
 
 static const char help[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
     "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n"
+    "                 [--check-finite]\n"
     "\n"
     "Per-channel statistics of the samples of every FILE (float32 or float64 arrays of shape\n"
     "(N, C, ...) with the same C and sizes after it, taken one after the other as one dataset),\n"
@@ -41,6 +43,8 @@ static const char help[] =
     "                           variance, as torch.optim.swa_utils.update_bn computes them\n"
     "  --prefix NAME            key prefix, as in a state_dict: NAME.running_mean ...\n"
     "  --channels-last          the channel is the last dimension: (N, ..., C), such as NHWC\n"
+    "  --check-finite           refuse files holding NaN or infinity (exit 1, naming the first\n"
+    "                           and writing nothing); without it they make their channel NaN\n"
     "  -h, --help               show this help\n"
     "Under mpirun the ranks split the batches between them; the result equals one process's\n"
     "within rounding. A progress bar is shown on stderr when it is a terminal.\n";
@@ -50,11 +54,12 @@ typedef struct fit_args {
     int nfiles;
     const char *out, *prefix, *batch_text, *estimator;
     int64_t batch;
-    int batch_mean, channels_last;
+    int batch_mean, channels_last, check_finite;
 } fit_args;
 
 static int parse_args(fit_args *a, int argc, char **argv) {
-    const cli_flag flags[] = {{"--channels-last", &a->channels_last}, {NULL, NULL}};
+    const cli_flag flags[] = {{"--channels-last", &a->channels_last},
+                              {"--check-finite", &a->check_finite}, {NULL, NULL}};
     const cli_option options[] = {{"-o", "--out", &a->out}, {NULL, "--batch", &a->batch_text},
                                   {NULL, "--estimator", &a->estimator},
                                   {NULL, "--prefix", &a->prefix}, {NULL, NULL, NULL}};
@@ -189,6 +194,12 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                 break;
             }
             bn_desc desc = {n, C, d->s, in->dtype, d->layout};
+            if (a->check_finite &&
+                cli_refuse_nonfinite(a->files[f], NULL, buf, &desc, (g - d->start[f]) * per_sample,
+                                     in->ndim, in->dims) != CLI_OK) {
+                status = CLI_RUNTIME_ERROR;
+                break;
+            }
             st = bn_compute_moments(part, buf, &desc);
             if (st == BN_OK) st = bn_merge_moments(batch, part, C);
             if (st != BN_OK) status = cli_fail(a->files[f], "%s", bn_status_string(st));

@@ -6,7 +6,6 @@
 #include "cli.h"
 #include "npy.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,23 +96,9 @@ static int read_param(bn_npy *p, const char *path, const char *what, int64_t c, 
     return CLI_OK;
 }
 
-/* --check-finite: fails naming the first NaN or infinity of arr (described to the library as
- * d), by its index in the file's shape and its channel. */
+/* --check-finite on a whole file */
 static int refuse_nonfinite(const char *path, const bn_npy *arr, const bn_desc *d) {
-    int64_t channel, index, at[BN_NPY_MAX_NDIM];
-    bn_status st = bn_check_finite(&channel, &index, arr->data, d);
-    if (st == BN_OK) return CLI_OK;
-    if (st != BN_ERR_NOT_FINITE) return cli_fail(path, "%s", bn_status_string(st));
-    double v = arr->dtype == BN_FLOAT32 ? ((const float *)arr->data)[index]
-                                        : ((const double *)arr->data)[index];
-    for (int k = arr->ndim - 1; k >= 0; k--) { /* the file's C order */
-        at[k] = index % arr->dims[k];
-        index /= arr->dims[k];
-    }
-    char where[512];
-    return cli_fail(path, "%s at index %s (channel %lld), refused by --check-finite",
-                    isnan(v) ? "nan" : v > 0 ? "inf" : "-inf",
-                    bn_npy_shape_string(where, sizeof where, arr->ndim, at), (long long)channel);
+    return cli_refuse_nonfinite(path, NULL, arr->data, d, 0, arr->ndim, arr->dims);
 }
 
 static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias) {

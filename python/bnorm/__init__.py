@@ -21,6 +21,8 @@ eps < 0 and momentum outside [0, 1] raise BnormError (torch computes with them),
 even for an empty input, and other dtypes raise TypeError instead of RuntimeError.
 """
 
+import ctypes
+
 import numpy as np
 
 from ._lib import BnormError, version_string
@@ -28,7 +30,7 @@ from . import _lib
 
 __all__ = [
     "batch_norm", "forward_train", "forward_eval", "backward_train", "backward_eval",
-    "BnormError", "__version__",
+    "check_finite", "BnormError", "__version__",
 ]
 
 __version__ = version_string()
@@ -223,6 +225,37 @@ def backward_eval(dy, x, running_mean, running_var, weight=None, eps=1e-5):
                                        float(eps))
     _lib.check(status, "bn_backward_eval")
     return dx, dweight, dbias
+
+
+def check_finite(x):
+    """bn_check_finite: raise BnormError (name BN_ERR_NOT_FINITE) if x holds a NaN or an infinity.
+
+    The passes take such values like any other and carry them into the statistics and outputs of
+    their channel, as torch does; call this first to refuse them instead. The error names the
+    first one in x's memory order: its .index (a tuple indexing x) and .channel. A per-channel
+    array (weight, bias, running statistics) is checked as x.reshape(1, -1). Returns None when
+    every value is finite.
+    """
+    x, layout = _tensor("x", x)
+    desc = _lib.make_desc(x.shape, _DTYPES[x.dtype], layout)
+    channel, offset = ctypes.c_int64(), ctypes.c_int64()
+    status = _lib.lib.bn_check_finite(ctypes.byref(channel), ctypes.byref(offset), _ptr(x), desc)
+    if status == 0:
+        return None
+    err = _lib.BnormError(status, "bn_check_finite")
+    if err.name == "BN_ERR_NOT_FINITE":
+        if layout == _lib.BN_CHANNELS_FIRST:
+            index = np.unravel_index(offset.value, x.shape)
+        else:  # memory is (N, ..., C)
+            m = np.unravel_index(offset.value, np.moveaxis(x, 1, -1).shape)
+            index = (m[0], m[-1]) + tuple(m[1:-1])
+        err.index = tuple(int(i) for i in index)
+        err.channel = int(channel.value)
+        value = x[err.index]
+        err.args = ("%s: %s at index %s (channel %d)" % (
+            err.args[0], "nan" if np.isnan(value) else "inf" if value > 0 else "-inf",
+            err.index, err.channel),)
+    raise err
 
 
 # ------------------------------------------------------------------------------------------------

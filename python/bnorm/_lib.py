@@ -136,6 +136,9 @@ _SIGNATURES = [
     ("bn_backward_sums", ctypes.c_int, [_vp] * 6 + [_desc_p]),
     # dx, dy, x, save_mean, save_invstd, weight, sum_dy, sum_dy_xhat, count, desc
     ("bn_backward_train_sums", ctypes.c_int, [_vp] * 8 + [ctypes.c_int64, _desc_p]),
+    # channel, index, x, desc
+    ("bn_check_finite", ctypes.c_int,
+     [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), _vp, _desc_p]),
 ]
 
 for _name, _res, _args in _SIGNATURES:

@@ -277,6 +277,62 @@ def test_errors_name_the_file_and_leave_no_output(tmp_path):
         assert r.returncode == 2 and "usage" in r.stderr, (args, r.stderr)
 
 
+@pytest.mark.parametrize("ranks", [None, 3])
+def test_fit_check_finite(tmp_path, ranks):
+    """--check-finite: the first NaN or infinity in the dataset is named by file, index in that
+    file and channel; nothing is written. Without it, fit computes NaN for that channel only."""
+    x1 = np.random.default_rng(2).standard_normal((10, 3, 4)).astype(np.float32)
+    x2 = np.random.default_rng(3).standard_normal((9, 3, 4)).astype(np.float32)
+    x2[7, 1, 2] = np.inf  # in the second file, past the first batches of 4 samples
+    x2[8, 0, 0] = np.nan
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, x1)
+    np.save(b, x2)
+    out = tmp_path / "s.safetensors"
+    r = run("fit", a, b, "--out", out, "--batch", 4, "--check-finite", ranks=ranks)
+    assert r.returncode != 0 and (ranks or r.returncode == 1)
+    assert "b.npy: inf at index (7, 1, 2) (channel 1), refused by --check-finite" in r.stderr, \
+        r.stderr
+    assert not out.exists()
+    # channels-last: the channel is the file's last index
+    r = run("fit", a, b, "--out", out, "--check-finite", "--channels-last", ranks=ranks)
+    assert "b.npy: inf at index (7, 1, 2) (channel 2)" in r.stderr, r.stderr
+    assert not out.exists()
+    # finite input passes, and equals the run without the flag
+    np.save(b, np.nan_to_num(x2, posinf=0.0, nan=0.0))
+    assert run("fit", a, b, "--out", out, "--check-finite", ranks=ranks).returncode == 0
+    checked = out.read_bytes()
+    assert run("fit", a, b, "--out", out, ranks=ranks).returncode == 0
+    assert out.read_bytes() == checked
+
+
+def test_apply_check_finite(tmp_path):
+    x = np.random.default_rng(6).standard_normal((5, 3, 2)).astype(np.float32)
+    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(src, x)
+    stats = tmp_path / "s.safetensors"
+    write_safetensors(stats, {"bn.running_mean": np.zeros(3, np.float32),
+                              "bn.running_var": np.array([1, 1, np.nan], np.float32),
+                              "bn.weight": np.ones(3, np.float32)})
+    r = run("apply", "--stats", stats, src, "-o", out, "--prefix", "bn", "--check-finite")
+    assert r.returncode == 1 and \
+        's.safetensors: "bn.running_var": nan at index (2,) (channel 2), refused by ' \
+        '--check-finite' in r.stderr, r.stderr
+    assert not out.exists()
+    # without the flag the NaN propagates to its channel, as torch's eval does
+    assert run("apply", "--stats", stats, src, "-o", out, "--prefix", "bn").returncode == 0
+    y = np.load(out)
+    assert np.isnan(y[:, 2]).all() and np.isfinite(y[:, :2]).all()
+    out.unlink()
+    write_safetensors(stats, {"running_mean": np.zeros(3, np.float32),
+                              "running_var": np.ones(3, np.float32)})
+    x[4, 0, 1] = -np.inf
+    np.save(src, x)
+    r = run("apply", "--stats", stats, src, "-o", out, "--check-finite")
+    assert r.returncode == 1 and "x.npy: -inf at index (4, 0, 1) (channel 0)" in r.stderr
+    assert not out.exists()
+
+
 def torch_eval(x, mean, var, weight=None, bias=None, eps=1e-5):
     t = torch.from_numpy(x.astype(np.float64))
     f = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))

@@ -484,3 +484,47 @@ def test_library_found_in_build_without_environment():
                           env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert os.path.realpath(proc.stdout.strip()) == os.path.realpath(built)
+
+
+# ------------------------------------------------------------------------------------------------
+# check_finite
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_check_finite_names_the_first_nonfinite(dtype):
+    x = np.random.default_rng(5).standard_normal((3, 4, 5, 6)).astype(dtype)
+    assert bnorm.check_finite(x) is None
+    bad = x.copy()
+    bad[2, 1, 3, 4] = np.inf
+    bad[1, 3, 0, 2] = np.nan  # first in memory order
+    with pytest.raises(bnorm.BnormError) as e:
+        bnorm.check_finite(bad)
+    assert e.value.name == "BN_ERR_NOT_FINITE" and e.value.function == "bn_check_finite"
+    assert e.value.index == (1, 3, 0, 2) and e.value.channel == 3
+    assert "nan at index (1, 3, 0, 2) (channel 3)" in str(e.value)
+    assert np.isnan(bad[e.value.index])
+
+
+def test_check_finite_channels_last_memory():
+    # NHWC memory seen as (N, C, H, W): the first non-finite value in memory order is named by
+    # its index in the array as the caller sees it
+    nhwc = np.ones((2, 3, 4, 5), np.float32)
+    nhwc[0, 2, 1, 4] = -np.inf   # n=0, h=2, w=1, c=4: earlier in memory than the next one
+    nhwc[1, 0, 0, 0] = np.inf
+    x = np.moveaxis(nhwc, -1, 1)
+    with pytest.raises(bnorm.BnormError) as e:
+        bnorm.check_finite(x)
+    assert e.value.index == (0, 4, 2, 1) and e.value.channel == 4
+    assert "-inf at index (0, 4, 2, 1)" in str(e.value)
+    assert x[e.value.index] == -np.inf
+
+
+def test_check_finite_per_channel_arrays_and_bad_input():
+    w = np.array([1.0, np.inf, 2.0], np.float32)
+    with pytest.raises(bnorm.BnormError) as e:
+        bnorm.check_finite(w.reshape(1, -1))
+    assert e.value.index == (0, 1) and e.value.channel == 1
+    with pytest.raises(TypeError):
+        bnorm.check_finite(np.zeros((2, 3), np.int32))
+    with pytest.raises(ValueError):
+        bnorm.check_finite(np.zeros(3, np.float32))
+    assert bnorm.check_finite(np.zeros((0, 3), np.float32)) is None
