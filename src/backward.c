@@ -1,6 +1,7 @@
 /* backward.c - gradients of the training and eval forward passes: the sums of dy and
  * dy * (x - mean) per channel first, then dweight, dbias and dx.
- *   channels-first: channel by channel (in parallel);
+ *   channels-first: channel by channel (in parallel), each channel's dx formed while the next
+ *   one's sums are read where that pays (backward_run);
  *   channels-last: sums over tiles of the (N*S, C) rows (in parallel), added per channel in the
  *   order of the rows, then dx tile by tile (in parallel); when a chunk of channels fits in
  *   cache with all its rows, chunk by chunk instead, dx computed while the chunk is in cache.
@@ -212,8 +213,7 @@ static bn_status run_backward(backward_args *a, const bn_desc *desc) {
         bn_parallel_for(a->d.c, elements, backward_channel, a);
         return BN_OK;
     }
-    const int64_t runs = bn_get_num_threads() < a->d.c ? bn_get_num_threads() : a->d.c;
-    a->run = (a->d.c + runs - 1) / runs;
+    a->run = bn_run_length(a->d.c);
     bn_parallel_for((a->d.c + a->run - 1) / a->run, elements, backward_run, a);
     return BN_OK;
 }

@@ -1,6 +1,7 @@
 /* forward.c - the training and eval forward passes: validate everything, then statistics,
  * saved and running statistics, and the normalized output.
- *   channels-first: channel by channel (in parallel), each normalized while still in cache;
+ *   channels-first: channel by channel (in parallel), each normalized while still in cache, or
+ *   while the next one's statistics are read (train_run);
  *   channels-last: statistics of tiles of the (N*S, C) rows (in parallel), merged per channel
  *   in the order of the rows, then the tiles normalized (in parallel); when a chunk of channels
  *   fits in cache with all its rows, chunk by chunk instead, each normalized while in cache.
@@ -162,8 +163,7 @@ static bn_status run_train(train_args *a) {
         bn_parallel_for(a->d.c, elements, train_channel, a);
         return BN_OK;
     }
-    const int64_t runs = bn_get_num_threads() < a->d.c ? bn_get_num_threads() : a->d.c;
-    a->run = (a->d.c + runs - 1) / runs;
+    a->run = bn_run_length(a->d.c);
     bn_parallel_for((a->d.c + a->run - 1) / a->run, elements, train_run, a);
     return BN_OK;
 }

@@ -3,11 +3,12 @@
  * Two shapes of work, one per memory layout:
  *   channels-first: one channel at a time, its N rows of S contiguous values, row i at
  *     x + i*stride (stride = C*S). Each row is cut into blocks of at most BN_BLOCK values.
- *     A channel's statistics and its normalization follow each other while it is in cache.
+ *     A channel's statistics and its normalization follow each other while it is in cache,
+ *     or the normalization rides along the next channel's statistics (the *_next kernels).
  *   channels-last: R = N*S rows of C values, row r at x + r*C, vectorized across channels.
  *     Rows are cut into blocks of BN_ROWS rows, each block's channels into groups of one
  *     vector (16 float32 or 8 float64 channels, one cache line per row).
- * Statistics are mean-centred per block (two passes over a block that sits in L1), accumulated
+ * Statistics are centred per block (deviations from one of the block's values, in one pass), accumulated
  * in double and merged block after block in order (Chan et al.), so the result depends on the
  * shape alone: not on the thread count, not on which SIMD unit the machine has.
  * Vectors are 64 bytes; the code runs as AVX-512, AVX2 or SSE2, chosen at run time. */

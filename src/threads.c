@@ -40,6 +40,12 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
     for (int64_t k = 0; k < items; k++) fn(args, k);
 }
 
+int64_t bn_run_length(int64_t items) {
+    const int64_t threads = bn_get_num_threads();
+    const int64_t runs = threads < items ? threads : items;
+    return runs > 0 ? (items + runs - 1) / runs : 1;
+}
+
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels) {
     int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
     per = (per + BN_ROWS - 1) / BN_ROWS * BN_ROWS;

@@ -1,5 +1,7 @@
-/* threads.h - how a call spreads over threads. Work is cut into items fixed by the shape
- * (channels, or parts of the rows); the thread count only decides who does which item. */
+/* threads.h - how a call spreads over threads. Work whose results are summed or merged is cut
+ * into items fixed by the shape (channels, or parts of the rows); the thread count only decides
+ * who does which item. Work on independent channels or rows may also be grouped into one run per
+ * thread (bn_run_length), which changes no bit either. */
 #ifndef BN_THREADS_H
 #define BN_THREADS_H
 
@@ -9,6 +11,10 @@
 
 /* Below this many elements a call stays on the calling thread: starting threads costs more. */
 #define BN_PARALLEL_MIN_ELEMENTS (INT64_C(1) << 15)
+/* Items per run when `items` independent items are grouped into one run per thread (at most
+ * one run per item): each thread then works its run in order, one item overlapping the next. */
+int64_t bn_run_length(int64_t items);
+
 /* Channels-last work cuts the rows into at most this many parts. */
 #define BN_MAX_PARTS 64
 
