@@ -187,7 +187,8 @@ static bn_status backward_channels_last(backward_args *a) {
         if (!a->given_sums) bn_parallel_for(tiles, elements, tile_sums, a);
         add_parts(a, 0, C);
         a->pieces = bn_tiles_elementwise(a->tiles.rows, C);
-        if (a->dx) bn_parallel_for(a->pieces.parts * a->pieces.chunks, elements, tile_grad_input, a);
+        if (a->dx)
+            bn_parallel_for(a->pieces.parts * a->pieces.chunks, elements, tile_grad_input, a);
     }
     bn_scratch_release(&scratch);
     return BN_OK;

@@ -8,9 +8,9 @@
  *   channels-last: R = N*S rows of C values, row r at x + r*C, vectorized across channels.
  *     Rows are cut into blocks of BN_ROWS rows, each block's channels into groups of one
  *     vector (16 float32 or 8 float64 channels, one cache line per row).
- * Statistics are centred per block (deviations from one of the block's values, in one pass), accumulated
- * in double and merged block after block in order (Chan et al.), so the result depends on the
- * shape alone: not on the thread count, not on which SIMD unit the machine has.
+ * Statistics are centred per block (deviations from one of the block's values, in one pass),
+ * accumulated in double and merged block after block in order (Chan et al.), so the result
+ * depends on the shape alone: not on the thread count, not on which SIMD unit the machine has.
  * Vectors are 64 bytes; the code runs as AVX-512, AVX2 or SSE2, chosen at run time. */
 #ifndef BN_KERNELS_H
 #define BN_KERNELS_H
