@@ -84,8 +84,9 @@
  * THREADS AND THREAD SAFETY
  *
  *   Large calls spread their work over OpenMP threads: bn_set_num_threads() sets how many (by
- *   default, OpenMP's default). The work is cut into pieces fixed by the shape alone and merged
- *   in a fixed order, so every result is bit-for-bit the same for any number of threads, and
+ *   default, OpenMP's default). Statistics and sums are cut into pieces fixed by the shape alone
+ *   and merged in a fixed order, and how whole channels or rows are grouped per thread changes
+ *   nothing computed, so every result is bit-for-bit the same for any number of threads, and
  *   with or without AVX-512 (make isa-check compares the two builds). On first use the library
  *   reads the cache sizes from Linux's /sys/devices/system/cpu/cpu0/cache: they decide how much
  *   work a thread takes at a time and whether large outputs bypass the cache, never a bit of a
