@@ -10,6 +10,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,19 +112,70 @@ def test_header_length_past_the_end(tmp_path):
 
 # --- unreadable input, unwritable output ----------------------------------------------------
 
+@pytest.fixture
+def unprivileged(tmp_path_factory):
+    """(run, place): run(*args) runs the command as a user that file permissions apply to (this
+    one, or nobody when the tests run as root, as in CI: root reads and writes anything), and
+    place is a directory that user can reach, holding a copy of the command."""
+    place = Path(tempfile.mkdtemp(prefix="bnorm-perm-"))
+    place.chmod(0o755)
+    command = place / "bnorm"
+    shutil.copy2(BNORM, command)  # the checkout itself may not be reachable for nobody
+    command.chmod(0o755)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = [shutil.which("setpriv") or "/usr/bin/setpriv", "--reuid=65534",
+                  "--regid=65534", "--clear-groups"]
+
+    def run_as(*args):
+        return subprocess.run(prefix + [str(command), *map(str, args)], capture_output=True,
+                              text=True, timeout=60)
+    yield run_as, place
+    for p in place.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+    shutil.rmtree(place)
+
+
+def test_permission_denied_without_privileges(unprivileged):
+    """An input the user may not read, an output directory it may not write into: exit 1, the
+    file named, nothing created; for normalize, apply and fit alike."""
+    run_as, place = unprivileged
+    src = place / "in.npy"
+    np.save(src, sample((4, 3, 5), np.float32))
+    src.chmod(0o644)
+    stats = place / "s.safetensors"
+    assert run("fit", src, "--out", stats).returncode == 0  # as this user
+    stats.chmod(0o644)
+
+    secret = place / "secret.npy"
+    shutil.copy2(src, secret)
+    secret.chmod(0)
+    for args in (["normalize", secret, "-o", place / "y.npy"],
+                 ["apply", "--stats", stats, secret, "-o", place / "y.npy"],
+                 ["fit", secret, "--out", place / "t.safetensors"]):
+        r = run_as(*args)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert r.stderr.startswith(f"bnorm: {secret}: ") and "Permission denied" in r.stderr, \
+            r.stderr
+
+    ro = place / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    for args, out in ((["normalize", src, "-o"], ro / "y.npy"),
+                      (["apply", "--stats", stats, src, "-o"], ro / "y.npy"),
+                      (["fit", src, "--out"], ro / "s.safetensors")):
+        r = run_as(*args, out)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert f"bnorm: {out}: " in r.stderr and "Permission denied" in r.stderr, r.stderr
+        assert list(ro.iterdir()) == []
+
 def test_unreadable_input(tmp_path):
     expect_failure(tmp_path, tmp_path, "cannot read: Is a directory")
     good_file(tmp_path)
     expect_failure(tmp_path, tmp_path / "in.npy" / "x.npy", "cannot open: Not a directory")
     # a file the kernel refuses to read (even for root): read(2) fails with EIO
     expect_failure(tmp_path, "/proc/self/mem", "read failed: Input/output error")
-    if os.geteuid() != 0:
-        src = good_file(tmp_path)
-        src.chmod(0)
-        try:
-            expect_failure(tmp_path, src, "Permission denied")
-        finally:
-            src.chmod(0o600)
 
 
 def test_output_directory_refusing_files(tmp_path):
