@@ -130,9 +130,10 @@ sanitize:
 	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
 	$(if $(HAVE_MPI),ASAN_OPTIONS=detect_leaks=0 mpirun $(MPIRUN_FLAGS) -np 3 build-san/test_bnorm_mpi)
 
-# The C tests under ThreadSanitizer, threaded paths included: clang's OpenMP runtime (libomp)
-# with its TSan tool, archer, which tells TSan about OpenMP's own synchronization. The kernels
-# are built once, without run-time clones: ifunc resolvers run before TSan is initialized.
+# The C tests (and the MPI tests, on 3 ranks) under ThreadSanitizer, threaded paths included:
+# clang's OpenMP runtime (libomp) with its TSan tool, archer, which tells TSan about OpenMP's own
+# synchronization. The kernels are built once, without run-time clones: ifunc resolvers run
+# before TSan is initialized.
 ARCHER ?= $(firstword $(wildcard /usr/lib/llvm-14/lib/libarcher.so /usr/lib/llvm-*/lib/libarcher.so))
 # A canary with a deliberate race must be reported first (exit 66), or the run fails.
 TSAN_RUN = OMP_TOOL_LIBRARIES=$(ARCHER) ARCHER_OPTIONS=verbose=1 OMP_NUM_THREADS=4 \
@@ -141,12 +142,13 @@ tsan:
 	@test -n "$(ARCHER)" || { echo "make tsan: libarcher.so is missing: apt-get install libomp-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-tsan CC=clang OPT=-O1 OPENMP=-fopenmp=libomp \
 	  CFLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer -DBN_NO_CLONES" \
-	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm
+	  LDFLAGS="-fsanitize=thread" build-tsan/test_bnorm $(if $(HAVE_MPI),build-tsan/test_bnorm_mpi)
 	clang -O1 -g -fsanitize=thread -fopenmp=libomp -o build-tsan/race_canary tests/tsan/race_canary.c
 	@$(TSAN_RUN) build-tsan/race_canary >/dev/null 2>&1; \
 	  if [ $$? -eq 66 ]; then echo "tsan: the race canary was caught"; \
 	  else echo "make tsan: ThreadSanitizer missed the race canary" >&2; exit 1; fi
 	$(TSAN_RUN) build-tsan/test_bnorm
+	$(if $(HAVE_MPI),$(TSAN_RUN) mpirun $(MPIRUN_FLAGS) -np 3 build-tsan/test_bnorm_mpi)
 
 # The C tests under valgrind memcheck: any error or leak fails the run. The MPI tests run too,
 # with Open MPI's suppressions for its own runtime and without leak checks (Open MPI keeps its
