@@ -14,9 +14,9 @@ int cli_refuse_nonfinite(const char *path, const char *tensor, const void *data,
     const double v = desc->dtype == BN_FLOAT32 ? ((const float *)data)[index]
                                                : ((const double *)data)[index];
     index += offset;
-    for (int k = ndim - 1; k >= 0; k--) { /* the file's C order */
-        at[k] = dims[k] ? index % dims[k] : 0;
-        index = dims[k] ? index / dims[k] : 0;
+    for (int k = ndim - 1; k >= 0; k--) { /* the file's C order; no size is 0, a value was found */
+        at[k] = index % dims[k];
+        index /= dims[k];
     }
     char where[512];
     bn_npy_shape_string(where, sizeof where, ndim, at);

@@ -216,26 +216,17 @@ void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t
                             desc->c * desc->s, mean, scale, shift);
 }
 
-/* As OUT_F32 and OUT_F64, for kernels that return a value. */
-#ifdef BN_HAVE_STREAM
-#define OUT_RET(f, ...) \
-    (use_stream(desc) ? streamed_moments(f##_stream(__VA_ARGS__)) : f(__VA_ARGS__))
-static bn_moments streamed_moments(bn_moments m) {
-    _mm_sfence();
-    return m;
-}
-#else
-#define OUT_RET(f, ...) f(__VA_ARGS__)
-#endif
-
 bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void *x, int64_t c,
                                        double mean, double scale, double shift) {
     const int64_t at = c * desc->s;
+    bn_moments next;
     if (desc->dtype == BN_FLOAT32)
-        return OUT_RET(bn_cf_normalize_next_f32, (float *)y + at, (const float *)x + at,
-                       (const float *)x + at + desc->s, CF_ROWS, mean, scale, shift);
-    return OUT_RET(bn_cf_normalize_next_f64, (double *)y + at, (const double *)x + at,
-                   (const double *)x + at + desc->s, CF_ROWS, mean, scale, shift);
+        OUT_F32(bn_cf_normalize_next, &next, (float *)y + at, (const float *)x + at,
+                (const float *)x + at + desc->s, CF_ROWS, mean, scale, shift);
+    else
+        OUT_F64(bn_cf_normalize_next, &next, (double *)y + at, (const double *)x + at,
+                (const double *)x + at + desc->s, CF_ROWS, mean, scale, shift);
+    return next;
 }
 
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,

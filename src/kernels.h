@@ -35,11 +35,12 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
     /* x: (N, S) rows at stride. Count, mean and M2 of the channel. */                          \
     bn_moments bn_cf_moments_##SUF(const T *x, int64_t n, int64_t s, int64_t stride);           \
     /* y, x, next: (N, S) rows at stride (y may be x). Normalizes x into y as bn_cf_normalize_   \
-     * and returns the moments of next as bn_cf_moments_ (the same bits), piece by piece: one   \
-     * channel is read from memory while the other is written. */                               \
-    bn_moments bn_cf_normalize_next_##SUF(T *y, const T *x, const T *next, int64_t n,           \
-                                          int64_t s, int64_t stride, double mean, double scale, \
-                                          double shift);                                        \
+     * and puts the moments of next, as bn_cf_moments_ finds them (the same bits), in           \
+     * *next_moments, piece by piece: one channel is read from memory while the other is       \
+     * written. */                                                                              \
+    void bn_cf_normalize_next_##SUF(bn_moments *next_moments, T *y, const T *x, const T *next, \
+                                    int64_t n, int64_t s, int64_t stride, double mean,          \
+                                    double scale, double shift);                                \
     /* y, x: (N, S) rows at stride (y may be x). y = (x - mean) * scale + shift. */             \
     void bn_cf_normalize_##SUF(T *y, const T *x, int64_t n, int64_t s, int64_t stride,         \
                                double mean, double scale, double shift);                        \

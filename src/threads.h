@@ -33,7 +33,7 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
  * Fixed by the shape alone; tile k is part k / chunks, chunk k % chunks. */
 typedef struct {
     int64_t rows, per, parts;
-    int64_t channels, chunks, width; /* width: channels per chunk (BN_TILE_CHANNELS) */
+    int64_t channels, chunks, width; /* width: channels per chunk */
 } bn_tiles;
 
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
