@@ -392,12 +392,16 @@ def main():
     if a.rounds < 1:
         p.error("--rounds must be >= 1")
     if a.redraw:
-        saved = json.loads(Path(a.redraw).read_text())
+        try:
+            saved = json.loads(Path(a.redraw).read_text())
+            cases, machine, rounds = saved["cases"], saved["machine"], saved["rounds"]
+            table = make_table(cases, machine, rounds, llc_threshold(machine["caches"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            fail(f"--redraw {a.redraw}: not a results.json that make bench wrote "
+                 f"({type(e).__name__}: {e})")
         out = Path(a.out)
-        table = make_table(saved["cases"], saved["machine"], saved["rounds"],
-                           llc_threshold(saved["machine"]["caches"]))
         (out / "table.md").write_text(table)
-        make_chart(saved["cases"], out / "chart.png", saved["machine"], saved["rounds"])
+        make_chart(cases, out / "chart.png", machine, rounds)
         print(table)
         return
 

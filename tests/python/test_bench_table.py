@@ -2,6 +2,8 @@
 issue asks for (half the best peer's) and whether even the roofline kernel is slower than that,
 and the verdict. Needs no peer and measures nothing."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,3 +56,18 @@ def test_no_mark_when_bnorm_is_faster_than_asked():
     row, line = table_rows(ours=100, roofline=800, torch_ns=1000, onednn_ns=4000)
     c = cells(line)
     assert c[6] == "500 ns" and c[9] == "met"
+
+
+def test_redraw_refuses_what_is_not_a_results_file(tmp_path):
+    """--redraw of a missing, malformed or foreign file: exit 1, one line naming it, no table."""
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"cases": []}')
+    for path in (tmp_path / "missing.json", bad_json, foreign):
+        r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--redraw", str(path),
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.startswith(f"bench: --redraw {path}: not a results.json"), r.stderr
+        assert r.stderr.count("\n") == 1 and r.stdout == ""
+        assert not (tmp_path / "table.md").exists()
