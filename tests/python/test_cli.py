@@ -300,8 +300,9 @@ def test_replaces_existing_output(tmp_path):
 SENTINEL = b"existing output, must survive\n"
 
 
-def expect_failure(tmp_path, in_file, message, *options, out=None, blame=None):
-    """Runs normalize with an existing output file; it must fail, name the file, keep OUT."""
+def expect_failure(tmp_path, in_file, message, *options, out=None, blame=None, limit=None):
+    """Runs normalize with an existing output file; it must fail, name the file, keep OUT.
+    limit: run in the child before the command (resource limits)."""
     out = out or tmp_path / "out.npy"
     if not str(out).startswith("/dev/"):
         try:
@@ -309,7 +310,7 @@ def expect_failure(tmp_path, in_file, message, *options, out=None, blame=None):
         except OSError:
             pass
     before = sorted(os.listdir(tmp_path))
-    r = run("normalize", in_file, "-o", out, *options)
+    r = run("normalize", in_file, "-o", out, *options, preexec_fn=limit)
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert r.stdout == ""
     blame = blame or in_file
@@ -434,14 +435,10 @@ def test_write_error_keeps_existing_output(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 
     out = tmp_path / "out.npy"
-    out.write_bytes(SENTINEL)
-    before = sorted(os.listdir(tmp_path))
-    r = subprocess.run([str(BNORM), "normalize", str(src), "-o", str(out)], capture_output=True,
-                       text=True, preexec_fn=limit, timeout=60)
-    assert r.returncode == 1, r.stderr
+    r = expect_failure(tmp_path, src, "write failed: File too large", out=out, blame=out,
+                       limit=limit)
     assert r.stderr.startswith(f"bnorm: {out}: write failed: File too large"), r.stderr
     assert out.read_bytes() == SENTINEL
-    assert sorted(os.listdir(tmp_path)) == before
 
 
 def test_stdout_error_is_reported():
