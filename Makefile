@@ -175,11 +175,12 @@ fuzz-build:
 	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libbnorm.a
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
 
 # the safetensors reader of `bnorm fit` and `apply` lives in cli/ and needs cJSON
-build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c cli/safetensors.c build-fuzz/libbnorm.a
+build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_files.h cli/safetensors.c \
+                             build-fuzz/libbnorm.a
 	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DBN_HAVE_CJSON -Iinclude -Isrc -Icli -o $@ \
 	  $< cli/safetensors.c build-fuzz/libbnorm.a -lcjson -lm

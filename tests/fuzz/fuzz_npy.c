@@ -8,34 +8,15 @@
  * again to the same bytes. */
 #define _POSIX_C_SOURCE 200809L
 
+#include "fuzz_files.h"
 #include "npy.h"
 
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-/* One file per process, rewritten for each input. */
-static char path[64], out_path[80];
-
-static void remove_files(void) {
-    unlink(path);
-    unlink(out_path);
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp) tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"; /* memory: fast fsync */
-    snprintf(path, sizeof path, "%.40s/bnorm_fuzz_npy.%ld", tmp, (long)getpid());
-    snprintf(out_path, sizeof out_path, "%s.out", path);
-    atexit(remove_files);
+    fuzz_files_init("fuzz_npy");
     return 0;
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "fuzz_npy: invariant broken: %s\n", what);
-    abort();
 }
 
 static volatile unsigned char sink;

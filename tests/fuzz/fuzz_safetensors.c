@@ -5,34 +5,17 @@
  * back reads to the same tensors; on failure nothing is held and the message is one line. */
 #define _POSIX_C_SOURCE 200809L
 
+#include "fuzz_files.h"
 #include "safetensors.h"
 
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-static char path[64], out_path[80];
 static volatile double sink;
-
-static void remove_files(void) {
-    unlink(path);
-    unlink(out_path);
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp) tmp = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp"; /* memory: fast fsync */
-    snprintf(path, sizeof path, "%.40s/bnorm_fuzz_st.%ld", tmp, (long)getpid());
-    snprintf(out_path, sizeof out_path, "%s.out", path);
-    atexit(remove_files);
+    fuzz_files_init("fuzz_safetensors");
     return 0;
-}
-
-static void die(const char *what) {
-    fprintf(stderr, "fuzz_safetensors: invariant broken: %s\n", what);
-    abort();
 }
 
 static void check_tensor(const cli_st_file *f, const cli_st_tensor *t) {
