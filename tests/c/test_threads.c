@@ -39,6 +39,24 @@ static int same(const results *a, const results *b, const bn_desc *d, size_t es)
            !memcmp(a->rv, b->rv, small) && !memcmp(a->sm, b->sm, st) && !memcmp(a->si, b->si, st);
 }
 
+/* Random inputs of a case, in d's dtype: x ~ N(mean, std), dy ~ N(0, 1), weight, bias. */
+typedef struct {
+    void *x, *dy, *w, *b;
+} inputs;
+
+static inputs make_inputs(const bn_desc *d, uint64_t seed, double mean, double std) {
+    const int64_t count = tu_numel(d);
+    tu_rng r = tu_rng_new(seed);
+    double *xv = tu_randn(&r, count, mean, std), *gv = tu_randn(&r, count, 0, 1);
+    double *wv = tu_randn(&r, d->c, 1, 0.2), *bv = tu_randn(&r, d->c, 0, 1);
+    inputs in = {tu_to_dtype(xv, count, d->dtype), tu_to_dtype(gv, count, d->dtype),
+                 tu_to_dtype(wv, d->c, d->dtype), tu_to_dtype(bv, d->c, d->dtype)};
+    free(xv), free(gv), free(wv), free(bv);
+    return in;
+}
+
+static void free_inputs(inputs *in) { free(in->x), free(in->dy), free(in->w), free(in->b); }
+
 static void release(results *o) {
     free(o->y), free(o->dx), free(o->ye), free(o->dxe), free(o->dweight), free(o->dbias);
     free(o->rm), free(o->rv), free(o->sm), free(o->si);
@@ -52,28 +70,23 @@ BN_SUITE(suite_threads_bitwise) {
         for (int dt = 0; dt < 2; dt++)
             for (int lay = 0; lay < 2; lay++) {
                 bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
-                int64_t count = tu_numel(&d);
                 size_t es = dt ? 8 : 4;
-                tu_rng r = tu_rng_new(1000 + k);
-                double *xv = tu_randn(&r, count, 3, 2), *gv = tu_randn(&r, count, 0, 1);
-                double *wv = tu_randn(&r, d.c, 1, 0.2), *bv = tu_randn(&r, d.c, 0, 1);
-                void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
-                void *w = tu_to_dtype(wv, d.c, d.dtype), *b = tu_to_dtype(bv, d.c, d.dtype);
+                inputs in = make_inputs(&d, 1000 + k, 3, 2);
                 results one;
                 bn_set_num_threads(1);
                 CHECK(bn_get_num_threads() == 1);
-                run_all(&one, &d, x, dy, w, b, es);
+                run_all(&one, &d, in.x, in.dy, in.w, in.b, es);
                 for (int t = 2; t <= 4; t++) {
                     results many;
                     bn_set_num_threads(t);
-                    run_all(&many, &d, x, dy, w, b, es);
+                    run_all(&many, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&one, &many, &d, es), "shape %zu dtype %d layout %d: %d threads differ",
                               k, dt, lay, t);
                     release(&many);
                 }
                 bn_set_num_threads(0);
                 release(&one);
-                free(xv), free(gv), free(wv), free(bv), free(x), free(dy), free(w), free(b);
+                free_inputs(&in);
             }
     CHECK(bn_get_num_threads() >= 1);
 }
@@ -152,21 +165,16 @@ BN_SUITE(suite_threads_cache_chunks) {
         for (int dt = 0; dt < 2; dt++) {
             const int64_t *shape = shapes[k / 2];
             bn_desc d = tu_desc(shape[0], shape[1], shape[2], (bn_dtype)dt, (bn_layout)(k % 2));
-            int64_t count = tu_numel(&d);
             size_t es = dt ? 8 : 4;
-            tu_rng r = tu_rng_new(77 + k);
-            double *xv = tu_randn(&r, count, -2, 3), *gv = tu_randn(&r, count, 0, 1);
-            double *wv = tu_randn(&r, d.c, 1, 0.2), *bv = tu_randn(&r, d.c, 0, 1);
-            void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
-            void *w = tu_to_dtype(wv, d.c, d.dtype), *b = tu_to_dtype(bv, d.c, d.dtype);
+            inputs in = make_inputs(&d, 77 + k, -2, 3);
             results base, other;
             bn_cache_budget_override(budgets[0]);
-            run_all(&base, &d, x, dy, w, b, es);
+            run_all(&base, &d, in.x, in.dy, in.w, in.b, es);
             for (size_t q = 1; q < sizeof budgets / sizeof budgets[0]; q++) {
                 bn_cache_budget_override(budgets[q]);
                 for (int threads = 1; threads <= 3; threads += 2) {
                     bn_set_num_threads(threads);
-                    run_all(&other, &d, x, dy, w, b, es);
+                    run_all(&other, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
                               k, dt, q, threads);
                     release(&other);
@@ -175,7 +183,7 @@ BN_SUITE(suite_threads_cache_chunks) {
             bn_set_num_threads(0);
             bn_cache_budget_override(0);
             release(&base);
-            free(xv), free(gv), free(wv), free(bv), free(x), free(dy), free(w), free(b);
+            free_inputs(&in);
         }
 }
 
