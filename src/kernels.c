@@ -219,7 +219,9 @@ void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t
 bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void *x, int64_t c,
                                        double mean, double scale, double shift) {
     const int64_t at = c * desc->s;
-    bn_moments next;
+    /* the kernel sets it; initialized for clang, which cannot see that in builds without
+     * streaming stores (BN_NO_CLONES) */
+    bn_moments next = bn_moments_empty();
     if (desc->dtype == BN_FLOAT32)
         OUT_F32(bn_cf_normalize_next, &next, (float *)y + at, (const float *)x + at,
                 (const float *)x + at + desc->s, CF_ROWS, mean, scale, shift);
