@@ -15,12 +15,16 @@
  *             rank order, the counts too; each rank computes its shard's dx from them.
  *
  * Errors are decided together: every rank checks its arguments and computes its part, then the
- * ranks exchange their statuses before anything is written. If any rank failed, every rank
- * returns the status of the first failing rank (in rank order) and writes nothing; a batch of one
- * value per channel is BN_ERR_COUNT on every rank; shards with different C are BN_ERR_SHAPE on
- * every rank. No rank is left waiting. The one exception: a scratch allocation of the local
- * normalization (channels-last with many channels) that fails after the exchange returns
- * BN_ERR_NO_MEMORY on that rank alone.
+ * ranks exchange their statuses (one small all-reduce) before any data moves or anything is
+ * written. If any rank failed, every rank returns the status of the first failing rank (in rank
+ * order) and writes nothing; a batch of one value per channel is BN_ERR_COUNT on every rank.
+ * What the exchanges and the running statistics depend on must be the same on every rank, and
+ * is checked in the same all-reduce: a different C is BN_ERR_SHAPE, a different dtype
+ * BN_ERR_UNSUPPORTED, a different eps, momentum (unless cumulative) or cumulative flag
+ * BN_ERR_ARGUMENT, on every rank. The layout may differ between ranks (what moves are
+ * per-channel moments and sums). No rank is left waiting. The one exception: a scratch
+ * allocation of the local normalization (channels-last with many channels) that fails after
+ * the exchange returns BN_ERR_NO_MEMORY on that rank alone.
  *
  * MPI must be initialized. A failed MPI call follows the communicator's error handler (by
  * default MPI aborts the job); with MPI_ERRORS_RETURN it is returned as BN_ERR_IO. Threads: the
@@ -86,8 +90,9 @@ bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm);
 
 /*
  * The training forward pass of bn_forward_train over the batch made of every rank's x
- * (arguments as there, for this rank's shard). save_mean and save_invstd get the batch's
- * statistics on every rank; running_var takes the unbiased variance of the whole batch.
+ * (arguments as there, for this rank's shard; C, dtype and opt the same on every rank).
+ * save_mean and save_invstd get the batch's statistics on every rank; running_var takes the
+ * unbiased variance of the whole batch.
  * @return BN_OK; the status of the first failing rank, on every rank (see the top).
  */
 bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
@@ -97,7 +102,8 @@ bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
                                MPI_Comm comm);
 
 /*
- * The training backward pass of bn_mpi_forward_train (arguments as bn_backward_train):
+ * The training backward pass of bn_mpi_forward_train (arguments as bn_backward_train; C and
+ * dtype the same on every rank):
  *   dx:      out, this rank's shard of the batch's gradient; NULL to skip
  *   dweight, dbias: out (C), this rank's share: sum over its shard of dy * xhat and of dy. The
  *            sum over ranks is the batch's (as torch's SyncBatchNorm leaves them for the

@@ -18,8 +18,17 @@ or PMIx environment variables), else none: then the module is an ordinary bnorm 
 In eval, and in training without batch statistics, nothing is synchronized (as in torch).
 
 The forward and backward calls are collective: every rank must run the module, and backward
-through it, the same number of times (as with torch's). A batch of one value per channel in all
-is the same ValueError on every rank, raised by every rank together (no rank is left waiting).
+through it, the same number of times (as with torch's). Errors are decided by all ranks
+together, so that none is left waiting: each rank checks its own arguments as torch's
+F.batch_norm would (its input's dimensions and C against every per-channel tensor's size,
+running statistics that require grad, dtypes, devices, memory layout; with one rank, one value
+per channel), allocates what it writes, and then one small allgather tells every rank what all
+found, before any data moves. If any rank failed, every rank raises the first failing rank's
+error: torch's exception type and message, followed by "(rank R of S)" when there are several
+ranks; the ranks must also give inputs of the same C and dtype. A batch of one value per channel
+in all is torch's ValueError on every rank. Nothing is written on any rank, except that
+num_batches_tracked counts the batch when torch would have counted it before raising (all but
+the dimension errors). With one rank the errors are exactly torch's F.batch_norm's.
 """
 
 import os
@@ -50,50 +59,154 @@ def _raise(status, function, size):
     _lib.check(status, function)
 
 
-class _SyncFunction(_torch.autograd.Function):
-    """Forward and backward through libbnorm_mpi (collective calls)."""
+def _mpi4py(comm):
+    """comm as an mpi4py communicator (a process_group may be anything with py2f())."""
+    from mpi4py import MPI
+    return comm if isinstance(comm, MPI.Comm) else MPI.Comm.f2py(comm.py2f())
 
-    @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, comm):
+
+# ------------------------------------------------------------------------------------------------
+# Errors decided by all ranks: each rank checks its own arguments without raising, then one
+# small allgather tells every rank what every other found, before any data moves; every rank
+# raises the first failing rank's error, so none is left waiting in a collective call.
+
+def _problem(e, counted=True):
+    """What a rank tells the others of its exception e: the nearest built-in exception type (one
+    every rank can rebuild: ValueError, RuntimeError, ...), the message, and whether torch has
+    counted the batch (num_batches_tracked) when it raises this one."""
+    kind = next(k for k in type(e).__mro__ if k.__module__ == "builtins")
+    return kind, str(e), counted
+
+
+def _decide(comm, problem, signature=None):
+    """Collective over comm. problem: this rank's (from _problem) or None; signature: what
+    every rank must give alike ((C, dtype) of the input), or None. Returns None when no rank
+    has a problem and the signatures agree, else the (type, message, counted) every rank raises:
+    the first failing rank's, naming it when there are several ranks."""
+    everyone = comm.allgather((problem, signature))
+    failed = [r for r, (p, _) in enumerate(everyone) if p is not None]
+    if failed:
+        kind, message, counted = everyone[failed[0]][0]
+        if len(everyone) > 1:
+            others = len(failed) - 1
+            message += " (rank %d of %d%s)" % (
+                failed[0], len(everyone),
+                ", and %d other rank%s" % (others, "s" * (others > 1)) if others else "")
+        return kind, message, counted
+    for r, (_, sig) in enumerate(everyone):
+        if sig != everyone[0][1]:
+            return RuntimeError, (
+                "bnorm SyncBatchNorm: every rank must give the same channels and dtype: rank 0 "
+                "has %d channels of %s, rank %d has %d channels of %s"
+                % (everyone[0][1] + (r,) + sig)), True
+    return None
+
+
+def _check_arguments(input, tensors, one_rank):
+    """Raise what torch's F.batch_norm raises in training for these arguments, in its order and
+    with its types and messages, then what bnorm cannot take. input: at least 2-d with C > 0;
+    tensors: (name, tensor or None) for running_mean, running_var, weight, bias; one_rank: the
+    batch is this input alone (else its count is decided with the other ranks)."""
+    from .torch import _verify_batch_size
+    if one_rank:
+        _verify_batch_size(input.size())
+    c = input.shape[1]
+    for name, t in tensors:  # what the C library trusts first: C values in each
+        if t is not None and t.numel() != c:
+            raise RuntimeError("%s should contain %d elements not %d" % (name, c, t.numel()))
+    if _torch.is_grad_enabled():
+        for name, t in tensors[:2]:
+            if t is not None and t.requires_grad:
+                raise RuntimeError(
+                    "The function 'native_batch_norm' is not differentiable with respect to "
+                    "argument '%s'. This input cannot have requires_grad True." % name)
+    if input.layout != _torch.strided or input.device.type != "cpu" or input.dtype not in _DTYPES:
+        raise ValueError("bnorm SyncBatchNorm: input must be a float32 or float64 CPU tensor, "
+                         "got %s on %s" % (input.dtype, input.device))
+    for name, t in tensors:
+        if t is None:
+            continue
+        if t.device != input.device:
+            raise RuntimeError("bnorm SyncBatchNorm: %s is on %s but the input is on %s"
+                               % (name, t.device, input.device))
+        if t.dtype != input.dtype:
+            raise RuntimeError("bnorm SyncBatchNorm: %s has dtype %s but the input has %s"
+                               % (name, t.dtype, input.dtype))
+        if t.layout != _torch.strided or t.dim() != 1 or not t.is_contiguous():
+            got = t.layout if t.layout != _torch.strided else "shape %s and strides %s" % (
+                tuple(t.shape), t.stride())
+            raise ValueError("bnorm SyncBatchNorm: %s must be a contiguous 1-d tensor, got %s"
+                             % (name, got))
+
+
+class _Call:
+    """One forward call, checked (_check_arguments) and with its outputs allocated: whatever can
+    fail on one rank alone has failed before the ranks decide."""
+
+    def __init__(self, input, weight, bias, running_mean, running_var, one_rank):
         from . import _mpi
         from .torch import _layout
-        lib = _mpi.load()
-        x, layout = _layout(input)
-        desc = _lib.make_desc(x.shape, _DTYPES[x.dtype], layout)
-        y = _torch.empty_like(x)
-        c = x.shape[1]
-        save_mean = _torch.empty(c, dtype=_torch.float64)
-        save_invstd = _torch.empty(c, dtype=_torch.float64)
+        self.lib = _mpi.load()
+        _check_arguments(input, (("running_mean", running_mean), ("running_var", running_var),
+                                 ("weight", weight), ("bias", bias)), one_rank)
+        self.x, layout = _layout(input)
+        self.desc = _lib.make_desc(self.x.shape, _DTYPES[self.x.dtype], layout)
+        self.y = _torch.empty_like(self.x)
+        c = self.x.shape[1]
+        self.save_mean = _torch.empty(c, dtype=_torch.float64)
+        self.save_invstd = _torch.empty(c, dtype=_torch.float64)
+        self.running_mean, self.running_var = running_mean, running_var
+
+
+class _SyncFunction(_torch.autograd.Function):
+    """Forward and backward through libbnorm_mpi (collective calls). The running statistics
+    travel in call (updated in place; they take no gradient)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, call, momentum, eps, comm):
         opt = _lib.make_options(eps, momentum, cumulative=False)
-        status = lib.bn_mpi_forward_train_f(
-            _ptr(y), _ptr(save_mean), _ptr(save_invstd), _ptr(running_mean), _ptr(running_var),
-            None, _ptr(x), _ptr(weight), _ptr(bias), desc, opt, comm.py2f())
+        status = call.lib.bn_mpi_forward_train_f(
+            _ptr(call.y), _ptr(call.save_mean), _ptr(call.save_invstd), _ptr(call.running_mean),
+            _ptr(call.running_var), None, _ptr(call.x), _ptr(weight), _ptr(bias), call.desc, opt,
+            comm.py2f())
         _raise(status, "bn_mpi_forward_train", input.size())
-        ctx.save_for_backward(x, weight, save_mean, save_invstd)
-        ctx.desc = desc
+        ctx.save_for_backward(call.x, weight, call.save_mean, call.save_invstd)
+        ctx.desc = call.desc
         ctx.comm = comm
-        return y
+        return call.y
 
     @staticmethod
     @_once_differentiable
     def backward(ctx, grad_output):
-        from . import _mpi
-        lib = _mpi.load()
-        x, weight, save_mean, save_invstd = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        dy = grad_output
-        if dy.dtype != x.dtype or dy.stride() != x.stride():
-            dy = _torch.empty_like(x).copy_(grad_output)
-        c = x.shape[1]
-        dx = _torch.empty_like(x) if need_x else None
-        dweight = _torch.empty(c, dtype=x.dtype) if need_weight else None
-        dbias = _torch.empty(c, dtype=x.dtype) if need_bias else None
-        # collective: every rank makes this call, whatever gradients it needs
+        # collective: every rank makes the call, whatever gradients it needs, after the ranks
+        # have decided that every one of them can
+        problem = None
+        try:
+            from . import _mpi
+            lib = _mpi.load()
+            x, weight, save_mean, save_invstd = ctx.saved_tensors
+            need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+            if tuple(grad_output.shape) != tuple(x.shape):
+                raise RuntimeError("bnorm SyncBatchNorm: grad_output has shape %s but the input "
+                                   "has shape %s" % (tuple(grad_output.shape), tuple(x.shape)))
+            dy = grad_output  # in x's memory layout (a copy only when autograd gives another)
+            if (dy.layout != _torch.strided or dy.device != x.device or dy.dtype != x.dtype
+                    or dy.stride() != x.stride()):
+                dy = _torch.empty_like(x).copy_(grad_output)
+            c = x.shape[1]
+            dx = _torch.empty_like(x) if need_x else None
+            dweight = _torch.empty(c, dtype=x.dtype) if need_weight else None
+            dbias = _torch.empty(c, dtype=x.dtype) if need_bias else None
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it
+            problem = _problem(e)
+        decided = _decide(ctx.comm, problem)
+        if decided is not None:
+            raise decided[0](decided[1])
         status = lib.bn_mpi_backward_train_f(
             _ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x), _ptr(save_mean),
             _ptr(save_invstd), _ptr(weight), ctx.desc, ctx.comm.py2f())
         _lib.check(status, "bn_mpi_backward_train")
-        return (dx, dweight, dbias) + (None,) * 5
+        return (dx, dweight, dbias) + (None,) * 4
 
 
 class SyncBatchNorm(_torch.nn.SyncBatchNorm):
@@ -141,6 +254,12 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
         return out
 
     def forward(self, input):
+        comm = self._communicator() if self.training else None
+        if comm is None:  # eval, or one process: a BatchNorm (torch's errors, as its own)
+            return self._forward_alone(input)
+        return self._forward_together(input, _mpi4py(comm))
+
+    def _forward_alone(self, input):
         from .torch import batch_norm
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
@@ -151,18 +270,31 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
                 factor = 1.0 / float(self.num_batches_tracked)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         tracked = not self.training or self.track_running_stats
-        running_mean = self.running_mean if tracked else None
-        running_var = self.running_var if tracked else None
-        comm = self._communicator() if bn_training and self.training else None
-        if comm is None:
-            return batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                              bn_training, factor, self.eps)
-        if input.device.type != "cpu" or input.dtype not in _DTYPES:
-            raise ValueError("bnorm SyncBatchNorm: input must be a float32 or float64 CPU tensor, "
-                             "got %s on %s" % (input.dtype, input.device))
-        for t in (self.weight, self.bias, running_mean, running_var):
-            if t is not None and (t.dtype != input.dtype or not t.is_contiguous()):
-                raise ValueError("bnorm SyncBatchNorm: parameters and buffers must be contiguous "
-                                 "and of the input's dtype %s" % input.dtype)
-        return _SyncFunction.apply(input, self.weight, self.bias, running_mean, running_var,
-                                   float(factor), float(self.eps), comm)
+        return batch_norm(input, self.running_mean if tracked else None,
+                          self.running_var if tracked else None, self.weight, self.bias,
+                          bn_training, factor, self.eps)
+
+    def _forward_together(self, input, comm):
+        """Training with the other ranks of comm: torch's checks on every rank, then one
+        decision of all ranks (see _decide), then the collective call."""
+        track = self.track_running_stats
+        call, problem, local, counted = None, None, None, False
+        try:
+            self._check_input_dim(input)
+            self._check_non_zero_input_channels(input)
+            counted = True  # torch counts the batch here, before its other checks
+            call = _Call(input, self.weight, self.bias, self.running_mean if track else None,
+                         self.running_var if track else None, comm.Get_size() == 1)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it
+            problem, local = _problem(e, counted), e
+        signature = None if call is None else (int(input.shape[1]), str(input.dtype))
+        decided = _decide(comm, problem, signature)
+        if track and (decided is None or decided[2]):
+            self.num_batches_tracked.add_(1)
+        if decided is not None:
+            raise decided[0](decided[1]) from local
+        factor = 0.0 if self.momentum is None else self.momentum
+        if track and self.momentum is None:
+            factor = 1.0 / float(self.num_batches_tracked)
+        return _SyncFunction.apply(input, self.weight, self.bias, call, float(factor),
+                                   float(self.eps), comm)

@@ -16,12 +16,13 @@ batch_norm() has F.batch_norm's signature. It runs the C library through a
 torch.autograd.Function on the tensors' own memory (data_ptr(), no copy) when it can:
   - input float32 or float64 on the CPU, ndim >= 2, at least one element;
   - weight, bias, running_mean, running_var: None or contiguous 1-d CPU tensors of C elements
-    of the input's dtype; in eval both running statistics given;
+    of the input's dtype; in eval both running statistics given; the running statistics not
+    requiring grad (unless grad mode is off);
   - 0 <= eps < inf and 0 <= momentum <= 1;
   - not under torch.jit tracing, no __torch_function__ overrides.
 Everything else (other dtypes such as bfloat16, other devices, empty inputs, wrong sizes,
-mixed dtypes, odd momentum) goes to torch.nn.functional.batch_norm itself, so results and error
-messages there are exactly torch's.
+mixed dtypes, odd momentum, running statistics requiring grad) goes to
+torch.nn.functional.batch_norm itself, so results and error messages there are exactly torch's.
 
 Layouts: a contiguous input is used as channels-first; a 4-d channels_last or 5-d
 channels_last_3d input as channels-last, without a copy, and the output keeps that memory
@@ -98,6 +99,10 @@ def _c_can_do(input, running_mean, running_var, weight, bias, training, momentum
         if t.dim() != 1 or t.numel() != c or not t.is_contiguous():
             return False
     if not training and (running_mean is None or running_var is None):
+        return False
+    # running statistics take no gradient: torch refuses them when they require one
+    if _torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                        for t in (running_mean, running_var)):
         return False
     if not isinstance(eps, numbers.Real) or not (0 <= eps and math.isfinite(eps)):
         return False

@@ -6,19 +6,53 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* What every rank must give alike, and the status of a call where they do not. */
+enum { SAME_C, SAME_DTYPE, SAME_EPS, SAME_MOMENTUM, SAME_CUMULATIVE, SAME_COUNT };
+static const bn_status different[SAME_COUNT] = {BN_ERR_SHAPE, BN_ERR_UNSUPPORTED, BN_ERR_ARGUMENT,
+                                                BN_ERR_ARGUMENT, BN_ERR_ARGUMENT};
+
+/* The bits of a double as an int64_t, -0.0 as 0.0 (equal values compare equal). */
+static int64_t bits_of(double v) {
+    int64_t b;
+    v += 0.0;
+    memcpy(&b, &v, sizeof b);
+    return b;
+}
+
+/* same[SAME_COUNT]: this rank's values of what must agree (0 where a call has none). */
+static void same_of(int64_t *same, int64_t c, bn_dtype dtype, const bn_options *opt) {
+    same[SAME_C] = c;
+    same[SAME_DTYPE] = (int64_t)dtype;
+    same[SAME_EPS] = opt ? bits_of(opt->eps) : 0;
+    /* the momentum is not used by a cumulative average */
+    same[SAME_MOMENTUM] = opt && !opt->cumulative ? bits_of(opt->momentum) : 0;
+    same[SAME_CUMULATIVE] = opt ? opt->cumulative : 0;
+}
 
 /* The statuses of all ranks decided together: the first failing rank's status (in rank order),
- * else BN_ERR_SHAPE when the ranks disagree on c, else BN_OK. Collective; allocates nothing,
- * so a rank that failed to allocate still takes part. */
-static bn_status agree(bn_status local, int64_t c, MPI_Comm comm) {
+ * else, when the ranks disagree on one of same (see SAME_C ...), that one's status (the first
+ * in that order), else BN_OK. One all-reduce before any data moves, so that the exchanges that
+ * follow have the same sizes on every rank. Collective; allocates nothing, so a rank that
+ * failed to allocate still takes part; a failed rank's same does not matter. */
+static bn_status agree(bn_status local, const int64_t *same, MPI_Comm comm) {
     int rank;
     if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS) return BN_ERR_IO;
-    /* key: rank * 1024 + |status| for a failed rank, so the minimum is the first failing one */
-    int64_t mine[3] = {local == BN_OK ? INT64_MAX : (int64_t)rank * 1024 - (int64_t)local, c, -c};
-    int64_t all[3];
-    if (MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_MIN, comm) != MPI_SUCCESS) return BN_ERR_IO;
+    /* key: rank * 1024 + |status| for a failed rank, so the minimum is the first failing one;
+     * then the minimum of each value and of its complement ~v (the maximum, in reverse): the
+     * value is the same on every rank when min == ~min(~v) */
+    int64_t mine[1 + 2 * SAME_COUNT], all[1 + 2 * SAME_COUNT];
+    mine[0] = local == BN_OK ? INT64_MAX : (int64_t)rank * 1024 - (int64_t)local;
+    for (int k = 0; k < SAME_COUNT; k++) {
+        mine[1 + k] = same[k];
+        mine[1 + SAME_COUNT + k] = ~same[k]; /* reverses the order, never overflows */
+    }
+    if (MPI_Allreduce(mine, all, 1 + 2 * SAME_COUNT, MPI_INT64_T, MPI_MIN, comm) != MPI_SUCCESS)
+        return BN_ERR_IO;
     if (all[0] != INT64_MAX) return (bn_status)(-(all[0] % 1024));
-    if (all[1] != -all[2]) return BN_ERR_SHAPE;
+    for (int k = 0; k < SAME_COUNT; k++)
+        if (all[1 + k] != ~all[1 + SAME_COUNT + k]) return different[k]; /* min != max */
     return BN_OK;
 }
 
@@ -27,14 +61,15 @@ static int fits_mpi(int64_t count, size_t size) {
     return count >= 0 && (uint64_t)count <= (uint64_t)INT_MAX / size;
 }
 
-/* local: this rank's status so far, local_moments (c) its moments when BN_OK. On BN_OK, stats
- * (c) holds the merged moments of all ranks. gathered: scratch of size * c moments, or NULL. */
+/* local: this rank's status so far, local_moments (c) its moments when BN_OK, same what must
+ * agree (same_of). On BN_OK, stats (c) holds the merged moments of all ranks. gathered: scratch
+ * of size * c moments, or NULL. */
 static bn_status gather_and_merge(bn_moments *stats, bn_status local,
                                   const bn_moments *local_moments, bn_moments *gathered,
-                                  int64_t c, MPI_Comm comm) {
+                                  int64_t c, const int64_t *same, MPI_Comm comm) {
     int size;
     if (MPI_Comm_size(comm, &size) != MPI_SUCCESS) return BN_ERR_IO;
-    bn_status st = agree(local, c, comm);
+    bn_status st = agree(local, same, comm);
     if (st != BN_OK) return st;
     const int bytes = (int)(c * (int64_t)sizeof(bn_moments));
     if (MPI_Allgather(local_moments, bytes, MPI_BYTE, gathered, bytes, MPI_BYTE, comm) !=
@@ -66,9 +101,10 @@ bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm) {
         if (moments[k].count < 0) st = BN_ERR_ARGUMENT;
     bn_moments *scratch = NULL;
     if (st == BN_OK) st = take_moments(&scratch, c, comm);
-    int64_t agreed_c = st == BN_OK ? c : 0;
+    int64_t agreed_c = st == BN_OK ? c : 0, same[SAME_COUNT];
+    same_of(same, agreed_c, BN_FLOAT32, NULL); /* moments have no dtype: the same on all */
     bn_moments *merged = scratch, *gathered = scratch ? scratch + c : NULL;
-    st = gather_and_merge(merged, st, moments, gathered, agreed_c, comm);
+    st = gather_and_merge(merged, st, moments, gathered, agreed_c, same, comm);
     if (st == BN_OK)
         for (int64_t k = 0; k < c; k++) moments[k] = merged[k];
     free(scratch);
@@ -102,7 +138,9 @@ bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
     bn_moments *mine = scratch, *stats = scratch ? scratch + c : NULL;
     bn_moments *gathered = scratch ? scratch + 2 * c : NULL;
     if (st == BN_OK) st = bn_compute_moments(mine, x, desc);
-    st = gather_and_merge(stats, st, mine, gathered, st == BN_OK ? c : 0, comm);
+    int64_t same[SAME_COUNT] = {0};
+    if (st == BN_OK) same_of(same, c, desc->dtype, opt);
+    st = gather_and_merge(stats, st, mine, gathered, st == BN_OK ? c : 0, same, comm);
     /* the same merged moments on every rank: BN_ERR_COUNT is everyone's or no one's */
     if (st == BN_OK)
         st = bn_forward_train_stats(y, save_mean, save_invstd, running_mean, running_var,
@@ -130,7 +168,9 @@ bn_status bn_mpi_backward_train(void *dx, void *dweight, void *dbias, const void
     if (st == BN_OK && !sums) st = BN_ERR_NO_MEMORY;
     if (st == BN_OK) st = bn_backward_sums(sums, sums + c, dy, x, save_mean, save_invstd, desc);
     const int64_t count = st == BN_OK ? bn_count(desc) : 0;
-    st = agree(st, c, comm);
+    int64_t same[SAME_COUNT] = {0};
+    if (st == BN_OK) same_of(same, c, desc->dtype, NULL);
+    st = agree(st, same, comm);
     int64_t total = 0;
     double *batch = sums ? sums + 2 * c : NULL, *gathered = sums ? sums + 4 * c : NULL;
     if (st == BN_OK &&

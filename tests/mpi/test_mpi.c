@@ -181,6 +181,118 @@ static void test_errors(void) {
     CHECK(same_on_all_ranks(rm, sizeof rm) && same_on_all_ranks(rv, sizeof rv));
 }
 
+/* What the ranks must give alike: C, dtype, eps, momentum (unless cumulative) and cumulative,
+ * each differing on the last rank alone: the status on every rank (BN_OK with one rank), and
+ * nothing written anywhere. */
+static void test_disagreement(void) {
+    const int last = rank == size - 1;
+    float x[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, y[12], rm[3], rv[3];
+    double xd[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, yd[12], rmd[3], rvd[3];
+    double sm[3], si[3];
+    int64_t nbt;
+    const bn_options base = BN_OPTIONS_DEFAULT;
+    struct {
+        const char *what;
+        int64_t c;        /* the last rank's C, dtype and options; the others have 2, f32, base */
+        bn_dtype dtype;
+        double eps, momentum;
+        int cumulative;
+        bn_status want;
+    } cases[] = {
+        {"C", 3, BN_FLOAT32, 1e-5, 0.1, 0, BN_ERR_SHAPE},
+        {"dtype", 2, BN_FLOAT64, 1e-5, 0.1, 0, BN_ERR_UNSUPPORTED},
+        {"eps", 2, BN_FLOAT32, 1e-3, 0.1, 0, BN_ERR_ARGUMENT},
+        {"momentum", 2, BN_FLOAT32, 1e-5, 0.2, 0, BN_ERR_ARGUMENT},
+        {"cumulative", 2, BN_FLOAT32, 1e-5, 0.1, 1, BN_ERR_ARGUMENT},
+        {"-0.0 against 0.0", 2, BN_FLOAT32, -0.0, 0.1, 0, BN_OK},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        bn_options opt = base;
+        int64_t c = 2;
+        bn_dtype dt = BN_FLOAT32;
+        if (k == 5) opt.eps = 0.0; /* the others have 0.0, the last rank -0.0: equal */
+        if (last) {
+            c = cases[k].c, dt = cases[k].dtype;
+            opt = tu_options(cases[k].eps, cases[k].momentum, cases[k].cumulative);
+        }
+        for (int i = 0; i < 12; i++) y[i] = 7, yd[i] = 7;
+        for (int i = 0; i < 3; i++) rm[i] = 0, rv[i] = 1, rmd[i] = 0, rvd[i] = 1, sm[i] = si[i] = 5;
+        nbt = 0;
+        bn_desc d = tu_desc(2, c, 2, dt, BN_CHANNELS_FIRST);
+        const int f64 = dt == BN_FLOAT64;
+        bn_status st = bn_mpi_forward_train(f64 ? (void *)yd : y, sm, si, f64 ? (void *)rmd : rm,
+                                            f64 ? (void *)rvd : rv, &nbt,
+                                            f64 ? (void *)xd : x, NULL, NULL, &d, &opt,
+                                            MPI_COMM_WORLD);
+        const bn_status want = size > 1 ? cases[k].want : BN_OK;
+        CHECK_MSG(st == want, "forward, %s differs on the last rank: status %d, want %d",
+                  cases[k].what, st, want);
+        if (want != BN_OK)
+            CHECK_MSG(y[0] == 7 && yd[0] == 7 && sm[0] == 5 && rm[0] == 0 && rv[0] == 1 &&
+                          rmd[0] == 0 && rvd[0] == 1 && nbt == 0,
+                      "forward, %s differs: something was written", cases[k].what);
+        if (k > 1) continue; /* backward has no options */
+        double dxd[12] = {7}, dwd[3] = {7}, dsm[3] = {0, 0, 0}, dsi[3] = {1, 1, 1};
+        float dx[12] = {7}, dw[3] = {7};
+        st = bn_mpi_backward_train(f64 ? (void *)dxd : dx, f64 ? (void *)dwd : dw, NULL,
+                                   f64 ? (void *)xd : x, f64 ? (void *)xd : x, dsm, dsi, NULL,
+                                   &d, MPI_COMM_WORLD);
+        CHECK_MSG(st == want, "backward, %s differs on the last rank: status %d", cases[k].what,
+                  st);
+        if (want != BN_OK)
+            CHECK(dx[0] == 7 && dxd[0] == 7 && dw[0] == 7 && dwd[0] == 7);
+    }
+    /* bn_mpi_merge_moments: c differs */
+    bn_moments m[3] = {{1, 1.0, 0.0}, {1, 2.0, 0.0}, {1, 3.0, 0.0}};
+    bn_status st = bn_mpi_merge_moments(m, last ? 3 : 2, MPI_COMM_WORLD);
+    CHECK_MSG(st == (size > 1 ? BN_ERR_SHAPE : BN_OK), "merge, c differs: status %d", st);
+    if (size > 1) CHECK(m[0].count == 1 && m[0].mean == 1.0 && m[2].mean == 3.0);
+}
+
+/* The layout need not agree: each rank normalizes its own shard in its own layout with the
+ * batch's statistics (moments and sums, which have no layout). Odd ranks hold their shard
+ * channels-last, even ranks channels-first; every value equals the whole batch's. */
+static void test_mixed_layouts(void) {
+    const int64_t n = 3 * size + 1, c = 5, s = 7, per = c * s;
+    bn_desc whole = tu_desc(n, c, s, BN_FLOAT64, BN_CHANNELS_FIRST);
+    tu_rng r = tu_rng_new(77);
+    double *x = tu_randn(&r, n * per, 2.0, 3.0), *dy = tu_randn(&r, n * per, 0.0, 1.0);
+    double *y = calloc((size_t)(n * per), 8), *dx = calloc((size_t)(n * per), 8);
+    double rm[5] = {0}, rv[5] = {1, 1, 1, 1, 1}, sm[5], si[5];
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    CHECK(bn_forward_train(y, sm, si, rm, rv, NULL, x, NULL, NULL, &whole, &opt) == BN_OK);
+    CHECK(bn_backward_train(dx, NULL, NULL, dy, x, sm, si, NULL, &whole) == BN_OK);
+    /* this rank's samples [i0, i0 + k), in its layout */
+    const int64_t i0 = n * rank / size, k = n * (rank + 1) / size - i0;
+    bn_desc mine = tu_desc(k, c, s, BN_FLOAT64, rank % 2 ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST);
+    double *xs = malloc((size_t)(k * per + 1) * 8), *dys = malloc((size_t)(k * per + 1) * 8);
+    double *ys = malloc((size_t)(k * per + 1) * 8), *dxs = malloc((size_t)(k * per + 1) * 8);
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t j = 0; j < s; j++) {
+                xs[tu_index(&mine, i, ch, j)] = x[tu_index(&whole, i0 + i, ch, j)];
+                dys[tu_index(&mine, i, ch, j)] = dy[tu_index(&whole, i0 + i, ch, j)];
+            }
+    double rm2[5] = {0}, rv2[5] = {1, 1, 1, 1, 1}, sm2[5], si2[5];
+    CHECK(bn_mpi_forward_train(ys, sm2, si2, rm2, rv2, NULL, xs, NULL, NULL, &mine, &opt,
+                               MPI_COMM_WORLD) == BN_OK);
+    CHECK(bn_mpi_backward_train(dxs, NULL, NULL, dys, xs, sm2, si2, NULL, &mine,
+                                MPI_COMM_WORLD) == BN_OK);
+    int64_t off = 0; /* values off by more than 1e-12 (NaN included) */
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t j = 0; j < s; j++) {
+                const int64_t a = tu_index(&mine, i, ch, j), b = tu_index(&whole, i0 + i, ch, j);
+                off += !(fabs(ys[a] - y[b]) <= 1e-12 * fmax(1, fabs(y[b])));
+                off += !(fabs(dxs[a] - dx[b]) <= 1e-12 * fmax(1, fabs(dx[b])));
+            }
+    CHECK_MSG(off == 0, "mixed layouts: %lld values of y or dx off", (long long)off);
+    CHECK(check_max_rel(rv2, rv, c) <= 1e-12 && check_max_rel(rm2, rm, c) <= 1e-12);
+    CHECK(same_on_all_ranks(rv2, sizeof rv2));
+    void *all[] = {x, dy, y, dx, xs, dys, ys, dxs};
+    for (size_t q = 0; q < sizeof all / sizeof all[0]; q++) free(all[q]);
+}
+
 static void test_merge(void) {
     /* rank r holds r + 1 values r, r + 1, ..., 2r per channel (rank 1: none, when there are
      * more than one) */
@@ -228,6 +340,8 @@ int main(int argc, char **argv) {
         }
     }
     test_errors();
+    test_disagreement();
+    test_mixed_layouts();
     test_merge();
     free(cuts);
     int counts[2] = {passed, failed}, total[2];

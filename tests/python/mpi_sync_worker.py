@@ -1,4 +1,5 @@
-"""One rank of the SyncBatchNorm test, run by test_sync_batchnorm.py under mpirun -np 1..4.
+"""One rank of the SyncBatchNorm test, run by test_sync_batchnorm.py under mpirun -np 1..4
+(`mpi_sync_worker.py errors`: only the error cases, run_errors below).
 
 Every rank builds the same whole batches; rank r feeds its shard (equal, unequal and empty
 shards) to bnorm.torch.SyncBatchNorm, and torch.nn.BatchNormXd (in float64, on the same values)
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+import bnorm._sync
 import bnorm.torch as bt
 
 comm = MPI.COMM_WORLD
@@ -155,7 +157,198 @@ def run_count_one():
     check(all(s == stats for s in comm.allgather(stats)), "after the error: same statistics")
 
 
+# ------------------------------------------------------------------------------------------------
+# Errors: decided by all ranks together, raised by every rank alike, nothing written anywhere
+
+def error_of(f):
+    try:
+        f()
+    except Exception as e:  # noqa: BLE001 - compared with what is expected
+        return e
+    return None
+
+
+def on_rank(failing, problem):
+    """What rank failing's problem reads as on every rank: the message, naming the rank when
+    there are several."""
+    return problem if size == 1 else "%s (rank %d of %d)" % (problem, failing, size)
+
+
+def on_all_ranks(problem):
+    """The same when every rank has it: rank 0's, and how many others."""
+    if size == 1:
+        return problem
+    return "%s (rank 0 of %d, and %d other ranks)" % (problem, size, size - 1)
+
+
+def guarded_module(num_features, dtype=torch.float32):
+    """SyncBatchNorm(num_features) whose running statistics are views into one storage with
+    canary values around and between them; returns (module, storage, copy of the storage)."""
+    m = bt.SyncBatchNorm(num_features).to(dtype)
+    store = torch.full((2 * num_features + 64,), 7.0, dtype=dtype)
+    m.running_mean = store[8:8 + num_features].fill_(0.25)
+    m.running_var = store[16 + num_features:16 + 2 * num_features].fill_(2.0)
+    return m, store, store.clone()
+
+
+def expect_error(what, f, exc_type, message, stores=(), nbt=None, module=None):
+    """f() raises exc_type(message) exactly; every storage in stores is as it was (running
+    statistics and canaries); module's num_batches_tracked is nbt."""
+    e = error_of(f)
+    check(type(e) is exc_type and str(e) == message,
+          "%s: raised %s(%r), want %s(%r)" % (what, type(e).__name__, str(e), exc_type.__name__,
+                                             message))
+    for store, before in stores:
+        check(torch.equal(store, before), "%s: running statistics or canary changed" % what)
+    if module is not None:
+        check(int(module.num_batches_tracked) == nbt, "%s: num_batches_tracked %d, want %d" % (
+            what, int(module.num_batches_tracked), nbt))
+
+
+def torch_error(f):
+    """(type, message) of what live torch raises for f()."""
+    e = error_of(f)
+    check(e is not None, "torch raises nothing")
+    return type(e), str(e)
+
+
+def still_in_step(what, m):
+    """After an error every rank goes on: a training step on every rank, the same running
+    statistics everywhere."""
+    c = m.num_features
+    x = torch.randn(3 + rank, c, 2, dtype=m.running_mean.dtype, requires_grad=True)
+    m(x).sum().backward()
+    stats = m.running_mean.numpy().tobytes() + m.running_var.numpy().tobytes()
+    check(all(s == stats for s in comm.allgather(stats)), what + ": statistics differ after")
+
+
+def run_errors():
+    last = size - 1
+    mine = lambda bad, good: bad if rank == last else good  # noqa: E731
+
+    # C of the input against num_features: bigger (into what follows the statistics), far
+    # bigger, smaller; on every rank
+    for nf, c in ((2, 8), (2, 4096), (8, 2)):
+        m, store, before = guarded_module(nf)
+        x = torch.randn(3, c)
+        ref = torch.nn.BatchNorm1d(nf)
+        kind, problem = torch_error(lambda: ref(x))
+        expect_error("C = %d into SyncBatchNorm(%d)" % (c, nf), lambda: m(x), kind,
+                     on_all_ranks(problem), [(store, before)], int(ref.num_batches_tracked), m)
+        still_in_step("C = %d" % c, m)
+
+    # one rank's C differs from num_features: every rank raises that rank's error
+    m, store, before = guarded_module(2)
+    x = torch.randn(4, mine(3, 2), 5)
+    kind, problem = torch_error(lambda: torch.nn.BatchNorm1d(2)(torch.randn(4, 3, 5)))
+    expect_error("C = 3 on the last rank", lambda: m(x), kind, on_rank(last, problem),
+                 [(store, before)], 1, m)
+    still_in_step("C = 3 on the last rank", m)
+
+    # one rank's input of another dtype than bnorm computes
+    m, store, before = guarded_module(2)
+    x = torch.randn(4, 2, 3).to(mine(torch.float16, torch.float32))
+    expect_error("float16 on the last rank", lambda: m(x), ValueError, on_rank(
+        last, "bnorm SyncBatchNorm: input must be a float32 or float64 CPU tensor, got "
+        "torch.float16 on cpu"), [(store, before)], 1, m)
+    still_in_step("float16", m)
+
+    # one rank's input of too few dimensions or no channels: torch's errors, raised before the
+    # batch is counted
+    for shape, check_of in (((4,), "_check_input_dim"),
+                            ((4, 0, 3), "_check_non_zero_input_channels")):
+        m, store, before = guarded_module(2)
+        x = torch.randn(mine(shape, (4, 2, 3)))
+        kind, problem = torch_error(
+            lambda: getattr(torch.nn.SyncBatchNorm(2), check_of)(torch.randn(shape)))
+        expect_error("shape %s on the last rank" % (shape,), lambda: m(x), kind,
+                     on_rank(last, problem), [(store, before)], 0, m)
+        still_in_step("shape %s" % (shape,), m)
+
+    # running statistics that require grad: torch's RuntimeError; under no_grad they are fine
+    for name in ("running_mean", "running_var"):
+        m, store, before = guarded_module(2)
+        x = torch.randn(4, 2, 3)
+        ref = torch.nn.BatchNorm1d(2)
+        setattr(ref, name, torch.nn.Parameter(getattr(ref, name).clone()))
+        kind, problem = torch_error(lambda: ref(x))
+        if rank == last:
+            setattr(m, name, torch.nn.Parameter(getattr(m, name)))
+        expect_error(name + " requiring grad on the last rank", lambda: m(x), kind,
+                     on_rank(last, problem), [(store, before)], int(ref.num_batches_tracked), m)
+        with torch.no_grad():
+            m(x)
+        check(int(m.num_batches_tracked) == 2, name + " requiring grad, under no_grad")
+        check(not torch.equal(store, before), name + " requiring grad, under no_grad: updated")
+
+    # parameters of another dtype than the input on one rank
+    m, store, before = guarded_module(2)
+    x = torch.randn(4, 2, 3).to(mine(torch.float64, torch.float32))
+    kind, _ = torch_error(lambda: torch.nn.BatchNorm1d(2)(x.double()))
+    expect_error("float64 input into a float32 module on the last rank", lambda: m(x), kind,
+                 on_rank(last, "bnorm SyncBatchNorm: running_mean has dtype torch.float32 but "
+                         "the input has torch.float64"), [(store, before)], 1, m)
+
+    # a running statistic on another device than the input, on one rank
+    m, store, before = guarded_module(2)
+    if rank == last:
+        m.running_mean = torch.zeros(2, device="meta")
+    kind, _ = torch_error(lambda: torch.nn.functional.batch_norm(
+        torch.randn(4, 2), torch.zeros(2, device="meta"), torch.ones(2), training=True))
+    expect_error("running_mean on meta on the last rank", lambda: m(torch.randn(4, 2)), kind,
+                 on_rank(last, "bnorm SyncBatchNorm: running_mean is on meta but the input is "
+                         "on cpu"), [(store, before)], 1, m)
+
+    # a running statistic bnorm cannot update in place (strided) on one rank
+    m, store, before = guarded_module(2)
+    if rank == last:
+        m.running_var = store[40:44:2]
+    expect_error("strided running_var on the last rank", lambda: m(torch.randn(4, 2)),
+                 ValueError, on_rank(last, "bnorm SyncBatchNorm: running_var must be a "
+                                     "contiguous 1-d tensor, got shape (2,) and strides (2,)"),
+                 [(store, before)], 1, m)
+
+    if size > 1:
+        # ranks that are each consistent but differ from one another: in C, or in dtype
+        for c, dtype in ((3, torch.float32), (2, torch.float64)):
+            m, store, before = guarded_module(mine(c, 2), mine(dtype, torch.float32))
+            x = torch.randn(4, mine(c, 2), 3, dtype=mine(dtype, torch.float32))
+            expect_error("%d channels of %s on the last rank" % (c, dtype), lambda: m(x),
+                         RuntimeError, "bnorm SyncBatchNorm: every rank must give the same "
+                         "channels and dtype: rank 0 has 2 channels of torch.float32, rank %d "
+                         "has %d channels of %s" % (last, c, dtype), [(store, before)], 1, m)
+
+    # backward: one rank failing to allocate the gradient; every rank raises its error
+    m, store, before = guarded_module(2)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y = m(x)
+    real = torch.empty_like
+
+    def failing_empty_like(*args, **kwargs):
+        raise RuntimeError("cannot allocate the gradient (a test)")
+
+    if rank == last:
+        torch.empty_like = failing_empty_like
+    try:
+        expect_error("backward failing on the last rank", lambda: y.sum().backward(),
+                     RuntimeError, on_rank(last, "cannot allocate the gradient (a test)"))
+    finally:
+        torch.empty_like = real
+    check(x.grad is None, "backward failing on the last rank: a gradient was written")
+    # grad_output of the wrong shape handed to the backward pass on one rank
+    y = m(x)
+    g = torch.ones(mine((5, 2, 4), (5, 2, 3)))
+    expect_error("grad_output of another shape on the last rank",
+                 lambda: bnorm._sync._SyncFunction.backward(y.grad_fn, g), RuntimeError,
+                 on_rank(last, "bnorm SyncBatchNorm: grad_output has shape (5, 2, 4) but the "
+                         "input has shape (5, 2, 3)"))
+    still_in_step("backward errors", m)
+
+
 def main():
+    if sys.argv[1:] == ["errors"]:
+        run_errors()
+        return finish()
     seed = 1
     cases = [((7, 3, 4, 5), torch.float32, False, True, True, 0.1),
              ((7, 3, 4, 5), torch.float32, True, True, True, 0.1),
@@ -172,6 +365,10 @@ def main():
                 traceback.print_exc()
                 check(False, "exception in case %s" % (shape,))
     run_count_one()
+    return finish()
+
+
+def finish():
     total = comm.allreduce(np.array([counts["passed"], counts["failed"]]), op=MPI.SUM)
     if rank == 0:
         print("%d ranks: %d passed, %d failed" % (size, total[0], total[1]), flush=True)

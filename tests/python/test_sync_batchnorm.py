@@ -7,6 +7,7 @@ MPI (openmpi-bin, python3-mpi4py) is required: a missing mpirun or mpi4py fails 
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -19,7 +20,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def mpirun(np_, script, *args, env=None):
+def mpirun(np_, script, *args, env=None, timeout=900):
+    """Run script under mpirun with np_ ranks; a run that outlives timeout seconds (a rank left
+    waiting) is killed with all its ranks and fails the test."""
     mpirun_path = shutil.which("mpirun")
     assert mpirun_path, "mpirun is missing: apt-get install openmpi-bin libopenmpi-dev"
     cmd = [mpirun_path, "--oversubscribe", "-np", str(np_)]
@@ -27,9 +30,17 @@ def mpirun(np_, script, *args, env=None):
         cmd.insert(1, "--allow-run-as-root")
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.path.join(ROOT, "python") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(cmd + [sys.executable, script] + list(args), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=900)
+    proc = subprocess.Popen(cmd + [sys.executable, script] + list(args), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("%d ranks still running after %d s (a rank left waiting?):\n%s"
+                    % (np_, timeout, out[-4000:]))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
@@ -39,6 +50,18 @@ def test_matches_whole_batch_batchnorm_across_ranks(ranks):
     assert r.returncode == 0, r.stdout[-4000:]
     assert last.startswith("%d ranks: " % ranks) and last.endswith(" 0 failed"), r.stdout[-4000:]
     assert int(last.split()[2]) > 250 * ranks  # every rank ran every case
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_errors_are_decided_by_all_ranks(ranks):
+    """Each bad argument (on every rank, or on one): every rank raises the same error, with
+    torch's type and message and naming the failing rank, and nothing is written on any rank
+    (running statistics and the canaries around them compared); no rank is left waiting."""
+    r = mpirun(ranks, os.path.join(HERE, "mpi_sync_worker.py"), "errors", timeout=120)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert last.startswith("%d ranks: " % ranks) and last.endswith(" 0 failed"), r.stdout[-4000:]
+    assert int(last.split()[2]) >= 60 * ranks, last  # every rank ran every case
 
 
 def no_mpi_env():

@@ -14,6 +14,7 @@ Run: BNORM_LIBRARY=$PWD/build/libbnorm.so PYTHONPATH=python python3 -m pytest te
 """
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -253,6 +254,42 @@ def test_functional_errors_like_torch(training, nm, nv, nw, nb):
     args = [None if n is None else torch.ones(n) for n in (nm, nv, nw, nb)]
     assert_same_error(lambda: bt.batch_norm(x, *args, training=training),
                       lambda: F.batch_norm(x, *args, training=training))
+
+
+@pytest.mark.parametrize("name", ["running_mean", "running_var"])
+@pytest.mark.parametrize("training", [True, False])
+def test_running_stats_requiring_grad_raise_like_torch(name, training, monkeypatch):
+    """A running statistic that requires grad (bn.running_mean = nn.Parameter(...)) would get
+    no gradient: torch's RuntimeError, from BatchNorm1d/2d/3d, SyncBatchNorm (one process) and
+    batch_norm, with nothing updated; under no_grad both compute."""
+    for k in list(os.environ):
+        if k.startswith(("OMPI_COMM_WORLD", "PMIX_RANK", "PMI_")):
+            monkeypatch.delenv(k)
+    gen = torch.Generator().manual_seed(13)
+    pairs = [(getattr(nn, "BatchNorm%dd" % d), getattr(bt, "BatchNorm%dd" % d), d)
+             for d in (1, 2, 3)] + [(nn.BatchNorm2d, bt.SyncBatchNorm, 2)]
+    for ref_cls, our_cls, dim in pairs:
+        ref, ours = ref_cls(3), our_cls(3)
+        for m in (ref, ours):
+            setattr(m, name, nn.Parameter(getattr(m, name).clone()))
+            m.train(training)
+        x = random_input(gen, (4, 3) + (2,) * dim, torch.float32, False).requires_grad_()
+        assert_same_error(lambda: ours(x), lambda: ref(x))
+        assert torch.equal(ours.running_mean, torch.zeros(3))
+        assert torch.equal(ours.running_var, torch.ones(3))
+        assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item()
+        with torch.no_grad():
+            assert_close(ours(x), ref(x), "%s under no_grad" % our_cls.__name__)
+        assert_close(getattr(ours, name), getattr(ref, name))
+    x = random_input(gen, (4, 3, 5), torch.float64, False)
+    stats = {"running_mean": torch.zeros(3, dtype=torch.float64),
+             "running_var": torch.ones(3, dtype=torch.float64)}
+    stats[name] = nn.Parameter(stats[name])
+    assert_same_error(
+        lambda: bt.batch_norm(x, stats["running_mean"], stats["running_var"], training=training),
+        lambda: F.batch_norm(x, stats["running_mean"], stats["running_var"], training=training))
+    assert torch.equal(stats[name].detach(), torch.zeros(3) if name == "running_mean"
+                       else torch.ones(3))
 
 
 def test_other_dtypes_and_arguments_behave_like_torch():
