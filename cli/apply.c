@@ -44,9 +44,9 @@ typedef struct apply_args {
 static int parse_args(apply_args *a, int argc, char **argv) {
     const cli_flag flags[] = {{"--channels-last", &a->channels_last},
                               {"--check-finite", &a->check_finite}, {NULL, NULL}};
-    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--stats", &a->stats},
-                                  {NULL, "--prefix", &a->prefix}, {NULL, "--eps", &a->eps_text},
-                                  {NULL, NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out, 1}, {NULL, "--stats", &a->stats, 1},
+                                  {NULL, "--prefix", &a->prefix, 0},
+                                  {NULL, "--eps", &a->eps_text, 0}, {NULL, NULL, NULL, 0}};
     int n = 0;
     int status = cli_parse_args(argc, argv, "apply", usage, help, flags, options, &a->in, 1, &n);
     if (status != CLI_OK) return status;

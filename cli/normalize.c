@@ -50,9 +50,9 @@ typedef struct normalize_args {
 static int parse_args(normalize_args *a, int argc, char **argv) {
     const cli_flag flags[] = {{"--channels-last", &a->channels_last},
                               {"--check-finite", &a->check_finite}, {NULL, NULL}};
-    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--eps", &a->eps_text},
-                                  {NULL, "--weight", &a->weight}, {NULL, "--bias", &a->bias},
-                                  {NULL, NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out, 1}, {NULL, "--eps", &a->eps_text, 0},
+                                  {NULL, "--weight", &a->weight, 1}, {NULL, "--bias", &a->bias, 1},
+                                  {NULL, NULL, NULL, 0}};
     int n = 0;
     int status = cli_parse_args(argc, argv, "normalize", usage, help, flags, options, &a->in, 1, &n);
     if (status != CLI_OK) return status;
