@@ -590,7 +590,9 @@ static bn_status read_data(FILE *f, const npy_header *h, long long known_rest, v
 }
 
 /* Reads the preamble and the header of the file f is at the start of. On success *offset is where
- * the data starts and *rest the number of bytes after it (-1 when f is not a regular file). */
+ * the data starts and *rest the number of bytes after it (-1 when the size is not known: f is
+ * not a regular file, or one that says 0 bytes and has some, as /proc files do). */
+
 static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *rest, char *err,
                              size_t errlen) {
     struct stat sb;
@@ -601,6 +603,7 @@ static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *
     size_t got;
     bn_status st = read_some(f, start, sizeof start, &got, err, errlen);
     if (st != BN_OK) return st;
+    if (regular && sb.st_size == 0 && got > 0) regular = 0; /* /proc, /sys: read as a stream */
     /* For a pipe the length is unknown: pretend it is just long enough for the header, and let
      * the short reads below tell the truth. */
     size_t file_len = regular ? (size_t)sb.st_size : got < sizeof start ? got : SIZE_MAX;
@@ -658,6 +661,38 @@ bn_status bn_npy_read(bn_npy *arr, const char *path, char *err, size_t errlen) {
     return st;
 }
 
+static const char *file_kind(mode_t mode) {
+    return S_ISFIFO(mode) ? "a FIFO" : S_ISCHR(mode) ? "a character device"
+         : S_ISBLK(mode) ? "a block device" : S_ISSOCK(mode) ? "a socket" : "of an unknown type";
+}
+
+bn_status bn_open_regular(FILE **f, const char *path, char *err, size_t errlen) {
+    if (!f || !path) {
+        set_err(err, errlen, "a required argument is NULL");
+        return BN_ERR_NULL_POINTER;
+    }
+    *f = NULL;
+    /* O_NONBLOCK: opening a FIFO that has no writer would wait for one */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return io_error("cannot open", errno, err, errlen);
+    struct stat sb;
+    int flags;
+    bn_status st = BN_OK;
+    if (fstat(fd, &sb) != 0) {
+        st = io_error("cannot stat", errno, err, errlen);
+    } else if (S_ISDIR(sb.st_mode)) {
+        st = io_error("cannot read", EISDIR, err, errlen);
+    } else if (!S_ISREG(sb.st_mode)) {
+        set_err(err, errlen, "not a regular file (%s)", file_kind(sb.st_mode));
+        st = BN_ERR_IO;
+    } else if ((flags = fcntl(fd, F_GETFL)) < 0 ||
+               fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || !(*f = fdopen(fd, "rb"))) {
+        st = io_error("cannot open", errno, err, errlen);
+    }
+    if (st != BN_OK) close(fd);
+    return st;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Reading a file in pieces.
  */
@@ -668,14 +703,16 @@ bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size
         return BN_ERR_NULL_POINTER;
     }
     memset(s, 0, sizeof *s);
-    FILE *f = fopen(path, "rb");
-    if (!f) return io_error("cannot open", errno, err, errlen);
+    FILE *f;
+    bn_status st = bn_open_regular(&f, path, err, errlen);
+    if (st != BN_OK) return st;
     npy_header h;
     size_t offset;
     long long rest;
-    bn_status st = read_header(f, &h, &offset, &rest, err, errlen);
+    st = read_header(f, &h, &offset, &rest, err, errlen);
     if (st == BN_OK && rest < 0) {
-        set_err(err, errlen, "not a regular file: it cannot be read in pieces");
+        set_err(err, errlen, "the file system gives no size for it (it says 0 bytes): it cannot "
+                             "be read in pieces");
         st = BN_ERR_IO;
     }
     if (st == BN_OK && (unsigned long long)rest != (unsigned long long)h.nbytes)

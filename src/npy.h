@@ -40,6 +40,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* NumPy's own limit (NPY_MAXDIMS in NumPy 1.x). */
 #define BN_NPY_MAX_NDIM 32
@@ -58,6 +59,9 @@ typedef struct bn_npy {
 /*
  * Reads the .npy file at path into *arr, which is overwritten; the caller frees it with
  * bn_npy_free(). On failure *arr is zeroed, nothing stays allocated and err says why.
+ * path may be a pipe or a device (/dev/stdin), read as a stream; so is a regular file that says
+ * it has 0 bytes and has some (/proc and /sys files). A FIFO is opened as cat opens one: that
+ * waits for a writer, as long as it takes, since the writer may well start after the reader.
  * @return BN_OK or one of the statuses listed at the top of this file.
  */
 bn_status bn_npy_read(bn_npy *arr, const char *path, char *err, size_t errlen);
@@ -107,9 +111,10 @@ typedef struct bn_npy_stream {
 } bn_npy_stream;
 
 /*
- * Opens path and reads its header, with the checks of bn_npy_read: the file must be a regular
- * file whose size matches the header. A Fortran-order array of more than one dimension is
- * BN_ERR_UNSUPPORTED (its samples are not contiguous). On failure nothing stays open.
+ * Opens path (with bn_open_regular) and reads its header, with the checks of bn_npy_read: the
+ * file must be a regular file whose size is known and matches the header. A Fortran-order
+ * array of more than one dimension is BN_ERR_UNSUPPORTED (its samples are not contiguous). On
+ * failure nothing stays open.
  * @return BN_OK or a status of bn_npy_read; err says why.
  */
 bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen);
@@ -140,6 +145,15 @@ bn_status bn_write_replacing(const char *path, const char *header, size_t hlen, 
  * atomic load and unlink). It knows one file: the latest write in progress.
  */
 void bn_npy_remove_temporary(void);
+
+/*
+ * Opens path for reading when it is a regular file, for readers that need one (a known size,
+ * seeks): anything else is refused ("not a regular file (a FIFO)", ... "cannot read: Is a
+ * directory"). Opening does not wait on a FIFO that has no writer: O_NONBLOCK, cleared once the
+ * file is known to be regular. On success *f is open ("rb"); on failure it is NULL.
+ * @return BN_OK; BN_ERR_IO (err says why); BN_ERR_NULL_POINTER.
+ */
+bn_status bn_open_regular(FILE **f, const char *path, char *err, size_t errlen);
 
 /*
  * Formats a shape the way Python prints a tuple: "()", "(5,)", "(2, 3)", into buf (truncated

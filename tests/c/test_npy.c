@@ -1,6 +1,6 @@
 /* test_npy.c - the .npy reader and writer: round trips, every header form NumPy may write, and
  * one check per way a file can be wrong; the writer's promise that a failure leaves no file and
- * changes no existing file. Files live in a fresh directory under /tmp. */
+ * changes no existing file; readers that do not wait on a FIFO. Files live in a fresh directory under /tmp. */
 #define _XOPEN_SOURCE 700
 
 #include "check.h"
@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -21,7 +22,7 @@ static char err[512];
 
 /* dir/name, in a static buffer (one at a time is enough here). */
 static const char *in_dir(const char *name) {
-    static char path[256];
+    static char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return path;
 }
@@ -496,6 +497,54 @@ static void test_write_errors(void) {
     test_write_failure_keeps_old();
 }
 
+/* Runs fn in a child process that SIGALRM ends after 10 s, so that a call that waits forever
+ * fails the check instead of hanging the tests. Returns fn's value, or -1 if it did not return. */
+static int without_waiting(int (*fn)(void)) {
+    fflush(stdout); /* the child must not print what the parent has buffered */
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(10);
+        _exit(fn());
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
+static int open_fifo_as_regular(void) {
+    char e[512];
+    FILE *f = (FILE *)1;
+    bn_status st = bn_open_regular(&f, in_dir("fifo"), e, sizeof e);
+    return st == BN_ERR_IO && f == NULL && strcmp(e, "not a regular file (a FIFO)") == 0;
+}
+
+static int open_fifo_as_stream(void) {
+    char e[512];
+    bn_npy_stream s;
+    bn_status st = bn_npy_stream_open(&s, in_dir("fifo"), e, sizeof e);
+    return st == BN_ERR_IO && s.file == NULL && strcmp(e, "not a regular file (a FIFO)") == 0;
+}
+
+/* Inputs that are not plain files: readers that need a regular file refuse a FIFO without
+ * waiting for a writer, and a device; a /proc file says 0 bytes and has some: it is read for what
+ * it is, not taken for an empty file. */
+static void test_input_kinds(void) {
+    CHECK(mkfifo(in_dir("fifo"), 0644) == 0);
+    CHECK_MSG(without_waiting(open_fifo_as_regular) == 1, "bn_open_regular on a FIFO");
+    CHECK_MSG(without_waiting(open_fifo_as_stream) == 1, "bn_npy_stream_open on a FIFO");
+    remove(in_dir("fifo"));
+    bn_npy a;
+    if (!CHECK(access("/proc/cpuinfo", R_OK) == 0)) return;
+    CHECK_STATUS(bn_npy_read(&a, "/proc/cpuinfo", err, sizeof err), BN_ERR_FORMAT);
+    CHECK_MSG(strstr(err, "not a .npy file: it does not start with the magic") == err,
+              "message: %s", err);
+    bn_npy_stream s;
+    CHECK_STATUS(bn_npy_stream_open(&s, "/proc/cpuinfo", err, sizeof err), BN_ERR_FORMAT);
+    CHECK_MSG(strstr(err, "not a .npy file") == err, "message: %s", err);
+    CHECK_STATUS(bn_npy_stream_open(&s, "/dev/null", err, sizeof err), BN_ERR_IO);
+    CHECK_MSG(strcmp(err, "not a regular file (a character device)") == 0, "message: %s", err);
+}
+
 static void test_shape_string(void) {
     char buf[64];
     int64_t d[3] = {2, 3, 40};
@@ -514,6 +563,7 @@ BN_SUITE(suite_npy) {
     test_fortran_order();
     test_malformed_files();
     test_write_errors();
+    test_input_kinds();
     test_shape_string();
     CHECK_MSG(rmdir(dir) == 0, "%s not empty at the end: %s", dir, strerror(errno));
 }
