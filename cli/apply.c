@@ -125,6 +125,7 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     st = bn_forward_eval(x->data, x->data, rm, rv, has_w ? w : NULL, has_b ? b : NULL, &desc,
                          a->eps);
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
+    cli_note_stale_temporary(a->out);
     st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;

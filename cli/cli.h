@@ -60,6 +60,13 @@ int cli_parse_args(int argc, char **argv, const char *command, const char *usage
                    const char **files, int max_files, int *nfiles);
 
 /*
+ * Before out is written: when a temporary file that an interrupted write of out left is there
+ * (bn_find_stale_temporary), "bnorm: <out>: note: <it> looks left over ..." on stderr. It is
+ * not removed, since another run may be writing out at this moment.
+ */
+void cli_note_stale_temporary(const char *out);
+
+/*
  * Strict number parsing: the whole text must be the number, with no spaces around it.
  * cli_parse_double accepts any finite decimal or hexadecimal floating-point number in range;
  * cli_parse_u64 accepts decimal digits only (no sign).

@@ -257,6 +257,7 @@ static int write_stats(const fit_args *a, const dataset *d, const double *mean,
         {names[1], dt, 1, {C}, C, (char *)data + (size_t)C * (f64 ? 8 : 4)},
         {names[2], CLI_ST_I64, 0, {0}, 1, &batches},
     };
+    cli_note_stale_temporary(a->out);
     bn_status st = cli_safetensors_write(a->out, t, 3, "format", "pt", err, sizeof err);
     free(data);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);

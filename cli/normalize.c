@@ -142,6 +142,7 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
                           bias->data, &desc, &opt);
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
 
+    cli_note_stale_temporary(a->out);
     st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;

@@ -3,7 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "safetensors.h"
-#include "npy.h" /* bn_write_replacing, bn_open_regular */
+#include "npy.h" /* bn_write_output, bn_open_regular */
 
 #ifdef BN_HAVE_CJSON
 #include <cjson/cJSON.h>
@@ -119,8 +119,8 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
             to_little(data, t[k].count, size);
             data += bytes;
         }
-        st = bn_write_replacing(path, (const char *)buf, 8 + hlen, buf + 8 + hlen, total, err,
-                                errlen);
+        st = bn_write_output(path, (const char *)buf, 8 + hlen, buf + 8 + hlen, total, err,
+                             errlen);
     } else {
         set_err(err, errlen, "out of memory");
     }
