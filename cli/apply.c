@@ -44,9 +44,9 @@ typedef struct apply_args {
 static int parse_args(apply_args *a, int argc, char **argv) {
     const cli_flag flags[] = {{"--channels-last", &a->channels_last},
                               {"--check-finite", &a->check_finite}, {NULL, NULL}};
-    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--stats", &a->stats},
-                                  {NULL, "--prefix", &a->prefix}, {NULL, "--eps", &a->eps_text},
-                                  {NULL, NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out, 1}, {NULL, "--stats", &a->stats, 1},
+                                  {NULL, "--prefix", &a->prefix, 0},
+                                  {NULL, "--eps", &a->eps_text, 0}, {NULL, NULL, NULL, 0}};
     int n = 0;
     int status = cli_parse_args(argc, argv, "apply", usage, help, flags, options, &a->in, 1, &n);
     if (status != CLI_OK) return status;
@@ -125,6 +125,7 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     st = bn_forward_eval(x->data, x->data, rm, rv, has_w ? w : NULL, has_b ? b : NULL, &desc,
                          a->eps);
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
+    cli_note_stale_temporary(a->out);
     st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;

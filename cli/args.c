@@ -37,6 +37,7 @@ int cli_parse_args(int argc, char **argv, const char *command, const char *usage
     int options_done = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
+        if (arg[0] == '\0') return cli_usage_error(command, usage, "an input file name is empty");
         if (options_done || arg[0] != '-' || arg[1] == '\0') {
             if (*nfiles == max_files)
                 return cli_usage_error(command, usage, "unexpected argument '%s'", arg);
@@ -54,8 +55,11 @@ int cli_parse_args(int argc, char **argv, const char *command, const char *usage
         int r = 0;
         for (const cli_flag *f = flags; f && f->name && !r; f++)
             if (strcmp(arg, f->name) == 0) *f->set = 1, r = 1;
-        for (const cli_option *o = options; o && o->long_name && !r; o++)
+        for (const cli_option *o = options; o && o->long_name && !r; o++) {
             r = cli_take_value(argc, argv, &i, o->short_name, o->long_name, o->value, command, usage);
+            if (r == 1 && o->file && (*o->value)[0] == '\0')
+                return cli_usage_error(command, usage, "%s: the file name is empty", o->long_name);
+        }
         if (r < 0) return CLI_USAGE_ERROR;
         if (r == 0) return cli_usage_error(command, usage, "unknown option '%s'", arg);
     }

@@ -43,19 +43,28 @@ int cli_take_value(int argc, char **argv, int *i, const char *short_name, const 
                    const char **value, const char *command, const char *usage);
 
 /* A flag ("--channels-last") sets *set to 1; an option ("-o OUT", "--output OUT", "--output=OUT")
- * stores its value in *value. Tables end with an entry whose long name is NULL. */
+ * stores its value in *value; file: the value is a file name, which may not be empty. Tables end
+ * with an entry whose long name is NULL. */
 typedef struct { const char *name; int *set; } cli_flag;
-typedef struct { const char *short_name, *long_name; const char **value; } cli_option;
+typedef struct { const char *short_name, *long_name; const char **value; int file; } cli_option;
 
 /*
  * The loop a subcommand's arguments go through: arguments that are not options (or come after
  * "--") go into files[], at most max_files of them (*nfiles counts them); -h and --help print
- * the help; flags and options as in the tables; anything else is a usage error.
+ * the help; flags and options as in the tables; anything else is a usage error, and so is an
+ * empty file name (an empty argument, or an empty value of a file option).
  * @return CLI_OK; -1 when the help was printed; CLI_USAGE_ERROR, already reported.
  */
 int cli_parse_args(int argc, char **argv, const char *command, const char *usage,
                    const char *help, const cli_flag *flags, const cli_option *options,
                    const char **files, int max_files, int *nfiles);
+
+/*
+ * Before out is written: when a temporary file that an interrupted write of out left is there
+ * (bn_find_stale_temporary), "bnorm: <out>: note: <it> looks left over ..." on stderr. It is
+ * not removed, since another run may be writing out at this moment.
+ */
+void cli_note_stale_temporary(const char *out);
 
 /*
  * Strict number parsing: the whole text must be the number, with no spaces around it.

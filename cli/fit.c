@@ -60,9 +60,9 @@ typedef struct fit_args {
 static int parse_args(fit_args *a, int argc, char **argv) {
     const cli_flag flags[] = {{"--channels-last", &a->channels_last},
                               {"--check-finite", &a->check_finite}, {NULL, NULL}};
-    const cli_option options[] = {{"-o", "--out", &a->out}, {NULL, "--batch", &a->batch_text},
-                                  {NULL, "--estimator", &a->estimator},
-                                  {NULL, "--prefix", &a->prefix}, {NULL, NULL, NULL}};
+    const cli_option options[] = {{"-o", "--out", &a->out, 1}, {NULL, "--batch", &a->batch_text, 0},
+                                  {NULL, "--estimator", &a->estimator, 0},
+                                  {NULL, "--prefix", &a->prefix, 0}, {NULL, NULL, NULL, 0}};
     int status = cli_parse_args(argc, argv, "fit", usage, help, flags, options, a->files, argc,
                                 &a->nfiles);
     if (status != CLI_OK) return status;
@@ -257,6 +257,7 @@ static int write_stats(const fit_args *a, const dataset *d, const double *mean,
         {names[1], dt, 1, {C}, C, (char *)data + (size_t)C * (f64 ? 8 : 4)},
         {names[2], CLI_ST_I64, 0, {0}, 1, &batches},
     };
+    cli_note_stale_temporary(a->out);
     bn_status st = cli_safetensors_write(a->out, t, 3, "format", "pt", err, sizeof err);
     free(data);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);

@@ -43,6 +43,13 @@ int cli_fail(const char *file, const char *fmt, ...) {
     return CLI_RUNTIME_ERROR;
 }
 
+void cli_note_stale_temporary(const char *out) {
+    char stale[4200];
+    if (bn_find_stale_temporary(out, stale, sizeof stale))
+        fprintf(stderr, "bnorm: %s: note: %s looks left over from an interrupted run (if no other "
+                        "bnorm is writing this output now, remove it)\n", out, stale);
+}
+
 int cli_usage_error(const char *command, const char *usage_lines, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -77,7 +84,8 @@ static int run(int argc, char **argv) {
     return cli_usage_error(NULL, usage, "unknown command '%s'", cmd);
 }
 
-/* Interrupted while writing an output: remove the temporary file, then die of the signal. */
+/* Interrupted while writing an output: remove the temporary file, then die of the signal.
+ * (SIGKILL leaves it; the next write of that output mentions it: cli_note_stale_temporary.) */
 static void on_signal(int sig) {
     bn_npy_remove_temporary();
     signal(sig, SIG_DFL);

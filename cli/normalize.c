@@ -50,9 +50,9 @@ typedef struct normalize_args {
 static int parse_args(normalize_args *a, int argc, char **argv) {
     const cli_flag flags[] = {{"--channels-last", &a->channels_last},
                               {"--check-finite", &a->check_finite}, {NULL, NULL}};
-    const cli_option options[] = {{"-o", "--output", &a->out}, {NULL, "--eps", &a->eps_text},
-                                  {NULL, "--weight", &a->weight}, {NULL, "--bias", &a->bias},
-                                  {NULL, NULL, NULL}};
+    const cli_option options[] = {{"-o", "--output", &a->out, 1}, {NULL, "--eps", &a->eps_text, 0},
+                                  {NULL, "--weight", &a->weight, 1}, {NULL, "--bias", &a->bias, 1},
+                                  {NULL, NULL, NULL, 0}};
     int n = 0;
     int status = cli_parse_args(argc, argv, "normalize", usage, help, flags, options, &a->in, 1, &n);
     if (status != CLI_OK) return status;
@@ -142,6 +142,7 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
                           bias->data, &desc, &opt);
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
 
+    cli_note_stale_temporary(a->out);
     st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;

@@ -3,7 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "safetensors.h"
-#include "npy.h" /* bn_write_replacing */
+#include "npy.h" /* bn_write_output, bn_open_regular */
 
 #ifdef BN_HAVE_CJSON
 #include <cjson/cJSON.h>
@@ -119,8 +119,8 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
             to_little(data, t[k].count, size);
             data += bytes;
         }
-        st = bn_write_replacing(path, (const char *)buf, 8 + hlen, buf + 8 + hlen, total, err,
-                                errlen);
+        st = bn_write_output(path, (const char *)buf, 8 + hlen, buf + 8 + hlen, total, err,
+                             errlen);
     } else {
         set_err(err, errlen, "out of memory");
     }
@@ -133,35 +133,45 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
  * Reading.
  */
 
+/* The whole of the regular file at path. Its size says how much to read, unless it says 0
+ * bytes: a /proc or /sys file then shows what it has when read to its end. */
 static bn_status read_all(const char *path, unsigned char **out, size_t *len, char *err,
                           size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        set_err(err, errlen, "cannot open: %s", strerror(errno));
-        return BN_ERR_IO;
-    }
+    FILE *f;
+    bn_status st = bn_open_regular(&f, path, err, errlen); /* no FIFO, device or directory */
+    if (st != BN_OK) return st;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "cannot read: %s", S_ISDIR(sb.st_mode) ? strerror(EISDIR)
-                                                                   : "not a regular file");
-        fclose(f);
-        return BN_ERR_IO;
+    const int sized = fstat(fileno(f), &sb) == 0 && sb.st_size > 0;
+    size_t cap = sized ? (size_t)sb.st_size : 4096, got = 0;
+    *out = NULL;
+    for (;;) {
+        unsigned char *grown = realloc(*out, cap);
+        if (!grown) {
+            st = BN_ERR_NO_MEMORY;
+            set_err(err, errlen, "out of memory reading %zu bytes", cap);
+            break;
+        }
+        *out = grown;
+        got += fread(*out + got, 1, cap - got, f);
+        if (ferror(f)) {
+            st = BN_ERR_IO;
+            set_err(err, errlen, "read failed: %s", strerror(errno));
+            break;
+        }
+        if (got < cap || sized) break; /* the end, or all the size promised */
+        cap *= 2;
     }
-    *len = (size_t)sb.st_size;
-    *out = malloc(*len ? *len : 1);
-    if (!*out) {
-        fclose(f);
-        set_err(err, errlen, "out of memory reading %zu bytes", *len);
-        return BN_ERR_NO_MEMORY;
-    }
-    size_t got = fread(*out, 1, *len, f);
-    int e = errno, bad = ferror(f);
     fclose(f);
-    if (got != *len) {
-        free(*out);
-        set_err(err, errlen, "read failed: %s", bad ? strerror(e) : "the file shrank");
-        return BN_ERR_IO;
+    if (st == BN_OK && sized && got != cap) {
+        st = BN_ERR_IO;
+        set_err(err, errlen, "read failed: the file shrank");
     }
+    if (st != BN_OK) {
+        free(*out);
+        *out = NULL;
+        return st;
+    }
+    *len = got;
     return BN_OK;
 }
 

@@ -1,6 +1,7 @@
 /* test_npy.c - the .npy reader and writer: round trips, every header form NumPy may write, and
  * one check per way a file can be wrong; the writer's promise that a failure leaves no file and
- * changes no existing file. Files live in a fresh directory under /tmp. */
+ * changes no existing file, and its rule for each kind of path (FIFO, symbolic link, long name);
+ * readers that do not wait on a FIFO. Files live in a fresh directory under /tmp. */
 #define _XOPEN_SOURCE 700
 
 #include "check.h"
@@ -14,6 +15,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -21,7 +23,7 @@ static char err[512];
 
 /* dir/name, in a static buffer (one at a time is enough here). */
 static const char *in_dir(const char *name) {
-    static char path[256];
+    static char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return path;
 }
@@ -496,6 +498,176 @@ static void test_write_errors(void) {
     test_write_failure_keeps_old();
 }
 
+/* Runs fn in a child process that SIGALRM ends after 10 s, so that a call that waits forever
+ * fails the check instead of hanging the tests. Returns fn's value, or -1 if it did not return. */
+static int without_waiting(int (*fn)(void)) {
+    fflush(stdout); /* the child must not print what the parent has buffered */
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(10);
+        _exit(fn());
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
+static const float out_v[4] = {1, 2, 3, 4};
+static const int64_t out_dims[2] = {2, 2};
+
+static int write_to_fifo_without_reader(void) {
+    char e[512];
+    bn_status st = bn_npy_write(in_dir("fifo"), BN_FLOAT32, 2, out_dims, out_v, e, sizeof e);
+    return st == BN_ERR_IO && strstr(e, strerror(ENXIO)) && strstr(e, "no process is reading");
+}
+
+static int open_fifo_as_regular(void) {
+    char e[512];
+    FILE *f = (FILE *)1;
+    bn_status st = bn_open_regular(&f, in_dir("fifo"), e, sizeof e);
+    return st == BN_ERR_IO && f == NULL && strcmp(e, "not a regular file (a FIFO)") == 0;
+}
+
+static int open_fifo_as_stream(void) {
+    char e[512];
+    bn_npy_stream s;
+    bn_status st = bn_npy_stream_open(&s, in_dir("fifo"), e, sizeof e);
+    return st == BN_ERR_IO && s.file == NULL && strcmp(e, "not a regular file (a FIFO)") == 0;
+}
+
+/* The bytes bn_npy_write writes for out_v, read back from a regular file. */
+static unsigned char *expected_output(size_t *len) {
+    const char *path = in_dir("expected.npy");
+    if (bn_npy_write(path, BN_FLOAT32, 2, out_dims, out_v, err, sizeof err) != BN_OK) return NULL;
+    unsigned char *bytes = slurp(path, len);
+    remove(path);
+    return bytes;
+}
+
+static int same_file(const char *path, const unsigned char *want, size_t want_len) {
+    size_t len = 0;
+    unsigned char *got = slurp(path, &len);
+    int same = got && len == want_len && memcmp(got, want, len) == 0;
+    free(got);
+    return same;
+}
+
+/* bn_write_output's rule for each kind of path (through bn_npy_write). */
+static void test_output_rule(void) {
+    size_t want_len = 0;
+    unsigned char *want = expected_output(&want_len);
+    if (!CHECK(want != NULL)) return;
+
+    /* a FIFO: no reader is ENXIO at once; with a reader, the bytes go through it */
+    CHECK(mkfifo(in_dir("fifo"), 0644) == 0);
+    CHECK_MSG(without_waiting(write_to_fifo_without_reader) == 1, "a FIFO without a reader");
+    int rd = open(in_dir("fifo"), O_RDONLY | O_NONBLOCK);
+    CHECK_STATUS(bn_npy_write(in_dir("fifo"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    unsigned char got[1024];
+    ssize_t n = rd >= 0 ? read(rd, got, sizeof got) : -1;
+    CHECK(n > 0 && (size_t)n == want_len && memcmp(got, want, (size_t)n) == 0);
+    if (rd >= 0) close(rd);
+    struct stat sb;
+    CHECK(lstat(in_dir("fifo"), &sb) == 0 && S_ISFIFO(sb.st_mode));
+    remove(in_dir("fifo"));
+
+    /* a symbolic link (relative, to another directory): the file it leads to is replaced, with
+     * the temporary file beside it, and the link stays; a link to nothing yet makes the file */
+    CHECK(mkdir(in_dir("sub"), 0755) == 0);
+    CHECK(put_file(in_dir("sub/t.npy"), "old", 3));
+    CHECK(symlink("sub/t.npy", in_dir("link")) == 0);
+    CHECK_STATUS(bn_npy_write(in_dir("link"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    CHECK(same_file(in_dir("sub/t.npy"), want, want_len));
+    char text[64] = {0};
+    CHECK(readlink(in_dir("link"), text, sizeof text - 1) == 9 && strcmp(text, "sub/t.npy") == 0);
+    CHECK(count_entries(in_dir("sub")) == 1);
+    CHECK(symlink("sub/new.npy", in_dir("dangling")) == 0);
+    CHECK_STATUS(bn_npy_write(in_dir("dangling"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    CHECK(same_file(in_dir("sub/new.npy"), want, want_len));
+    CHECK(lstat(in_dir("dangling"), &sb) == 0 && S_ISLNK(sb.st_mode));
+    /* a link to a directory is the directory */
+    CHECK(symlink("sub", in_dir("to-dir")) == 0);
+    CHECK_STATUS(bn_npy_write(in_dir("to-dir"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_ERR_IO);
+    CHECK_MSG(strstr(err, strerror(EISDIR)) != NULL, "message: %s", err);
+    remove(in_dir("to-dir"));
+    remove(in_dir("dangling"));
+    remove(in_dir("link"));
+    remove(in_dir("sub/new.npy"));
+
+    /* a replaced file keeps its mode */
+    CHECK(chmod(in_dir("sub/t.npy"), 0600) == 0);
+    CHECK_STATUS(bn_npy_write(in_dir("sub/t.npy"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    CHECK(stat(in_dir("sub/t.npy"), &sb) == 0 && (sb.st_mode & 07777) == 0600);
+    remove(in_dir("sub/t.npy"));
+    rmdir(in_dir("sub"));
+
+    /* a name of NAME_MAX bytes: the temporary name keeps what fits */
+    char name[256];
+    memset(name, 'n', 255);
+    name[255] = '\0';
+    CHECK_STATUS(bn_npy_write(in_dir(name), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    CHECK(same_file(in_dir(name), want, want_len));
+    CHECK(count_entries(dir) == 1);
+
+    /* a temporary file left by a killed write is found for its output, and only for it, and
+     * left alone by the next write */
+    char stale[300], found[512] = {0};
+    snprintf(stale, sizeof stale, ".%.237s.bnorm-tmp.Ab3dE9", name);
+    CHECK(put_file(in_dir(stale), "half", 4));
+    char stale_path[512];
+    snprintf(stale_path, sizeof stale_path, "%s", in_dir(stale));
+    CHECK(bn_find_stale_temporary(in_dir(name), found, sizeof found) == 1);
+    CHECK_MSG(strcmp(found, stale_path) == 0, "found %s", found);
+    CHECK(bn_find_stale_temporary(in_dir("other.npy"), found, sizeof found) == 0);
+    CHECK(put_file(in_dir(".keep.npy.bnorm-tmp.Ab3d"), "short", 5));  /* not 6 characters */
+    CHECK(put_file(in_dir(".keep.npy.bnorm-tmp.Ab3d-9"), "other", 5)); /* not letters, digits */
+    CHECK(bn_find_stale_temporary(in_dir("keep.npy"), NULL, 0) == 0);
+    CHECK(put_file(in_dir(".keep.npy.bnorm-tmp.zZ09aQ"), "half", 4));
+    CHECK(bn_find_stale_temporary(in_dir("keep.npy"), NULL, 0) == 1);
+    CHECK_STATUS(bn_npy_write(in_dir("keep.npy"), BN_FLOAT32, 2, out_dims, out_v, err, sizeof err),
+                 BN_OK);
+    CHECK(same_file(in_dir(".keep.npy.bnorm-tmp.zZ09aQ"), (const unsigned char *)"half", 4));
+    remove(in_dir(".keep.npy.bnorm-tmp.zZ09aQ"));
+    remove(in_dir(".keep.npy.bnorm-tmp.Ab3d"));
+    remove(in_dir(".keep.npy.bnorm-tmp.Ab3d-9"));
+    remove(in_dir("keep.npy"));
+    remove(stale_path);
+    remove(in_dir(name));
+
+    /* an empty name */
+    CHECK_STATUS(bn_npy_write("", BN_FLOAT32, 2, out_dims, out_v, err, sizeof err), BN_ERR_IO);
+    CHECK_MSG(strstr(err, "empty file name") != NULL, "message: %s", err);
+    CHECK(bn_find_stale_temporary("", NULL, 0) == 0);
+    free(want);
+    CHECK_MSG(count_entries(dir) == 0, "files left in %s", dir);
+}
+
+/* Inputs that are not plain files: readers that need a regular file refuse a FIFO without
+ * waiting for a writer, and a device; a /proc file says 0 bytes and has some: it is read for what
+ * it is, not taken for an empty file. */
+static void test_input_kinds(void) {
+    CHECK(mkfifo(in_dir("fifo"), 0644) == 0);
+    CHECK_MSG(without_waiting(open_fifo_as_regular) == 1, "bn_open_regular on a FIFO");
+    CHECK_MSG(without_waiting(open_fifo_as_stream) == 1, "bn_npy_stream_open on a FIFO");
+    remove(in_dir("fifo"));
+    bn_npy a;
+    if (!CHECK(access("/proc/cpuinfo", R_OK) == 0)) return;
+    CHECK_STATUS(bn_npy_read(&a, "/proc/cpuinfo", err, sizeof err), BN_ERR_FORMAT);
+    CHECK_MSG(strstr(err, "not a .npy file: it does not start with the magic") == err,
+              "message: %s", err);
+    bn_npy_stream s;
+    CHECK_STATUS(bn_npy_stream_open(&s, "/proc/cpuinfo", err, sizeof err), BN_ERR_FORMAT);
+    CHECK_MSG(strstr(err, "not a .npy file") == err, "message: %s", err);
+    CHECK_STATUS(bn_npy_stream_open(&s, "/dev/null", err, sizeof err), BN_ERR_IO);
+    CHECK_MSG(strcmp(err, "not a regular file (a character device)") == 0, "message: %s", err);
+}
+
 static void test_shape_string(void) {
     char buf[64];
     int64_t d[3] = {2, 3, 40};
@@ -514,6 +686,8 @@ BN_SUITE(suite_npy) {
     test_fortran_order();
     test_malformed_files();
     test_write_errors();
+    test_output_rule();
+    test_input_kinds();
     test_shape_string();
     CHECK_MSG(rmdir(dir) == 0, "%s not empty at the end: %s", dir, strerror(errno));
 }

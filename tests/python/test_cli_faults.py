@@ -281,7 +281,7 @@ def test_output_is_written_to_a_temporary_file_synced_and_renamed(tmp_path):
     assert r.returncode == 0, r.stderr
     calls = [line.split(None, 1)[1] for line in log.read_text().splitlines()]
     log.unlink()
-    tmp = re.escape(str(tmp_path)) + r"/\.out\.npy\.\w{6}"
+    tmp = re.escape(str(tmp_path)) + r"/\.out\.npy\.bnorm-tmp\.\w{6}"
     opened = [i for i, c in enumerate(calls)
               if re.match(rf'openat\(AT_FDCWD, "{tmp}", O_WRONLY\|O_CREAT\|O_EXCL', c)]
     assert len(opened) == 1, calls
