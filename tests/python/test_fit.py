@@ -407,6 +407,67 @@ def test_apply_errors(tmp_path):
     np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
 
 
+def stats_with_header(path, header_text, data):
+    """A safetensors file whose header is header_text exactly (padded with spaces to 8)."""
+    h = header_text.encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+STATS_HEADER = ('{"running_mean":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},'
+                '"running_var":{"dtype":"F32","shape":[3],"data_offsets":[12,24]}}')
+STATS_DATA = np.zeros(3, "<f4").tobytes() + np.ones(3, "<f4").tobytes()
+
+
+@pytest.mark.parametrize("after", ["}garbage", "garbage", "}", "{}", ",", "\0", " \0 ", " x",
+                                   "\u00a0", "//"])
+def test_statistics_header_with_bytes_after_the_json(tmp_path, after):
+    """After the header's JSON object only padding may follow: anything else is refused (it used
+    to be read, the rest ignored)."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    stats_with_header(stats, STATS_HEADER + after, STATS_DATA)
+    r = run("apply", "--stats", stats, src, "-o", out)
+    assert r.returncode == 1, r.stderr
+    assert "bnorm: " + str(stats) + ": the header has bytes after its JSON object that are " \
+        "not padding (byte " in r.stderr, r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("after", ["", " " * 13, "\n", " \t\r\n "])
+def test_statistics_header_padded_with_whitespace(tmp_path, after):
+    """Spaces (the format's padding) and the JSON whitespace the reference reader accepts."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    stats_with_header(stats, STATS_HEADER + after, STATS_DATA)
+    r = run("apply", "--stats", stats, src, "-o", out)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_statistics_header_of_200000_entries(tmp_path):
+    """The reader's work per entry does not grow with the number of entries: 200,000 tensors
+    are read, or refused for a duplicate name at the end, in seconds (the duplicate check
+    compared every pair of names: minutes here)."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    n = 200000
+    entries = [f'"layer{k}.t":{{"dtype":"F32","shape":[1],"data_offsets":[{24 + 4 * k},'
+               f'{28 + 4 * k}]}}' for k in range(n)]
+    data = STATS_DATA + np.arange(n, dtype="<f4").tobytes()
+    for last, code, message in [(None, 0, ""),
+                                ("layer7.t", 1, 'tensor "layer7.t" appears twice in the header')]:
+        body = entries[:-1] + [entries[-1].replace(f"layer{n - 1}.t", last)] if last else entries
+        stats_with_header(stats, STATS_HEADER[:-1] + "," + ",".join(body) + "}", data)
+        out.unlink(missing_ok=True)
+        r = subprocess.run([str(BNORM), "apply", "--stats", str(stats), str(src), "-o", str(out)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == code and message in r.stderr, r.stderr
+        assert out.exists() == (code == 0)
+
 def test_bench_script_measures_fit_against_reading(tmp_path):
     out = tmp_path / "fit.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "fit.py"), "--build",
