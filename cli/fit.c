@@ -1,8 +1,8 @@
 /* fit.c - `bnorm fit FILE.npy... --out STATS.safetensors`: exact per-channel population
  * statistics of (N, C, ...) arrays of any size, read in batches of B samples, each in pieces of
  * a few MiB (memory bounded by that, whatever the files' sizes), written as the running statistics of a BatchNorm state_dict.
- * Under mpirun the ranks take consecutive runs of batches and merge their statistics in rank
- * order. */
+ * Under mpirun the ranks first agree that they see the same files, then take consecutive runs of
+ * batches and merge their statistics in rank order. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "bnorm.h"
@@ -47,7 +47,9 @@ static const char help[] =
     "                           and writing nothing); without it they make their channel NaN\n"
     "  -h, --help               show this help\n"
     "Under mpirun the ranks split the batches between them; the result equals one process's\n"
-    "within rounding. A progress bar is shown on stderr when it is a terminal.\n";
+    "within rounding. Every rank must run the same command on files of the same shapes and\n"
+    "dtypes: where they differ, every rank fails. A progress bar is shown on stderr when it is a\n"
+    "terminal.\n";
 
 typedef struct fit_args {
     const char **files;
@@ -123,6 +125,72 @@ static int open_inputs(dataset *d, const fit_args *a) {
     d->layout = a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST;
     d->total = d->start[a->nfiles];
     return CLI_OK;
+}
+
+/* What every rank must see as rank 0 does, for the ranks to split the work: the options that
+ * decide it, then each file's dtype, ndim and dims (in FILE_WORDS words). */
+enum { OPTION_WORDS = 5, FILE_WORDS = 2 + BN_NPY_MAX_NDIM };
+
+static const char *const option_names[OPTION_WORDS] = {
+    "the number of input files", "--batch", "--estimator", "--channels-last", "--check-finite"};
+
+static void describe_file(int64_t *w, const bn_npy_stream *in) {
+    memset(w, 0, sizeof(int64_t) * FILE_WORDS);
+    w[0] = in->dtype;
+    w[1] = in->ndim;
+    memcpy(w + 2, in->dims, sizeof(int64_t) * (size_t)in->ndim);
+}
+
+static const char *dtype_name(int64_t dtype) {
+    return dtype == BN_FLOAT32 ? "float32" : "float64";
+}
+
+/* Collective, after every rank has opened its files: CLI_OK when every rank has the options and
+ * the files' dtypes and shapes of rank 0; else every rank fails, and one of them (the first
+ * that differs, at the first point of difference) says what differs. The files' contents are
+ * not compared: only what the split of the work and the merge depend on. */
+static int agree_on_inputs(const dataset *d, const fit_args *a, cli_comm comm) {
+    if (comm.size == 1) return CLI_OK;
+    int64_t mine[OPTION_WORDS] = {a->nfiles, a->batch, a->batch_mean, a->channels_last,
+                                  a->check_finite};
+    int64_t theirs[FILE_WORDS > OPTION_WORDS ? FILE_WORDS : OPTION_WORDS];
+    memcpy(theirs, mine, sizeof mine);
+    cli_comm_broadcast(theirs, OPTION_WORDS);
+    int option = 0;
+    while (option < OPTION_WORDS && mine[option] == theirs[option]) option++;
+    const int64_t first = cli_comm_min(option < OPTION_WORDS ? comm.rank : INT64_MAX);
+    if (first != INT64_MAX) {
+        if (first == comm.rank)
+            cli_fail("fit", "rank %d and rank 0 differ in %s (%lld against %lld): every rank "
+                     "must run the same command", comm.rank, option_names[option],
+                     (long long)mine[option], (long long)theirs[option]);
+        return CLI_RUNTIME_ERROR;
+    }
+    /* the files, the same number on every rank: the first that differs on some rank */
+    int64_t mine_f[FILE_WORDS], rank0[FILE_WORDS];
+    int differs = -1;
+    for (int f = 0; f < a->nfiles; f++) {
+        describe_file(mine_f, &d->in[f]);
+        memcpy(theirs, mine_f, sizeof mine_f);
+        cli_comm_broadcast(theirs, FILE_WORDS);
+        if (differs < 0 && memcmp(mine_f, theirs, sizeof mine_f) != 0) {
+            differs = f;
+            memcpy(rank0, theirs, sizeof rank0);
+        }
+    }
+    const int64_t key = cli_comm_min(differs < 0 ? INT64_MAX
+                                                 : (int64_t)differs * comm.size + comm.rank);
+    if (key == INT64_MAX) return CLI_OK;
+    if (key == (int64_t)differs * comm.size + comm.rank) {
+        const bn_npy_stream *in = &d->in[differs];
+        char shape[512], shape0[512];
+        bn_npy_shape_string(shape, sizeof shape, in->ndim, in->dims);
+        bn_npy_shape_string(shape0, sizeof shape0, (int)rank0[1], rank0 + 2);
+        cli_fail(a->files[differs], "rank %d sees shape %s %s, rank 0 sees %s %s: every rank "
+                 "must read the same files", comm.rank, shape, dtype_name(in->dtype), shape0,
+                 dtype_name(rank0[0]));
+    }
+    return CLI_RUNTIME_ERROR;
 }
 
 /* A progress bar on stderr: samples done, rate, time left. */
@@ -266,6 +334,7 @@ static int write_stats(const fit_args *a, const dataset *d, const double *mean,
 static int run(const fit_args *a, dataset *d, cli_comm comm) {
     int status = open_inputs(d, a);
     if (cli_comm_failures(status != CLI_OK)) return CLI_RUNTIME_ERROR;
+    if (agree_on_inputs(d, a, comm) != CLI_OK) return CLI_RUNTIME_ERROR;
     const int64_t C = d->c, batches = (d->total + a->batch - 1) / a->batch;
     if (d->total == 0) {
         if (comm.rank == 0) cli_fail(a->files[0], "no samples: every input has N = 0");

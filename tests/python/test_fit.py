@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -134,6 +135,112 @@ def test_one_and_three_ranks_agree_in_float64(tmp_path):
     np.testing.assert_allclose(outs[1]["running_mean"], mean, rtol=1e-12)
     np.testing.assert_allclose(outs[1]["running_var"], var, rtol=1e-9)
 
+
+def run_per_rank(contexts, timeout=60):
+    """mpirun with one app context per rank (MPMD): contexts[r] = (directory, args) runs `bnorm
+    ARGS` in that directory as rank r, so that the same file name can be a different file on
+    each rank. A run that does not end within timeout fails the test, its processes killed."""
+    mpirun = shutil.which("mpirun")
+    assert mpirun, "mpirun is missing: apt-get install openmpi-bin libopenmpi-dev"
+    cmd = [mpirun, *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "--oversubscribe"]
+    for r, (wdir, args) in enumerate(contexts):
+        cmd += ([":"] if r else []) + ["-np", "1", "-wdir", str(wdir), str(BNORM),
+                                       *map(str, args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"mpirun did not end within {timeout} s: a rank waits for the others\n{err}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+A_SHARD = np.random.default_rng(11).standard_normal((20, 3, 4)).astype(np.float32)
+B_SHARD = np.random.default_rng(12).standard_normal((7, 3, 4)).astype(np.float32)
+
+# rank: (how its a.npy and b.npy differ from the others', what the one message says)
+DIFFERENT_FILES = {
+    "N=0 on rank 1 (it used to leave rank 0 waiting)": (
+        2, 1, {"a.npy": A_SHARD[:0], "b.npy": B_SHARD[:0]},
+        ["bnorm: a.npy: rank 1 sees shape (0, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "one file with N=0": (
+        2, 1, {"a.npy": A_SHARD[:0]},
+        ["bnorm: a.npy: rank 1 sees shape (0, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "another N (it used to give exit 0 and wrong statistics)": (
+        3, 2, {"a.npy": np.concatenate([A_SHARD, A_SHARD[:10]])},
+        ["bnorm: a.npy: rank 2 sees shape (30, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "another dtype": (
+        3, 1, {"b.npy": B_SHARD.astype(np.float64)},
+        ["bnorm: b.npy: rank 1 sees shape (7, 3, 4) float64, rank 0 sees (7, 3, 4) float32"]),
+    "rank 0 differs": (
+        2, 0, {"b.npy": B_SHARD[:5]},
+        ["bnorm: b.npy: rank 1 sees shape (7, 3, 4) float32, rank 0 sees (5, 3, 4) float32"]),
+    "another C on one rank": (
+        3, 1, {"b.npy": np.zeros((7, 3, 5), np.float32)},
+        ["bnorm: b.npy: shape (7, 3, 5) does not match a.npy's (20, 3, 4)"]),
+    "missing on one rank": (3, 2, {"b.npy": None}, ["bnorm: b.npy: ", "No such file"]),
+    "empty on one rank": (2, 1, {"a.npy": b""}, ["bnorm: a.npy: ", "empty"]),
+}
+
+
+def rank_dirs(tmp_path, ranks, rank=None, files=None):
+    """One directory per rank holding its a.npy and b.npy (rank's changed as files says:
+    an array, bytes, or None for no file)."""
+    made = []
+    for r in range(ranks):
+        d = tmp_path / f"rank{r}"
+        d.mkdir()
+        for name, x in {"a.npy": A_SHARD, "b.npy": B_SHARD,
+                        **(files if r == rank else {})}.items():
+            if isinstance(x, bytes):
+                (d / name).write_bytes(x)
+            elif x is not None:
+                np.save(d / name, x)
+        made.append(d)
+    return made
+
+
+def fit_args(out, batch=8, extra=()):
+    return ["fit", "a.npy", "b.npy", *extra, "--out", out, "--batch", batch]
+
+
+def test_ranks_that_see_the_same_files(tmp_path):
+    out = tmp_path / "s.safetensors"
+    r = run_per_rank([(d, fit_args(out)) for d in rank_dirs(tmp_path, 3)])
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    check_population(stats, np.concatenate([A_SHARD, B_SHARD]).astype(np.float64))
+
+
+@pytest.mark.parametrize("case", DIFFERENT_FILES)
+def test_ranks_that_see_different_files_fail_together(tmp_path, case):
+    """Under mpirun every rank opens the files itself; where one rank's file has another N, C or
+    dtype, or cannot be opened, every rank exits 1 before any work, one of them naming the file
+    and what differs, and nothing is written."""
+    ranks, rank, files, message = DIFFERENT_FILES[case]
+    out = tmp_path / "s.safetensors"
+    r = run_per_rank([(d, fit_args(out)) for d in rank_dirs(tmp_path, ranks, rank, files)])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("bnorm: ") == 1 and all(m in r.stderr for m in message), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"rank{r}" for r in range(ranks)]
+
+
+@pytest.mark.parametrize("batch, extra, message", [
+    (5, [], "rank 2 and rank 0 differ in --batch (5 against 8)"),
+    (8, ["--estimator", "batch-mean"], "rank 2 and rank 0 differ in --estimator"),
+    (8, ["--channels-last"], "rank 2 and rank 0 differ in --channels-last"),
+    (8, ["--check-finite"], "rank 2 and rank 0 differ in --check-finite"),
+    (8, ["a.npy"], "rank 2 and rank 0 differ in the number of input files (3 against 2)")])
+def test_ranks_started_with_other_options_fail_together(tmp_path, batch, extra, message):
+    out = tmp_path / "s.safetensors"
+    d = rank_dirs(tmp_path, 3)
+    r = run_per_rank([(d[0], fit_args(out)), (d[1], fit_args(out)),
+                      (d[2], fit_args(out, batch, extra))])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("bnorm: ") == 1 and "bnorm: fit: " + message in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1", "rank2"]
 
 def test_loads_into_torch_batchnorm(tmp_path):
     files, x = dataset(tmp_path, [(16, 6, 3, 3)], [np.float32], seed=2)
