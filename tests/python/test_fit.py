@@ -7,6 +7,7 @@ leave no output.
 import json
 import os
 import pty
+import resource
 import shutil
 import signal
 import struct
@@ -310,6 +311,122 @@ def test_memory_does_not_grow_with_the_file(tmp_path, ranks):
     stats, _ = read_safetensors(out)
     np.testing.assert_allclose(stats["running_mean"], mean, rtol=1e-6)
 
+
+def sparse_npy(path, shape, dtype="<f4"):
+    """A .npy file of zeros that takes no disk: the header, then the file extended to its
+    full size (a hole reads as zeros)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": dtype, "fortran_order": False,
+                                                 "shape": shape})
+        data_at = f.tell()
+    os.truncate(path, data_at + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return data_at
+
+
+def under_300_mb(*args):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20))
+    return subprocess.run([str(BNORM), *map(str, args)], capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit)
+
+
+@pytest.mark.parametrize("shape, layout", [((4, 1, 2 ** 26), []),
+                                           ((4, 2 ** 26, 1), ["--channels-last"])])
+def test_memory_does_not_depend_on_the_sample_size(tmp_path, shape, layout):
+    """1 GiB files of 4 samples of 256 MiB, fitted inside 300 MB of address space: pieces of a
+    sample are read (each sample used to be one piece, widened to 8 bytes a value: "out of
+    memory for a batch of 1 samples"). All zeros first, then real values in windows that
+    straddle the pieces' boundaries, against float64 statistics made from the windows."""
+    big, out = tmp_path / "big.npy", tmp_path / "s.safetensors"
+    data_at = sparse_npy(big, shape)
+    for extra in ([], ["--estimator", "batch-mean", "--batch", 2]):
+        r = under_300_mb("fit", big, "--out", out, *layout, *extra)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        stats, _ = read_safetensors(out)
+        assert stats["running_mean"].tolist() == [0.0] and stats["running_var"].tolist() == [0.0]
+    # values at [start, start + len) of the flat array (C = 1: one channel either way)
+    rng = np.random.default_rng(21)
+    windows = [(2 ** 18 - 1000, 2000), (2 ** 26 + 5 * 2 ** 18 - 3, 7),
+               (2 * 2 ** 26 - 500, 1000), (4 * 2 ** 26 - 4000, 4000)]
+    values = []
+    with open(big, "r+b") as f:
+        for start, length in windows:
+            w = (rng.standard_normal(length) * 3 + 100).astype("<f4")
+            f.seek(data_at + 4 * start)
+            f.write(w.tobytes())
+            values.append(w.astype(np.float64))
+    v = np.concatenate(values)
+    n = 4 * 2 ** 26
+    mean = v.sum() / n
+    var = (((v - mean) ** 2).sum() + (n - v.size) * mean ** 2) / (n - 1)
+    r = under_300_mb("fit", big, "--out", out, *layout)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    assert abs(stats["running_mean"][0] / mean - 1) <= 1e-6, (stats, mean)
+    assert abs(stats["running_var"][0] / var - 1) <= 1e-6, (stats, var)
+
+
+@pytest.mark.parametrize("channels", [2 ** 26, 2 ** 22])
+def test_out_of_memory_names_the_channels(tmp_path, channels):
+    """What fit holds beyond a piece is per channel (the statistics it writes): 2^26 or 2^22
+    channels do not fit in 300 MB, and the message says so (it used to speak of a batch of
+    samples)."""
+    big, out = tmp_path / "big.npy", tmp_path / "s.safetensors"
+    sparse_npy(big, (2, 2, channels))
+    r = under_300_mb("fit", big, "--out", out, "--channels-last")
+    assert r.returncode == 1 and r.stderr == \
+        f"bnorm: {big}: out of memory for the statistics of {channels} channels\n", r.stderr
+    assert not out.exists()
+
+
+# shapes of samples larger than a piece (2^18 values): a channel's row cut in pieces, pieces of
+# several channels, pieces of rows of C, and a row of C cut in pieces
+LARGE_SAMPLES = {
+    "channels-first, rows cut": ([(3, 2, 300000), (2, 2, 300000)], []),
+    "channels-first, several channels": ([(3, 5, 70000), (2, 5, 70000)], []),
+    "channels-last, rows of C": ([(3, 150000, 2), (2, 150000, 2)], ["--channels-last"]),
+    "channels-last, a row of C cut": ([(3, 2, 270000), (2, 2, 270000)], ["--channels-last"]),
+}
+
+
+@pytest.mark.parametrize("case", LARGE_SAMPLES)
+@pytest.mark.parametrize("estimator", ["population", "batch-mean"])
+@pytest.mark.parametrize("dtypes, rtol", [([np.float32, ">f8"], 2e-7),  # float32 statistics
+                                          ([np.float64, ">f8"], 1e-12)])
+def test_samples_larger_than_a_piece_match_numpy(tmp_path, case, estimator, dtypes, rtol):
+    shapes, layout = LARGE_SAMPLES[case]
+    files, x = dataset(tmp_path, shapes, dtypes, seed=8, offset=50.0, scale=3.0)
+    if layout:
+        x = np.moveaxis(x, -1, 1)
+    out = tmp_path / "s.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 2, "--estimator", estimator, *layout)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    if estimator == "population":
+        mean, var = population(x)
+    else:  # batches of 2 samples across the files: the average of their statistics
+        batches = [population(x[i:i + 2]) for i in range(0, len(x), 2)]
+        mean = np.mean([m for m, _ in batches], axis=0)
+        var = np.mean([v for _, v in batches], axis=0)
+    assert int(stats["num_batches_tracked"]) == 3
+    np.testing.assert_allclose(stats["running_mean"], mean, rtol=rtol, atol=0)
+    np.testing.assert_allclose(stats["running_var"], var, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("shape, layout, at, channel", [
+    ((2, 3, 300000), [], (1, 2, 299999), 2),                # a channel's row cut in pieces
+    ((2, 5, 70000), [], (1, 4, 3), 4),                      # pieces of several channels
+    ((2, 150000, 2), ["--channels-last"], (1, 149999, 1), 1),
+    ((2, 2, 270000), ["--channels-last"], (1, 1, 266000), 266000)])  # a row of C cut
+def test_check_finite_in_samples_larger_than_a_piece(tmp_path, shape, layout, at, channel):
+    x = np.ones(shape, np.float32)
+    x[at] = np.nan
+    src, out = tmp_path / "x.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    r = run("fit", src, "--out", out, "--check-finite", *layout)
+    assert r.returncode == 1 and f"x.npy: nan at index {at} (channel {channel}), refused by " \
+        "--check-finite" in r.stderr, r.stderr
+    assert not out.exists()
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
     files, _ = dataset(tmp_path, [(40, 2, 3)], [np.float32])
