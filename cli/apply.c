@@ -84,7 +84,7 @@ static int take(void *out, const cli_st_file *f, const apply_args *a, const char
         else ((double *)out)[k] = v;
     }
     const bn_desc per_channel = {1, c, 1, dtype, BN_CHANNELS_FIRST};
-    return a->check_finite ? cli_refuse_nonfinite(a->stats, key, out, &per_channel, 0, 1, &c)
+    return a->check_finite ? cli_refuse_nonfinite(a->stats, key, out, &per_channel, 0, 0, 1, &c)
                            : CLI_OK;
 }
 
@@ -108,7 +108,7 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
         return cli_fail(a->in, "shape %s: batch normalization needs %s with C >= 1", shape,
                         a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
     if (a->check_finite &&
-        cli_refuse_nonfinite(a->in, NULL, x->data, &desc, 0, x->ndim, x->dims) != CLI_OK)
+        cli_refuse_nonfinite(a->in, NULL, x->data, &desc, 0, 0, x->ndim, x->dims) != CLI_OK)
         return CLI_RUNTIME_ERROR;
     *params = malloc((size_t)desc.c * 4 * 8);
     if (!*params) return cli_fail(a->in, "out of memory");

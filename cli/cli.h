@@ -79,11 +79,13 @@ int cli_parse_u64(const char *text, uint64_t *out);
  * --check-finite: CLI_OK when data (described to the library as desc) holds only finite values;
  * otherwise reports, as "path: [\"tensor\": ]nan at index (i, j, ...) (channel c), refused by
  * --check-finite", the first NaN or infinity, its index taken in the file's shape dims[ndim]
- * after `offset` elements that come before data in the file.
+ * after `offset` elements that come before data in the file, its channel counted from
+ * channel0 (the file's channel that is desc's channel 0).
  * @return CLI_OK or CLI_RUNTIME_ERROR.
  */
 int cli_refuse_nonfinite(const char *path, const char *tensor, const void *data,
-                         const bn_desc *desc, int64_t offset, int ndim, const int64_t *dims);
+                         const bn_desc *desc, int64_t offset, int64_t channel0, int ndim,
+                         const int64_t *dims);
 
 /*
  * Prints a rows x cols float32 matrix (row-major) the way PyTorch prints a 2-d tensor:

@@ -21,6 +21,12 @@ void cli_comm_end(void);
 /* Collective: the number of ranks whose `failed` is nonzero (so all ranks stop together). */
 int cli_comm_failures(int failed);
 
+/* Collective: v (n; n the same on every rank) of rank 0 copied to every rank. */
+void cli_comm_broadcast(int64_t *v, int n);
+
+/* Collective: the smallest of the ranks' v. */
+int64_t cli_comm_min(int64_t v);
+
 /* Collective: moments (c) of this rank in, the moments of all ranks merged in rank order out. */
 bn_status cli_comm_merge_moments(bn_moments *moments, int64_t c);
 

@@ -3,6 +3,7 @@
 #include "bnorm_mpi.h"
 #include "comm.h"
 
+#include <limits.h>
 #include <stdlib.h>
 
 static int started;
@@ -31,6 +32,16 @@ int cli_comm_failures(int failed) {
     return all;
 }
 
+void cli_comm_broadcast(int64_t *v, int n) {
+    if (started) MPI_Bcast(v, n, MPI_INT64_T, 0, MPI_COMM_WORLD);
+}
+
+int64_t cli_comm_min(int64_t v) {
+    int64_t all = v;
+    if (started) MPI_Allreduce(&v, &all, 1, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD);
+    return all;
+}
+
 bn_status cli_comm_merge_moments(bn_moments *moments, int64_t c) {
     return started ? bn_mpi_merge_moments(moments, c, MPI_COMM_WORLD) : BN_OK;
 }
@@ -39,6 +50,7 @@ bn_status cli_comm_sum(double *v, int64_t n) {
     if (!started) return BN_OK;
     int size;
     MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (n < 0 || n > INT_MAX / size) return BN_ERR_TOO_LARGE; /* n is the same on every rank */
     double *all = malloc(sizeof(double) * (size_t)(n ? n : 1) * (size_t)size);
     int ok = all != NULL, all_ok = 0;
     MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);

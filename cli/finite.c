@@ -6,7 +6,8 @@
 #include <math.h>
 
 int cli_refuse_nonfinite(const char *path, const char *tensor, const void *data,
-                         const bn_desc *desc, int64_t offset, int ndim, const int64_t *dims) {
+                         const bn_desc *desc, int64_t offset, int64_t channel0, int ndim,
+                         const int64_t *dims) {
     int64_t channel, index, at[BN_NPY_MAX_NDIM];
     bn_status st = bn_check_finite(&channel, &index, data, desc);
     if (st == BN_OK) return CLI_OK;
@@ -22,5 +23,6 @@ int cli_refuse_nonfinite(const char *path, const char *tensor, const void *data,
     bn_npy_shape_string(where, sizeof where, ndim, at);
     return cli_fail(path, "%s%s%s%s at index %s (channel %lld), refused by --check-finite",
                     tensor ? "\"" : "", tensor ? tensor : "", tensor ? "\": " : "",
-                    isnan(v) ? "nan" : v > 0 ? "inf" : "-inf", where, (long long)channel);
+                    isnan(v) ? "nan" : v > 0 ? "inf" : "-inf", where,
+                    (long long)(channel0 + channel));
 }

@@ -1,8 +1,9 @@
 /* fit.c - `bnorm fit FILE.npy... --out STATS.safetensors`: exact per-channel population
  * statistics of (N, C, ...) arrays of any size, read in batches of B samples, each in pieces of
- * a few MiB (memory bounded by that, whatever the files' sizes), written as the running statistics of a BatchNorm state_dict.
- * Under mpirun the ranks take consecutive runs of batches and merge their statistics in rank
- * order. */
+ * at most PIECE_VALUES values (whole samples, or parts of one when a sample is larger), so that
+ * memory does not grow with the files or their samples; written as the running statistics of a
+ * BatchNorm state_dict. Under mpirun the ranks first agree that they see the same files, then
+ * take consecutive runs of batches and merge their statistics in rank order. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "bnorm.h"
@@ -17,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PIECE_BYTES (INT64_C(2) << 20)
+/* A piece read holds at most this many values (1 MiB of float32, 2 MiB of float64): small
+ * enough for its statistics to find it in the cache. Pieces are cut by the shape alone. */
+#define PIECE_VALUES (INT64_C(1) << 18)
 
 static const char usage[] =
     "usage: bnorm fit FILE.npy... --out STATS.safetensors [--batch B]\n"
@@ -31,9 +34,10 @@ static const char help[] =
     "\n"
     "Per-channel statistics of the samples of every FILE (float32 or float64 arrays of shape\n"
     "(N, C, ...) with the same C and sizes after it, taken one after the other as one dataset),\n"
-    "read B samples at a time: memory does not grow with the files. Writes a safetensors file\n"
-    "with running_mean, running_var and num_batches_tracked (the number of batches), loadable\n"
-    "into a torch BatchNorm's state_dict.\n"
+    "read B samples at a time, in pieces of at most 2^18 values: memory does not grow with the\n"
+    "files or their samples, only with C. Writes a safetensors file with running_mean,\n"
+    "running_var and num_batches_tracked (the number of batches), loadable into a torch\n"
+    "BatchNorm's state_dict.\n"
     "\n"
     "options:\n"
     "  --out STATS.safetensors  where to write; replaced atomically, left as it was on failure\n"
@@ -47,7 +51,9 @@ static const char help[] =
     "                           and writing nothing); without it they make their channel NaN\n"
     "  -h, --help               show this help\n"
     "Under mpirun the ranks split the batches between them; the result equals one process's\n"
-    "within rounding. A progress bar is shown on stderr when it is a terminal.\n";
+    "within rounding. Every rank must run the same command on files of the same shapes and\n"
+    "dtypes: where they differ, every rank fails. A progress bar is shown on stderr when it is a\n"
+    "terminal.\n";
 
 typedef struct fit_args {
     const char **files;
@@ -125,6 +131,72 @@ static int open_inputs(dataset *d, const fit_args *a) {
     return CLI_OK;
 }
 
+/* What every rank must see as rank 0 does, for the ranks to split the work: the options that
+ * decide it, then each file's dtype, ndim and dims (in FILE_WORDS words). */
+enum { OPTION_WORDS = 5, FILE_WORDS = 2 + BN_NPY_MAX_NDIM };
+
+static const char *const option_names[OPTION_WORDS] = {
+    "the number of input files", "--batch", "--estimator", "--channels-last", "--check-finite"};
+
+static void describe_file(int64_t *w, const bn_npy_stream *in) {
+    memset(w, 0, sizeof(int64_t) * FILE_WORDS);
+    w[0] = in->dtype;
+    w[1] = in->ndim;
+    memcpy(w + 2, in->dims, sizeof(int64_t) * (size_t)in->ndim);
+}
+
+static const char *dtype_name(int64_t dtype) {
+    return dtype == BN_FLOAT32 ? "float32" : "float64";
+}
+
+/* Collective, after every rank has opened its files: CLI_OK when every rank has the options and
+ * the files' dtypes and shapes of rank 0; else every rank fails, and one of them (the first
+ * that differs, at the first point of difference) says what differs. The files' contents are
+ * not compared: only what the split of the work and the merge depend on. */
+static int agree_on_inputs(const dataset *d, const fit_args *a, cli_comm comm) {
+    if (comm.size == 1) return CLI_OK;
+    int64_t mine[OPTION_WORDS] = {a->nfiles, a->batch, a->batch_mean, a->channels_last,
+                                  a->check_finite};
+    int64_t theirs[FILE_WORDS > OPTION_WORDS ? FILE_WORDS : OPTION_WORDS];
+    memcpy(theirs, mine, sizeof mine);
+    cli_comm_broadcast(theirs, OPTION_WORDS);
+    int option = 0;
+    while (option < OPTION_WORDS && mine[option] == theirs[option]) option++;
+    const int64_t first = cli_comm_min(option < OPTION_WORDS ? comm.rank : INT64_MAX);
+    if (first != INT64_MAX) {
+        if (first == comm.rank)
+            cli_fail("fit", "rank %d and rank 0 differ in %s (%lld against %lld): every rank "
+                     "must run the same command", comm.rank, option_names[option],
+                     (long long)mine[option], (long long)theirs[option]);
+        return CLI_RUNTIME_ERROR;
+    }
+    /* the files, the same number on every rank: the first that differs on some rank */
+    int64_t mine_f[FILE_WORDS], rank0[FILE_WORDS];
+    int differs = -1;
+    for (int f = 0; f < a->nfiles; f++) {
+        describe_file(mine_f, &d->in[f]);
+        memcpy(theirs, mine_f, sizeof mine_f);
+        cli_comm_broadcast(theirs, FILE_WORDS);
+        if (differs < 0 && memcmp(mine_f, theirs, sizeof mine_f) != 0) {
+            differs = f;
+            memcpy(rank0, theirs, sizeof rank0);
+        }
+    }
+    const int64_t key = cli_comm_min(differs < 0 ? INT64_MAX
+                                                 : (int64_t)differs * comm.size + comm.rank);
+    if (key == INT64_MAX) return CLI_OK;
+    if (key == (int64_t)differs * comm.size + comm.rank) {
+        const bn_npy_stream *in = &d->in[differs];
+        char shape[512], shape0[512];
+        bn_npy_shape_string(shape, sizeof shape, in->ndim, in->dims);
+        bn_npy_shape_string(shape0, sizeof shape0, (int)rank0[1], rank0 + 2);
+        cli_fail(a->files[differs], "rank %d sees shape %s %s, rank 0 sees %s %s: every rank "
+                 "must read the same files", comm.rank, shape, dtype_name(in->dtype), shape0,
+                 dtype_name(rank0[0]));
+    }
+    return CLI_RUNTIME_ERROR;
+}
+
 /* A progress bar on stderr: samples done, rate, time left. */
 typedef struct progress {
     int on;
@@ -153,29 +225,83 @@ static void progress_show(progress *p, int final) {
     fflush(stderr);
 }
 
+/* What the batches are read with: a buffer of PIECE_VALUES values of the widest dtype, the
+ * moments of a piece and those of the batch so far. */
+typedef struct reader {
+    const fit_args *a;
+    dataset *d;
+    void *buf;
+    bn_moments *part;  /* (min(C, PIECE_VALUES)) */
+    bn_moments *batch; /* (C) */
+} reader;
+
+/* One piece: the values [first, first + count) of file f, described by desc (count = n * c * s)
+ * and holding the channels [k0, k0 + desc->c); read, checked (--check-finite), and their
+ * moments merged into those of the batch. */
+static int take_piece(reader *r, int f, int64_t first, int64_t k0, const bn_desc *desc) {
+    const char *file = r->a->files[f];
+    bn_npy_stream *in = &r->d->in[f];
+    char err[512];
+    bn_status st = bn_npy_stream_read(in, r->buf, first, desc->n * desc->c * desc->s, err,
+                                      sizeof err);
+    if (st != BN_OK) return cli_fail(file, "%s", err);
+    if (r->a->check_finite && cli_refuse_nonfinite(file, NULL, r->buf, desc, first, k0, in->ndim,
+                                                   in->dims) != CLI_OK)
+        return CLI_RUNTIME_ERROR;
+    st = bn_compute_moments(r->part, r->buf, desc);
+    if (st == BN_OK) st = bn_merge_moments(r->batch + k0, r->part, desc->c);
+    return st == BN_OK ? CLI_OK : cli_fail(file, "%s", bn_status_string(st));
+}
+
+/* A sample of file f larger than a piece, in pieces. Its rows (channels-first: C rows of S
+ * values, one channel each; channels-last: S rows of C values, one per channel) are taken
+ * several whole rows at a time, or cut in pieces when one row is larger than a piece. */
+static int take_sample(reader *r, int f, int64_t sample) {
+    const dataset *d = r->d;
+    const int cf = d->layout == BN_CHANNELS_FIRST;
+    const bn_dtype dt = d->in[f].dtype;
+    const int64_t rows = cf ? d->c : d->s, len = cf ? d->s : d->c, at = sample * d->c * d->s;
+    int status = CLI_OK;
+    if (len <= PIECE_VALUES) {
+        const int64_t q = PIECE_VALUES / len;
+        for (int64_t i = 0; i < rows && status == CLI_OK; i += q) {
+            const int64_t m = q < rows - i ? q : rows - i;
+            const bn_desc desc = cf ? (bn_desc){1, m, len, dt, BN_CHANNELS_FIRST}  /* m channels */
+                                    : (bn_desc){1, len, m, dt, BN_CHANNELS_LAST}; /* m rows of C */
+            status = take_piece(r, f, at + i * len, cf ? i : 0, &desc);
+        }
+        return status;
+    }
+    for (int64_t i = 0; i < rows && status == CLI_OK; i++)
+        for (int64_t j = 0; j < len && status == CLI_OK; j += PIECE_VALUES) {
+            const int64_t m = PIECE_VALUES < len - j ? PIECE_VALUES : len - j;
+            /* m values of channel i, or one value of each of the channels [j, j + m) */
+            const bn_desc desc = cf ? (bn_desc){1, 1, m, dt, BN_CHANNELS_FIRST}
+                                    : (bn_desc){1, m, 1, dt, BN_CHANNELS_FIRST};
+            status = take_piece(r, f, at + i * len + j, cf ? i : j, &desc);
+        }
+    return status;
+}
+
 /* Statistics of this rank's batches [b0, b1): merged moments (population) or the sums of the
- * batches' means and unbiased variances (batch-mean, in sums: (2, C)). */
+ * batches' means and unbiased variances (batch-mean, in sums: (2, C)). A batch is read in
+ * pieces of whole samples, or a sample at a time when one is larger than a piece; the pieces'
+ * moments merge into the batch's in the order of the data. */
 static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn_moments *total,
                        double *sums, progress *p) {
-    const int64_t C = d->c, per_sample = d->c * d->s;
-    char err[512];
-    if (per_sample && a->batch > INT64_MAX / 8 / per_sample)
-        return cli_fail(a->files[0], "a batch of %lld samples of %lld values is too large",
-                        (long long)a->batch, (long long)per_sample);
-    /* a batch is read in pieces of about PIECE_BYTES, which the statistics then find in the
-     * cache; their moments merge into the batch's */
-    const int64_t piece_max = PIECE_BYTES / 8 / (per_sample ? per_sample : 1);
-    const int64_t piece = piece_max < 1 ? 1 : piece_max < a->batch ? piece_max : a->batch;
-    const int64_t elements = piece * per_sample;
-    void *buf = malloc((size_t)(elements > 0 ? elements : 1) * 8);
-    bn_moments *batch = malloc(sizeof(bn_moments) * 2 * (size_t)C);
-    if (!buf || !batch) {
-        free(buf);
-        free(batch);
-        return cli_fail(a->files[0], "out of memory for a batch of %lld samples",
-                        (long long)a->batch);
+    const int64_t C = d->c, per_sample = d->c * d->s, part_c = C < PIECE_VALUES ? C : PIECE_VALUES;
+    /* samples per piece; 0 when a sample is larger than a piece */
+    const int64_t per_piece = per_sample ? PIECE_VALUES / per_sample : a->batch;
+    reader r = {a, d, malloc((size_t)PIECE_VALUES * (d->any_f64 ? 8 : 4)),
+                malloc(sizeof(bn_moments) * (size_t)(part_c + C)), NULL};
+    if (!r.buf || !r.part) {
+        free(r.buf);
+        free(r.part);
+        return cli_fail(a->files[0], "out of memory for the statistics of %lld channels",
+                        (long long)C);
     }
-    bn_moments *part = batch + C;
+    r.batch = r.part + part_c;
+    bn_moments *batch = r.batch;
     int status = CLI_OK, f = 0;
     for (int64_t b = b0; b < b1 && status == CLI_OK; b++) {
         const int64_t g0 = b * a->batch, g1 = g0 + a->batch < d->total ? g0 + a->batch : d->total;
@@ -184,28 +310,17 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
             while (d->start[f + 1] <= g) f++;
             while (d->start[f] > g) f--;
             int64_t end = g1 < d->start[f + 1] ? g1 : d->start[f + 1];
-            if (end - g > piece) end = g + piece;
-            const int64_t n = end - g;
-            bn_npy_stream *in = &d->in[f];
-            bn_status st = bn_npy_stream_read(in, buf, (g - d->start[f]) * per_sample,
-                                              n * per_sample, err, sizeof err);
-            if (st != BN_OK) {
-                status = cli_fail(a->files[f], "%s", err);
-                break;
+            if (per_piece == 0) {
+                end = g + 1;
+                status = take_sample(&r, f, g - d->start[f]);
+            } else {
+                if (end - g > per_piece) end = g + per_piece;
+                const bn_desc desc = {end - g, C, d->s, d->in[f].dtype, d->layout};
+                status = take_piece(&r, f, (g - d->start[f]) * per_sample, 0, &desc);
             }
-            bn_desc desc = {n, C, d->s, in->dtype, d->layout};
-            if (a->check_finite &&
-                cli_refuse_nonfinite(a->files[f], NULL, buf, &desc, (g - d->start[f]) * per_sample,
-                                     in->ndim, in->dims) != CLI_OK) {
-                status = CLI_RUNTIME_ERROR;
-                break;
-            }
-            st = bn_compute_moments(part, buf, &desc);
-            if (st == BN_OK) st = bn_merge_moments(batch, part, C);
-            if (st != BN_OK) status = cli_fail(a->files[f], "%s", bn_status_string(st));
-            g = end;
-            p->done += n;
+            p->done += end - g;
             progress_show(p, 0);
+            g = end;
         }
         if (status != CLI_OK) break;
         if (!a->batch_mean) {
@@ -224,8 +339,8 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
             sums[C + k] += batch[k].m2 / (double)(batch[k].count - 1);
         }
     }
-    free(buf);
-    free(batch);
+    free(r.buf);
+    free(r.part);
     return status;
 }
 
@@ -267,6 +382,7 @@ static int write_stats(const fit_args *a, const dataset *d, const double *mean,
 static int run(const fit_args *a, dataset *d, cli_comm comm) {
     int status = open_inputs(d, a);
     if (cli_comm_failures(status != CLI_OK)) return CLI_RUNTIME_ERROR;
+    if (agree_on_inputs(d, a, comm) != CLI_OK) return CLI_RUNTIME_ERROR;
     const int64_t C = d->c, batches = (d->total + a->batch - 1) / a->batch;
     if (d->total == 0) {
         if (comm.rank == 0) cli_fail(a->files[0], "no samples: every input has N = 0");
@@ -276,7 +392,9 @@ static int run(const fit_args *a, dataset *d, cli_comm comm) {
     const int64_t b0 = batches * comm.rank / comm.size, b1 = batches * (comm.rank + 1) / comm.size;
     bn_moments *total = calloc((size_t)C, sizeof(bn_moments));
     double *sums = calloc((size_t)C * 4, sizeof(double)); /* (2, C) sums, then mean, var */
-    if (!total || !sums) status = cli_fail(a->out, "out of memory");
+    if (!total || !sums)
+        status = cli_fail(a->files[0], "out of memory for the statistics of %lld channels",
+                          (long long)C);
     progress p = {comm.rank == 0 && isatty(2), 0, 0, now(), 0};
     const int64_t end = b1 * a->batch < d->total ? b1 * a->batch : d->total;
     p.total = end - b0 * a->batch;

@@ -98,7 +98,7 @@ static int read_param(bn_npy *p, const char *path, const char *what, int64_t c, 
 
 /* --check-finite on a whole file */
 static int refuse_nonfinite(const char *path, const bn_npy *arr, const bn_desc *d) {
-    return cli_refuse_nonfinite(path, NULL, arr->data, d, 0, arr->ndim, arr->dims);
+    return cli_refuse_nonfinite(path, NULL, arr->data, d, 0, 0, arr->ndim, arr->dims);
 }
 
 static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias) {

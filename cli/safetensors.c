@@ -261,6 +261,51 @@ static int by_offset(const void *a, const void *b) {
     return (x[0] > y[0]) - (x[0] < y[0]);
 }
 
+/* Where the padding after the header's JSON object ends: the first byte in [from, hlen) that is
+ * not padding, or hlen. The format pads with spaces; tabs, newlines and carriage returns are
+ * taken too, since the reference reader parses the header as JSON text, which may end in any
+ * JSON whitespace, and reads such files. Anything else (a second value, a stray brace, NUL
+ * bytes) would be data the reader ignores, so the file is refused. */
+static size_t padding_end(const char *json, size_t from, uint64_t hlen) {
+    size_t at = from;
+    while (at < hlen && (json[at] == ' ' || json[at] == '\t' || json[at] == '\n' ||
+                         json[at] == '\r'))
+        at++;
+    return at;
+}
+
+/* A tensor entry of the header: its name and where it comes among the tensors. */
+typedef struct named {
+    const char *name;
+    int index;
+} named;
+
+static int by_name(const void *a, const void *b) {
+    const named *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+/* The index, among root's n tensor entries (all but __metadata__), of the first entry whose name
+ * an earlier entry has; -1 when the names differ, -2 when out of memory. The names are sorted,
+ * so that this takes n log n comparisons, not the n^2 / 2 of comparing every pair. */
+static int first_repeat(const cJSON *root, int n) {
+    named *all = malloc(sizeof *all * (size_t)(n ? n : 1));
+    if (!all) return -2;
+    int k = 0, first = -1;
+    for (const cJSON *e = root->child; e; e = e->next)
+        if (strcmp(e->string, "__metadata__") != 0) all[k] = (named){e->string, k}, k++;
+    qsort(all, (size_t)n, sizeof *all, by_name);
+    /* in a run of equal names, sorted by index, the second is the first repeat of that name */
+    for (int j = 1; j < n; j++)
+        if (strcmp(all[j - 1].name, all[j].name) == 0 &&
+            (j < 2 || strcmp(all[j - 2].name, all[j].name) != 0) &&
+            (first < 0 || all[j].index < first))
+            first = all[j].index;
+    free(all);
+    return first;
+}
+
 bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size_t errlen) {
     memset(f, 0, sizeof *f);
     unsigned char *buf;
@@ -280,9 +325,16 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
                 (unsigned long long)hlen, len);
         st = BN_ERR_FORMAT;
     } else {
-        root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
+        const char *json = (const char *)buf + 8, *parsed = NULL;
+        root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &parsed, 0);
+        size_t at;
         if (!cJSON_IsObject(root)) {
             set_err(err, errlen, "the header is not valid JSON");
+            st = BN_ERR_FORMAT;
+        } else if ((at = padding_end(json, (size_t)(parsed - json), hlen)) < hlen) {
+            set_err(err, errlen, "the header has bytes after its JSON object that are not "
+                                 "padding (byte %zu of %llu is 0x%02x)", at,
+                    (unsigned long long)hlen, (unsigned char)json[at]);
             st = BN_ERR_FORMAT;
         }
     }
@@ -296,17 +348,21 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
         set_err(err, errlen, "out of memory");
         st = BN_ERR_NO_MEMORY;
     }
-    int k = 0;
+    int k = 0, twice = -1;
+    if (st == BN_OK && (twice = first_repeat(root, n)) == -2) {
+        set_err(err, errlen, "out of memory");
+        st = BN_ERR_NO_MEMORY;
+    }
     for (const cJSON *e = root ? root->child : NULL; st == BN_OK && e; e = e->next) {
         if (strcmp(e->string, "__metadata__") == 0) continue;
-        for (int j = 0; j < k; j++)
-            if (strcmp(t[j].name, e->string) == 0) {
-                char name_buf[68];
-                set_err(err, errlen, "tensor \"%s\" appears twice in the header",
-                        shown(name_buf, sizeof name_buf, e->string));
-                st = BN_ERR_FORMAT;
-            }
-        if (st == BN_OK) st = parse_entry(&t[k], &offs[2 * k], e, data_len, err, errlen);
+        if (k == twice) {
+            char name_buf[68];
+            set_err(err, errlen, "tensor \"%s\" appears twice in the header",
+                    shown(name_buf, sizeof name_buf, e->string));
+            st = BN_ERR_FORMAT;
+            break;
+        }
+        st = parse_entry(&t[k], &offs[2 * k], e, data_len, err, errlen);
         if (st == BN_OK) {
             t[k].data = buf + data_at + offs[2 * k];
             to_little((void *)t[k].data, t[k].count, elem_size(t[k].dtype));

@@ -322,6 +322,12 @@ static void test_merge(void) {
     bn_moments neg = {rank == 0 ? -1 : 1, 0, 0};
     CHECK(bn_mpi_merge_moments(&neg, 1, MPI_COMM_WORLD) == BN_ERR_ARGUMENT);
     CHECK(neg.count == (rank == 0 ? -1 : 1));
+    /* the last rank with another c: BN_ERR_SHAPE on every rank, nothing written, no rank left
+     * waiting (bnorm fit relies on it) */
+    bn_moments two[2] = {{3, 1.0, 2.0}, {3, 1.0, 2.0}};
+    bn_status st = bn_mpi_merge_moments(two, rank == size - 1 ? 1 : 2, MPI_COMM_WORLD);
+    CHECK_MSG(st == (size > 1 ? BN_ERR_SHAPE : BN_OK), "merge, c differs: status %d", st);
+    CHECK(two[0].count == 3 && two[0].mean == 1.0 && two[0].m2 == 2.0 && two[1].count == 3);
 }
 
 int main(int argc, char **argv) {

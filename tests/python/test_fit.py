@@ -7,7 +7,9 @@ leave no output.
 import json
 import os
 import pty
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -135,6 +137,112 @@ def test_one_and_three_ranks_agree_in_float64(tmp_path):
     np.testing.assert_allclose(outs[1]["running_var"], var, rtol=1e-9)
 
 
+def run_per_rank(contexts, timeout=60):
+    """mpirun with one app context per rank (MPMD): contexts[r] = (directory, args) runs `bnorm
+    ARGS` in that directory as rank r, so that the same file name can be a different file on
+    each rank. A run that does not end within timeout fails the test, its processes killed."""
+    mpirun = shutil.which("mpirun")
+    assert mpirun, "mpirun is missing: apt-get install openmpi-bin libopenmpi-dev"
+    cmd = [mpirun, *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "--oversubscribe"]
+    for r, (wdir, args) in enumerate(contexts):
+        cmd += ([":"] if r else []) + ["-np", "1", "-wdir", str(wdir), str(BNORM),
+                                       *map(str, args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"mpirun did not end within {timeout} s: a rank waits for the others\n{err}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+A_SHARD = np.random.default_rng(11).standard_normal((20, 3, 4)).astype(np.float32)
+B_SHARD = np.random.default_rng(12).standard_normal((7, 3, 4)).astype(np.float32)
+
+# rank: (how its a.npy and b.npy differ from the others', what the one message says)
+DIFFERENT_FILES = {
+    "N=0 on rank 1 (it used to leave rank 0 waiting)": (
+        2, 1, {"a.npy": A_SHARD[:0], "b.npy": B_SHARD[:0]},
+        ["bnorm: a.npy: rank 1 sees shape (0, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "one file with N=0": (
+        2, 1, {"a.npy": A_SHARD[:0]},
+        ["bnorm: a.npy: rank 1 sees shape (0, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "another N (it used to give exit 0 and wrong statistics)": (
+        3, 2, {"a.npy": np.concatenate([A_SHARD, A_SHARD[:10]])},
+        ["bnorm: a.npy: rank 2 sees shape (30, 3, 4) float32, rank 0 sees (20, 3, 4) float32"]),
+    "another dtype": (
+        3, 1, {"b.npy": B_SHARD.astype(np.float64)},
+        ["bnorm: b.npy: rank 1 sees shape (7, 3, 4) float64, rank 0 sees (7, 3, 4) float32"]),
+    "rank 0 differs": (
+        2, 0, {"b.npy": B_SHARD[:5]},
+        ["bnorm: b.npy: rank 1 sees shape (7, 3, 4) float32, rank 0 sees (5, 3, 4) float32"]),
+    "another C on one rank": (
+        3, 1, {"b.npy": np.zeros((7, 3, 5), np.float32)},
+        ["bnorm: b.npy: shape (7, 3, 5) does not match a.npy's (20, 3, 4)"]),
+    "missing on one rank": (3, 2, {"b.npy": None}, ["bnorm: b.npy: ", "No such file"]),
+    "empty on one rank": (2, 1, {"a.npy": b""}, ["bnorm: a.npy: ", "empty"]),
+}
+
+
+def rank_dirs(tmp_path, ranks, rank=None, files=None):
+    """One directory per rank holding its a.npy and b.npy (rank's changed as files says:
+    an array, bytes, or None for no file)."""
+    made = []
+    for r in range(ranks):
+        d = tmp_path / f"rank{r}"
+        d.mkdir()
+        for name, x in {"a.npy": A_SHARD, "b.npy": B_SHARD,
+                        **(files if r == rank else {})}.items():
+            if isinstance(x, bytes):
+                (d / name).write_bytes(x)
+            elif x is not None:
+                np.save(d / name, x)
+        made.append(d)
+    return made
+
+
+def fit_args(out, batch=8, extra=()):
+    return ["fit", "a.npy", "b.npy", *extra, "--out", out, "--batch", batch]
+
+
+def test_ranks_that_see_the_same_files(tmp_path):
+    out = tmp_path / "s.safetensors"
+    r = run_per_rank([(d, fit_args(out)) for d in rank_dirs(tmp_path, 3)])
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    check_population(stats, np.concatenate([A_SHARD, B_SHARD]).astype(np.float64))
+
+
+@pytest.mark.parametrize("case", DIFFERENT_FILES)
+def test_ranks_that_see_different_files_fail_together(tmp_path, case):
+    """Under mpirun every rank opens the files itself; where one rank's file has another N, C or
+    dtype, or cannot be opened, every rank exits 1 before any work, one of them naming the file
+    and what differs, and nothing is written."""
+    ranks, rank, files, message = DIFFERENT_FILES[case]
+    out = tmp_path / "s.safetensors"
+    r = run_per_rank([(d, fit_args(out)) for d in rank_dirs(tmp_path, ranks, rank, files)])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("bnorm: ") == 1 and all(m in r.stderr for m in message), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"rank{r}" for r in range(ranks)]
+
+
+@pytest.mark.parametrize("batch, extra, message", [
+    (5, [], "rank 2 and rank 0 differ in --batch (5 against 8)"),
+    (8, ["--estimator", "batch-mean"], "rank 2 and rank 0 differ in --estimator"),
+    (8, ["--channels-last"], "rank 2 and rank 0 differ in --channels-last"),
+    (8, ["--check-finite"], "rank 2 and rank 0 differ in --check-finite"),
+    (8, ["a.npy"], "rank 2 and rank 0 differ in the number of input files (3 against 2)")])
+def test_ranks_started_with_other_options_fail_together(tmp_path, batch, extra, message):
+    out = tmp_path / "s.safetensors"
+    d = rank_dirs(tmp_path, 3)
+    r = run_per_rank([(d[0], fit_args(out)), (d[1], fit_args(out)),
+                      (d[2], fit_args(out, batch, extra))])
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.count("bnorm: ") == 1 and "bnorm: fit: " + message in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1", "rank2"]
+
 def test_loads_into_torch_batchnorm(tmp_path):
     files, x = dataset(tmp_path, [(16, 6, 3, 3)], [np.float32], seed=2)
     out = tmp_path / "s.safetensors"
@@ -203,6 +311,122 @@ def test_memory_does_not_grow_with_the_file(tmp_path, ranks):
     stats, _ = read_safetensors(out)
     np.testing.assert_allclose(stats["running_mean"], mean, rtol=1e-6)
 
+
+def sparse_npy(path, shape, dtype="<f4"):
+    """A .npy file of zeros that takes no disk: the header, then the file extended to its
+    full size (a hole reads as zeros)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": dtype, "fortran_order": False,
+                                                 "shape": shape})
+        data_at = f.tell()
+    os.truncate(path, data_at + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return data_at
+
+
+def under_300_mb(*args):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (300 << 20, 300 << 20))
+    return subprocess.run([str(BNORM), *map(str, args)], capture_output=True, text=True,
+                          timeout=600, preexec_fn=limit)
+
+
+@pytest.mark.parametrize("shape, layout", [((4, 1, 2 ** 26), []),
+                                           ((4, 2 ** 26, 1), ["--channels-last"])])
+def test_memory_does_not_depend_on_the_sample_size(tmp_path, shape, layout):
+    """1 GiB files of 4 samples of 256 MiB, fitted inside 300 MB of address space: pieces of a
+    sample are read (each sample used to be one piece, widened to 8 bytes a value: "out of
+    memory for a batch of 1 samples"). All zeros first, then real values in windows that
+    straddle the pieces' boundaries, against float64 statistics made from the windows."""
+    big, out = tmp_path / "big.npy", tmp_path / "s.safetensors"
+    data_at = sparse_npy(big, shape)
+    for extra in ([], ["--estimator", "batch-mean", "--batch", 2]):
+        r = under_300_mb("fit", big, "--out", out, *layout, *extra)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        stats, _ = read_safetensors(out)
+        assert stats["running_mean"].tolist() == [0.0] and stats["running_var"].tolist() == [0.0]
+    # values at [start, start + len) of the flat array (C = 1: one channel either way)
+    rng = np.random.default_rng(21)
+    windows = [(2 ** 18 - 1000, 2000), (2 ** 26 + 5 * 2 ** 18 - 3, 7),
+               (2 * 2 ** 26 - 500, 1000), (4 * 2 ** 26 - 4000, 4000)]
+    values = []
+    with open(big, "r+b") as f:
+        for start, length in windows:
+            w = (rng.standard_normal(length) * 3 + 100).astype("<f4")
+            f.seek(data_at + 4 * start)
+            f.write(w.tobytes())
+            values.append(w.astype(np.float64))
+    v = np.concatenate(values)
+    n = 4 * 2 ** 26
+    mean = v.sum() / n
+    var = (((v - mean) ** 2).sum() + (n - v.size) * mean ** 2) / (n - 1)
+    r = under_300_mb("fit", big, "--out", out, *layout)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    assert abs(stats["running_mean"][0] / mean - 1) <= 1e-6, (stats, mean)
+    assert abs(stats["running_var"][0] / var - 1) <= 1e-6, (stats, var)
+
+
+@pytest.mark.parametrize("channels", [2 ** 26, 2 ** 22])
+def test_out_of_memory_names_the_channels(tmp_path, channels):
+    """What fit holds beyond a piece is per channel (the statistics it writes): 2^26 or 2^22
+    channels do not fit in 300 MB, and the message says so (it used to speak of a batch of
+    samples)."""
+    big, out = tmp_path / "big.npy", tmp_path / "s.safetensors"
+    sparse_npy(big, (2, 2, channels))
+    r = under_300_mb("fit", big, "--out", out, "--channels-last")
+    assert r.returncode == 1 and r.stderr == \
+        f"bnorm: {big}: out of memory for the statistics of {channels} channels\n", r.stderr
+    assert not out.exists()
+
+
+# shapes of samples larger than a piece (2^18 values): a channel's row cut in pieces, pieces of
+# several channels, pieces of rows of C, and a row of C cut in pieces
+LARGE_SAMPLES = {
+    "channels-first, rows cut": ([(3, 2, 300000), (2, 2, 300000)], []),
+    "channels-first, several channels": ([(3, 5, 70000), (2, 5, 70000)], []),
+    "channels-last, rows of C": ([(3, 150000, 2), (2, 150000, 2)], ["--channels-last"]),
+    "channels-last, a row of C cut": ([(3, 2, 270000), (2, 2, 270000)], ["--channels-last"]),
+}
+
+
+@pytest.mark.parametrize("case", LARGE_SAMPLES)
+@pytest.mark.parametrize("estimator", ["population", "batch-mean"])
+@pytest.mark.parametrize("dtypes, rtol", [([np.float32, ">f8"], 2e-7),  # float32 statistics
+                                          ([np.float64, ">f8"], 1e-12)])
+def test_samples_larger_than_a_piece_match_numpy(tmp_path, case, estimator, dtypes, rtol):
+    shapes, layout = LARGE_SAMPLES[case]
+    files, x = dataset(tmp_path, shapes, dtypes, seed=8, offset=50.0, scale=3.0)
+    if layout:
+        x = np.moveaxis(x, -1, 1)
+    out = tmp_path / "s.safetensors"
+    r = run("fit", *files, "--out", out, "--batch", 2, "--estimator", estimator, *layout)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    stats, _ = read_safetensors(out)
+    if estimator == "population":
+        mean, var = population(x)
+    else:  # batches of 2 samples across the files: the average of their statistics
+        batches = [population(x[i:i + 2]) for i in range(0, len(x), 2)]
+        mean = np.mean([m for m, _ in batches], axis=0)
+        var = np.mean([v for _, v in batches], axis=0)
+    assert int(stats["num_batches_tracked"]) == 3
+    np.testing.assert_allclose(stats["running_mean"], mean, rtol=rtol, atol=0)
+    np.testing.assert_allclose(stats["running_var"], var, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("shape, layout, at, channel", [
+    ((2, 3, 300000), [], (1, 2, 299999), 2),                # a channel's row cut in pieces
+    ((2, 5, 70000), [], (1, 4, 3), 4),                      # pieces of several channels
+    ((2, 150000, 2), ["--channels-last"], (1, 149999, 1), 1),
+    ((2, 2, 270000), ["--channels-last"], (1, 1, 266000), 266000)])  # a row of C cut
+def test_check_finite_in_samples_larger_than_a_piece(tmp_path, shape, layout, at, channel):
+    x = np.ones(shape, np.float32)
+    x[at] = np.nan
+    src, out = tmp_path / "x.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    r = run("fit", src, "--out", out, "--check-finite", *layout)
+    assert r.returncode == 1 and f"x.npy: nan at index {at} (channel {channel}), refused by " \
+        "--check-finite" in r.stderr, r.stderr
+    assert not out.exists()
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
     files, _ = dataset(tmp_path, [(40, 2, 3)], [np.float32])
@@ -406,6 +630,67 @@ def test_apply_errors(tmp_path):
     assert run("apply", "--stats", good, src, "-o", out).returncode == 0
     np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
 
+
+def stats_with_header(path, header_text, data):
+    """A safetensors file whose header is header_text exactly (padded with spaces to 8)."""
+    h = header_text.encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+STATS_HEADER = ('{"running_mean":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},'
+                '"running_var":{"dtype":"F32","shape":[3],"data_offsets":[12,24]}}')
+STATS_DATA = np.zeros(3, "<f4").tobytes() + np.ones(3, "<f4").tobytes()
+
+
+@pytest.mark.parametrize("after", ["}garbage", "garbage", "}", "{}", ",", "\0", " \0 ", " x",
+                                   "\u00a0", "//"])
+def test_statistics_header_with_bytes_after_the_json(tmp_path, after):
+    """After the header's JSON object only padding may follow: anything else is refused (it used
+    to be read, the rest ignored)."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    stats_with_header(stats, STATS_HEADER + after, STATS_DATA)
+    r = run("apply", "--stats", stats, src, "-o", out)
+    assert r.returncode == 1, r.stderr
+    assert "bnorm: " + str(stats) + ": the header has bytes after its JSON object that are " \
+        "not padding (byte " in r.stderr, r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("after", ["", " " * 13, "\n", " \t\r\n "])
+def test_statistics_header_padded_with_whitespace(tmp_path, after):
+    """Spaces (the format's padding) and the JSON whitespace the reference reader accepts."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    stats_with_header(stats, STATS_HEADER + after, STATS_DATA)
+    r = run("apply", "--stats", stats, src, "-o", out)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    np.testing.assert_allclose(np.load(out), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_statistics_header_of_200000_entries(tmp_path):
+    """The reader's work per entry does not grow with the number of entries: 200,000 tensors
+    are read, or refused for a duplicate name at the end, in seconds (the duplicate check
+    compared every pair of names: minutes here)."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    n = 200000
+    entries = [f'"layer{k}.t":{{"dtype":"F32","shape":[1],"data_offsets":[{24 + 4 * k},'
+               f'{28 + 4 * k}]}}' for k in range(n)]
+    data = STATS_DATA + np.arange(n, dtype="<f4").tobytes()
+    for last, code, message in [(None, 0, ""),
+                                ("layer7.t", 1, 'tensor "layer7.t" appears twice in the header')]:
+        body = entries[:-1] + [entries[-1].replace(f"layer{n - 1}.t", last)] if last else entries
+        stats_with_header(stats, STATS_HEADER[:-1] + "," + ",".join(body) + "}", data)
+        out.unlink(missing_ok=True)
+        r = subprocess.run([str(BNORM), "apply", "--stats", str(stats), str(src), "-o", str(out)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == code and message in r.stderr, r.stderr
+        assert out.exists() == (code == 0)
 
 def test_bench_script_measures_fit_against_reading(tmp_path):
     out = tmp_path / "fit.json"
