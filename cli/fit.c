@@ -11,6 +11,7 @@
 #include "npy.h"
 #include "safetensors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,10 +154,63 @@ static void progress_show(progress *p, int final) {
     fflush(stderr);
 }
 
+/* The batch-mean estimator sums each batch's mean and variance twice: as they are, and scaled by
+ * 2^-SUM_RESCALE, exact but for values below 2^-958, so that a sum of up to 2^63 finite values
+ * (each below 2^1024) stays below 2^1023. The average comes from the plain sum, or where that
+ * overflowed (float64 values near DBL_MAX, whose average is finite) from the scaled one. */
+#define SUM_RESCALE 64
+
+static double average(double plain, double scaled, int64_t batches) {
+    if (isfinite(plain) || !isfinite(scaled)) return plain / (double)batches;
+    return ldexp(scaled / (double)batches, SUM_RESCALE);
+}
+
+/* M2 = count * variance passes DBL_MAX where the variance does not once it exceeds DBL_MAX / count
+ * (a million float64 values spread evenly over 5e151 do). Where a piece's M2 comes out infinite with a finite
+ * mean, the run goes on scaled: its moments from then on are those of x * 2^-FIT_RESCALE (that
+ * piece's values are scaled and its moments formed again; other pieces' moments are scaled,
+ * exact but for means below 2^-990 and M2s below 2^-958), at most 2^1023 wherever the variance
+ * is finite, and the results are scaled back up at the end (ldexp, exact). float32 values,
+ * widened to double, give M2 below 2^320: they never need it. */
+#define FIT_RESCALE 32
+
+/* The moments (C) of x made those of x * 2^-FIT_RESCALE. */
+static void scale_moments(bn_moments *m, int64_t C) {
+    const double down = ldexp(1.0, -FIT_RESCALE);
+    for (int64_t k = 0; k < C; k++) m[k].mean *= down, m[k].m2 = m[k].m2 * down * down;
+}
+
+/* The moments (C) of the piece buf as desc describes it, of its values scaled when *scaled
+ * (set here, and batch and total scaled with it, where the piece's M2 overflows). */
+static bn_status piece_moments(bn_moments *part, void *buf, const bn_desc *desc, int *scaled,
+                               bn_moments *batch, bn_moments *total) {
+    const int64_t C = desc->c;
+    bn_status st = bn_compute_moments(part, buf, desc);
+    int overflowed = 0;
+    for (int64_t k = 0; st == BN_OK && k < C; k++)
+        overflowed |= desc->dtype == BN_FLOAT64 && isinf(part[k].m2) && isfinite(part[k].mean);
+    if (st != BN_OK || (!overflowed && !*scaled)) return st;
+    if (!overflowed) {
+        scale_moments(part, C);
+        return BN_OK;
+    }
+    if (!*scaled) {
+        scale_moments(batch, C);
+        scale_moments(total, C);
+        *scaled = 1;
+    }
+    double *v = buf; /* float64 only */
+    const double down = ldexp(1.0, -FIT_RESCALE);
+    for (int64_t k = 0; k < desc->n * C * desc->s; k++) v[k] *= down;
+    return bn_compute_moments(part, buf, desc);
+}
+
 /* Statistics of this rank's batches [b0, b1): merged moments (population) or the sums of the
- * batches' means and unbiased variances (batch-mean, in sums: (2, C)). */
+ * batches' means and unbiased variances (batch-mean, in sums: (4, C), the sums of the means and
+ * of the variances, then the same scaled by 2^-SUM_RESCALE). *scaled: whether the moments are
+ * those of the values scaled by 2^-FIT_RESCALE (piece_moments). */
 static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn_moments *total,
-                       double *sums, progress *p) {
+                       double *sums, int *scaled, progress *p) {
     const int64_t C = d->c, per_sample = d->c * d->s;
     char err[512];
     if (per_sample && a->batch > INT64_MAX / 8 / per_sample)
@@ -200,7 +254,7 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                 status = CLI_RUNTIME_ERROR;
                 break;
             }
-            st = bn_compute_moments(part, buf, &desc);
+            st = piece_moments(part, buf, &desc, scaled, batch, total);
             if (st == BN_OK) st = bn_merge_moments(batch, part, C);
             if (st != BN_OK) status = cli_fail(a->files[f], "%s", bn_status_string(st));
             g = end;
@@ -219,9 +273,15 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                               batch[0].count == 1 ? "" : "s");
             break;
         }
+        const double down = ldexp(1.0, -SUM_RESCALE);
+        const int e = *scaled ? FIT_RESCALE : 0;
         for (int64_t k = 0; k < C; k++) {
-            sums[k] += batch[k].mean;
-            sums[C + k] += batch[k].m2 / (double)(batch[k].count - 1);
+            const double mean = ldexp(batch[k].mean, e);
+            const double var = ldexp(batch[k].m2 / (double)(batch[k].count - 1), 2 * e);
+            sums[k] += mean;
+            sums[C + k] += var;
+            sums[2 * C + k] += mean * down;
+            sums[3 * C + k] += var * down;
         }
     }
     free(buf);
@@ -274,28 +334,34 @@ static int run(const fit_args *a, dataset *d, cli_comm comm) {
     /* this rank's run of batches */
     const int64_t b0 = batches * comm.rank / comm.size, b1 = batches * (comm.rank + 1) / comm.size;
     bn_moments *total = calloc((size_t)C, sizeof(bn_moments));
-    double *sums = calloc((size_t)C * 4, sizeof(double)); /* (2, C) sums, then mean, var */
+    double *sums = calloc((size_t)C * 6, sizeof(double)); /* (4, C) sums, then mean, var */
     if (!total || !sums) status = cli_fail(a->out, "out of memory");
     progress p = {comm.rank == 0 && isatty(2), 0, 0, now(), 0};
     const int64_t end = b1 * a->batch < d->total ? b1 * a->batch : d->total;
     p.total = end - b0 * a->batch;
-    if (status == CLI_OK) status = run_batches(a, d, b0, b1, total, sums, &p);
+    int scaled = 0;
+    if (status == CLI_OK) status = run_batches(a, d, b0, b1, total, sums, &scaled, &p);
     progress_show(&p, 1);
     if (cli_comm_failures(status != CLI_OK)) {
         free(total);
         free(sums);
         return CLI_RUNTIME_ERROR;
     }
-    bn_status st = a->batch_mean ? cli_comm_sum(sums, 2 * C) : cli_comm_merge_moments(total, C);
-    double *mean = sums + 2 * C, *var = sums + 3 * C;
+    /* the ranks merge their moments at one scale: scaled if any rank's are (collective) */
+    const int any_scaled = !a->batch_mean && cli_comm_failures(scaled) > 0;
+    if (any_scaled && !scaled) scale_moments(total, C);
+    const int e = any_scaled ? FIT_RESCALE : 0;
+    bn_status st = a->batch_mean ? cli_comm_sum(sums, 4 * C) : cli_comm_merge_moments(total, C);
+    double *mean = sums + 4 * C, *var = sums + 5 * C;
     if (st != BN_OK) status = cli_fail(a->out, "combining the ranks: %s", bn_status_string(st));
     else if (!a->batch_mean && total[0].count < 2)
         status = cli_fail(a->files[0], "%lld value%s per channel: the unbiased variance needs at "
                           "least 2", (long long)total[0].count, total[0].count == 1 ? "" : "s");
     for (int64_t k = 0; status == CLI_OK && k < C; k++) {
-        mean[k] = a->batch_mean ? sums[k] / (double)batches : total[k].mean;
-        var[k] = a->batch_mean ? sums[C + k] / (double)batches
-                               : total[k].m2 / (double)(total[k].count - 1);
+        mean[k] = a->batch_mean ? average(sums[k], sums[2 * C + k], batches)
+                                : ldexp(total[k].mean, e);
+        var[k] = a->batch_mean ? average(sums[C + k], sums[3 * C + k], batches)
+                               : ldexp(total[k].m2 / (double)(total[k].count - 1), 2 * e);
     }
     if (status == CLI_OK && comm.rank == 0) status = write_stats(a, d, mean, var, batches);
     free(total);
