@@ -12,6 +12,7 @@
 #include "npy.h"
 #include "safetensors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,7 +234,59 @@ typedef struct reader {
     void *buf;
     bn_moments *part;  /* (min(C, PIECE_VALUES)) */
     bn_moments *batch; /* (C) */
+    bn_moments *total; /* (C): the rank's so far */
+    int *scaled;       /* whether the moments are of the values scaled (piece_moments) */
 } reader;
+
+/* The batch-mean estimator sums each batch's mean and variance twice: as they are, and scaled by
+ * 2^-SUM_RESCALE, exact but for values below 2^-958, so that a sum of up to 2^63 finite values
+ * (each below 2^1024) stays below 2^1023. The average comes from the plain sum, or where that
+ * overflowed (float64 values near DBL_MAX, whose average is finite) from the scaled one. */
+#define SUM_RESCALE 64
+
+static double average(double plain, double scaled, int64_t batches) {
+    if (isfinite(plain) || !isfinite(scaled)) return plain / (double)batches;
+    return ldexp(scaled / (double)batches, SUM_RESCALE);
+}
+
+/* M2 = count * variance passes DBL_MAX where the variance does not once it exceeds
+ * DBL_MAX / count (a million float64 values spread evenly over 5e151 do). Where a piece's M2
+ * comes out infinite with a finite mean, the run goes on scaled: its moments from then on are
+ * those of x * 2^-FIT_RESCALE (that piece's values are scaled and its moments formed again;
+ * other pieces' moments are scaled, exact but for means below 2^-990 and M2s below 2^-958), at
+ * most 2^1023 wherever the variance is finite, and the results are scaled back up at the end
+ * (ldexp, exact). float32 values, widened to double, give M2 below 2^320: they never need it. */
+#define FIT_RESCALE 32
+
+/* The moments (C) of x made those of x * 2^-FIT_RESCALE. */
+static void scale_moments(bn_moments *m, int64_t C) {
+    const double down = ldexp(1.0, -FIT_RESCALE);
+    for (int64_t k = 0; k < C; k++) m[k].mean *= down, m[k].m2 = m[k].m2 * down * down;
+}
+
+/* The moments (desc->c) of the piece buf as desc describes it, of its values scaled when *scaled
+ * (set here, and batch and total (C) scaled with it, where the piece's M2 overflows). */
+static bn_status piece_moments(bn_moments *part, void *buf, const bn_desc *desc, int *scaled,
+                               bn_moments *batch, bn_moments *total, int64_t C) {
+    bn_status st = bn_compute_moments(part, buf, desc);
+    int overflowed = 0;
+    for (int64_t k = 0; st == BN_OK && k < desc->c; k++)
+        overflowed |= desc->dtype == BN_FLOAT64 && isinf(part[k].m2) && isfinite(part[k].mean);
+    if (st != BN_OK || (!overflowed && !*scaled)) return st;
+    if (!overflowed) {
+        scale_moments(part, desc->c);
+        return BN_OK;
+    }
+    if (!*scaled) {
+        scale_moments(batch, C);
+        scale_moments(total, C);
+        *scaled = 1;
+    }
+    double *v = buf; /* float64 only */
+    const double down = ldexp(1.0, -FIT_RESCALE);
+    for (int64_t k = 0; k < desc->n * desc->c * desc->s; k++) v[k] *= down;
+    return bn_compute_moments(part, buf, desc);
+}
 
 /* One piece: the values [first, first + count) of file f, described by desc (count = n * c * s)
  * and holding the channels [k0, k0 + desc->c); read, checked (--check-finite), and their
@@ -248,7 +301,7 @@ static int take_piece(reader *r, int f, int64_t first, int64_t k0, const bn_desc
     if (r->a->check_finite && cli_refuse_nonfinite(file, NULL, r->buf, desc, first, k0, in->ndim,
                                                    in->dims) != CLI_OK)
         return CLI_RUNTIME_ERROR;
-    st = bn_compute_moments(r->part, r->buf, desc);
+    st = piece_moments(r->part, r->buf, desc, r->scaled, r->batch, r->total, r->d->c);
     if (st == BN_OK) st = bn_merge_moments(r->batch + k0, r->part, desc->c);
     return st == BN_OK ? CLI_OK : cli_fail(file, "%s", bn_status_string(st));
 }
@@ -284,16 +337,18 @@ static int take_sample(reader *r, int f, int64_t sample) {
 }
 
 /* Statistics of this rank's batches [b0, b1): merged moments (population) or the sums of the
- * batches' means and unbiased variances (batch-mean, in sums: (2, C)). A batch is read in
+ * batches' means and unbiased variances (batch-mean, in sums: (4, C), the sums of the means and
+ * of the variances, then the same scaled by 2^-SUM_RESCALE). *scaled: whether the moments are
+ * those of the values scaled by 2^-FIT_RESCALE (piece_moments). A batch is read in
  * pieces of whole samples, or a sample at a time when one is larger than a piece; the pieces'
  * moments merge into the batch's in the order of the data. */
 static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn_moments *total,
-                       double *sums, progress *p) {
+                       double *sums, int *scaled, progress *p) {
     const int64_t C = d->c, per_sample = d->c * d->s, part_c = C < PIECE_VALUES ? C : PIECE_VALUES;
     /* samples per piece; 0 when a sample is larger than a piece */
     const int64_t per_piece = per_sample ? PIECE_VALUES / per_sample : a->batch;
     reader r = {a, d, malloc((size_t)PIECE_VALUES * (d->any_f64 ? 8 : 4)),
-                malloc(sizeof(bn_moments) * (size_t)(part_c + C)), NULL};
+                malloc(sizeof(bn_moments) * (size_t)(part_c + C)), NULL, total, scaled};
     if (!r.buf || !r.part) {
         free(r.buf);
         free(r.part);
@@ -334,9 +389,15 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                               batch[0].count == 1 ? "" : "s");
             break;
         }
+        const double down = ldexp(1.0, -SUM_RESCALE);
+        const int e = *scaled ? FIT_RESCALE : 0;
         for (int64_t k = 0; k < C; k++) {
-            sums[k] += batch[k].mean;
-            sums[C + k] += batch[k].m2 / (double)(batch[k].count - 1);
+            const double mean = ldexp(batch[k].mean, e);
+            const double var = ldexp(batch[k].m2 / (double)(batch[k].count - 1), 2 * e);
+            sums[k] += mean;
+            sums[C + k] += var;
+            sums[2 * C + k] += mean * down;
+            sums[3 * C + k] += var * down;
         }
     }
     free(r.buf);
@@ -391,30 +452,36 @@ static int run(const fit_args *a, dataset *d, cli_comm comm) {
     /* this rank's run of batches */
     const int64_t b0 = batches * comm.rank / comm.size, b1 = batches * (comm.rank + 1) / comm.size;
     bn_moments *total = calloc((size_t)C, sizeof(bn_moments));
-    double *sums = calloc((size_t)C * 4, sizeof(double)); /* (2, C) sums, then mean, var */
+    double *sums = calloc((size_t)C * 6, sizeof(double)); /* (4, C) sums, then mean, var */
     if (!total || !sums)
         status = cli_fail(a->files[0], "out of memory for the statistics of %lld channels",
                           (long long)C);
     progress p = {comm.rank == 0 && isatty(2), 0, 0, now(), 0};
     const int64_t end = b1 * a->batch < d->total ? b1 * a->batch : d->total;
     p.total = end - b0 * a->batch;
-    if (status == CLI_OK) status = run_batches(a, d, b0, b1, total, sums, &p);
+    int scaled = 0;
+    if (status == CLI_OK) status = run_batches(a, d, b0, b1, total, sums, &scaled, &p);
     progress_show(&p, 1);
     if (cli_comm_failures(status != CLI_OK)) {
         free(total);
         free(sums);
         return CLI_RUNTIME_ERROR;
     }
-    bn_status st = a->batch_mean ? cli_comm_sum(sums, 2 * C) : cli_comm_merge_moments(total, C);
-    double *mean = sums + 2 * C, *var = sums + 3 * C;
+    /* the ranks merge their moments at one scale: scaled if any rank's are (collective) */
+    const int any_scaled = !a->batch_mean && cli_comm_failures(scaled) > 0;
+    if (any_scaled && !scaled) scale_moments(total, C);
+    const int e = any_scaled ? FIT_RESCALE : 0;
+    bn_status st = a->batch_mean ? cli_comm_sum(sums, 4 * C) : cli_comm_merge_moments(total, C);
+    double *mean = sums + 4 * C, *var = sums + 5 * C;
     if (st != BN_OK) status = cli_fail(a->out, "combining the ranks: %s", bn_status_string(st));
     else if (!a->batch_mean && total[0].count < 2)
         status = cli_fail(a->files[0], "%lld value%s per channel: the unbiased variance needs at "
                           "least 2", (long long)total[0].count, total[0].count == 1 ? "" : "s");
     for (int64_t k = 0; status == CLI_OK && k < C; k++) {
-        mean[k] = a->batch_mean ? sums[k] / (double)batches : total[k].mean;
-        var[k] = a->batch_mean ? sums[C + k] / (double)batches
-                               : total[k].m2 / (double)(total[k].count - 1);
+        mean[k] = a->batch_mean ? average(sums[k], sums[2 * C + k], batches)
+                                : ldexp(total[k].mean, e);
+        var[k] = a->batch_mean ? average(sums[C + k], sums[3 * C + k], batches)
+                               : ldexp(total[k].m2 / (double)(total[k].count - 1), 2 * e);
     }
     if (status == CLI_OK && comm.rank == 0) status = write_stats(a, d, mean, var, batches);
     free(total);

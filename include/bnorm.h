@@ -64,6 +64,10 @@
  *   statistics and outputs NaN and leave the other channels alone. bn_check_finite() finds the
  *   first one (channel and offset) for callers that would rather refuse them.
  *
+ *   Finite float64 values near the top of the range overflow no intermediate whose result is
+ *   finite. A channel whose M2 = sum (x - mean)^2 passes DBL_MAX has, as in PyTorch, an
+ *   infinite variance: save_invstd 0, running_var inf, y = bias, dx 0 (its mean stays finite).
+ *
  * LIMITS
  *
  *   The largest tensor accepted has N*C*S elements whose byte count is at most PTRDIFF_MAX

@@ -43,28 +43,55 @@ static void channel_stats(const backward_args *a, int64_t c, double *mean, doubl
                              : 1.0 / sqrt(bn_load(a->running_var, dt, c, 0) + a->eps);
 }
 
-/* From channel c's sums (sum dy, and sum dy * xhat = invstd * sum dy * (x - mean); or the sums
- * given): dweight, dbias, and the coefficients of dx = (dy - mean_dy - (x - mean) * k) * scale
- * (mean_dy = k = 0 with stored statistics). Returns 0 when only the sums are asked for (they
- * are stored). */
-static int finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xhat,
-                          double invstd, double *mean_dy, double *k, double *scale) {
+/* Channel c's sums where one came out NaN or infinite: formed again scaled
+ * (bn_kernel_grad_sums_rescaled), and each that the scaling keeps finite replaces its plain
+ * one, with the power of two it stands for in *e_dy or *e_xc (a NaN or an infinity in dy or x
+ * leaves the plain sums as they are). */
+static void rescue_sums(const backward_args *a, int64_t c, double mean, double *sum_dy,
+                        int *e_dy, double *sum_dy_xc, int *e_xc) {
+    double scaled_dy, scaled_dy_xc;
+    bn_kernel_grad_sums_rescaled(&a->d, &scaled_dy, &scaled_dy_xc, a->dy, a->x, c, mean);
+    if (!isfinite(*sum_dy) && isfinite(scaled_dy)) *sum_dy = scaled_dy, *e_dy = BN_GRAD_RESCALE;
+    if (!isfinite(*sum_dy_xc) && isfinite(scaled_dy_xc))
+        *sum_dy_xc = scaled_dy_xc, *e_xc = 2 * BN_GRAD_RESCALE;
+}
+
+/* From channel c's sums (sum dy and sum dy * (x - mean) with its statistics mean and invstd; or
+ * the sums given: sum dy, sum dy * xhat): dweight, dbias, and the coefficients of
+ * dx = (dy - mean_dy - (x - mean) * k) * scale (mean_dy = k = 0 with stored statistics). Returns
+ * 0 when only the sums are asked for (they are stored).
+ * Ranges: sum dy * xhat = invstd * sum dy * (x - mean) overflows only where it is larger than
+ * DBL_MAX, and so do mean_dy = sum dy / m and k = (sum dy * xhat / m) * invstd (divided
+ * first: mean(dy * xhat) is at most the sum). The sums themselves can overflow in float64
+ * where the results do not (a sum that cancels, dy * (x - mean) beyond DBL_MAX while
+ * invstd brings it back, sum dy beyond DBL_MAX while mean_dy is finite): those are formed
+ * again scaled (rescue_sums, the rare path, per channel), and the results scaled back up by
+ * ldexp, exact. Sums given are taken as they are. */
+static int finish_channel(const backward_args *a, int64_t c, double sum_dy, double sum_dy_xc,
+                          double mean, double invstd, double *mean_dy, double *k, double *scale) {
     const bn_dtype dt = a->d.dtype;
+    double sum_dy_xhat;
+    int e_dy = 0, e_xhat = 0; /* the sums are sum_dy * 2^e_dy and sum_dy_xhat * 2^e_xhat */
     if (a->given_sums) {
         sum_dy = a->given_sums[c];
         sum_dy_xhat = a->given_sums[a->d.c + c];
+    } else {
+        if (!isfinite(sum_dy) || !isfinite(sum_dy_xc))
+            rescue_sums(a, c, mean, &sum_dy, &e_dy, &sum_dy_xc, &e_xhat);
+        sum_dy_xhat = sum_dy_xc * invstd;
     }
+    const double dbias = ldexp(sum_dy, e_dy), dweight = ldexp(sum_dy_xhat, e_xhat);
     if (a->sums_out) {
-        a->sums_out[c] = sum_dy;
-        a->sums_out[a->d.c + c] = sum_dy_xhat;
+        a->sums_out[c] = dbias;
+        a->sums_out[a->d.c + c] = dweight;
         return 0;
     }
     const double m = (double)a->count;
-    if (a->dweight) bn_store(a->dweight, dt, c, sum_dy_xhat);
-    if (a->dbias) bn_store(a->dbias, dt, c, sum_dy);
+    if (a->dweight) bn_store(a->dweight, dt, c, dweight);
+    if (a->dbias) bn_store(a->dbias, dt, c, dbias);
     *scale = invstd * bn_load(a->weight, dt, c, 1.0);
-    *mean_dy = batch_stats(a) ? sum_dy / m : 0.0;
-    *k = batch_stats(a) ? sum_dy_xhat * invstd / m : 0.0; /* mean(dy * xhat) * invstd */
+    *mean_dy = batch_stats(a) ? ldexp(sum_dy / m, e_dy) : 0.0;
+    *k = batch_stats(a) ? ldexp(sum_dy_xhat / m, e_xhat) * invstd : 0.0; /* mean(dy xhat) invstd */
     return 1;
 }
 
@@ -73,7 +100,7 @@ static void backward_channel(const void *args, int64_t c) {
     double mean, invstd, sum_dy = 0, sum_dy_xc = 0, mean_dy, k, scale;
     channel_stats(a, c, &mean, &invstd);
     if (!a->given_sums) bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c, mean);
-    if (!finish_channel(a, c, sum_dy, sum_dy_xc * invstd, invstd, &mean_dy, &k, &scale)) return;
+    if (!finish_channel(a, c, sum_dy, sum_dy_xc, mean, invstd, &mean_dy, &k, &scale)) return;
     if (!a->dx) return;
     if (batch_stats(a))
         bn_kernel_cf_grad_input(&a->d, a->dx, a->dy, a->x, c, mean, mean_dy, k, scale);
@@ -91,7 +118,7 @@ static void backward_run(const void *args, int64_t k) {
     channel_stats(a, c0, &mean, &invstd);
     bn_kernel_cf_grad_sums(&a->d, &sum_dy, &sum_dy_xc, a->dy, a->x, c0, mean);
     for (int64_t c = c0; c < c1; c++) {
-        finish_channel(a, c, sum_dy, sum_dy_xc * invstd, invstd, &mean_dy, &kk, &scale);
+        finish_channel(a, c, sum_dy, sum_dy_xc, mean, invstd, &mean_dy, &kk, &scale);
         if (c + 1 < c1) {
             const double this_mean = mean;
             channel_stats(a, c + 1, &mean, &invstd);
@@ -133,7 +160,7 @@ static void add_parts(const backward_args *a, int64_t c0, int64_t c1) {
             sum_dy += a->part_sums[2 * p * C + c];
             sum_dy_xc += a->part_sums[(2 * p + 1) * C + c];
         }
-        dx_wanted &= finish_channel(a, c, sum_dy, sum_dy_xc * invstd[c], invstd[c], &mean_dy[c],
+        dx_wanted &= finish_channel(a, c, sum_dy, sum_dy_xc, a->mean[c], invstd[c], &mean_dy[c],
                                     &k[c], &scale[c]);
     }
     if (!dx_wanted) return;

@@ -29,6 +29,20 @@ typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 #define BN_ALWAYS_INLINE __attribute__((always_inline))
+#define BN_COLD __attribute__((noinline, cold))
+/* A statistics block whose sums overflowed (float64 only) is summed again with its values scaled
+ * by 2^-BN_RESCALE, and its moments scaled back up: exact, powers of two (block_rescaled_). */
+#define BN_RESCALE 528
+_Static_assert(BN_BLOCK <= 1024 && BN_ROWS <= 1024, "block_rescaled_ sums at most 2^10 values");
+
+/* The centre an element-wise pass subtracts from x before it multiplies by factor (as rounded to
+ * the tensor's dtype): the mean, or 0 where the factor is 0 and the mean finite (an infinite
+ * variance gives invstd 0). Either gives the same output for finite x, except where x - mean
+ * overflows (values of opposite signs near the dtype's largest) into inf * 0 = NaN: x * 0 = 0,
+ * as torch's x * alpha + beta with alpha = 0. A NaN or infinite x or mean still gives NaN. */
+static inline double bn_centre(double mean, double factor) {
+    return factor == 0 && isfinite(mean) ? 0.0 : mean;
+}
 
 typedef float bn_v16f __attribute__((vector_size(64)));
 typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
@@ -199,6 +213,9 @@ static int use_stream(const bn_desc *desc) {
     (use_stream(desc) ? STREAMED(f##_f64_stream(__VA_ARGS__)) : f##_f64(__VA_ARGS__))
 
 #define CF_ROWS desc->n, desc->s, desc->c * desc->s
+/* bn_centre of a factor as the kernels of desc's dtype round it */
+#define CENTRE(mean, factor) \
+    bn_centre(mean, desc->dtype == BN_FLOAT32 ? (double)(float)(factor) : (factor))
 
 bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c) {
     if (desc->dtype == BN_FLOAT32) return bn_cf_moments_f32((const float *)x + c * desc->s, CF_ROWS);
@@ -207,6 +224,7 @@ bn_moments bn_kernel_cf_moments(const bn_desc *desc, const void *x, int64_t c) {
 
 void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t c, int64_t i0,
                             int64_t i1, double mean, double scale, double shift) {
+    mean = CENTRE(mean, scale);
     const int64_t at = i0 * desc->c * desc->s + c * desc->s;
     if (desc->dtype == BN_FLOAT32)
         OUT_F32(bn_cf_normalize, (float *)y + at, (const float *)x + at, i1 - i0, desc->s,
@@ -218,6 +236,7 @@ void bn_kernel_cf_normalize(const bn_desc *desc, void *y, const void *x, int64_t
 
 bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void *x, int64_t c,
                                        double mean, double scale, double shift) {
+    mean = CENTRE(mean, scale);
     const int64_t at = c * desc->s;
     /* the kernel sets it; initialized for clang, which cannot see that in builds without
      * streaming stores (BN_NO_CLONES) */
@@ -242,8 +261,22 @@ void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_
                             CF_ROWS, mean);
 }
 
+void bn_kernel_grad_sums_rescaled(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                                  const void *dy, const void *x, int64_t c, double mean) {
+    const int cl = desc->layout == BN_CHANNELS_LAST;
+    const int64_t at = cl ? c : c * desc->s, n = cl ? desc->n * desc->s : desc->n;
+    const int64_t s = cl ? 1 : desc->s, stride = cl ? desc->c : desc->c * desc->s;
+    if (desc->dtype == BN_FLOAT32)
+        bn_grad_sums_rescaled_f32(sum_dy, sum_dy_xc, (const float *)dy + at,
+                                  (const float *)x + at, n, s, stride, mean);
+    else
+        bn_grad_sums_rescaled_f64(sum_dy, sum_dy_xc, (const double *)dy + at,
+                                  (const double *)x + at, n, s, stride, mean);
+}
+
 void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, const void *x,
                              int64_t c, double mean, double mean_dy, double k, double scale) {
+    mean = CENTRE(mean, k);
     const int64_t at = c * desc->s;
     if (desc->dtype == BN_FLOAT32)
         OUT_F32(bn_cf_grad_input, (float *)dx + at, (const float *)dy + at, (const float *)x + at,
@@ -256,6 +289,7 @@ void bn_kernel_cf_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
 void bn_kernel_cf_grad_input_next(const bn_desc *desc, void *dx, const void *dy, const void *x,
                                   int64_t c, double mean, double mean_dy, double k, double scale,
                                   double next_mean, double *sum_dy, double *sum_dy_xc) {
+    mean = CENTRE(mean, k);
     const int64_t at = c * desc->s;
     if (desc->dtype == BN_FLOAT32)
         OUT_F32(bn_cf_grad_input_next, (float *)dx + at, (const float *)dy + at,

@@ -47,6 +47,12 @@ enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN
     /* dy, x: (N, S) rows at stride. *sum_dy = sum dy, *sum_dy_xc = sum dy * (x - mean). */     \
     void bn_cf_grad_sums_##SUF(double *sum_dy, double *sum_dy_xc, const T *dy, const T *x,     \
                                int64_t n, int64_t s, int64_t stride, double mean);              \
+    /* dy, x: (n, s) rows at stride. The sums of bn_cf_grad_sums_ scaled, on the rare path      \
+     * where those overflowed: *sum_dy = sum dy * 2^-BN_GRAD_RESCALE, *sum_dy_xc =              \
+     * sum dy * (x - mean) * 2^-2 BN_GRAD_RESCALE, value by value in order. */                  \
+    void bn_grad_sums_rescaled_##SUF(double *sum_dy, double *sum_dy_xc, const T *dy,           \
+                                     const T *x, int64_t n, int64_t s, int64_t stride,          \
+                                     double mean);                                              \
     /* dx, dy, x: (N, S) rows at stride (dx may be dy).                                         \
      * dx = (dy - mean_dy - (x - mean) * k) * scale. */                                         \
     void bn_cf_grad_input_##SUF(T *dx, const T *dy, const T *x, int64_t n, int64_t s,           \
@@ -114,6 +120,14 @@ bn_moments bn_kernel_cf_normalize_next(const bn_desc *desc, void *y, const void 
                                        double mean, double scale, double shift);
 void bn_kernel_cf_grad_sums(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
                             const void *dy, const void *x, int64_t c, double mean);
+/* Where the gradient sums of channel c came out NaN or infinite from finite dy and x (in
+ * float64 an intermediate can overflow although the result is finite), the sums again, scaled
+ * by powers of two that cannot overflow: sum dy * 2^-BN_GRAD_RESCALE and sum dy * (x - mean) *
+ * 2^-2 BN_GRAD_RESCALE, value by value in the order of the batch, either layout (the same bits
+ * for any split of the work). NaN or infinite where dy or x holds a NaN or an infinity. */
+#define BN_GRAD_RESCALE 548
+void bn_kernel_grad_sums_rescaled(const bn_desc *desc, double *sum_dy, double *sum_dy_xc,
+                                  const void *dy, const void *x, int64_t c, double mean);
 /* bn_kernel_cf_grad_input of channel c while bn_kernel_cf_grad_sums of channel c + 1 (its
  * mean next_mean) are formed: the same bits as the two calls. */
 void bn_kernel_cf_grad_input_next(const bn_desc *desc, void *dx, const void *dy, const void *x,

@@ -16,6 +16,41 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
+/* One case: x ~ N(5 * xscale, 3 * xscale), dy ~ N(0, dyscale); returns the calls' statuses. */
+static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double dyscale) {
+    const bn_desc d = *dp;
+    const int64_t count = tu_numel(&d), C = d.c;
+    const int dt = d.dtype == BN_FLOAT64;
+    const size_t es = dt ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
+    tu_rng r = tu_rng_new(seed);
+    double *xv = tu_randn(&r, count, 5 * xscale, 3 * xscale), *gv = tu_randn(&r, count, 0, dyscale);
+    double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1);
+    double *ones = tu_randn(&r, C, 1, 0);
+    void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+    void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
+    void *rm = calloc((size_t)C, es), *rv = tu_to_dtype(ones, C, d.dtype);
+    void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
+    double *sm = malloc(sizeof(double) * (size_t)C), *si = malloc(sizeof(double) * (size_t)C);
+    int64_t nbt = 0;
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    uint64_t h = UINT64_C(14695981039346656037);
+    int st = bn_forward_train(y, sm, si, rm, rv, &nbt, x, w, b, &d, &opt);
+    h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, (size_t)C * 8), si, (size_t)C * 8), rm, small), rv, small);
+    st |= bn_backward_train(dx, dw, db, dy, x, sm, si, w, &d);
+    h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    st |= bn_forward_eval(y, x, rm, rv, w, b, &d, 1e-5);
+    h = fnv(h, y, big);
+    st |= bn_backward_eval(dx, dw, db, dy, x, rm, rv, w, &d, 1e-5);
+    h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    printf("%lldx%lldx%lld %s %s", (long long)d.n, (long long)C, (long long)d.s,
+           dt ? "f64" : "f32", d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first");
+    if (xscale != 1 || dyscale != 1) printf(" x*%g dy*%g", xscale, dyscale);
+    printf(" status %d digest %016llx\n", st, (unsigned long long)h);
+    free(xv), free(gv), free(wv), free(bv), free(ones), free(x), free(dy), free(w), free(b);
+    free(rm), free(rv), free(y), free(dx), free(dw), free(db), free(sm), free(si);
+    return st;
+}
+
 int main(void) {
     /* (N, C, S): narrow and wide channel groups, short and long rows, channel tiles, a
      * 20 MB tensor (streamed stores where the machine has them) */
@@ -26,34 +61,15 @@ int main(void) {
         for (int dt = 0; dt < 2; dt++)
             for (int lay = 0; lay < 2; lay++) {
                 bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
-                const int64_t count = tu_numel(&d), C = d.c;
-                const size_t es = dt ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
-                tu_rng r = tu_rng_new(4242 + k);
-                double *xv = tu_randn(&r, count, 5, 3), *gv = tu_randn(&r, count, 0, 1);
-                double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1);
-                double *ones = tu_randn(&r, C, 1, 0);
-                void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
-                void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
-                void *rm = calloc((size_t)C, es), *rv = tu_to_dtype(ones, C, d.dtype);
-                void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
-                double *sm = malloc(sizeof(double) * (size_t)C), *si = malloc(sizeof(double) * (size_t)C);
-                int64_t nbt = 0;
-                bn_options opt = BN_OPTIONS_DEFAULT;
-                uint64_t h = UINT64_C(14695981039346656037);
-                int st = bn_forward_train(y, sm, si, rm, rv, &nbt, x, w, b, &d, &opt);
-                h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, (size_t)C * 8), si, (size_t)C * 8), rm, small), rv, small);
-                st |= bn_backward_train(dx, dw, db, dy, x, sm, si, w, &d);
-                h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
-                st |= bn_forward_eval(y, x, rm, rv, w, b, &d, 1e-5);
-                h = fnv(h, y, big);
-                st |= bn_backward_eval(dx, dw, db, dy, x, rm, rv, w, &d, 1e-5);
-                h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
-                if (st) failures++;
-                printf("%lldx%lldx%lld %s %s status %d digest %016llx\n", (long long)d.n, (long long)C,
-                       (long long)d.s, dt ? "f64" : "f32", lay ? "channels-last" : "channels-first", st,
-                       (unsigned long long)h);
-                free(xv), free(gv), free(wv), free(bv), free(ones), free(x), free(dy), free(w), free(b);
-                free(rm), free(rv), free(y), free(dx), free(dw), free(db), free(sm), free(si);
+                failures += digest_case(&d, 4242 + k, 1, 1) != 0;
             }
+    /* float64 near the top of the range: block sums that overflow (summed again scaled),
+     * variances that overflow, gradient sums that overflow */
+    static const double scales[][2] = {{1e151, 1}, {1e154, 1e306}, {1e300, 1e300}};
+    for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++)
+        for (int lay = 0; lay < 2; lay++) {
+            bn_desc d = tu_desc(16, 37, 301, BN_FLOAT64, (bn_layout)lay);
+            failures += digest_case(&d, 4300 + k, scales[k][0], scales[k][1]) != 0;
+        }
     return failures != 0;
 }

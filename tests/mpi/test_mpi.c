@@ -56,15 +56,16 @@ static int same_on_all_ranks(const void *p, size_t bytes) {
     return same;
 }
 
-/* The whole batch (the same on every rank), then this rank's shard [cuts[rank], cuts[rank+1]). */
+/* The whole batch (the same on every rank), then this rank's shard [cuts[rank], cuts[rank+1]).
+ * x ~ N(-4, 3) * scale. */
 static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout lay,
-                        const int64_t *cuts, uint64_t seed) {
+                        const int64_t *cuts, uint64_t seed, double scale) {
     bn_desc d = tu_desc(n, c, s, dt, lay);
     const int64_t count = tu_numel(&d), i0 = cuts[rank], i1 = cuts[rank + 1];
     const int64_t at = i0 * c * s, mine = (i1 - i0) * c * s;
     bn_desc dp = tu_desc(i1 - i0, c, s, dt, lay);
     tu_rng r = tu_rng_new(seed);
-    double *xd = tu_randn(&r, count, -4.0, 3.0), *dyd = tu_randn(&r, count, 0, 1);
+    double *xd = tu_randn(&r, count, -4.0 * scale, 3.0 * scale), *dyd = tu_randn(&r, count, 0, 1);
     double *wd = tu_randn(&r, c, 1, 0.5), *bd = tu_randn(&r, c, 0, 0.5);
     double *rmd = tu_randn(&r, c, 0, 1), *rvd = tu_randn(&r, c, 2, 0.1);
     void *x = tu_to_dtype(xd, count, dt), *dy = tu_to_dtype(dyd, count, dt);
@@ -330,6 +331,19 @@ static void test_merge(void) {
     CHECK(two[0].count == 3 && two[0].mean == 1.0 && two[0].m2 == 2.0 && two[1].count == 3);
 }
 
+/* Ranks whose means are of opposite signs near DBL_MAX: their differences overflow, the merged
+ * mean does not (the M2 is infinite indeed). */
+static void test_merge_far_means(void) {
+    bn_moments m = {1, rank % 2 ? 1.5e308 : -1.5e308, 0};
+    CHECK(bn_mpi_merge_moments(&m, 1, MPI_COMM_WORLD) == BN_OK);
+    long double mean = 0;
+    for (int r = 0; r < size; r++) mean += (r % 2 ? 1.5e308L : -1.5e308L) / size;
+    CHECK_MSG(m.count == size && fabsl(m.mean - mean) <= 1e-15L * 1.5e308L,
+              "merged mean %.17g, want %.17Lg", m.mean, mean);
+    CHECK(size == 1 ? m.m2 == 0 : isinf(m.m2) && m.m2 > 0);
+    CHECK(same_on_all_ranks(&m, sizeof m));
+}
+
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -342,9 +356,18 @@ int main(int argc, char **argv) {
             for (int dt = 0; dt < 2; dt++)
                 for (int lay = 0; lay < 2; lay++)
                     check_split(shapes[q][0], shapes[q][1], shapes[q][2], (bn_dtype)dt,
-                                (bn_layout)lay, cuts, 100 + (uint64_t)q);
+                                (bn_layout)lay, cuts, 100 + (uint64_t)q, 1.0);
         }
     }
+    /* float64 near the top of the range: block sums that overflow (the merged variance is
+     * finite), and a variance that overflows (y = bias, running_var inf on every rank) */
+    for (int k = 0; k < 2; k++)
+        for (int lay = 0; lay < 2; lay++) {
+            cuts_of(cuts, 6, 0);
+            check_split(6, 5, 300, BN_FLOAT64, (bn_layout)lay, cuts, 200 + (uint64_t)k,
+                        k ? 1e154 : 1e151);
+        }
+    test_merge_far_means();
     test_errors();
     test_disagreement();
     test_mixed_layouts();

@@ -530,6 +530,66 @@ def test_fit_check_finite(tmp_path, ranks):
     assert out.read_bytes() == checked
 
 
+def scaled_stats(x, axes):
+    """float64 mean and unbiased variance of x without overflow: of x * 2^-600, scaled back."""
+    xs = x * 2.0 ** -600
+    return xs.mean(axis=axes) * 2.0 ** 600, xs.var(axis=axes, ddof=1) * 2.0 ** 600 * 2.0 ** 600
+
+
+@pytest.mark.parametrize("ranks", [None, 3])
+def test_fit_large_float64_values(tmp_path, ranks):
+    """Values spread over 1e152 (the reported case: 1.07e302 instead of 8e302 before), and
+    files where M2 = count * var passes DBL_MAX while the variance is finite (fit goes on
+    scaled, on some ranks and not others): population and batch-mean statistics against
+    numpy's float64 on scaled values, and the average of batches' variances near DBL_MAX / 8."""
+    x = np.random.default_rng(0).uniform(0, 1e152, (8, 2, 256))
+    np.save(tmp_path / "issue.npy", x)
+    out = tmp_path / "s.safetensors"
+    r = run("fit", tmp_path / "issue.npy", "--out", out, ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    mean, var = scaled_stats(x, (0, 2))
+    np.testing.assert_allclose(stats["running_mean"], mean, rtol=1e-13)
+    np.testing.assert_allclose(stats["running_var"], var, rtol=1e-12)
+
+    rng = np.random.default_rng(1)
+    small = rng.standard_normal((24, 2, 256)) * 1e140  # M2 far from overflowing
+    large = rng.uniform(0, 1.2e153, (24, 2, 256))     # one batch of 8 has M2 beyond DBL_MAX
+    np.save(tmp_path / "small.npy", small)
+    np.save(tmp_path / "large.npy", large)
+    both = np.concatenate([small, large])
+    files = [tmp_path / "small.npy", tmp_path / "large.npy"]
+    r = run("fit", *files, "--out", out, "--batch", 8, ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    mean, var = scaled_stats(both, (0, 2))
+    assert np.all(np.isfinite(var)) and np.all(var > 1e305)
+    np.testing.assert_allclose(stats["running_mean"], mean, rtol=1e-13)
+    np.testing.assert_allclose(stats["running_var"], var, rtol=1e-12)
+
+    r = run("fit", *files, "--out", out, "--batch", 8, "--estimator", "batch-mean", ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    batches = [scaled_stats(both[k:k + 8], (0, 2)) for k in range(0, 48, 8)]
+    np.testing.assert_allclose(stats["running_mean"], np.mean([m for m, _ in batches], axis=0),
+                               rtol=1e-13)
+    want = (np.sum([v * 2.0 ** -64 for _, v in batches], axis=0) / 6) * 2.0 ** 64
+    np.testing.assert_allclose(stats["running_var"], want, rtol=1e-12)
+
+    # batches whose variances are near DBL_MAX / 2: their sum overflows, their average does not
+    near_max = np.random.default_rng(2).uniform(-1, 1, (32, 1, 64)) * 1.3e154
+    np.save(tmp_path / "near.npy", near_max)
+    r = run("fit", tmp_path / "near.npy", "--out", out, "--batch", 4, "--estimator",
+            "batch-mean", ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    stats, _ = read_safetensors(out)
+    batches = [scaled_stats(near_max[k:k + 4], (0, 2)) for k in range(0, 32, 4)]
+    want = (np.sum([v * 2.0 ** -64 for _, v in batches], axis=0) / 8) * 2.0 ** 64
+    with np.errstate(over="ignore"):
+        assert np.sum([v for _, v in batches]) == np.inf and np.all(np.isfinite(want))
+    np.testing.assert_allclose(stats["running_var"], want, rtol=1e-12)
+
+
 def test_apply_check_finite(tmp_path):
     x = np.random.default_rng(6).standard_normal((5, 3, 2)).astype(np.float32)
     src, out = tmp_path / "x.npy", tmp_path / "y.npy"

@@ -227,6 +227,114 @@ def test_offset_and_scale(offset, scale, layout):
     np.testing.assert_array_equal(bnorm.batch_norm(x, None, None, None, bias, True), y)
 
 
+# ------------------------------------------------------------------------------------------------
+# float64 values near the top of the range
+
+def test_large_float64_values_issue_example():
+    """Values spread over 1e152: a block's S1 * S1 overflowed and the clamp of M2 hid the -inf
+    (running_var 1.2e299 and 4.3e301, outputs of std 26 and 1.4). Torch is right here."""
+    x = np.random.default_rng(0).uniform(0, 1e152, (8, 2, 256))
+    rm, rv = np.zeros(2), np.ones(2)
+    y = bnorm.batch_norm(x, rm, rv, training=True)
+    trm, trv = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    ty = F.batch_norm(torch.from_numpy(x), trm, trv, training=True).numpy()
+    np.testing.assert_allclose(rv, trv.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(rm, trm.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(y.std(axis=(0, 2)), 1, rtol=1e-12)
+    np.testing.assert_allclose(y, ty, rtol=0, atol=1e-11)
+
+
+def _all_results(x, dy, weight, bias, run_torch):
+    """Training forward (y, save_mean, save_invstd, running stats), eval with the updated running
+    stats, training backward (dx, dweight, dbias): bnorm's, or torch's in float64."""
+    c = x.shape[1]
+    if run_torch:
+        xt = torch.from_numpy(np.array(x)).requires_grad_()
+        wt = torch.from_numpy(weight.copy()).requires_grad_()
+        bt = torch.from_numpy(bias.copy()).requires_grad_()
+        rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+        y = F.batch_norm(xt, rm, rv, wt, bt, True)
+        y.backward(torch.from_numpy(np.array(dy)))
+        _, sm, si = torch.native_batch_norm(xt.detach(), None, None, None, None, True, 0.1, 1e-5)
+        ye = F.batch_norm(xt.detach(), rm, rv, wt.detach(), bt.detach(), False)
+        out = dict(y=y.detach(), save_mean=sm, save_invstd=si, running_mean=rm, running_var=rv,
+                   eval_y=ye, dx=xt.grad, dweight=wt.grad, dbias=bt.grad)
+        return {k: v.numpy() for k, v in out.items()}
+    rm, rv = np.zeros(c), np.ones(c)
+    y = bnorm.batch_norm(x, rm, rv, weight, bias, training=True)
+    _, sm, si = bnorm.forward_train(x, weight, bias)
+    dx, dweight, dbias = bnorm.backward_train(dy, x, sm, si, weight)
+    ye = bnorm.forward_eval(x, rm, rv, weight, bias)
+    return dict(y=y, save_mean=sm, save_invstd=si, running_mean=rm, running_var=rv, eval_y=ye,
+                dx=dx, dweight=dweight, dbias=dbias)
+
+
+@pytest.mark.parametrize("low,high", [(0, 1e152), (-1e154, 1e154), (-1e300, 1e300),
+                                      (0, 3e153), (3e151, 1e153)])
+@pytest.mark.parametrize("shape", [(8, 2, 16, 16), (64, 2, 64, 64)])
+@pytest.mark.parametrize("layout", ["first", "last"])
+def test_overflowing_variance_like_torch(low, high, shape, layout):
+    """Large finite values of both sizes of batch (one block, many): where the batch's M2
+    overflows (torch's var_sum does too), torch gives invstd 0, y = bias, running_var inf, dx 0
+    and dweight 0, with a finite mean; bnorm gives the same infinities and zeros, in the same
+    places, and agrees with torch's finite values."""
+    rng = np.random.default_rng(int(high) % 1000 + shape[0])
+    x = rng.uniform(low, high, shape)
+    dy = rng.standard_normal(shape)
+    if layout == "last":
+        x, dy = channels_last(x), channels_last(dy)
+    weight, bias = np.array([0.5, 1.5]), np.array([-0.25, 0.5])
+    ours, theirs = (_all_results(x, dy, weight, bias, t) for t in (False, True))
+    for name, t in theirs.items():
+        a = np.asarray(ours[name])
+        assert np.array_equal(np.isnan(a), np.isnan(t)), name
+        assert np.array_equal(np.isinf(a), np.isinf(t)) and np.array_equal(a[np.isinf(a)],
+                                                                            t[np.isinf(t)]), name
+        assert np.array_equal(a == 0, t == 0) or name in ("y", "eval_y"), name
+        # finite values: means on the scale of the data, sums on the scale of their terms
+        if name in ("save_mean", "running_mean"):
+            scale = np.abs(t) + (high - low)
+        elif name == "dweight":
+            scale = np.abs(dy).sum(axis=(0, 2, 3))
+        elif name == "dx":
+            scale = np.full(t.shape, max(np.abs(t).max(), np.finfo(np.float64).tiny))
+        else:
+            scale = np.maximum(1, np.abs(t))
+        fin = np.isfinite(t)
+        err = np.abs(a[fin] - t[fin]) / scale[fin]
+        assert err.size == 0 or err.max() <= 1e-11, (name, err.max())
+    inf = ~np.isfinite(theirs["running_var"])
+    assert inf.any() or high <= 1e153  # the large cases do overflow
+    for c in np.flatnonzero(inf):
+        assert np.all(ours["y"][:, c] == bias[c]) and np.all(ours["eval_y"][:, c] == bias[c])
+        assert ours["save_invstd"][c] == 0 and np.all(ours["dx"][:, c] == 0)
+        assert ours["dweight"][c] == 0 and np.isfinite(ours["save_mean"][c])
+
+
+def test_mean_near_dbl_max_stays_finite():
+    """Values near +-DBL_MAX: torch's own sum overflows (its mean is inf, its outputs NaN);
+    bnorm's mean is the finite one (numpy's on values scaled by 2^-600), the variance overflows,
+    y is the bias and dx 0, even where x - mean itself passes DBL_MAX."""
+    rng = np.random.default_rng(12)
+    x = rng.uniform(0.9, 1, (8, 2, 256)) * 1.7e308
+    x[:, 1] *= -1
+    x[0, 1, :8] *= -1  # a few values of the other sign: x - mean overflows there
+    for layout in ("first", "last"):
+        xi = channels_last(x) if layout == "last" else x
+        bias = np.array([0.5, -0.5])
+        rm, rv = np.zeros(2), np.ones(2)
+        y, sm, si = bnorm.forward_train(xi, None, bias, rm, rv)
+        want = (x * 2.0 ** -600).mean(axis=(0, 2)) * 2.0 ** 600
+        np.testing.assert_allclose(sm, want, rtol=1e-14)
+        assert np.all(si == 0) and np.all(np.isposinf(rv))
+        assert np.all(y == bias[None, :, None])
+        dx, dweight, dbias = bnorm.backward_train(np.ones_like(xi), xi, sm, si)
+        assert np.all(dx == 0) and np.all(dweight == 0) and np.all(dbias == x[:, 0].size)
+    _, tmean, _ = torch.native_batch_norm(torch.from_numpy(x), None, None, None, None, True,
+                                          0.1, 1e-5)
+    assert np.isinf(tmean[0].item())  # torch: the sum of the values overflows
+
+
 def test_noncontiguous_running_stats_updated_in_place():
     rng = np.random.default_rng(2)
     x = make_input(rng, (5, 3, 4), np.float64)
