@@ -32,9 +32,12 @@ MPIRUN_FLAGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
 MPI_SRC  := $(wildcard src/mpi/*.c)
 MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
 MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
+# $(call have_header,NAME): yes when $(CC) finds the header NAME (cjson/cJSON.h), else empty.
+# The header is named on the command line (-include), so no '#' passes through make or the shell.
+have_header = $(shell $(CC) -E -x c -include $(1) /dev/null >/dev/null 2>&1 && echo yes)
 # the command: `bnorm fit` shares its work between MPI ranks when built with MPI; its
 # safetensors files need cJSON (libcjson-dev): without it fit and apply say what to install
-HAVE_CJSON := $(shell echo '\#include <cjson/cJSON.h>' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+HAVE_CJSON := $(call have_header,cjson/cJSON.h)
 CLI_LD   := $(CC)
 CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
 $(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
@@ -48,7 +51,22 @@ CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
-.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build
+# What the probes found, in a file rewritten only when it changes: the objects and the command
+# whose build depends on it are rebuilt once cJSON or MPI arrives (or goes).
+CONFIG := cjson=$(if $(HAVE_CJSON),yes,no) mpi=$(if $(HAVE_MPI),yes,no)
+$(BUILD)/config: FORCE
+	@mkdir -p $(dir $@)
+	@test "$$(cat $@ 2>/dev/null)" = "$(CONFIG)" || echo "$(CONFIG)" > $@
+$(BUILD)/cli/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+
+# `make -s probes [HEADER=NAME]`: what the probes found, and have_header's answer for NAME
+probes:
+	@echo "cjson/cJSON.h: $(if $(HAVE_CJSON),yes,no)"
+	@echo "mpicc: $(if $(HAVE_MPI),yes,no)"
+	$(if $(HEADER),@echo "$(HEADER): $(if $(call have_header,$(HEADER)),yes,no)")
+
+.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
+        probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
@@ -230,7 +248,7 @@ bench-fit: $(BUILD)/bnorm
 	$(PYTHON) bench/fit.py --build $(BUILD)
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
-	@echo '#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 || \
+	@test -n "$(call have_header,oneapi/dnnl/dnnl.h)" || \
 	  { echo "make bench: oneDNN is missing: apt-get install libdnnl-dev" >&2; exit 1; }
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -fopenmp -o $@ $< -ldnnl -lm
