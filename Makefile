@@ -65,7 +65,7 @@ probes:
 	@echo "mpicc: $(if $(HAVE_MPI),yes,no)"
 	$(if $(HEADER),@echo "$(HEADER): $(if $(call have_header,$(HEADER)),yes,no)")
 
-.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
+.PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
         probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
@@ -115,8 +115,14 @@ $(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
 demo: $(BUILD)/bnorm
 	$(BUILD)/bnorm demo
 
-# Every suite runs; a missing prerequisite fails the run with what to install.
-test: all isa-check
+# Every suite runs. First tests/prerequisites.sh installs what they need (apt-get, on Debian or
+# Ubuntu, as root or through sudo) or fails naming the packages; then a new make builds and runs
+# them, so that its probes ($(shell) at start-up) see what was just installed.
+test:
+	PYTHON=$(PYTHON) CC="$(CC)" sh tests/prerequisites.sh
+	$(MAKE) test-suites
+
+test-suites: all isa-check
 	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
 
 # The same bits on every x86-64: a digest of every result on a grid of cases, from the kernels

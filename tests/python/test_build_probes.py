@@ -1,6 +1,7 @@
 """The Makefile's probes: have_header answers no for a header the compiler cannot find and yes for
 one it can (`make probes` prints its answers), what the probes found is part of the build (a
-command built where cJSON is absent says what to install)."""
+command built where cJSON is absent says what to install), and `make test` installs its
+prerequisites before anything is built or probed again."""
 import os
 import shutil
 import subprocess
@@ -71,3 +72,13 @@ def test_command_built_without_cjson_says_what_to_install(tmp_path):
         assert r.returncode == 1 and r.stderr == f"bnorm: {name}: {message}", r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "x.npy"]
 
+
+def test_make_test_installs_before_it_builds():
+    """`make -n test`: the prerequisites come first, then a make of its own (which probes again)
+    builds and runs the suites."""
+    r = make("-n", "test")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "sh tests/prerequisites.sh" in lines[0], lines[:3]
+    assert "test-suites" in lines[1], lines[:3]
+    assert any("tests/run_all.sh" in line for line in lines[2:]), lines
