@@ -32,9 +32,12 @@ MPIRUN_FLAGS := --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-r
 MPI_SRC  := $(wildcard src/mpi/*.c)
 MPI_OBJ  := $(MPI_SRC:%.c=$(BUILD)/%.o)
 MPI_TEST_OBJ := $(BUILD)/tests/mpi/test_mpi.o $(BUILD)/tests/c/testutil.o
+# $(call have_header,NAME): yes when $(CC) finds the header NAME (cjson/cJSON.h), else empty.
+# The header is named on the command line (-include), so no '#' passes through make or the shell.
+have_header = $(shell $(CC) -E -x c -include $(1) /dev/null >/dev/null 2>&1 && echo yes)
 # the command: `bnorm fit` shares its work between MPI ranks when built with MPI; its
 # safetensors files need cJSON (libcjson-dev): without it fit and apply say what to install
-HAVE_CJSON := $(shell echo '\#include <cjson/cJSON.h>' | $(CC) -E -x c - >/dev/null 2>&1 && echo yes)
+HAVE_CJSON := $(call have_header,cjson/cJSON.h)
 CLI_LD   := $(CC)
 CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
 $(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
@@ -48,7 +51,22 @@ CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
-.PHONY: all demo test test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build
+# What the probes found, in a file rewritten only when it changes: the objects and the command
+# whose build depends on it are rebuilt once cJSON or MPI arrives (or goes).
+CONFIG := cjson=$(if $(HAVE_CJSON),yes,no) mpi=$(if $(HAVE_MPI),yes,no)
+$(BUILD)/config: FORCE
+	@mkdir -p $(dir $@)
+	@test "$$(cat $@ 2>/dev/null)" = "$(CONFIG)" || echo "$(CONFIG)" > $@
+$(BUILD)/cli/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+
+# `make -s probes [HEADER=NAME]`: what the probes found, and have_header's answer for NAME
+probes:
+	@echo "cjson/cJSON.h: $(if $(HAVE_CJSON),yes,no)"
+	@echo "mpicc: $(if $(HAVE_MPI),yes,no)"
+	$(if $(HEADER),@echo "$(HEADER): $(if $(call have_header,$(HEADER)),yes,no)")
+
+.PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
+        probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
 
@@ -97,8 +115,14 @@ $(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
 demo: $(BUILD)/bnorm
 	$(BUILD)/bnorm demo
 
-# Every suite runs; a missing prerequisite fails the run with what to install.
-test: all isa-check
+# Every suite runs. First tests/prerequisites.sh installs what they need (apt-get, on Debian or
+# Ubuntu, as root or through sudo) or fails naming the packages; then a new make builds and runs
+# them, so that its probes ($(shell) at start-up) see what was just installed.
+test:
+	PYTHON=$(PYTHON) CC="$(CC)" sh tests/prerequisites.sh
+	$(MAKE) test-suites
+
+test-suites: all isa-check
 	PYTHON=$(PYTHON) BUILD=$(BUILD) sh tests/run_all.sh
 
 # The same bits on every x86-64: a digest of every result on a grid of cases, from the kernels
@@ -230,7 +254,7 @@ bench-fit: $(BUILD)/bnorm
 	$(PYTHON) bench/fit.py --build $(BUILD)
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
-	@echo '#include <oneapi/dnnl/dnnl.h>' | $(CC) -E -x c - >/dev/null 2>&1 || \
+	@test -n "$(call have_header,oneapi/dnnl/dnnl.h)" || \
 	  { echo "make bench: oneDNN is missing: apt-get install libdnnl-dev" >&2; exit 1; }
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) -O2 -fopenmp -o $@ $< -ldnnl -lm

@@ -241,8 +241,11 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path, sig):
     for attempt in range(5):
         out.write_bytes(SENTINEL)
         before = sorted(os.listdir(tmp_path))
+        # the signal's default action in the command, even where this runs as a background
+        # job (which ignores SIGINT, and bnorm keeps an ignored signal ignored)
         p = subprocess.Popen([str(BNORM), "normalize", str(src), "-o", str(out)],
-                             stderr=subprocess.PIPE)
+                             stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while p.poll() is None and time.monotonic() < deadline:
             if any(n.startswith(".out.npy.") for n in os.listdir(tmp_path)):

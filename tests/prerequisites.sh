@@ -1,0 +1,61 @@
+#!/bin/sh
+# prerequisites.sh - what the suites of `make test` need, installed when it can be; run by
+# `make test` before it builds. Each need is a check and the Debian package that meets it. With
+# nothing missing it does nothing (no apt-get at all). With something missing, on Debian or
+# Ubuntu as root or through sudo, it runs `apt-get update` and `apt-get install` of the missing
+# packages only, then checks again. Where it cannot install, or the install does not help, it
+# exits 1 naming the packages. PYTHON and CC are those of the suites (make passes its own).
+set -u
+PYTHON=${PYTHON:-/usr/bin/python3}
+CC=${CC:-cc}
+
+has_module() { "$PYTHON" -c "import $1" >/dev/null 2>&1; }
+has_command() { command -v "$1" >/dev/null 2>&1; }
+# the Makefile's have_header: the header is named on the command line, no '#' to escape
+has_header() { $CC -E -x c -include "$1" /dev/null >/dev/null 2>&1; }
+
+# The packages whose check fails, in this order, separated by spaces.
+missing() {
+    m=
+    has_module numpy || m="$m python3-numpy"
+    has_module torch || m="$m python3-torch"
+    has_module pytest || m="$m python3-pytest"
+    has_module mpi4py || m="$m python3-mpi4py"     # SyncBatchNorm under mpirun
+    has_command mpirun || m="$m openmpi-bin"
+    has_command mpicc || m="$m libopenmpi-dev"     # libbnorm_mpi and its tests
+    has_header cjson/cJSON.h || m="$m libcjson-dev" # safetensors files of fit and apply
+    has_command pkg-config || m="$m pkgconf"       # the installed bnorm.pc
+    has_command strace || m="$m strace"            # how outputs are written
+    has_command setpriv || m="$m util-linux"       # permission tests, run as nobody when root
+    echo "${m# }"
+}
+
+# fail WHY: exit 1, naming the packages still missing
+fail() {
+    echo "prerequisites: make test needs the Debian packages $packages ($1);" \
+         "install them (apt-get install $packages) and run make test again" >&2
+    exit 1
+}
+
+packages=$(missing)
+[ -z "$packages" ] && exit 0
+
+if ! has_command apt-get; then
+    fail "no apt-get here"
+elif [ "$(id -u)" -eq 0 ]; then
+    as_root=
+elif has_command sudo; then
+    as_root="sudo DEBIAN_FRONTEND=noninteractive"
+else
+    fail "not root, and no sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+echo "prerequisites: installing $packages"
+# shellcheck disable=SC2086 # $as_root and $packages are lists of words
+if ! $as_root apt-get update -q ||
+   ! $as_root apt-get install -y -q --no-install-recommends $packages; then
+    fail "apt-get failed"
+fi
+
+packages=$(missing)
+[ -z "$packages" ] || fail "still missing after apt-get install, for PYTHON=$PYTHON and CC=$CC"
