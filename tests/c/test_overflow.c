@@ -1,9 +1,9 @@
 /* test_overflow.c - float64 values near the top of the range. Statistics, the training forward
- * pass, eval and the backward pass against long double (whose exponent does not overflow),
- * where plain formulas overflow in an intermediate although the result is finite; and, where the
- * variance itself overflows (M2 beyond DBL_MAX, as torch's var_sum), torch's results: invstd 0,
- * y = bias, running_var inf, dx 0, dweight 0. Both layouts, shapes of several blocks, and the
- * same bits on 1, 2 and 3 threads. */
+ * pass, eval and the backward pass against a quadruple-precision reference (whose exponent does
+ * not overflow), where plain formulas overflow in an intermediate although the result is
+ * finite; and, where the variance itself overflows (M2 beyond DBL_MAX, as torch's var_sum),
+ * torch's results: invstd 0, y = bias, running_var inf, dx 0, dweight 0. Both layouts, shapes of
+ * several blocks, and the same bits on 1, 2 and 3 threads. */
 #include "check.h"
 #include "testutil.h"
 
@@ -11,6 +11,29 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The reference arithmetic: IEEE quadruple precision (__float128, computed in software by the
+ * compiler's runtime), whose exponent reaches 2^16383, so that sums and squares of values near
+ * DBL_MAX stay finite. Not long double: valgrind, which runs these tests (make valgrind),
+ * computes the x87 long double as a double, and the reference would overflow. */
+__extension__ typedef __float128 ref_t;
+
+static ref_t rabs(ref_t v) { return v < 0 ? -v : v; }
+static ref_t rmax(ref_t a, ref_t b) { return a > b ? a : b; }
+
+/* sqrt(v) for v >= 0: v brought within double's range by exact powers of 4, a double's sqrt,
+ * then two Newton steps in quadruple precision. */
+static ref_t rsqrt(ref_t v) {
+    if (!(v > 0) || v != v || v - v != 0) return v; /* 0, NaN, infinity */
+    const ref_t four300 = (ref_t)ldexp(1.0, 600), two300 = (ref_t)ldexp(1.0, 300);
+    ref_t factor = 1;
+    while (v > four300) v /= four300, factor *= two300;
+    while (v < 1 / four300) v *= four300, factor /= two300;
+    ref_t r = sqrt((double)v);
+    r = (r + v / r) / 2;
+    r = (r + v / r) / 2;
+    return r * factor;
+}
 
 /* Channel c holds regime c % REGIMES; value number k of the channel is drawn as below. */
 enum { REGIMES = 8, C = 43 }; /* channels-last: a panel of 4 groups of 8, one group, 3 alone */
@@ -42,37 +65,37 @@ static double *make_x(const bn_desc *d, uint64_t seed) {
     return x;
 }
 
-/* Channel c's mean and M2 in long double. */
-static void ref_moments(const bn_desc *d, const double *x, int64_t c, long double *mean,
-                        long double *m2) {
-    long double s = 0, q = 0;
+/* Channel c's mean and M2 in ref_t. */
+static void ref_moments(const bn_desc *d, const double *x, int64_t c, ref_t *mean,
+                        ref_t *m2) {
+    ref_t s = 0, q = 0;
     for (int64_t i = 0; i < d->n; i++)
         for (int64_t j = 0; j < d->s; j++) s += x[tu_index(d, i, c, j)];
-    *mean = s / (long double)(d->n * d->s);
+    *mean = s / (ref_t)(d->n * d->s);
     for (int64_t i = 0; i < d->n; i++)
         for (int64_t j = 0; j < d->s; j++) {
-            const long double e = x[tu_index(d, i, c, j)] - *mean;
+            const ref_t e = x[tu_index(d, i, c, j)] - *mean;
             q += e * e;
         }
     *m2 = q;
 }
 
-/* A double against a long double reference: within rel * magnitude where the reference is
+/* A double against a ref_t reference: within rel * magnitude where the reference is
  * clearly finite as a double, infinite of its sign where it clearly is not; within 1% of
  * DBL_MAX, rounding decides, and the case is not judged. */
-static int near_sum(double got, long double want, long double magnitude, double rel) {
-    if (fabsl(want) > 1.01L * DBL_MAX) return isinf(got) && (got > 0) == (want > 0);
-    if (fabsl(want) > 0.99L * DBL_MAX) return 1;
-    return fabsl((long double)got - want) <= rel * magnitude;
+static int near_sum(double got, ref_t want, ref_t magnitude, double rel) {
+    if (rabs(want) > (ref_t)1.01 * DBL_MAX) return isinf(got) && (got > 0) == (want > 0);
+    if (rabs(want) > (ref_t)0.99 * DBL_MAX) return 1;
+    return rabs((ref_t)got - want) <= rel * magnitude;
 }
 
-static int near(double got, long double want, double rel) {
-    return near_sum(got, want, fabsl(want), rel);
+static int near(double got, ref_t want, double rel) {
+    return near_sum(got, want, rabs(want), rel);
 }
 
 /* Whether a reference is clearly finite (1), clearly beyond DBL_MAX (0), or too close (-1). */
-static int finite_ref(long double v) {
-    return fabsl(v) < 0.99L * DBL_MAX ? 1 : fabsl(v) > 1.01L * DBL_MAX ? 0 : -1;
+static int finite_ref(ref_t v) {
+    return rabs(v) < (ref_t)0.99 * DBL_MAX ? 1 : rabs(v) > (ref_t)1.01 * DBL_MAX ? 0 : -1;
 }
 
 static const int64_t shapes[][3] = {{4, C, 300}, {3, C, 2500}, {2000, C, 1}};
@@ -87,13 +110,14 @@ BN_SUITE(suite_overflow_moments) {
             bn_moments m[C];
             CHECK_STATUS(bn_compute_moments(m, x, &d), BN_OK);
             for (int64_t c = 0; c < C; c++) {
-                long double mean, m2;
+                ref_t mean, m2;
                 ref_moments(&d, x, c, &mean, &m2);
-                const long double scale = fmaxl(fabsl(mean), sqrtl(m2 / (long double)m[c].count));
+                const ref_t scale = rmax(rabs(mean), rsqrt(m2 / (ref_t)m[c].count));
                 CHECK(m[c].count == d.n * d.s);
-                CHECK_MSG(fabsl(m[c].mean - mean) <= 1e-13L * scale && near(m[c].m2, m2, 1e-12),
+                CHECK_MSG(rabs(m[c].mean - mean) <= 1e-13 * scale && near(m[c].m2, m2, 1e-12),
                           "shape %d layout %d channel %lld: mean %.17g M2 %.17g, want %.17Lg "
-                          "%.17Lg", k, lay, (long long)c, m[c].mean, m[c].m2, mean, m2);
+                          "%.17Lg", k, lay, (long long)c, m[c].mean, m[c].m2, (long double)mean,
+                          (long double)m2);
             }
             free(x);
         }
@@ -153,43 +177,43 @@ static int same_step(const step *a, const step *b, const bn_desc *d) {
            !memcmp(a->sdyx, b->sdyx, sizeof a->sdyx);
 }
 
-/* Channel c of a step against long double; returns 0 where M2 is too close to DBL_MAX to judge. */
+/* Channel c of a step against ref_t; returns 0 where M2 is too close to DBL_MAX to judge. */
 static int check_channel(const step *o, const bn_desc *d, const double *x, const double *dy,
                          const double *w, const double *b, int64_t c, int dy_kind) {
     const double eps = 1e-5;
-    const long double m = (long double)(d->n * d->s);
-    long double mean, m2;
+    const ref_t m = (ref_t)(d->n * d->s);
+    ref_t mean, m2;
     ref_moments(d, x, c, &mean, &m2);
     const int m2_finite = finite_ref(m2);
     if (m2_finite < 0) return 0;
-    const long double scale = fmaxl(fabsl(mean), sqrtl(m2 / m));
-    const long double invstd = m2_finite ? 1.0L / sqrtl(m2 / m + eps) : 0;
-    const long double rv = 0.9L + 0.1L * m2 / (m - 1);
-    CHECK_MSG(fabsl(o->sm[c] - mean) <= 1e-13L * scale &&
-                  fabsl(o->rm[c] - 0.1L * mean) <= 1e-13L * scale,
+    const ref_t scale = rmax(rabs(mean), rsqrt(m2 / m));
+    const ref_t invstd = m2_finite ? 1.0 / rsqrt(m2 / m + eps) : 0;
+    const ref_t rv = 0.9 + 0.1 * m2 / (m - 1);
+    CHECK_MSG(rabs(o->sm[c] - mean) <= 1e-13 * scale &&
+                  rabs(o->rm[c] - 0.1 * mean) <= 1e-13 * scale,
               "channel %lld: save_mean %.17g running_mean %.17g, want %.17Lg", (long long)c,
-              o->sm[c], o->rm[c], mean);
+              o->sm[c], o->rm[c], (long double)mean);
     /* infinite with M2, as torch's: invstd 0, running_var from M2 / (m - 1) infinite */
     CHECK_MSG(m2_finite ? near(o->si[c], invstd, 1e-13) && near(o->rv[c], rv, 1e-13)
                         : o->si[c] == 0 && isinf(o->rv[c]) && o->rv[c] > 0,
               "channel %lld: save_invstd %.17g running_var %.17g, want %.17Lg %.17Lg",
-              (long long)c, o->si[c], o->rv[c], invstd, rv);
-    const long double rinv = isinf(o->rv[c]) ? 0 : 1.0L / sqrtl((long double)o->rv[c] + eps);
-    long double sdy = 0, sdyx = 0, sdy_abs = 0, sdyx_abs = 0;
+              (long long)c, o->si[c], o->rv[c], (long double)invstd, (long double)rv);
+    const ref_t rinv = isinf(o->rv[c]) ? 0 : 1.0 / rsqrt((ref_t)o->rv[c] + eps);
+    ref_t sdy = 0, sdyx = 0, sdy_abs = 0, sdyx_abs = 0;
     int64_t bad_y = 0, bad_ye = 0, first_y = -1;
     for (int64_t i = 0; i < d->n; i++)
         for (int64_t j = 0; j < d->s; j++) {
             const int64_t at = tu_index(d, i, c, j);
-            const long double y = (x[at] - mean) * invstd * w[c] + b[c];
-            const long double ye = (x[at] - (long double)o->rm[c]) * rinv * w[c] + b[c];
+            const ref_t y = (x[at] - mean) * invstd * w[c] + b[c];
+            const ref_t ye = (x[at] - (ref_t)o->rm[c]) * rinv * w[c] + b[c];
             /* where the variance is infinite, y = bias exactly (torch: x * 0 + bias) */
-            if (!(m2_finite ? fabsl(o->y[at] - y) <= 1e-12L * fmaxl(1, fabsl(y)) : o->y[at] == b[c]))
+            if (!(m2_finite ? rabs(o->y[at] - y) <= 1e-12 * rmax(1, rabs(y)) : o->y[at] == b[c]))
                 bad_y++, first_y = first_y < 0 ? at : first_y;
-            if (!(rinv ? fabsl(o->ye[at] - ye) <= 1e-12L * fmaxl(1, fabsl(ye)) : o->ye[at] == b[c]))
+            if (!(rinv ? rabs(o->ye[at] - ye) <= 1e-12 * rmax(1, rabs(ye)) : o->ye[at] == b[c]))
                 bad_ye++;
-            sdy += dy[at], sdy_abs += fabsl(dy[at]);
+            sdy += dy[at], sdy_abs += rabs(dy[at]);
             sdyx += dy[at] * (x[at] - mean) * invstd;
-            sdyx_abs += fabsl(dy[at] * (x[at] - mean) * invstd);
+            sdyx_abs += rabs(dy[at] * (x[at] - mean) * invstd);
         }
     CHECK_MSG(bad_y == 0 && bad_ye == 0, "channel %lld: %lld y and %lld eval y wrong, first y "
               "%.17g", (long long)c, (long long)bad_y, (long long)bad_ye,
@@ -198,20 +222,20 @@ static int check_channel(const step *o, const bn_desc *d, const double *x, const
     CHECK_MSG(near_sum(o->db[c], sdy, sdy_abs, 1e-13) &&
                   (m2_finite ? near_sum(o->dw[c], sdyx, sdyx_abs, 1e-12) : o->dw[c] == 0),
               "dy kind %d channel %lld: dbias %.17g dweight %.17g, want %.17Lg %.17Lg", dy_kind,
-              (long long)c, o->db[c], o->dw[c], sdy, sdyx);
+              (long long)c, o->db[c], o->dw[c], (long double)sdy, (long double)sdyx);
     CHECK_MSG(!memcmp(&o->sdy[c], &o->db[c], sizeof(double)) &&
                   !memcmp(&o->sdyx[c], &o->dw[c], sizeof(double)),
               "channel %lld: bn_backward_sums differs from bn_backward_train", (long long)c);
-    long double worst = 0, biggest = 0;
+    ref_t worst = 0, biggest = 0;
     int64_t nonzero = 0, split_differs = 0;
     for (int64_t i = 0; i < d->n; i++)
         for (int64_t j = 0; j < d->s; j++) {
             const int64_t at = tu_index(d, i, c, j);
-            const long double want =
+            const ref_t want =
                 (dy[at] - sdy / m - (x[at] - mean) * invstd * sdyx / m) * invstd * w[c];
-            const long double e = fabsl((long double)o->dx[at] - want);
+            const ref_t e = rabs((ref_t)o->dx[at] - want);
             if (!(e <= worst)) worst = e;
-            if (fabsl(want) > biggest) biggest = fabsl(want);
+            if (rabs(want) > biggest) biggest = rabs(want);
             nonzero += o->dx[at] != 0;
             split_differs += memcmp(&o->dx[at], &o->dxs[at], sizeof(double)) != 0;
         }
@@ -219,8 +243,8 @@ static int check_channel(const step *o, const bn_desc *d, const double *x, const
         CHECK_MSG(nonzero == 0, "channel %lld: %lld dx not 0 where the variance is infinite",
                   (long long)c, (long long)nonzero);
     else if (finite_ref(biggest) == 1)
-        CHECK_MSG(worst <= 1e-10L * biggest, "dy kind %d channel %lld: dx error %Lg of %Lg",
-                  dy_kind, (long long)c, worst, biggest);
+        CHECK_MSG(worst <= 1e-10 * biggest, "dy kind %d channel %lld: dx error %Lg of %Lg",
+                  dy_kind, (long long)c, (long double)worst, (long double)biggest);
     /* dx from the split stages: the same bits wherever the sums they carry are finite */
     if (isfinite(o->sdy[c]) && isfinite(o->sdyx[c]))
         CHECK_MSG(split_differs == 0, "channel %lld: %lld dx from the sums differ", (long long)c,
