@@ -9,7 +9,6 @@ import os
 import pty
 import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deadline import run_or_kill
 
 REPO = Path(__file__).resolve().parents[2]
 BNORM = Path(os.environ.get("BNORM_BUILD", str(REPO / "build"))) / "bnorm"
@@ -147,15 +147,7 @@ def run_per_rank(contexts, timeout=60):
     for r, (wdir, args) in enumerate(contexts):
         cmd += ([":"] if r else []) + ["-np", "1", "-wdir", str(wdir), str(BNORM),
                                        *map(str, args)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        pytest.fail(f"mpirun did not end within {timeout} s: a rank waits for the others\n{err}")
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    return run_or_kill(cmd, timeout, "mpirun: a rank waits for the others")
 
 
 A_SHARD = np.random.default_rng(11).standard_normal((20, 3, 4)).astype(np.float32)

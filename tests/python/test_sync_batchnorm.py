@@ -7,12 +7,12 @@ MPI (openmpi-bin, python3-mpi4py) is required: a missing mpirun or mpi4py fails 
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+from deadline import run_or_kill
 
 import bnorm.torch as bt
 
@@ -30,17 +30,10 @@ def mpirun(np_, script, *args, env=None, timeout=900):
         cmd.insert(1, "--allow-run-as-root")
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.path.join(ROOT, "python") + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(cmd + [sys.executable, script] + list(args), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail("%d ranks still running after %d s (a rank left waiting?):\n%s"
-                    % (np_, timeout, out[-4000:]))
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+    p = run_or_kill(cmd + [sys.executable, script] + list(args),
+                    timeout, "%d ranks (a rank left waiting?)" % np_, env=env,
+                    stderr=subprocess.STDOUT)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout)
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
