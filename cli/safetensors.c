@@ -296,11 +296,10 @@ static int first_repeat(const cJSON *root, int n) {
     for (const cJSON *e = root->child; e; e = e->next)
         if (strcmp(e->string, "__metadata__") != 0) all[k] = (named){e->string, k}, k++;
     qsort(all, (size_t)n, sizeof *all, by_name);
-    /* in a run of equal names, sorted by index, the second is the first repeat of that name */
+    /* an entry with an equal name before it in the sorted order (equal names are sorted by
+     * index) is a repeat; the first repeat is the one of smallest index */
     for (int j = 1; j < n; j++)
-        if (strcmp(all[j - 1].name, all[j].name) == 0 &&
-            (j < 2 || strcmp(all[j - 2].name, all[j].name) != 0) &&
-            (first < 0 || all[j].index < first))
+        if (strcmp(all[j - 1].name, all[j].name) == 0 && (first < 0 || all[j].index < first))
             first = all[j].index;
     free(all);
     return first;

@@ -744,6 +744,25 @@ def test_statistics_header_of_200000_entries(tmp_path):
         assert r.returncode == code and message in r.stderr, r.stderr
         assert out.exists() == (code == 0)
 
+@pytest.mark.parametrize("order, named", [("abab", "a"), ("abba", "b"), ("abbba", "b"),
+                                          ("aaab", "a"), ("bcab", "b")])
+def test_statistics_header_names_the_first_repeat(tmp_path, order, named):
+    """Of several repeated names, the one reported is the first entry whose name an earlier
+    entry has, as a reader going through the header in order would find it."""
+    x = np.ones((4, 3, 2), np.float32)
+    src, out, stats = tmp_path / "x.npy", tmp_path / "y.npy", tmp_path / "s.safetensors"
+    np.save(src, x)
+    entries = [f'"{name}":{{"dtype":"F32","shape":[1],"data_offsets":[{24 + 4 * k},{28 + 4 * k}]}}'
+               for k, name in enumerate(order)]
+    stats_with_header(stats, STATS_HEADER[:-1] + "," + ",".join(entries) + "}",
+                      STATS_DATA + np.zeros(len(order), "<f4").tobytes())
+    r = subprocess.run([str(BNORM), "apply", "--stats", str(stats), str(src), "-o", str(out)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and f'tensor "{named}" appears twice in the header' in r.stderr, \
+        r.stderr
+    assert not out.exists()
+
+
 def test_bench_script_measures_fit_against_reading(tmp_path):
     out = tmp_path / "fit.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "fit.py"), "--build",
