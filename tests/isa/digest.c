@@ -1,5 +1,6 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
- * of cases, one line per case. `make isa-check` builds it twice, with the kernels chosen at run
+ * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
+ * two pieces.
  * time (AVX-512 here) and with the x86-64 baseline only (-DBN_NO_CLONES), and the two listings
  * must be identical: the same bits on every machine, not only for every thread count. */
 #include "bnorm.h"
@@ -42,6 +43,35 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
     h = fnv(h, y, big);
     st |= bn_backward_eval(dx, dw, db, dy, x, rm, rv, w, &d, 1e-5);
     h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    /* the stage API of a split batch: the batch as two pieces along N (the second may be empty) */
+    bn_moments *mom = malloc(sizeof(bn_moments) * (size_t)C), *part = malloc(sizeof(bn_moments) * (size_t)C);
+    double *sdy = malloc(sizeof(double) * (size_t)C), *sxh = malloc(sizeof(double) * (size_t)C);
+    double *pdy = malloc(sizeof(double) * (size_t)C), *pxh = malloc(sizeof(double) * (size_t)C);
+    bn_desc first = d, second = d;
+    first.n = d.n / 2 + 1;
+    second.n = d.n - first.n;
+    const size_t first_bytes = (size_t)tu_numel(&first) * es;
+    const char *x2 = (const char *)x + first_bytes, *dy2 = (const char *)dy + first_bytes;
+    st |= bn_compute_moments(mom, x, &first);
+    h = fnv(h, mom, sizeof(bn_moments) * (size_t)C);
+    st |= bn_compute_moments(part, x2, &second);
+    st |= bn_merge_moments(mom, part, C);
+    h = fnv(h, mom, sizeof(bn_moments) * (size_t)C);
+    int64_t nbt2 = 3;
+    opt.cumulative = 1;
+    st |= bn_forward_train_stats(y, sm, si, rm, rv, &nbt2, x, w, b, mom, &first, &opt);
+    st |= bn_forward_train_stats((char *)y + first_bytes, sm, si, NULL, NULL, NULL, x2, w, b, mom,
+                                 &second, &opt);
+    h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, (size_t)C * 8), si, (size_t)C * 8), rm, small), rv, small);
+    st |= bn_backward_sums(sdy, sxh, dy, x, sm, si, &first);
+    h = fnv(fnv(h, sdy, (size_t)C * 8), sxh, (size_t)C * 8);
+    st |= bn_backward_sums(pdy, pxh, dy2, x2, sm, si, &second);
+    for (int64_t c = 0; c < C; c++) sdy[c] += pdy[c], sxh[c] += pxh[c];
+    st |= bn_backward_train_sums(dx, dy, x, sm, si, w, sdy, sxh, tu_numel(&d) / C, &first);
+    st |= bn_backward_train_sums((char *)dx + first_bytes, dy2, x2, sm, si, w, sdy, sxh,
+                                 tu_numel(&d) / C, &second);
+    h = fnv(h, dx, big);
+    free(mom), free(part), free(sdy), free(sxh), free(pdy), free(pxh);
     printf("%lldx%lldx%lld %s %s", (long long)d.n, (long long)C, (long long)d.s,
            dt ? "f64" : "f32", d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first");
     if (xscale != 1 || dyscale != 1) printf(" x*%g dy*%g", xscale, dyscale);
