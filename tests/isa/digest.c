@@ -1,6 +1,6 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
  * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
- * two pieces.
+ * two pieces. `make isa-check` builds it twice, with the kernels chosen at run
  * time (AVX-512 here) and with the x86-64 baseline only (-DBN_NO_CLONES), and the two listings
  * must be identical: the same bits on every machine, not only for every thread count. */
 #include "bnorm.h"
