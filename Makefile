@@ -76,7 +76,7 @@ $(BUILD)/%.o: %.c $(HEADERS)
 
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
-$(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3 -fno-math-errno
+$(BUILD)/src/kernels.o $(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 
 $(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)

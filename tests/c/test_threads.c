@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include "kernels.h"
+#include "machine.h"
 #include "threads.h"
 
 #include <stdlib.h>

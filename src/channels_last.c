@@ -1,0 +1,46 @@
+/* channels_last.c - the skeleton of a pass over a channels-last tensor (pass.h): R = N*S rows of
+ * C values, cut into tiles (plan.h) fixed by the shape. The first pass of a tile writes the
+ * partials of its part; the merge takes the parts in the order of the rows. */
+#include "pass.h"
+#include "threads.h"
+
+static void first_tile(const void *args, int64_t k) {
+    const bn_pass *p = args;
+    p->cl_first(p, bn_tile_at(&p->plan->tiles, k));
+}
+
+static void second_piece(const void *args, int64_t k) {
+    const bn_pass *p = args;
+    p->cl_second(p, bn_tile_at(&p->plan->pieces, k));
+}
+
+/* Item k: a chunk of channels whose rows fit in cache: the parts' first passes, their merge and
+ * finish, and the second pass, while the chunk is still in cache. The same operations in the
+ * same order as tile by tile, so the same bits. */
+static void chunk(const void *args, int64_t k) {
+    const bn_pass *p = args;
+    const bn_tiles *tiles = &p->plan->tiles;
+    const int64_t C = p->plan->d.c, width = p->plan->chunk;
+    const int64_t c0 = k * width, c1 = c0 + width < C ? c0 + width : C;
+    for (int64_t part = 0; part < tiles->parts && p->first; part++) {
+        const int64_t r0 = part * tiles->per;
+        const bn_tile t = {r0, r0 + tiles->per < tiles->rows ? r0 + tiles->per : tiles->rows, c0,
+                           c1, part};
+        p->cl_first(p, t);
+    }
+    p->cl_finish(p, c0, c1);
+    if (p->second) p->cl_second(p, (bn_tile){0, tiles->rows, c0, c1, 0});
+}
+
+void bn_run_channels_last(const bn_pass *p) {
+    const bn_plan *plan = p->plan;
+    const int64_t C = plan->d.c;
+    if (plan->chunk) {
+        bn_parallel_for((C + plan->chunk - 1) / plan->chunk, plan->elements, chunk, p);
+        return;
+    }
+    if (p->first) bn_parallel_for(plan->tiles.parts * plan->tiles.chunks, plan->elements, first_tile, p);
+    p->cl_finish(p, 0, C);
+    if (p->second)
+        bn_parallel_for(plan->pieces.parts * plan->pieces.chunks, plan->elements, second_piece, p);
+}

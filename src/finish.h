@@ -1,0 +1,51 @@
+/* finish.h - the finish stage: from merged per-channel statistics (or sums) to what a call
+ * returns per channel and to the coefficients of its element-wise pass. Plain loops over (C)
+ * arrays of doubles, the per-channel parameters loaded into doubles first (bn_kernels.load):
+ * the one place where the conventions of other frameworks will plug in. */
+#ifndef BN_FINISH_H
+#define BN_FINISH_H
+
+#include "kernels.h"
+
+/* Forward training, channels [c0, c1): invstd = 1/sqrt(m2/count + eps), or 0 where that sum is
+ * 0 (as torch's training kernels), scale = invstd * w and shift = b, from the merged moments
+ * mom over count values each; w, b: (C) or NULL (1 and 0). All arrays (C), indexed by channel.
+ * Ranges (count >= 2): var = m2 / count is at most m2, so finite wherever M2 is; var + eps
+ * overflows only for an eps near DBL_MAX. An infinite M2 (torch's var_sum overflows with it)
+ * gives invstd = 0, scale 0 (y = shift: bn_centre). invstd * w overflows only for a w beyond
+ * DBL_MAX * sqrt(var + eps), as torch's alpha = invstd * w does. NaN propagates. */
+void bn_finish_train(const bn_moments *mom, double count, double eps, const double *w,
+                     const double *b, int64_t c0, int64_t c1, double *invstd, double *scale,
+                     double *shift);
+
+/* What a training call keeps, for all C channels, once: save_mean = mean, save_invstd = invstd
+ * ((C) or NULL), and the running statistics rm, rv ((C) in the tensor's dtype, or NULL) blended
+ * with the batch's mean and unbiased variance M2 / (count - 1), factor the batch's weight. The
+ * blends factor * new + (1 - factor) * old are convex: they overflow only within rounding of
+ * DBL_MAX; an infinite M2 gives a running_var of inf, as torch. tmp: (C) doubles. */
+void bn_finish_train_outputs(const bn_kernels *k, const bn_moments *mom, const double *invstd,
+                             int64_t C, double count, double factor, double *save_mean,
+                             double *save_invstd, void *rm, void *rv, double *tmp);
+
+/* Eval, all C channels, from the stored statistics rm, rv and w, b ((C) doubles; w, b NULL: 1
+ * and 0): scale = invstd * w with invstd = 1/sqrt(rv + eps) (an infinite rv gives 0), shift =
+ * b. The mean is rm itself. */
+void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
+                    double *scale, double *shift);
+
+/* Backward, one channel, from its sums: sum dy * 2^e_dy and sum dy * xhat * 2^e_xhat (exponents
+ * other than 0 where they were formed scaled, having overflowed), its invstd and weight w, over
+ * count values; train: batch statistics (else stored ones, constants of the input). Gives
+ * dbias = sum dy, dweight = sum dy * xhat, and the coefficients of
+ * dx = (dy - mean_dy - (x - mean) * k) * scale: scale = invstd * w, and with batch statistics
+ * mean_dy = sum dy / count and k = (sum dy * xhat / count) * invstd (divided first: the mean of
+ * dy * xhat is at most its sum), 0 with stored ones. Each overflows only where it is larger
+ * than DBL_MAX. */
+typedef struct {
+    double dbias, dweight, mean_dy, k, scale;
+} bn_grad_finish;
+
+bn_grad_finish bn_finish_grad(double sum_dy, int e_dy, double sum_dy_xhat, int e_xhat,
+                              double invstd, double w, double count, int train);
+
+#endif

@@ -1,0 +1,71 @@
+/* kernel_types.h - what every instantiation of kernels.inc shares: 64-byte vectors of float and
+ * double, their unaligned views, a fixed-order lane sum, the clone attribute that compiles each
+ * kernel for AVX-512, AVX2 and the x86-64 baseline, and bn_centre. Included by kernels.c and by
+ * test-only instantiations; nothing here is a function of the library. */
+#ifndef BN_KERNEL_TYPES_H
+#define BN_KERNEL_TYPES_H
+
+#include "kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* One build runs everywhere and uses the widest vectors the CPU has: each kernel is compiled for
+ * AVX-512, AVX2 and the x86-64 baseline, and the loader picks one at start-up. Results are the
+ * same bits on all three: vectors of a fixed width fix the order of every sum, and
+ * -ffp-contract=off keeps multiply-adds from being fused on one machine but not another. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
+#define BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define BN_HAVE_STREAM 1 /* streaming stores exist: kernels compiled for AVX-512 only */
+#else
+#define BN_CLONES
+#endif
+
+/* Vector helpers are macros: clang refuses functions that pass 64-byte vectors in a clone
+ * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. */
+typedef double bn_v8d __attribute__((vector_size(64)));
+typedef float bn_v8f __attribute__((vector_size(32)));
+typedef float bn_v16f __attribute__((vector_size(64)));
+/* Unaligned, alias-safe views for loads and stores. */
+typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
+typedef float bn_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+/* A float vector widened whole: GCC 12 converts a 16-float vector to 16 doubles with two
+ * full-width instructions, but splits a conversion of 8 floats into pieces. */
+typedef double bn_v16d __attribute__((vector_size(128)));
+typedef union {
+    bn_v16d whole;
+    bn_v8d half[2];
+} bn_v16d_halves;
+
+#define BN_V8D_ZERO ((bn_v8d){0, 0, 0, 0, 0, 0, 0, 0})
+/* The lanes' sum in a fixed order (v must be a plain variable). */
+#define BN_V8D_SUM(v) ((((v)[0] + (v)[1]) + ((v)[2] + (v)[3])) + (((v)[4] + (v)[5]) + ((v)[6] + (v)[7])))
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define BN_ALWAYS_INLINE __attribute__((always_inline))
+#define BN_COLD __attribute__((noinline, cold))
+
+/* A statistics block whose sums overflowed (float64 only) is summed again with its values scaled
+ * by 2^-BN_RESCALE, and its moments scaled back up: exact, powers of two (block_rescaled_). */
+#define BN_RESCALE 528
+_Static_assert(BN_BLOCK <= 1024 && BN_ROWS <= 1024, "block_rescaled_ sums at most 2^10 values");
+
+/* The centre an element-wise pass subtracts from x before it multiplies by factor (as rounded to
+ * the compute type): the mean, or 0 where the factor is 0 and the mean finite (an infinite
+ * variance gives invstd 0). Either gives the same output for finite x, except where x - mean
+ * overflows (values of opposite signs near the dtype's largest) into inf * 0 = NaN: x * 0 = 0,
+ * as torch's x * alpha + beta with alpha = 0. A NaN or infinite x or mean still gives NaN. */
+static inline double bn_centre(double mean, double factor) {
+    return factor == 0 && isfinite(mean) ? 0.0 : mean;
+}
+
+/* Epilogues: what an element-wise output pass does to each value before it stores it. */
+#define BN_EPILOGUE_NONE 0
+#define BN_EPILOGUE_ADD_RELU 1 /* y = max(y + z, 0), z a second input of y's shape */
+/* Store kinds. */
+#define BN_STORE_PLAIN 0
+#define BN_STORE_STREAM 1 /* non-temporal, AVX-512 only, fenced at the end of each kernel */
+
+#endif

@@ -1,0 +1,98 @@
+/* plan.h - the one place where (shape, layout, dtype, threads, machine) becomes the decisions of
+ * a call: which kernels, how the work is cut into items, whether passes overlap or run chunk by
+ * chunk in cache, whether stores stream. Only speed depends on these choices: work that is
+ * summed or merged is cut by the shape alone (tiles, blocks), so every result is the same bits
+ * whatever the plan says. bn_plan_describe prints it, so `bnorm bench` can say what it chose. */
+#ifndef BN_PLAN_H
+#define BN_PLAN_H
+
+#include "kernels.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Channels-last work cuts the rows into at most this many parts. */
+#define BN_MAX_PARTS 64
+/* Channels in a channels-last tile: a few KiB of each row, so tiles of a wide (N, C) tensor
+ * can go to different threads. */
+#define BN_TILE_CHANNELS 256
+
+/* A channels-last tensor's (N*S, C) rows cut into tiles: `parts` ranges of `per` rows (a
+ * multiple of the statistics block, the last shorter) times `chunks` ranges of channels.
+ * Tile k is part k / chunks, chunk k % chunks. */
+typedef struct {
+    int64_t rows, per, parts;
+    int64_t channels, chunks, width; /* width: channels per chunk */
+} bn_tiles;
+
+typedef struct {
+    int64_t r0, r1, c0, c1, part;
+} bn_tile;
+
+static inline bn_tile bn_tile_at(const bn_tiles *t, int64_t k) {
+    bn_tile tile;
+    tile.part = k / t->chunks;
+    tile.r0 = tile.part * t->per;
+    tile.r1 = tile.r0 + t->per < t->rows ? tile.r0 + t->per : t->rows;
+    tile.c0 = k % t->chunks * t->width;
+    tile.c1 = tile.c0 + t->width < t->channels ? tile.c0 + t->width : t->channels;
+    return tile;
+}
+
+typedef struct {
+    bn_desc d;             /* the descriptor the kernels see (bn_kernel_desc) */
+    const bn_kernels *k;   /* the kernels: the dtype's, streaming or plain */
+    size_t es;             /* bytes per stored value */
+    int64_t count;         /* n * s: values per channel of this tensor */
+    int64_t elements;      /* n * c * s */
+    int threads;           /* what bn_get_num_threads said */
+    int stream;            /* outputs are written with streaming stores */
+    /* channels-first */
+    int overlap;           /* a channel's second pass rides along the next one's first */
+    int64_t run;           /* channels per item when passes overlap */
+    /* channels-last */
+    bn_tiles tiles;        /* of the first pass (statistics or sums): fixed by the shape */
+    bn_tiles pieces;       /* of element-wise passes (bn_tiles_elementwise) */
+    int64_t chunk;         /* channels per item when a chunk's rows stay in cache, else 0 */
+    /* what the plan was made of */
+    int64_t budget;        /* cache bytes a thread may keep between two passes */
+    int64_t stream_threshold;
+} bn_plan;
+
+/* The plan of a pass over the tensor desc (checked) whose first pass reads `reads` arrays of it
+ * (1: x; 2: dy and x) and whose second pass writes one. Returns 0 when the dtype has no kernels. */
+int bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
+
+/* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), cut to size. */
+void bn_plan_describe(const bn_plan *plan, char *buf, size_t size);
+
+/* Tiles of the (rows, channels) rows of a channels-last tensor for passes whose results are
+ * summed: fixed by the shape alone. */
+bn_tiles bn_tiles_of(int64_t rows, int64_t channels);
+
+/* Tiles for passes with no sums (normalize, dx), which may cut the rows anywhere: whole rows,
+ * at most BN_MAX_PARTS parts of them, when there are that many rows; bn_tiles_of otherwise.
+ * Two threads that write the two halves of the same rows slow each other down (measured:
+ * (256, 1024) eval on 2 threads, 31 us with channel chunks against 12.7 us with whole rows). */
+bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels);
+
+/* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
+ * at a time while the chunk stays in the per-core cache (the budget). The chunk's width in
+ * channels, a multiple of 16, at most what gives every thread a chunk; 0 when even 16 channels
+ * do not fit, or when a chunk would be a piece of less than 1 KiB of each row (too narrow to
+ * read well). */
+int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
+
+/* Whether channel-by-channel passes should overlap: each channel's second pass (normalize, or
+ * dx) made while the next channel's first pass (statistics, or sums) reads it, so that one
+ * channel is read from memory while the other is written. The first pass leaves a channel of
+ * `bytes` in the L2 for the second when it fits there, but not beside the next channel:
+ * overlap then costs more than it saves. So: overlap when two channels fit in the L2 (twice
+ * the budget), or when one channel does not. */
+int bn_cache_overlap(int64_t bytes);
+
+/* Items per run when `items` independent items are grouped into one run per thread (at most
+ * one run per item): each thread then works its run in order, one item overlapping the next. */
+int64_t bn_run_length(int64_t items);
+
+#endif
