@@ -1,0 +1,138 @@
+/* test_kernel_layer.c - the kernel layer takes new dtypes and epilogues as instantiations, not
+ * copies: kernels.inc instantiated here, for the tests only, with a storage type other than its
+ * compute type (float stored, double computed) and an epilogue that reads a second input
+ * (y = max(bn(x) + z, 0)), then composed as the library composes its own kernels (moments,
+ * finish, coefficients, normalize) and checked against a plain reference, in both layouts. */
+#include "check.h"
+#include "testutil.h"
+
+#include "finish.h"
+#include "kernel_types.h"
+
+#include <stdlib.h>
+
+#define SUF f32d_add_relu
+#define S float
+#define COMPUTE 64
+#define STORE_KIND BN_STORE_PLAIN
+#define EPILOGUE BN_EPILOGUE_ADD_RELU
+#define LOADW(p) __builtin_convertvector(*(const bn_v8f_u *)(p), bn_v8d)
+#define STORE_PLAIN(p, v) (*(bn_v8f_u *)(p) = __builtin_convertvector((v), bn_v8f))
+#define LD1(v) ((double)(v))
+#define ST1(v) ((float)(v))
+#include "kernels.inc"
+
+/* y = max((x - mean) / sqrt(var + eps) * w + b + z, 0) of channel c, the statistics two-pass in
+ * long double over the float values: the reference the instantiation must meet. */
+static void reference(const bn_desc *d, const float *x, const float *z, const float *w,
+                      const float *b, double eps, double *y) {
+    for (int64_t c = 0; c < d->c; c++) {
+        long double sum = 0, sq = 0;
+        const int64_t m = d->n * d->s;
+        for (int64_t i = 0; i < d->n; i++)
+            for (int64_t j = 0; j < d->s; j++) sum += x[tu_index(d, i, c, j)];
+        const long double mean = sum / m;
+        for (int64_t i = 0; i < d->n; i++)
+            for (int64_t j = 0; j < d->s; j++) {
+                const long double e = x[tu_index(d, i, c, j)] - mean;
+                sq += e * e;
+            }
+        const long double invstd = 1 / sqrtl(sq / m + eps);
+        for (int64_t i = 0; i < d->n; i++)
+            for (int64_t j = 0; j < d->s; j++) {
+                const int64_t k = tu_index(d, i, c, j);
+                const long double v = (x[k] - mean) * invstd * w[c] + b[c] + z[k];
+                y[k] = (double)(float)(v > 0 ? v : 0);
+            }
+    }
+}
+
+/* The composition of forward.c, written out for this table: moments, finish, normalize. */
+static void run(const bn_kernels *k, const bn_desc *d, const float *x, const float *z,
+                const float *w, const float *b, double eps, float *y) {
+    const int64_t C = d->c, rows = d->n * d->s;
+    bn_moments *mom = calloc((size_t)C, sizeof *mom);
+    double *ws = calloc((size_t)(6 * C), sizeof(double));
+    double *wd = ws, *bd = ws + C, *invstd = ws + 2 * C, *scale = ws + 3 * C, *shift = ws + 4 * C;
+    double *mean = ws + 5 * C;
+    double *coef = calloc((size_t)(BN_COEF_COUNT * C), sizeof(double));
+    k->load(wd, w, C, 1), k->load(bd, b, C, 0);
+    if (d->layout == BN_CHANNELS_LAST) {
+        k->cl_moments(mom, x, rows, C, C);
+    } else {
+        for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d->s, d->n, d->s, C * d->s);
+    }
+    bn_finish_train(mom, (double)rows, eps, wd, bd, 0, C, invstd, scale, shift);
+    for (int64_t c = 0; c < C; c++) mean[c] = mom[c].mean;
+    if (d->layout == BN_CHANNELS_LAST) {
+        k->coefs(coef, C, 0, C, mean, scale, shift, NULL, NULL);
+        k->cl_normalize(y, x, z, rows, C, C, coef);
+    } else {
+        /* every channel-first output kernel in turn: whole channels, one riding along the
+         * next one's statistics, and rows of a sample from coefficients */
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t at = c * d->s;
+            if (c % 3 == 0) {
+                k->cf_normalize(y + at, x + at, z + at, d->n, d->s, C * d->s, mean[c], scale[c],
+                                shift[c]);
+            } else if (c % 3 == 1 && c + 1 < C) {
+                const bn_moments next = k->cf_normalize_next(y + at, x + at, z + at,
+                                                             x + at + d->s, d->n, d->s, C * d->s,
+                                                             mean[c], scale[c], shift[c]);
+                CHECK(next.count == mom[c + 1].count && next.mean == mom[c + 1].mean &&
+                      next.m2 == mom[c + 1].m2);
+            } else {
+                k->coefs(coef, C, c, c + 1, mean, scale, shift, NULL, NULL);
+                for (int64_t i = 0; i < d->n; i++) {
+                    const int64_t row = (i * C + c) * d->s;
+                    k->cf_normalize_rows(y + row, x + row, z + row, 1, d->s, coef + c, C);
+                }
+            }
+        }
+    }
+    free(mom), free(ws), free(coef);
+}
+
+BN_SUITE(suite_kernel_layer_instantiation) {
+    const bn_kernels *k = &bn_kernels_f32d_add_relu;
+    CHECK(k->elem_size == sizeof(float) && k->coef_size == sizeof(double));
+    static const int64_t shapes[][3] = {{20, 2, 1}, {16, 37, 301}, {3, 19, 2048}, {300, 70, 1}};
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++)
+        for (int lay = 0; lay < 2; lay++) {
+            const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], BN_FLOAT32,
+                                      (bn_layout)lay);
+            const int64_t count = tu_numel(&d), C = d.c;
+            tu_rng r = tu_rng_new(77 + q);
+            double *xv = tu_randn(&r, count, 1e3, 2), *zv = tu_randn(&r, count, 0, 1);
+            double *wv = tu_randn(&r, C, 1, 0.3), *bv = tu_randn(&r, C, 0, 0.5);
+            float *x = tu_to_dtype(xv, count, BN_FLOAT32), *z = tu_to_dtype(zv, count, BN_FLOAT32);
+            float *w = tu_to_dtype(wv, C, BN_FLOAT32), *b = tu_to_dtype(bv, C, BN_FLOAT32);
+            float *y = malloc(sizeof(float) * (size_t)count);
+            double *want = malloc(sizeof(double) * (size_t)count);
+            run(k, &d, x, z, w, b, 1e-5, y);
+            reference(&d, x, z, w, b, 1e-5, want);
+            int64_t zeros = 0, bad = 0;
+            for (int64_t i = 0; i < count; i++) {
+                const double err = fabs((double)y[i] - want[i]) / fmax(1, fabs(want[i]));
+                if (!(err <= 1e-6)) bad++; /* a NaN fails */
+                zeros += y[i] == 0;
+            }
+            CHECK_MSG(bad == 0, "%lldx%lldx%lld layout %d: %lld values off the reference",
+                      (long long)d.n, (long long)C, (long long)d.s, lay, (long long)bad);
+            /* the ReLU cut about half the values: the epilogue ran */
+            CHECK_MSG(zeros > count / 4 && zeros < 3 * count / 4, "%lld zeros of %lld",
+                      (long long)zeros, (long long)count);
+            free(xv), free(zv), free(wv), free(bv), free(x), free(z), free(w), free(b), free(y);
+            free(want);
+        }
+}
+
+/* The one dtype switch: every dtype the API knows has kernels, anything else has none (the
+ * callers' BN_ERR_UNSUPPORTED), and the kernels store the dtype they are for. */
+BN_SUITE(suite_kernel_layer_dispatch) {
+    CHECK(bn_kernels_for(BN_FLOAT32, 0)->elem_size == 4);
+    CHECK(bn_kernels_for(BN_FLOAT64, 0)->elem_size == 8);
+    CHECK(bn_kernels_for(BN_FLOAT32, 1)->elem_size == 4);
+    CHECK(bn_kernels_for((bn_dtype)7, 0) == NULL);
+    CHECK(bn_kernels_for((bn_dtype)-1, 1) == NULL);
+}
