@@ -7,11 +7,11 @@ void bn_finish_train(const bn_moments *mom, double count, double eps, const doub
                      const double *b, int64_t c0, int64_t c1, double *invstd, double *scale,
                      double *shift) {
     for (int64_t c = c0; c < c1; c++) {
-        const double v = mom[c].m2 / count + eps;
-        invstd[c] = v == 0 ? 0.0 : 1.0 / sqrt(v);
+        const double v = mom[c].m2 / count + eps, inv = v == 0 ? 0.0 : 1.0 / sqrt(v);
+        invstd[c] = inv;
+        scale[c] = w ? inv * w[c] : inv;
+        shift[c] = b ? b[c] : 0.0;
     }
-    for (int64_t c = c0; c < c1; c++) scale[c] = w ? invstd[c] * w[c] : invstd[c];
-    for (int64_t c = c0; c < c1; c++) shift[c] = b ? b[c] : 0.0;
 }
 
 void bn_finish_train_outputs(const bn_kernels *k, const bn_moments *mom, const double *invstd,
@@ -22,15 +22,12 @@ void bn_finish_train_outputs(const bn_kernels *k, const bn_moments *mom, const d
     if (save_invstd)
         for (int64_t c = 0; c < C; c++) save_invstd[c] = invstd[c];
     if (rm) {
-        k->load(tmp, rm, C, 0);
-        for (int64_t c = 0; c < C; c++) tmp[c] = factor * mom[c].mean + (1 - factor) * tmp[c];
-        k->store(rm, tmp, C);
+        for (int64_t c = 0; c < C; c++) tmp[c] = mom[c].mean;
+        k->blend(rm, tmp, factor, C);
     }
     if (rv) {
-        k->load(tmp, rv, C, 0);
-        for (int64_t c = 0; c < C; c++)
-            tmp[c] = factor * (mom[c].m2 / (count - 1)) + (1 - factor) * tmp[c];
-        k->store(rv, tmp, C);
+        for (int64_t c = 0; c < C; c++) tmp[c] = mom[c].m2 / (count - 1);
+        k->blend(rv, tmp, factor, C);
     }
 }
 

@@ -297,7 +297,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     bn_plan plan;
-    BN_RETURN_IF(!bn_plan_make(&plan, desc, 1), BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF(!bn_plan_make(&plan, desc, 0), BN_ERR_UNSUPPORTED);
     if (plan.elements == 0) return BN_OK;
     const int64_t C = plan.d.c;
     bn_scratch scratch;

@@ -59,12 +59,14 @@ int bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
     if (!p->k) return 0;
     if (d.layout == BN_CHANNELS_LAST) {
         const int64_t rows = d.n * d.s;
-        p->tiles = bn_tiles_of(rows, d.c);
-        p->pieces = bn_tiles_elementwise(rows, d.c);
-        p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es);
-    } else {
+        if (reads > 0) {
+            p->tiles = bn_tiles_of(rows, d.c);
+            p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es);
+        }
+        if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c);
+    } else if (reads > 0) {
         p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es);
-        p->run = bn_run_length(d.c);
+        if (p->overlap) p->run = bn_run_length(d.c);
     }
     return 1;
 }

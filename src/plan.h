@@ -49,10 +49,10 @@ typedef struct {
     int stream;            /* outputs are written with streaming stores */
     /* channels-first */
     int overlap;           /* a channel's second pass rides along the next one's first */
-    int64_t run;           /* channels per item when passes overlap */
+    int64_t run;           /* channels per item when passes overlap (else 0) */
     /* channels-last */
     bn_tiles tiles;        /* of the first pass (statistics or sums): fixed by the shape */
-    bn_tiles pieces;       /* of element-wise passes (bn_tiles_elementwise) */
+    bn_tiles pieces;       /* of element-wise passes (bn_tiles_elementwise), unless chunked */
     int64_t chunk;         /* channels per item when a chunk's rows stay in cache, else 0 */
     /* what the plan was made of */
     int64_t budget;        /* cache bytes a thread may keep between two passes */
@@ -60,7 +60,10 @@ typedef struct {
 } bn_plan;
 
 /* The plan of a pass over the tensor desc (checked) whose first pass reads `reads` arrays of it
- * (1: x; 2: dy and x) and whose second pass writes one. Returns 0 when the dtype has no kernels. */
+ * (1: x; 2: dy and x; 0: there is no first pass, only an element-wise one, as in eval) and
+ * whose second pass writes one. Only what the pass will use is decided (no element-wise pieces
+ * when it runs chunk by chunk; no run length without overlap). Returns 0 when the dtype has no
+ * kernels. */
 int bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
 
 /* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), cut to size. */
