@@ -169,6 +169,7 @@ static void cl_dx(const bn_pass *p, bn_tile t) {
 
 /* One backward call on a tensor with values, the stages composed. */
 typedef struct {
+    int train; /* batch statistics (save_mean, save_invstd), else stored ones */
     void *dx, *dweight, *dbias;
     const void *dy, *x, *weight;
     const double *save_mean, *save_invstd;  /* training: the batch statistics */
@@ -193,7 +194,7 @@ static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
     if (!bn_scratch_take(&scratch, 3, bytes, arrays)) return BN_ERR_NO_MEMORY;
     double *doubles = arrays[0];
     double *mean = doubles, *invstd = doubles + C, *w = doubles + 2 * C;
-    const int train = call->save_mean != NULL;
+    const int train = call->train;
     backward b = {
         .pass = {.plan = &plan, .cf_first = cf_sums, .cf_finish = cf_finish, .cf_second = cf_dx,
                  .cf_second_next = train ? cf_dx_next : NULL, .cl_first = cl_sums,
@@ -255,7 +256,8 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
         store_zero_grads(desc, dweight, dbias);
         return BN_OK;
     }
-    const backward_call call = {.dx = dx, .dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
+    const backward_call call = {.train = 1, .dx = dx, .dweight = dweight, .dbias = dbias,
+                                .dy = dy, .x = x,
                                 .weight = weight, .save_mean = save_mean,
                                 .save_invstd = save_invstd, .count = bn_count(desc)};
     return run_backward(desc, &call);
@@ -272,7 +274,7 @@ bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, 
         for (int64_t c = 0; c < desc->c; c++) sum_dy[c] = sum_dy_xhat[c] = 0;
         return BN_OK;
     }
-    const backward_call call = {.dy = dy, .x = x, .save_mean = save_mean,
+    const backward_call call = {.train = 1, .dy = dy, .x = x, .save_mean = save_mean,
                                 .save_invstd = save_invstd, .sum_dy_out = sum_dy,
                                 .sum_dy_xhat_out = sum_dy_xhat, .count = bn_count(desc)};
     return run_backward(desc, &call);
@@ -289,7 +291,7 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF(count < bn_count(desc), BN_ERR_ARGUMENT);
     if (bn_count(desc) == 0) return BN_OK; /* no dx to write */
-    const backward_call call = {.dx = dx, .dy = dy, .x = x, .weight = weight,
+    const backward_call call = {.train = 1, .dx = dx, .dy = dy, .x = x, .weight = weight,
                                 .save_mean = save_mean, .save_invstd = save_invstd,
                                 .given_sum_dy = sum_dy, .given_sum_dy_xhat = sum_dy_xhat,
                                 .count = count};
