@@ -22,6 +22,37 @@
 #define ST1(v) ((float)(v))
 #include "kernels.inc"
 
+/* bfloat16 storage computed in float, as issue 14 will add it: the bits of a float's upper half,
+ * rounded to nearest even on the way out. Only the conversions are new. */
+typedef uint16_t bn_v16h_u __attribute__((vector_size(32), aligned(2), may_alias));
+typedef uint32_t bn_v16u __attribute__((vector_size(64)));
+static inline float bf16_to_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#define SUF bf16
+#define S uint16_t
+#define COMPUTE 32
+#define STORE_KIND BN_STORE_PLAIN
+#define EPILOGUE BN_EPILOGUE_NONE
+#define LOADW(p) ((bn_v16f)(__builtin_convertvector(*(const bn_v16h_u *)(p), bn_v16u) << 16))
+#define STORE_PLAIN(p, v)                                                                     \
+    do {                                                                                      \
+        const bn_v16u u_ = (bn_v16u)(v);                                                      \
+        *(bn_v16h_u *)(p) = __builtin_convertvector((u_ + 0x7fffu + ((u_ >> 16) & 1u)) >> 16, \
+                                                    bn_v16h_u);                               \
+    } while (0)
+#define LD1(v) bf16_to_float(v)
+#define ST1(v) float_to_bf16(v)
+#include "kernels.inc"
+
 /* y = max((x - mean) / sqrt(var + eps) * w + b + z, 0) of channel c, the statistics two-pass in
  * long double over the float values: the reference the instantiation must meet. */
 static void reference(const bn_desc *d, const float *x, const float *z, const float *w,
@@ -135,4 +166,77 @@ BN_SUITE(suite_kernel_layer_dispatch) {
     CHECK(bn_kernels_for(BN_FLOAT32, 1)->elem_size == 4);
     CHECK(bn_kernels_for((bn_dtype)7, 0) == NULL);
     CHECK(bn_kernels_for((bn_dtype)-1, 1) == NULL);
+}
+
+/* bfloat16 storage: the statistics of the stored values in double, the output computed in float
+ * and rounded to bfloat16, against a long-double reference rounded the same way (within one
+ * bfloat16 step, 2^-8 relative). */
+BN_SUITE(suite_kernel_layer_bfloat16) {
+    const bn_kernels *k = &bn_kernels_bf16;
+    CHECK(k->elem_size == 2 && k->coef_size == sizeof(float));
+    static const int64_t shapes[][3] = {{20, 2, 1}, {16, 37, 301}, {300, 70, 1}};
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++)
+        for (int lay = 0; lay < 2; lay++) {
+            const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], BN_FLOAT32,
+                                      (bn_layout)lay);
+            const int64_t count = tu_numel(&d), C = d.c, rows = d.n * d.s;
+            tu_rng r = tu_rng_new(500 + q);
+            uint16_t *x = malloc(2 * (size_t)count), *y = malloc(2 * (size_t)count);
+            float *xf = malloc(sizeof(float) * (size_t)count);
+            float *w = malloc(sizeof(float) * (size_t)C), *b = malloc(sizeof(float) * (size_t)C);
+            uint16_t *wh = malloc(2 * (size_t)C), *bh = malloc(2 * (size_t)C);
+            for (int64_t i = 0; i < count; i++) {
+                x[i] = float_to_bf16((float)(3 + 2 * tu_normal(&r)));
+                xf[i] = bf16_to_float(x[i]);
+            }
+            for (int64_t c = 0; c < C; c++) {
+                wh[c] = float_to_bf16((float)(1 + 0.3 * tu_normal(&r)));
+                bh[c] = float_to_bf16((float)(0.5 * tu_normal(&r)));
+                w[c] = bf16_to_float(wh[c]), b[c] = bf16_to_float(bh[c]);
+            }
+            bn_moments *mom = calloc((size_t)C, sizeof *mom);
+            double *ws = calloc(6 * (size_t)C, sizeof(double));
+            float *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(float));
+            k->load(ws, wh, C, 1), k->load(ws + C, bh, C, 0);
+            if (lay == BN_CHANNELS_LAST)
+                k->cl_moments(mom, x, rows, C, C);
+            else
+                for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d.s, d.n, d.s, C * d.s);
+            bn_finish_train(mom, (double)rows, 1e-5, ws, ws + C, 0, C, ws + 2 * C, ws + 3 * C, ws + 4 * C);
+            for (int64_t c = 0; c < C; c++) ws[5 * C + c] = mom[c].mean;
+            if (lay == BN_CHANNELS_LAST) {
+                k->coefs(coef, C, 0, C, ws + 5 * C, ws + 3 * C, ws + 4 * C, NULL, NULL);
+                k->cl_normalize(y, x, NULL, rows, C, C, coef);
+            } else {
+                for (int64_t c = 0; c < C; c++)
+                    k->cf_normalize(y + c * d.s, x + c * d.s, NULL, d.n, d.s, C * d.s,
+                                    ws[5 * C + c], ws[3 * C + c], ws[4 * C + c]);
+            }
+            /* the reference: two-pass statistics in long double of the stored values */
+            int64_t bad = 0;
+            for (int64_t c = 0; c < C; c++) {
+                long double sum = 0, sq = 0;
+                for (int64_t i = 0; i < d.n; i++)
+                    for (int64_t j = 0; j < d.s; j++) sum += xf[tu_index(&d, i, c, j)];
+                const long double mean = sum / rows;
+                for (int64_t i = 0; i < d.n; i++)
+                    for (int64_t j = 0; j < d.s; j++) {
+                        const long double e = xf[tu_index(&d, i, c, j)] - mean;
+                        sq += e * e;
+                    }
+                CHECK(fabs(mom[c].mean - (double)mean) <= 1e-12 * fabs((double)mean));
+                const long double invstd = 1 / sqrtl(sq / rows + 1e-5);
+                for (int64_t i = 0; i < d.n; i++)
+                    for (int64_t j = 0; j < d.s; j++) {
+                        const int64_t at = tu_index(&d, i, c, j);
+                        const double want = (double)((xf[at] - mean) * invstd * w[c] + b[c]);
+                        const double got = bf16_to_float(y[at]);
+                        if (!(fabs(got - want) <= 0x1p-8 * fmax(1, fabs(want)))) bad++;
+                    }
+            }
+            CHECK_MSG(bad == 0, "bfloat16 %lldx%lldx%lld layout %d: %lld values off",
+                      (long long)d.n, (long long)C, (long long)d.s, lay, (long long)bad);
+            free(x), free(y), free(xf), free(w), free(b), free(wh), free(bh);
+            free(mom), free(ws), free(coef);
+        }
 }
