@@ -188,16 +188,25 @@ static int64_t stream_threshold(void) {
     return (int64_t)t;
 }
 
+static atomic_llong stream_count; /* tests: kernel calls that streamed */
+
+int64_t bn_kernel_stream_count(void) { return (int64_t)atomic_load(&stream_count); }
+
 /* Stream when the pass writes at least stream_threshold() bytes and the CPU has AVX-512. */
 static int use_stream(const bn_desc *desc) {
-    return desc->n * desc->c * desc->s * (int64_t)bn_dtype_size(desc->dtype) >= stream_threshold() &&
-           __builtin_cpu_supports("avx512f") && !atomic_load(&plain_stores_only);
+    const int64_t bytes = desc->n * desc->c * desc->s * (int64_t)bn_dtype_size(desc->dtype);
+    const int on = bytes >= stream_threshold() && __builtin_cpu_supports("avx512f") &&
+                   !atomic_load(&plain_stores_only);
+    if (on) atomic_fetch_add_explicit(&stream_count, 1, memory_order_relaxed);
+    return on;
 }
 
 /* Streaming stores are weakly ordered: fence them before anyone reads the output. */
 #define STREAMED(call) (call, _mm_sfence())
 #else
 void bn_kernel_force_plain_stores(int on) { (void)on; }
+
+int64_t bn_kernel_stream_count(void) { return 0; }
 
 static int use_stream(const bn_desc *desc) {
     (void)desc;

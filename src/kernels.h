@@ -168,6 +168,9 @@ void bn_kernel_cl_grad_input(const bn_desc *desc, void *dx, const void *dy, cons
  * bits, which a test checks by comparing the two). */
 void bn_kernel_force_plain_stores(int on);
 
+/* For tests: how many output kernel calls used streaming stores since the program started. */
+int64_t bn_kernel_stream_count(void);
+
 /* Element c of a per-channel array of the given dtype, as double; NULL gives fallback. */
 static inline double bn_load(const void *p, bn_dtype dtype, int64_t c, double fallback) {
     if (!p) return fallback;

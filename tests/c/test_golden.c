@@ -325,7 +325,7 @@ static void compare(const golden_case *gc, int step, const golden_step *s, const
                     const void *got, bn_dtype dtype, const double *ref, int64_t count) {
     double tol = gc->dtype == BN_FLOAT32 ? 2e-5 : 1e-10;
     double *g = tu_to_double(got, count, dtype);
-    double d = check_max_rel_diff(g, ref, count);
+    double d = tu_max_rel_diff(g, ref, count);
     CHECK_MSG(d <= tol, "golden %s step %d (%s): %s max rel diff %.3g > %.0e", gc->name, step,
               s->train ? "train" : "eval", what, d, tol);
     free(g);
