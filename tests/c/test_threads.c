@@ -1,5 +1,6 @@
 /* test_threads.c - bit-for-bit the same outputs, statistics and gradients for 1, 2, 3 and 4
- * threads, in both layouts and dtypes, including partial channel groups. */
+ * threads, in both layouts and dtypes, including partial channel groups; and proof that those
+ * threads ran (the team size of each pass's parallel loop, bn_parallel_last_team). */
 #include "check.h"
 #include "testutil.h"
 
@@ -9,10 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 typedef struct {
     void *y, *dx, *dweight, *dbias, *rm, *rv, *ye, *dxe;
     double *sm, *si;
     int64_t nbt;
+    int team[4]; /* the team size each pass's last parallel loop ran on */
 } results;
 
 static void run_all(results *o, const bn_desc *d, const void *x, const void *dy, const void *w,
@@ -26,9 +32,61 @@ static void run_all(results *o, const bn_desc *d, const void *x, const void *dy,
     o->nbt = 0;
     bn_options opt = BN_OPTIONS_DEFAULT;
     CHECK_STATUS(bn_forward_train(o->y, o->sm, o->si, o->rm, o->rv, &o->nbt, x, w, b, d, &opt), BN_OK);
+    o->team[0] = bn_parallel_last_team();
     CHECK_STATUS(bn_backward_train(o->dx, o->dweight, o->dbias, dy, x, o->sm, o->si, w, d), BN_OK);
+    o->team[1] = bn_parallel_last_team();
     CHECK_STATUS(bn_forward_eval(o->ye, x, o->rm, o->rv, w, b, d, 1e-5), BN_OK);
+    o->team[2] = bn_parallel_last_team();
     CHECK_STATUS(bn_backward_eval(o->dxe, NULL, NULL, dy, x, o->rm, o->rv, w, d, 1e-5), BN_OK);
+    o->team[3] = bn_parallel_last_team();
+}
+
+/* The largest team OpenMP gives a parallel region that asks for `requested` threads: all of
+ * them, unless OMP_THREAD_LIMIT says fewer (OMP_DYNAMIC, which would let it give fewer at will,
+ * fails suite_threads_team). 1 without OpenMP. */
+static int team_for(int requested) {
+#ifdef _OPENMP
+    const int limit = omp_get_thread_limit();
+    return requested < limit ? requested : limit;
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+/* The thread tests mean something only where a call can get two threads: say loudly when not. */
+BN_SUITE(suite_threads_team) {
+#ifdef _OPENMP
+    CHECK_MSG(!omp_get_dynamic(), "OMP_DYNAMIC is on: OpenMP may give fewer threads than asked, "
+                                  "and the thread tests cannot tell; unset it");
+    CHECK_MSG(omp_get_thread_limit() >= 2, "OMP_THREAD_LIMIT=%d: the thread tests need 2 threads",
+              omp_get_thread_limit());
+#else
+    CHECK_MSG(0, "built without OpenMP: the thread tests cannot run anything on 2 threads");
+#endif
+    bn_desc d = tu_desc(16, 8, 1024, BN_FLOAT32, BN_CHANNELS_FIRST); /* 4 times the threshold */
+    CHECK(tu_numel(&d) >= 4 * BN_PARALLEL_MIN_ELEMENTS);
+    float *x = calloc((size_t)tu_numel(&d), sizeof(float)), *y = calloc((size_t)tu_numel(&d), 4);
+    for (int64_t k = 0; k < tu_numel(&d); k++) x[k] = (float)(k % 13);
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    for (int t = 1; t <= 4; t++) {
+        bn_set_num_threads(t);
+        CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
+        CHECK_MSG(bn_parallel_last_team() == team_for(t), "%d threads asked: a team of %d, want %d",
+                  t, bn_parallel_last_team(), team_for(t));
+    }
+    /* the default: OpenMP's own (OMP_NUM_THREADS, or one per core) */
+    bn_set_num_threads(0);
+    CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
+    CHECK_MSG(bn_parallel_last_team() == team_for(bn_get_num_threads()),
+              "default (%d threads): a team of %d", bn_get_num_threads(), bn_parallel_last_team());
+    /* a small call stays on the calling thread */
+    bn_set_num_threads(4);
+    bn_desc small = tu_desc(2, 8, 16, BN_FLOAT32, BN_CHANNELS_FIRST);
+    CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &small, &opt), BN_OK);
+    CHECK(bn_parallel_last_team() == 1);
+    bn_set_num_threads(0);
+    free(x), free(y);
 }
 
 static int same(const results *a, const results *b, const bn_desc *d, size_t es) {
@@ -63,6 +121,7 @@ static void release(results *o) {
 }
 
 BN_SUITE(suite_threads_bitwise) {
+    int full_teams[5] = {0}; /* passes that ran on all the threads asked, by thread count */
     /* partial channel groups, wide tensors cut into channel tiles, many row parts */
     static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048},
                                         {200, 300, 1}, {4, 300, 30}};
@@ -76,18 +135,30 @@ BN_SUITE(suite_threads_bitwise) {
                 bn_set_num_threads(1);
                 CHECK(bn_get_num_threads() == 1);
                 run_all(&one, &d, in.x, in.dy, in.w, in.b, es);
+                for (int p = 0; p < 4; p++) CHECK(one.team[p] == 1);
                 for (int t = 2; t <= 4; t++) {
                     results many;
                     bn_set_num_threads(t);
                     run_all(&many, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&one, &many, &d, es), "shape %zu dtype %d layout %d: %d threads differ",
                               k, dt, lay, t);
+                    /* every pass of these shapes has work for 2 threads at least; a pass may
+                     * have fewer pieces than 3 or 4 threads (3 samples to cut: 3 threads) */
+                    for (int p = 0; p < 4; p++) {
+                        const int team = many.team[p];
+                        CHECK_MSG(t == 2 ? team == team_for(2) : team >= 2 && team <= team_for(t),
+                                  "shape %zu dtype %d layout %d pass %d: %d threads asked, a team of %d",
+                                  k, dt, lay, p, t, team);
+                        if (team == team_for(t)) full_teams[t]++;
+                    }
                     release(&many);
                 }
                 bn_set_num_threads(0);
                 release(&one);
                 free_inputs(&in);
             }
+    for (int t = 3; t <= 4; t++)
+        CHECK_MSG(full_teams[t] > 0, "no pass ran on the %d threads asked", t);
     CHECK(bn_get_num_threads() >= 1);
 }
 
@@ -177,6 +248,13 @@ BN_SUITE(suite_threads_cache_chunks) {
                     run_all(&other, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
                               k, dt, q, threads);
+                    /* the small shapes stay on one thread; the large ones ran on threads */
+                    const int big = tu_numel(&d) >= BN_PARALLEL_MIN_ELEMENTS;
+                    for (int p = 0; p < 4; p++)
+                        CHECK_MSG(big && threads > 1 ? other.team[p] >= 2 && other.team[p] <= team_for(threads)
+                                                     : other.team[p] == 1,
+                                  "shape %zu dtype %d budget %zu pass %d: %d threads asked, a team of %d",
+                                  k, dt, q, p, threads, other.team[p]);
                     release(&other);
                 }
             }
