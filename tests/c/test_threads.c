@@ -191,10 +191,25 @@ BN_SUITE(suite_threads_lanes) {
     }
 }
 
+/* Whether output kernels can stream here: built with the streaming twins (x86-64, run-time
+ * kernels) and running on a CPU with AVX-512 (valgrind's virtual CPU has none). */
+static int streaming_available(void) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
 /* Outputs past BN_STREAM_MIN_BYTES are written with streaming stores on AVX-512 machines: they
- * must hold the same bits as plain stores, in every pass and both layouts. */
+ * must hold the same bits as plain stores, in every pass and both layouts. The count of kernel
+ * calls that streamed shows which path each run took: streaming ones where the machine has
+ * them, none with plain stores forced, and none at all on a machine without them. */
 BN_SUITE(suite_threads_streaming_stores) {
     const int64_t n = 2, c = 20, s = 330000; /* 13.2 M float32 values: 52.8 MB */
+    const int available = streaming_available();
+    if (!available)
+        printf("streaming stores are not available here (no AVX-512 kernels): plain stores only\n");
     for (int lay = 0; lay < 2; lay++) {
         bn_desc d = tu_desc(n, c, s, BN_FLOAT32, (bn_layout)lay);
         const int64_t count = tu_numel(&d);
@@ -210,9 +225,19 @@ BN_SUITE(suite_threads_streaming_stores) {
         for (int plain = 0; plain < 2; plain++) {
             bn_kernel_force_plain_stores(plain);
             for (int m = 0; m < 3; m++) out[plain][m] = malloc(sizeof(float) * (size_t)count);
-            CHECK_STATUS(bn_forward_train(out[plain][0], sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
-            CHECK_STATUS(bn_forward_eval(out[plain][1], x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
-            CHECK_STATUS(bn_backward_train(out[plain][2], NULL, NULL, dy, x, sm, si, NULL, &d), BN_OK);
+            static const char *const pass[3] = {"train", "eval", "backward"};
+            for (int m = 0; m < 3; m++) {
+                const int64_t before = bn_kernel_stream_count();
+                float *o = out[plain][m];
+                bn_status st = m == 0 ? bn_forward_train(o, sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt)
+                             : m == 1 ? bn_forward_eval(o, x, rm, rv, NULL, NULL, &d, 1e-5)
+                                      : bn_backward_train(o, NULL, NULL, dy, x, sm, si, NULL, &d);
+                CHECK_STATUS(st, BN_OK);
+                const int64_t streamed = bn_kernel_stream_count() - before;
+                CHECK_MSG(available && !plain ? streamed > 0 : streamed == 0,
+                          "layout %d %s, plain stores %s: %lld kernel calls streamed", lay,
+                          pass[m], plain ? "forced" : "allowed", (long long)streamed);
+            }
         }
         bn_kernel_force_plain_stores(0);
         for (int m = 0; m < 3; m++) {
@@ -222,6 +247,14 @@ BN_SUITE(suite_threads_streaming_stores) {
         }
         free(x), free(dy);
     }
+    /* small outputs never stream */
+    bn_desc small = tu_desc(4, 8, 100, BN_FLOAT32, BN_CHANNELS_FIRST);
+    float xs[3200], ys[3200];
+    for (int k = 0; k < 3200; k++) xs[k] = (float)(k % 11);
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    const int64_t before = bn_kernel_stream_count();
+    CHECK_STATUS(bn_forward_train(ys, NULL, NULL, NULL, NULL, NULL, xs, NULL, NULL, &small, &opt), BN_OK);
+    CHECK(bn_kernel_stream_count() == before);
 }
 
 /* Channels-last passes work chunk by chunk when a chunk's rows fit in cache, tile by tile
