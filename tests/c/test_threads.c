@@ -258,26 +258,38 @@ BN_SUITE(suite_threads_streaming_stores) {
 }
 
 /* Channels-last passes work chunk by chunk when a chunk's rows fit in cache, tile by tile
- * otherwise; channels-first passes overlap one channel with the next, or not (with the budget
- * of 20000 bytes, f32 training overlaps and f32 backward does not; the reverse in f64): the
- * same bits either way, whatever the chunk width. */
+ * otherwise; channels-first passes overlap one channel with the next, or not: the same bits
+ * either way, whatever the chunk width. (Budgets of 1 and 2^40 bytes both overlap, so the
+ * budgets below one channel make the channels-first passes take the other path.) */
 BN_SUITE(suite_threads_cache_chunks) {
     static const int64_t shapes[][3] = {{16, 37, 301}, {200, 300, 1}, {7, 70, 9}, {8, 1000, 1}};
-    /* never, always, chunks of about 300 channels for (8, 1000, 1) training */
-    const int64_t budgets[] = {1, INT64_C(1) << 40, 20000};
     for (size_t k = 0; k < 2 * sizeof shapes / sizeof shapes[0]; k++)
         for (int dt = 0; dt < 2; dt++) {
             const int64_t *shape = shapes[k / 2];
             bn_desc d = tu_desc(shape[0], shape[1], shape[2], (bn_dtype)dt, (bn_layout)(k % 2));
             size_t es = dt ? 8 : 4;
+            /* never, always, chunks of about 300 channels for (8, 1000, 1) training; just below
+             * one channel (channels-first training does not overlap) and just below the two
+             * arrays of one (channels-first backward does not) */
+            const int64_t chan = d.n * d.s * (int64_t)es;
+            const int64_t budgets[] = {1, INT64_C(1) << 40, 20000, chan - 1, 2 * chan - 1};
+            /* what each pass (training, backward) chose, by the drivers' own tests: overlap for
+             * channels-first, chunks for channels-last; both choices must be seen, or the
+             * comparison would be of a path with itself */
+            int seen[2][2] = {{0, 0}, {0, 0}};
             inputs in = make_inputs(&d, 77 + k, -2, 3);
             results base, other;
             bn_cache_budget_override(budgets[0]);
             run_all(&base, &d, in.x, in.dy, in.w, in.b, es);
-            for (size_t q = 1; q < sizeof budgets / sizeof budgets[0]; q++) {
+            for (size_t q = 0; q < sizeof budgets / sizeof budgets[0]; q++) {
                 bn_cache_budget_override(budgets[q]);
                 for (int threads = 1; threads <= 3; threads += 2) {
                     bn_set_num_threads(threads);
+                    for (int pass = 0; pass < 2; pass++)
+                        seen[pass][d.layout == BN_CHANNELS_FIRST
+                                       ? bn_cache_overlap((pass + 1) * chan)
+                                       : bn_cache_chunk(d.n * d.s, d.c, pass + 2, es) > 0] = 1;
+                    if (q == 0) continue; /* the base itself */
                     run_all(&other, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
                               k, dt, q, threads);
@@ -291,6 +303,10 @@ BN_SUITE(suite_threads_cache_chunks) {
                     release(&other);
                 }
             }
+            for (int pass = 0; pass < 2; pass++)
+                CHECK_MSG(seen[pass][0] && seen[pass][1],
+                          "shape %zu dtype %d %s: the budgets gave one path only", k, dt,
+                          pass ? "backward" : "training");
             bn_set_num_threads(0);
             bn_cache_budget_override(0);
             release(&base);
