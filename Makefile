@@ -93,7 +93,7 @@ $(BUILD)/libbnorm_mpi.a: $(MPI_OBJ)
 $(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ)
 	$(MPI_CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
+$(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_ref.a $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
 	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/libbnorm.a: $(LIB_OBJ)
@@ -109,8 +109,15 @@ $(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
 $(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm.a $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
 	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(CLI_LIBS) $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
+$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm_ref.a $(BUILD)/libbnorm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+# The tests' oracle: a plain scalar reference of every pass (src/reference), linked into the
+# test programs and kept out of libbnorm (LIB_SRC is src/*.c only).
+REF_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard src/reference/*.c))
+$(BUILD)/libbnorm_ref.a: $(REF_OBJ)
+	rm -f $@ && ar rcs $@ $^
+$(REF_OBJ) $(TEST_OBJ) $(MPI_TEST_OBJ): $(wildcard src/reference/*.h)
 
 demo: $(BUILD)/bnorm
 	$(BUILD)/bnorm demo

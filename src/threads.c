@@ -20,6 +20,10 @@ int bn_get_num_threads(void) {
 #endif
 }
 
+static _Thread_local int last_team = 1; /* tests: the calling thread's last team size */
+
+int bn_parallel_last_team(void) { return last_team; }
+
 void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
     int threads = 1;
     if (elements >= BN_PARALLEL_MIN_ELEMENTS && items > 1) {
@@ -27,11 +31,18 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
         if (items < threads) threads = (int)items;
     }
     if (threads == 1) { /* no parallel region at all: small calls pay nothing for threads */
+        last_team = 1;
         for (int64_t k = 0; k < items; k++) fn(args, k);
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads)
-#endif
+#pragma omp parallel num_threads(threads)
+    {
+        if (omp_get_thread_num() == 0) last_team = omp_get_num_threads(); /* the caller's */
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < items; k++) fn(args, k);
+    }
+#else
     for (int64_t k = 0; k < items; k++) fn(args, k);
+#endif
 }

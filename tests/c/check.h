@@ -11,8 +11,6 @@ void check_register(const char *name, check_suite_fn fn);
 /* Records one check; prints the failure with its place. Returns cond so callers can bail out. */
 int check_report(int cond, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Largest |a[i] - b[i]| / max(1, |b[i]|) over n doubles; NaN where only one side is NaN. */
-double check_max_rel_diff(const double *a, const double *b, int64_t n);
 
 /* A suite: BN_SUITE(name) { ...checks... } in any test file; main() runs them all by name. */
 #define BN_SUITE(name)                                                                    \

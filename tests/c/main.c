@@ -1,7 +1,6 @@
 /* main.c - runs every registered suite in name order; "N passed, N failed"; exit 1 on failure. */
 #include "check.h"
 
-#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,20 +34,6 @@ int check_report(int cond, const char *file, int line, const char *fmt, ...) {
     va_end(ap);
     fputc('\n', stderr);
     return 0;
-}
-
-double check_max_rel_diff(const double *a, const double *b, int64_t n) {
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(a[i]) || isnan(b[i])) {
-            if (isnan(a[i]) != isnan(b[i])) return NAN;
-            continue;
-        }
-        if (a[i] == b[i]) continue; /* equal infinities */
-        double d = fabs(a[i] - b[i]) / fmax(1.0, fabs(b[i]));
-        if (!(d <= worst)) worst = d;
-    }
-    return worst;
 }
 
 static int by_name(const void *a, const void *b) {

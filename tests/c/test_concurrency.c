@@ -4,6 +4,8 @@
 #include "check.h"
 #include "testutil.h"
 
+#include "threads.h"
+
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -25,6 +27,9 @@ typedef struct {
 
 static task tasks[THREADS];
 static atomic_int stop_toggling;
+/* 0 while the toggler runs; else the thread count every call uses, and each worker checks that
+ * its own calls (large enough to be spread) ran on a team of that many threads */
+static atomic_int fixed_threads;
 
 static size_t esize(const bn_desc *d) { return d->dtype == BN_FLOAT32 ? 4 : 8; }
 
@@ -58,9 +63,12 @@ static int same_outputs(const task *t, void *const out[6], const double *sm, con
     return !memcmp(sm, t->want_sm, (size_t)t->d.c * 8) && !memcmp(si, t->want_si, (size_t)t->d.c * 8);
 }
 
-/* Each worker runs its own task and, every round, task 0's chain on task 0's shared inputs. */
+/* Each worker runs its own task and, every round, task 0's chain on task 0's shared inputs. A
+ * chain fails when its results differ from the serial ones, or, with fixed_threads, when its
+ * last call ran on another team than that many threads (large calls) or one (small calls). */
 static void *worker(void *arg) {
     const int id = (int)(intptr_t)arg;
+    const int fixed = atomic_load(&fixed_threads);
     int failures = 0;
     for (int round = 0; round < ROUNDS; round++)
         for (int which = 0; which < 2; which++) {
@@ -69,9 +77,27 @@ static void *worker(void *arg) {
             double sm[300], si[300];
             alloc_outputs(&t->d, out);
             if (!chain(t, out, sm, si) || !same_outputs(t, out, sm, si)) failures++;
+            const int big = tu_numel(&t->d) >= BN_PARALLEL_MIN_ELEMENTS;
+            if (fixed && bn_parallel_last_team() != (big ? fixed : 1)) failures++;
             for (int k = 0; k < 6; k++) free(out[k]);
         }
     return (void *)(intptr_t)failures;
+}
+
+/* THREADS workers at once; the number of their chains that failed. */
+static int run_workers(void) {
+    pthread_t workers[THREADS];
+    int failed = 0;
+    for (int k = 0; k < THREADS; k++)
+        CHECK(pthread_create(&workers[k], NULL, worker, (void *)(intptr_t)k) == 0);
+    for (int k = 0; k < THREADS; k++) {
+        void *failures = NULL;
+        CHECK(pthread_join(workers[k], &failures) == 0);
+        CHECK_MSG(failures == NULL, "thread %d: %d of %d chains failed", k,
+                  (int)(intptr_t)failures, 2 * ROUNDS);
+        failed += (int)(intptr_t)failures;
+    }
+    return failed;
 }
 
 /* Changes the thread count as often as it can, yielding the processor after each change: a
@@ -103,19 +129,22 @@ BN_SUITE(suite_concurrency) {
         CHECK_MSG(chain(t, t->want, t->want_sm, t->want_si), "task %d: serial chain failed", k);
     }
 
-    pthread_t workers[THREADS], tog;
+    /* the thread count changing under the calls */
+    pthread_t tog;
+    atomic_store(&fixed_threads, 0);
     atomic_store(&stop_toggling, 0);
     CHECK(pthread_create(&tog, NULL, toggler, NULL) == 0);
-    for (int k = 0; k < THREADS; k++)
-        CHECK(pthread_create(&workers[k], NULL, worker, (void *)(intptr_t)k) == 0);
-    for (int k = 0; k < THREADS; k++) {
-        void *failures = NULL;
-        CHECK(pthread_join(workers[k], &failures) == 0);
-        CHECK_MSG(failures == NULL, "thread %d: %d of %d chains differ from the serial results", k,
-                  (int)(intptr_t)failures, 2 * ROUNDS);
-    }
+    run_workers();
     atomic_store(&stop_toggling, 1);
     CHECK(pthread_join(tog, NULL) == 0);
+
+    /* two threads for every call: each caller's large calls ran on a team of two of its own
+     * (OpenMP gives each calling thread its own team; suite_threads_team checks that 2 can be
+     * had at all) */
+    bn_set_num_threads(2);
+    atomic_store(&fixed_threads, 2);
+    CHECK_MSG(run_workers() == 0, "concurrent callers on 2 threads each: chains failed");
+    atomic_store(&fixed_threads, 0);
     bn_set_num_threads(0);
 
     for (int k = 0; k < THREADS; k++) {

@@ -18,15 +18,15 @@ BN_SUITE(suite_finite_propagation) {
             for (int k = 0; k < M; k++) x[k] = tu_normal(&r);
             bn_options opt = BN_OPTIONS_DEFAULT;
             CHECK_STATUS(bn_forward_train(clean_y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
-            x[tu_index(&d, 2, 1, 3)] = bad[b];
+            x[bn_ref_index(&d, 2, 1, 3)] = bad[b];
             CHECK_STATUS(bn_forward_train(y, sm, si, rm, rv, NULL, x, NULL, NULL, &d, &opt), BN_OK);
             CHECK(isnan(sm[1]) || isinf(sm[1]));
             CHECK(isnan(rm[1]) || isinf(rm[1]));
             for (int64_t i = 0; i < N; i++)
                 for (int64_t j = 0; j < S; j++) {
-                    CHECK(isnan(y[tu_index(&d, i, 1, j)])); /* the whole channel */
+                    CHECK(isnan(y[bn_ref_index(&d, i, 1, j)])); /* the whole channel */
                     for (int64_t c = 0; c < C; c += 2) /* the others: as without it */
-                        CHECK(y[tu_index(&d, i, c, j)] == clean_y[tu_index(&d, i, c, j)]);
+                        CHECK(y[bn_ref_index(&d, i, c, j)] == clean_y[bn_ref_index(&d, i, c, j)]);
                 }
             CHECK(isfinite(sm[0]) && isfinite(sm[2]) && isfinite(rv[0]) && isfinite(rv[2]));
         }
@@ -45,7 +45,7 @@ BN_SUITE(suite_finite_check) {
         CHECK(channel == -1 && index == -1); /* untouched */
         CHECK_STATUS(bn_check_finite(&channel, &index, xd, &dd), BN_OK);
         /* two bad values: the first in memory order is reported, with its channel */
-        const int64_t late = tu_index(&df, 2, 3, 5), early = tu_index(&df, 1, 2, 4);
+        const int64_t late = bn_ref_index(&df, 2, 3, 5), early = bn_ref_index(&df, 1, 2, 4);
         xf[late] = NAN, xf[early] = -INFINITY;
         CHECK_STATUS(bn_check_finite(&channel, &index, xf, &df), BN_ERR_NOT_FINITE);
         const int64_t first = early < late ? early : late;

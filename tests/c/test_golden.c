@@ -32,7 +32,8 @@
  *   tracked statistics, which uses batch statistics as torch does) runs bn_forward_train and
  *   bn_backward_train; an eval step with tracked statistics runs bn_forward_eval and
  *   bn_backward_eval. Each compared array is one check, within 2e-5 (float32) or 1e-10 (float64)
- *   of max(1, |reference|).
+ *   of max(1, |reference|). The scalar reference of src/reference, the other tests' oracle,
+ *   replays every step too and is held to the same checks.
  */
 #include "check.h"
 #include "testutil.h"
@@ -318,6 +319,9 @@ typedef struct replay_state {
     void *running_mean;      /* (C) in the case's dtype */
     void *running_var;       /* (C) */
     int64_t num_batches_tracked;
+    double *ref_running_mean; /* (C): the reference's own, carried the same way */
+    double *ref_running_var;  /* (C) */
+    int64_t ref_num_batches_tracked;
 } replay_state;
 
 /* One check: got (count values of dtype) against ref within tol of max(1, |ref|). */
@@ -325,7 +329,7 @@ static void compare(const golden_case *gc, int step, const golden_step *s, const
                     const void *got, bn_dtype dtype, const double *ref, int64_t count) {
     double tol = gc->dtype == BN_FLOAT32 ? 2e-5 : 1e-10;
     double *g = tu_to_double(got, count, dtype);
-    double d = check_max_rel_diff(g, ref, count);
+    double d = tu_max_rel_diff(g, ref, count);
     CHECK_MSG(d <= tol, "golden %s step %d (%s): %s max rel diff %.3g > %.0e", gc->name, step,
               s->train ? "train" : "eval", what, d, tol);
     free(g);
@@ -336,12 +340,71 @@ static int call_ok(const golden_case *gc, int step, const char *what, bn_status 
                      bn_status_string(st), (int)st);
 }
 
+/* The same step by the scalar reference (src/reference/reference.h) on the same values: the
+ * oracle of the other tests, itself checked against torch, array by array, with the tolerance
+ * of the library's checks. Float32 cases keep the reference's running statistics rounded to
+ * float32 between steps, as their storage is. */
+static void replay_reference(const golden_case *gc, int step, const golden_step *s,
+                             replay_state *rs, const bn_desc *desc, const bn_options *opt) {
+    const int64_t c = gc->c;
+    const size_t numel = (size_t)(s->numel > 0 ? s->numel : 1);
+    double *y = calloc(numel, sizeof(double)), *dx = calloc(numel, sizeof(double));
+    double *dweight = calloc((size_t)c, sizeof(double)), *dbias = calloc((size_t)c, sizeof(double));
+    double *save_mean = calloc((size_t)c, sizeof(double));
+    double *save_invstd = calloc((size_t)c, sizeof(double));
+    const double *x = s->a[X], *dy = s->a[DY], *weight = gc->weight, *bias = gc->bias;
+    const int batch_stats = s->train || !gc->track;
+    if (batch_stats) {
+        const int update = s->train && gc->track;
+        bn_ref_forward_train(y, save_mean, save_invstd, update ? rs->ref_running_mean : NULL,
+                             update ? rs->ref_running_var : NULL,
+                             update ? &rs->ref_num_batches_tracked : NULL, x, weight, bias, desc,
+                             opt);
+        bn_ref_backward_train(dx, dweight, dbias, dy, x, save_mean, save_invstd, weight, desc);
+    } else {
+        bn_ref_forward_eval(y, x, rs->ref_running_mean, rs->ref_running_var, weight, bias, desc,
+                            gc->eps);
+        bn_ref_backward_eval(dx, dweight, dbias, dy, x, rs->ref_running_mean,
+                             rs->ref_running_var, weight, desc, gc->eps);
+    }
+    if (gc->track && gc->dtype == BN_FLOAT32)
+        for (int64_t k = 0; k < c; k++) {
+            rs->ref_running_mean[k] = (float)rs->ref_running_mean[k];
+            rs->ref_running_var[k] = (float)rs->ref_running_var[k];
+        }
+    compare(gc, step, s, "reference y", y, BN_FLOAT64, s->a[Y], s->numel);
+    compare(gc, step, s, "reference dx", dx, BN_FLOAT64, s->a[DX], s->numel);
+    if (gc->affine) {
+        compare(gc, step, s, "reference dweight", dweight, BN_FLOAT64, s->a[DWEIGHT], c);
+        compare(gc, step, s, "reference dbias", dbias, BN_FLOAT64, s->a[DBIAS], c);
+    }
+    if (batch_stats && s->a[SAVE_MEAN]) {
+        compare(gc, step, s, "reference save_mean", save_mean, BN_FLOAT64, s->a[SAVE_MEAN], c);
+        compare(gc, step, s, "reference save_invstd", save_invstd, BN_FLOAT64,
+                s->a[SAVE_INVSTD], c);
+    }
+    if (gc->track) {
+        compare(gc, step, s, "reference running_mean", rs->ref_running_mean, BN_FLOAT64,
+                s->a[RM_AFTER], c);
+        compare(gc, step, s, "reference running_var", rs->ref_running_var, BN_FLOAT64,
+                s->a[RV_AFTER], c);
+        CHECK_MSG(rs->ref_num_batches_tracked == s->nbt_after,
+                  "golden %s step %d: the reference's num_batches_tracked %lld, torch %lld",
+                  gc->name, step, (long long)rs->ref_num_batches_tracked,
+                  (long long)s->nbt_after);
+    }
+    free(y), free(dx), free(dweight), free(dbias), free(save_mean), free(save_invstd);
+}
+
 static void replay_step(const golden_case *gc, int step, const golden_step *s, replay_state *rs) {
     bn_dtype dt = gc->dtype;
     if (gc->track && !rs->started) {
         rs->running_mean = tu_to_dtype(s->a[RM_BEFORE], gc->c, dt);
         rs->running_var = tu_to_dtype(s->a[RV_BEFORE], gc->c, dt);
         rs->num_batches_tracked = s->nbt_before;
+        rs->ref_running_mean = tu_to_double(s->a[RM_BEFORE], gc->c, BN_FLOAT64);
+        rs->ref_running_var = tu_to_double(s->a[RV_BEFORE], gc->c, BN_FLOAT64);
+        rs->ref_num_batches_tracked = s->nbt_before;
     }
     rs->started = 1;
 
@@ -355,6 +418,7 @@ static void replay_step(const golden_case *gc, int step, const golden_step *s, r
     opt.eps = gc->eps;
     opt.momentum = gc->momentum;
     opt.cumulative = gc->cumulative;
+    replay_reference(gc, step, s, rs, &desc, &opt);
 
     void *x = tu_to_dtype(s->a[X], s->numel, dt);
     void *dy = tu_to_dtype(s->a[DY], s->numel, dt);
@@ -506,6 +570,8 @@ static int replay_file(reader *r) {
         if (ok && n_steps == 0) ok = reader_fail(r, "case %s has no steps", gc.name);
         free(rs.running_mean);
         free(rs.running_var);
+        free(rs.ref_running_mean);
+        free(rs.ref_running_var);
         case_free(&gc);
         if (!ok) return -1;
         n_cases++;

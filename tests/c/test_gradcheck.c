@@ -3,6 +3,7 @@
 #include "check.h"
 #include "testutil.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,15 +64,12 @@ static void gradcheck(int64_t n, int64_t c, int64_t s, bn_layout lay, int traini
     double worst = 0;
     for (int64_t k = 0; k < count; k++) {
         double num = numeric(&p, &p.x[k]);
-        double err = (dx[k] - num) / (1 + (num < 0 ? -num : num));
-        if ((err < 0 ? -err : err) > worst) worst = err < 0 ? -err : err;
+        worst = tu_worst(worst, fabs(dx[k] - num) / (1 + fabs(num)));
     }
     for (int64_t k = 0; k < c; k++) {
         double nw = numeric(&p, &p.weight[k]), nb = numeric(&p, &p.bias[k]);
-        double ew = (dweight[k] - nw) / (1 + (nw < 0 ? -nw : nw));
-        double eb = (dbias[k] - nb) / (1 + (nb < 0 ? -nb : nb));
-        if ((ew < 0 ? -ew : ew) > worst) worst = ew < 0 ? -ew : ew;
-        if ((eb < 0 ? -eb : eb) > worst) worst = eb < 0 ? -eb : eb;
+        worst = tu_worst(worst, fabs(dweight[k] - nw) / (1 + fabs(nw)));
+        worst = tu_worst(worst, fabs(dbias[k] - nb) / (1 + fabs(nb)));
     }
     CHECK_MSG(worst < 1e-7, "%s (%lld,%lld,%lld) layout %d: worst gradient error %g",
               training ? "train" : "eval", (long long)n, (long long)c, (long long)s, lay, worst);

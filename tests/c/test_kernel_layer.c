@@ -2,12 +2,14 @@
  * copies: kernels.inc instantiated here, for the tests only, with a storage type other than its
  * compute type (float stored, double computed) and an epilogue that reads a second input
  * (y = max(bn(x) + z, 0)), then composed as the library composes its own kernels (moments,
- * finish, coefficients, normalize) and checked against a plain reference, in both layouts. */
+ * finish, coefficients, normalize) and checked against the reference (src/reference), in both
+ * layouts; and a bfloat16 instantiation, as the next dtype will be added. */
 #include "check.h"
 #include "testutil.h"
 
 #include "finish.h"
 #include "kernel_types.h"
+#include "reference/reference.h"
 
 #include <stdlib.h>
 
@@ -53,29 +55,18 @@ static inline uint16_t float_to_bf16(float f) {
 #define ST1(v) float_to_bf16(v)
 #include "kernels.inc"
 
-/* y = max((x - mean) / sqrt(var + eps) * w + b + z, 0) of channel c, the statistics two-pass in
- * long double over the float values: the reference the instantiation must meet. */
+/* The reference (src/reference): the training forward pass of the float values, in long double,
+ * then y = max(y + z, 0), each value rounded to float as the instantiation stores it. */
 static void reference(const bn_desc *d, const float *x, const float *z, const float *w,
                       const float *b, double eps, double *y) {
-    for (int64_t c = 0; c < d->c; c++) {
-        long double sum = 0, sq = 0;
-        const int64_t m = d->n * d->s;
-        for (int64_t i = 0; i < d->n; i++)
-            for (int64_t j = 0; j < d->s; j++) sum += x[tu_index(d, i, c, j)];
-        const long double mean = sum / m;
-        for (int64_t i = 0; i < d->n; i++)
-            for (int64_t j = 0; j < d->s; j++) {
-                const long double e = x[tu_index(d, i, c, j)] - mean;
-                sq += e * e;
-            }
-        const long double invstd = 1 / sqrtl(sq / m + eps);
-        for (int64_t i = 0; i < d->n; i++)
-            for (int64_t j = 0; j < d->s; j++) {
-                const int64_t k = tu_index(d, i, c, j);
-                const long double v = (x[k] - mean) * invstd * w[c] + b[c] + z[k];
-                y[k] = (double)(float)(v > 0 ? v : 0);
-            }
-    }
+    const int64_t count = tu_numel(d);
+    double *xd = tu_to_double(x, count, BN_FLOAT32), *zd = tu_to_double(z, count, BN_FLOAT32);
+    double *wd = tu_to_double(w, d->c, BN_FLOAT32), *bd = tu_to_double(b, d->c, BN_FLOAT32);
+    const bn_options opt = tu_options(eps, 0.1, 0);
+    bn_ref_forward_train(y, NULL, NULL, NULL, NULL, NULL, xd, wd, bd, d, &opt);
+    bn_ref_add_relu(y, zd, count);
+    for (int64_t i = 0; i < count; i++) y[i] = (double)(float)y[i];
+    free(xd), free(zd), free(wd), free(bd);
 }
 
 /* The composition of forward.c, written out for this table: moments, finish, normalize. */
@@ -212,28 +203,20 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
                     k->cf_normalize(y + c * d.s, x + c * d.s, NULL, d.n, d.s, C * d.s,
                                     ws[5 * C + c], ws[3 * C + c], ws[4 * C + c]);
             }
-            /* the reference: two-pass statistics in long double of the stored values */
+            /* the reference: the training pass of the stored values, in long double */
+            double *xd = tu_to_double(xf, count, BN_FLOAT32), *want = malloc(sizeof(double) * (size_t)count);
+            double *wd = tu_to_double(w, C, BN_FLOAT32), *bd = tu_to_double(b, C, BN_FLOAT32);
+            bn_moments *ref_mom = calloc((size_t)C, sizeof *ref_mom);
+            const bn_options opt = tu_options(1e-5, 0.1, 0);
+            bn_ref_moments(ref_mom, xd, &d);
+            bn_ref_forward_train(want, NULL, NULL, NULL, NULL, NULL, xd, wd, bd, &d, &opt);
             int64_t bad = 0;
-            for (int64_t c = 0; c < C; c++) {
-                long double sum = 0, sq = 0;
-                for (int64_t i = 0; i < d.n; i++)
-                    for (int64_t j = 0; j < d.s; j++) sum += xf[tu_index(&d, i, c, j)];
-                const long double mean = sum / rows;
-                for (int64_t i = 0; i < d.n; i++)
-                    for (int64_t j = 0; j < d.s; j++) {
-                        const long double e = xf[tu_index(&d, i, c, j)] - mean;
-                        sq += e * e;
-                    }
-                CHECK(fabs(mom[c].mean - (double)mean) <= 1e-12 * fabs((double)mean));
-                const long double invstd = 1 / sqrtl(sq / rows + 1e-5);
-                for (int64_t i = 0; i < d.n; i++)
-                    for (int64_t j = 0; j < d.s; j++) {
-                        const int64_t at = tu_index(&d, i, c, j);
-                        const double want = (double)((xf[at] - mean) * invstd * w[c] + b[c]);
-                        const double got = bf16_to_float(y[at]);
-                        if (!(fabs(got - want) <= 0x1p-8 * fmax(1, fabs(want)))) bad++;
-                    }
-            }
+            for (int64_t c = 0; c < C; c++)
+                CHECK(fabs(mom[c].mean - ref_mom[c].mean) <= 1e-12 * fabs(ref_mom[c].mean) &&
+                      fabs(mom[c].m2 - ref_mom[c].m2) <= 1e-10 * ref_mom[c].m2);
+            for (int64_t i = 0; i < count; i++)
+                if (!(fabs(bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i])))) bad++;
+            free(xd), free(want), free(wd), free(bd), free(ref_mom);
             CHECK_MSG(bad == 0, "bfloat16 %lldx%lldx%lld layout %d: %lld values off",
                       (long long)d.n, (long long)C, (long long)d.s, lay, (long long)bad);
             free(x), free(y), free(xf), free(w), free(b), free(wh), free(bh);

@@ -99,16 +99,16 @@ static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
     double *dwa = tu_to_double(dw, c, dt), *dba = tu_to_double(db, c, dt);
     const double tol = dt == BN_FLOAT32 ? 4e-6 : 1e-11;
     const char *what = dt == BN_FLOAT32 ? "f32" : "f64";
-    CHECK_MSG(check_max_rel_diff(bb, a, count) <= tol, "y %s (%lld,%lld,%lld) %d pieces: %g",
-              what, (long long)n, (long long)c, (long long)s, k, check_max_rel_diff(bb, a, count));
-    CHECK_MSG(check_max_rel_diff(gb, ga, count) <= tol * 10, "dx %s %d pieces: %g", what, k,
-              check_max_rel_diff(gb, ga, count));
-    CHECK_MSG(check_max_rel_diff(rb, ra, c) <= tol && check_max_rel_diff(mb, ma, c) <= tol,
+    CHECK_MSG(tu_max_rel_diff(bb, a, count) <= tol, "y %s (%lld,%lld,%lld) %d pieces: %g",
+              what, (long long)n, (long long)c, (long long)s, k, tu_max_rel_diff(bb, a, count));
+    CHECK_MSG(tu_max_rel_diff(gb, ga, count) <= tol * 10, "dx %s %d pieces: %g", what, k,
+              tu_max_rel_diff(gb, ga, count));
+    CHECK_MSG(tu_max_rel_diff(rb, ra, c) <= tol && tu_max_rel_diff(mb, ma, c) <= tol,
               "running statistics %s %d pieces", what, k);
-    CHECK_MSG(check_max_rel_diff(sdy, dba, c) <= tol * 10 && check_max_rel_diff(sdx, dwa, c) <= tol * 10,
+    CHECK_MSG(tu_max_rel_diff(sdy, dba, c) <= tol * 10 && tu_max_rel_diff(sdx, dwa, c) <= tol * 10,
               "summed sums %s %d pieces equal dbias, dweight", what, k);
     CHECK(nbt1 == 4 && nbt2 == 4);
-    CHECK(check_max_rel_diff(sm2, sm1, c) <= 1e-12 && check_max_rel_diff(si2, si1, c) <= 1e-9);
+    CHECK(tu_max_rel_diff(sm2, sm1, c) <= 1e-12 && tu_max_rel_diff(si2, si1, c) <= 1e-9);
 
     if (k == 1) { /* one piece: the stages are the fused passes, bit for bit */
         CHECK_MSG(memcmp(y1, y2, (size_t)count * esize(dt)) == 0, "one piece: y bits %s", what);

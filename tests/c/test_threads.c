@@ -1,19 +1,26 @@
 /* test_threads.c - bit-for-bit the same outputs, statistics and gradients for 1, 2, 3 and 4
- * threads, in both layouts and dtypes, including partial channel groups. */
+ * threads, in both layouts and dtypes, including partial channel groups; and proof that those
+ * threads ran (the team size of each pass's parallel loop, bn_parallel_last_team). */
 #include "check.h"
 #include "testutil.h"
 
 #include "kernels.h"
 #include "machine.h"
+#include "plan.h"
 #include "threads.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 typedef struct {
     void *y, *dx, *dweight, *dbias, *rm, *rv, *ye, *dxe;
     double *sm, *si;
     int64_t nbt;
+    int team[4]; /* the team size each pass's last parallel loop ran on */
 } results;
 
 static void run_all(results *o, const bn_desc *d, const void *x, const void *dy, const void *w,
@@ -27,9 +34,61 @@ static void run_all(results *o, const bn_desc *d, const void *x, const void *dy,
     o->nbt = 0;
     bn_options opt = BN_OPTIONS_DEFAULT;
     CHECK_STATUS(bn_forward_train(o->y, o->sm, o->si, o->rm, o->rv, &o->nbt, x, w, b, d, &opt), BN_OK);
+    o->team[0] = bn_parallel_last_team();
     CHECK_STATUS(bn_backward_train(o->dx, o->dweight, o->dbias, dy, x, o->sm, o->si, w, d), BN_OK);
+    o->team[1] = bn_parallel_last_team();
     CHECK_STATUS(bn_forward_eval(o->ye, x, o->rm, o->rv, w, b, d, 1e-5), BN_OK);
+    o->team[2] = bn_parallel_last_team();
     CHECK_STATUS(bn_backward_eval(o->dxe, NULL, NULL, dy, x, o->rm, o->rv, w, d, 1e-5), BN_OK);
+    o->team[3] = bn_parallel_last_team();
+}
+
+/* The largest team OpenMP gives a parallel region that asks for `requested` threads: all of
+ * them, unless OMP_THREAD_LIMIT says fewer (OMP_DYNAMIC, which would let it give fewer at will,
+ * fails suite_threads_team). 1 without OpenMP. */
+static int team_for(int requested) {
+#ifdef _OPENMP
+    const int limit = omp_get_thread_limit();
+    return requested < limit ? requested : limit;
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+/* The thread tests mean something only where a call can get two threads: say loudly when not. */
+BN_SUITE(suite_threads_team) {
+#ifdef _OPENMP
+    CHECK_MSG(!omp_get_dynamic(), "OMP_DYNAMIC is on: OpenMP may give fewer threads than asked, "
+                                  "and the thread tests cannot tell; unset it");
+    CHECK_MSG(omp_get_thread_limit() >= 2, "OMP_THREAD_LIMIT=%d: the thread tests need 2 threads",
+              omp_get_thread_limit());
+#else
+    CHECK_MSG(0, "built without OpenMP: the thread tests cannot run anything on 2 threads");
+#endif
+    bn_desc d = tu_desc(16, 8, 1024, BN_FLOAT32, BN_CHANNELS_FIRST); /* 4 times the threshold */
+    CHECK(tu_numel(&d) >= 4 * BN_PARALLEL_MIN_ELEMENTS);
+    float *x = calloc((size_t)tu_numel(&d), sizeof(float)), *y = calloc((size_t)tu_numel(&d), 4);
+    for (int64_t k = 0; k < tu_numel(&d); k++) x[k] = (float)(k % 13);
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    for (int t = 1; t <= 4; t++) {
+        bn_set_num_threads(t);
+        CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
+        CHECK_MSG(bn_parallel_last_team() == team_for(t), "%d threads asked: a team of %d, want %d",
+                  t, bn_parallel_last_team(), team_for(t));
+    }
+    /* the default: OpenMP's own (OMP_NUM_THREADS, or one per core) */
+    bn_set_num_threads(0);
+    CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
+    CHECK_MSG(bn_parallel_last_team() == team_for(bn_get_num_threads()),
+              "default (%d threads): a team of %d", bn_get_num_threads(), bn_parallel_last_team());
+    /* a small call stays on the calling thread */
+    bn_set_num_threads(4);
+    bn_desc small = tu_desc(2, 8, 16, BN_FLOAT32, BN_CHANNELS_FIRST);
+    CHECK_STATUS(bn_forward_train(y, NULL, NULL, NULL, NULL, NULL, x, NULL, NULL, &small, &opt), BN_OK);
+    CHECK(bn_parallel_last_team() == 1);
+    bn_set_num_threads(0);
+    free(x), free(y);
 }
 
 static int same(const results *a, const results *b, const bn_desc *d, size_t es) {
@@ -64,6 +123,7 @@ static void release(results *o) {
 }
 
 BN_SUITE(suite_threads_bitwise) {
+    int full_teams[5] = {0}; /* passes that ran on all the threads asked, by thread count */
     /* partial channel groups, wide tensors cut into channel tiles, many row parts */
     static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048},
                                         {200, 300, 1}, {4, 300, 30}};
@@ -77,18 +137,30 @@ BN_SUITE(suite_threads_bitwise) {
                 bn_set_num_threads(1);
                 CHECK(bn_get_num_threads() == 1);
                 run_all(&one, &d, in.x, in.dy, in.w, in.b, es);
+                for (int p = 0; p < 4; p++) CHECK(one.team[p] == 1);
                 for (int t = 2; t <= 4; t++) {
                     results many;
                     bn_set_num_threads(t);
                     run_all(&many, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&one, &many, &d, es), "shape %zu dtype %d layout %d: %d threads differ",
                               k, dt, lay, t);
+                    /* every pass of these shapes has work for 2 threads at least; a pass may
+                     * have fewer pieces than 3 or 4 threads (3 samples to cut: 3 threads) */
+                    for (int p = 0; p < 4; p++) {
+                        const int team = many.team[p];
+                        CHECK_MSG(t == 2 ? team == team_for(2) : team >= 2 && team <= team_for(t),
+                                  "shape %zu dtype %d layout %d pass %d: %d threads asked, a team of %d",
+                                  k, dt, lay, p, t, team);
+                        if (team == team_for(t)) full_teams[t]++;
+                    }
                     release(&many);
                 }
                 bn_set_num_threads(0);
                 release(&one);
                 free_inputs(&in);
             }
+    for (int t = 3; t <= 4; t++)
+        CHECK_MSG(full_teams[t] > 0, "no pass ran on the %d threads asked", t);
     CHECK(bn_get_num_threads() >= 1);
 }
 
@@ -121,10 +193,25 @@ BN_SUITE(suite_threads_lanes) {
     }
 }
 
+/* Whether output kernels can stream here: built with the streaming twins (x86-64, run-time
+ * kernels) and running on a CPU with AVX-512 (valgrind's virtual CPU has none). */
+static int streaming_available(void) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
+    return __builtin_cpu_supports("avx512f");
+#else
+    return 0;
+#endif
+}
+
 /* Outputs past BN_STREAM_MIN_BYTES are written with streaming stores on AVX-512 machines: they
- * must hold the same bits as plain stores, in every pass and both layouts. */
+ * must hold the same bits as plain stores, in every pass and both layouts. The count of kernel
+ * calls that streamed shows which path each run took: streaming ones where the machine has
+ * them, none with plain stores forced, and none at all on a machine without them. */
 BN_SUITE(suite_threads_streaming_stores) {
     const int64_t n = 2, c = 20, s = 330000; /* 13.2 M float32 values: 52.8 MB */
+    const int available = streaming_available();
+    if (!available)
+        printf("streaming stores are not available here (no AVX-512 kernels): plain stores only\n");
     for (int lay = 0; lay < 2; lay++) {
         bn_desc d = tu_desc(n, c, s, BN_FLOAT32, (bn_layout)lay);
         const int64_t count = tu_numel(&d);
@@ -140,9 +227,19 @@ BN_SUITE(suite_threads_streaming_stores) {
         for (int plain = 0; plain < 2; plain++) {
             bn_kernel_force_plain_stores(plain);
             for (int m = 0; m < 3; m++) out[plain][m] = malloc(sizeof(float) * (size_t)count);
-            CHECK_STATUS(bn_forward_train(out[plain][0], sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt), BN_OK);
-            CHECK_STATUS(bn_forward_eval(out[plain][1], x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
-            CHECK_STATUS(bn_backward_train(out[plain][2], NULL, NULL, dy, x, sm, si, NULL, &d), BN_OK);
+            static const char *const pass[3] = {"train", "eval", "backward"};
+            for (int m = 0; m < 3; m++) {
+                const int64_t before = bn_kernel_stream_count();
+                float *o = out[plain][m];
+                bn_status st = m == 0 ? bn_forward_train(o, sm, si, NULL, NULL, NULL, x, NULL, NULL, &d, &opt)
+                             : m == 1 ? bn_forward_eval(o, x, rm, rv, NULL, NULL, &d, 1e-5)
+                                      : bn_backward_train(o, NULL, NULL, dy, x, sm, si, NULL, &d);
+                CHECK_STATUS(st, BN_OK);
+                const int64_t streamed = bn_kernel_stream_count() - before;
+                CHECK_MSG(available && !plain ? streamed > 0 : streamed == 0,
+                          "layout %d %s, plain stores %s: %lld kernel calls streamed", lay,
+                          pass[m], plain ? "forced" : "allowed", (long long)streamed);
+            }
         }
         bn_kernel_force_plain_stores(0);
         for (int m = 0; m < 3; m++) {
@@ -152,35 +249,66 @@ BN_SUITE(suite_threads_streaming_stores) {
         }
         free(x), free(dy);
     }
+    /* small outputs never stream */
+    bn_desc small = tu_desc(4, 8, 100, BN_FLOAT32, BN_CHANNELS_FIRST);
+    float xs[3200], ys[3200];
+    for (int k = 0; k < 3200; k++) xs[k] = (float)(k % 11);
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    const int64_t before = bn_kernel_stream_count();
+    CHECK_STATUS(bn_forward_train(ys, NULL, NULL, NULL, NULL, NULL, xs, NULL, NULL, &small, &opt), BN_OK);
+    CHECK(bn_kernel_stream_count() == before);
 }
 
 /* Channels-last passes work chunk by chunk when a chunk's rows fit in cache, tile by tile
- * otherwise; channels-first passes overlap one channel with the next, or not (with the budget
- * of 20000 bytes, f32 training overlaps and f32 backward does not; the reverse in f64): the
- * same bits either way, whatever the chunk width. */
+ * otherwise; channels-first passes overlap one channel with the next, or not: the same bits
+ * either way, whatever the chunk width. (Budgets of 1 and 2^40 bytes both overlap, so the
+ * budgets below one channel make the channels-first passes take the other path.) */
 BN_SUITE(suite_threads_cache_chunks) {
     static const int64_t shapes[][3] = {{16, 37, 301}, {200, 300, 1}, {7, 70, 9}, {8, 1000, 1}};
-    /* never, always, chunks of about 300 channels for (8, 1000, 1) training */
-    const int64_t budgets[] = {1, INT64_C(1) << 40, 20000};
     for (size_t k = 0; k < 2 * sizeof shapes / sizeof shapes[0]; k++)
         for (int dt = 0; dt < 2; dt++) {
             const int64_t *shape = shapes[k / 2];
             bn_desc d = tu_desc(shape[0], shape[1], shape[2], (bn_dtype)dt, (bn_layout)(k % 2));
             size_t es = dt ? 8 : 4;
+            /* never, always, chunks of about 300 channels for (8, 1000, 1) training; just below
+             * one channel (channels-first training does not overlap) and just below the two
+             * arrays of one (channels-first backward does not) */
+            const int64_t chan = d.n * d.s * (int64_t)es;
+            const int64_t budgets[] = {1, INT64_C(1) << 40, 20000, chan - 1, 2 * chan - 1};
+            /* what each pass (training, backward) chose, by the drivers' own tests: overlap for
+             * channels-first, chunks for channels-last; both choices must be seen, or the
+             * comparison would be of a path with itself */
+            int seen[2][2] = {{0, 0}, {0, 0}};
             inputs in = make_inputs(&d, 77 + k, -2, 3);
             results base, other;
             bn_cache_budget_override(budgets[0]);
             run_all(&base, &d, in.x, in.dy, in.w, in.b, es);
-            for (size_t q = 1; q < sizeof budgets / sizeof budgets[0]; q++) {
+            for (size_t q = 0; q < sizeof budgets / sizeof budgets[0]; q++) {
                 bn_cache_budget_override(budgets[q]);
                 for (int threads = 1; threads <= 3; threads += 2) {
                     bn_set_num_threads(threads);
+                    for (int pass = 0; pass < 2; pass++)
+                        seen[pass][d.layout == BN_CHANNELS_FIRST
+                                       ? bn_cache_overlap((pass + 1) * chan)
+                                       : bn_cache_chunk(d.n * d.s, d.c, pass + 2, es) > 0] = 1;
+                    if (q == 0) continue; /* the base itself */
                     run_all(&other, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
                               k, dt, q, threads);
+                    /* the small shapes stay on one thread; the large ones ran on threads */
+                    const int big = tu_numel(&d) >= BN_PARALLEL_MIN_ELEMENTS;
+                    for (int p = 0; p < 4; p++)
+                        CHECK_MSG(big && threads > 1 ? other.team[p] >= 2 && other.team[p] <= team_for(threads)
+                                                     : other.team[p] == 1,
+                                  "shape %zu dtype %d budget %zu pass %d: %d threads asked, a team of %d",
+                                  k, dt, q, p, threads, other.team[p]);
                     release(&other);
                 }
             }
+            for (int pass = 0; pass < 2; pass++)
+                CHECK_MSG(seen[pass][0] && seen[pass][1],
+                          "shape %zu dtype %d %s: the budgets gave one path only", k, dt,
+                          pass ? "backward" : "training");
             bn_set_num_threads(0);
             bn_cache_budget_override(0);
             release(&base);

@@ -31,11 +31,6 @@ bn_options tu_options(double eps, double momentum, int cumulative) {
     return opt;
 }
 
-int64_t tu_index(const bn_desc *d, int64_t i, int64_t c, int64_t j) {
-    if (d->layout == BN_CHANNELS_LAST) return (i * d->s + j) * d->c + c;
-    return (i * d->c + c) * d->s + j;
-}
-
 int64_t tu_numel(const bn_desc *d) { return d->n * d->c * d->s; }
 
 bn_desc tu_desc(int64_t n, int64_t c, int64_t s, bn_dtype dtype, bn_layout layout) {
@@ -68,36 +63,17 @@ double *tu_to_double(const void *p, int64_t count, bn_dtype dtype) {
     return v;
 }
 
-void tu_ref_stats(const bn_desc *d, const double *x, int64_t c, long double *mean,
-                  long double *var) {
-    long double sum = 0, sq = 0, m = (long double)(d->n * d->s);
-    for (int64_t i = 0; i < d->n; i++)
-        for (int64_t j = 0; j < d->s; j++) sum += x[tu_index(d, i, c, j)];
-    *mean = sum / m;
-    for (int64_t i = 0; i < d->n; i++)
-        for (int64_t j = 0; j < d->s; j++) {
-            long double dev = x[tu_index(d, i, c, j)] - *mean;
-            sq += dev * dev;
-        }
-    *var = sq / m;
+double tu_worst(double worst, double err) {
+    if (isnan(worst) || isnan(err)) return NAN;
+    return err > worst ? err : worst;
 }
 
-void tu_ref_forward(const bn_desc *d, double *y, const double *x, const double *weight,
-                    const double *bias, const double *mean, const double *var, double eps) {
-    for (int64_t c = 0; c < d->c; c++) {
-        long double mu, v;
-        if (mean) {
-            mu = mean[c];
-            v = var[c];
-        } else {
-            tu_ref_stats(d, x, c, &mu, &v);
-        }
-        long double invstd = 1.0L / sqrtl(v + eps);
-        long double w = weight ? weight[c] : 1.0L, b = bias ? bias[c] : 0.0L;
-        for (int64_t i = 0; i < d->n; i++)
-            for (int64_t j = 0; j < d->s; j++) {
-                int64_t at = tu_index(d, i, c, j);
-                y[at] = (double)((x[at] - mu) * invstd * w + b);
-            }
+double tu_max_rel_diff(const double *a, const double *b, int64_t n) {
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(a[i]) && isnan(b[i])) continue;
+        if (a[i] == b[i]) continue; /* equal infinities too */
+        worst = tu_worst(worst, fabs(a[i] - b[i]) / fmax(1.0, fabs(b[i])));
     }
+    return worst;
 }

@@ -1,9 +1,11 @@
-/* testutil.h - what the C tests share: a seeded normal generator, layout indexing, and an
- * independent reference batch norm in long double, written as plainly as the formulas. */
+/* testutil.h - what the C tests share: a seeded normal generator, tensors converted between
+ * dtypes, and worst errors that a NaN cannot hide in. The expected values come from the scalar
+ * reference of every pass, src/reference/reference.h (bn_ref_*, bn_ref_index for layouts). */
 #ifndef BN_TESTUTIL_H
 #define BN_TESTUTIL_H
 
 #include "bnorm.h"
+#include "reference/reference.h"
 
 #include <stdint.h>
 
@@ -16,8 +18,6 @@ double tu_uniform(tu_rng *r); /* in [0, 1) */
 /* BN_OPTIONS_DEFAULT with eps, momentum and cumulative set. */
 bn_options tu_options(double eps, double momentum, int cumulative);
 
-/* Offset in elements of value (i, c, j) in desc's layout. */
-int64_t tu_index(const bn_desc *d, int64_t i, int64_t c, int64_t j);
 int64_t tu_numel(const bn_desc *d);
 bn_desc tu_desc(int64_t n, int64_t c, int64_t s, bn_dtype dtype, bn_layout layout);
 
@@ -28,12 +28,12 @@ void *tu_to_dtype(const double *v, int64_t count, bn_dtype dtype);
 /* A double copy of count values of the given dtype. Caller frees. */
 double *tu_to_double(const void *p, int64_t count, bn_dtype dtype);
 
-/* Reference statistics of channel c over the doubles x laid out as d: mean, biased variance. */
-void tu_ref_stats(const bn_desc *d, const double *x, int64_t c, long double *mean,
-                  long double *var);
-/* Reference training/eval forward in long double, y returned as doubles in d's layout.
- * weight, bias: (C) or NULL; mean, var: (C) statistics to use, NULL for batch statistics. */
-void tu_ref_forward(const bn_desc *d, double *y, const double *x, const double *weight,
-                    const double *bias, const double *mean, const double *var, double eps);
+/* The worst of two errors for a check written `worst <= tol`: their maximum, and NaN when
+ * either is NaN, so that a NaN met anywhere fails the check (fmax(worst, err) drops a NaN, and
+ * `if (err > worst) worst = err` never takes one). */
+double tu_worst(double worst, double err);
+/* Largest |a[i] - b[i]| / max(1, |b[i]|) over n doubles, by tu_worst: NaN where only one side is
+ * NaN or the difference is (infinities of opposite signs); equal infinities and two NaNs agree. */
+double tu_max_rel_diff(const double *a, const double *b, int64_t n);
 
 #endif

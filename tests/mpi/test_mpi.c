@@ -32,20 +32,6 @@ static void check(int cond, int line, const char *fmt, ...) {
 
 static size_t esize(bn_dtype dt) { return dt == BN_FLOAT32 ? 4 : 8; }
 
-/* Largest |a[i] - b[i]| / max(1, |b[i]|); infinity where only one is NaN. */
-static double check_max_rel(const double *a, const double *b, int64_t n) {
-    double worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(a[i]) || isnan(b[i])) {
-            if (isnan(a[i]) != isnan(b[i])) return INFINITY;
-            continue;
-        }
-        double e = fabs(a[i] - b[i]) / fmax(1.0, fabs(b[i]));
-        if (e > worst) worst = e;
-    }
-    return worst;
-}
-
 /* Whether all ranks hold the same bytes. */
 static int same_on_all_ranks(const void *p, size_t bytes) {
     unsigned char *all = malloc(bytes * (size_t)size + 1);
@@ -96,14 +82,14 @@ static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
     double *ga = tu_to_double((char *)dx1 + at * (int64_t)es, mine, dt);
     double *gb = tu_to_double(DX2 + at * (int64_t)es, mine, dt);
     const double tol = dt == BN_FLOAT32 ? 4e-6 : 1e-11;
-    CHECK_MSG(check_max_rel(bb, a, mine) <= tol, "y (%lld,%lld,%lld) %s: %g", (long long)n,
+    CHECK_MSG(tu_max_rel_diff(bb, a, mine) <= tol, "y (%lld,%lld,%lld) %s: %g", (long long)n,
               (long long)c, (long long)s, dt == BN_FLOAT32 ? "f32" : "f64",
-              check_max_rel(bb, a, mine));
-    CHECK_MSG(check_max_rel(gb, ga, mine) <= 10 * tol, "dx: %g", check_max_rel(gb, ga, mine));
+              tu_max_rel_diff(bb, a, mine));
+    CHECK_MSG(tu_max_rel_diff(gb, ga, mine) <= 10 * tol, "dx: %g", tu_max_rel_diff(gb, ga, mine));
     double *ra = tu_to_double(rv1, c, dt), *rb = tu_to_double(rv2, c, dt);
     double *ma = tu_to_double(rm1, c, dt), *mb = tu_to_double(rm2, c, dt);
-    CHECK(check_max_rel(rb, ra, c) <= tol && check_max_rel(mb, ma, c) <= tol && nbt2 == 6);
-    CHECK(check_max_rel(sm2, sm1, c) <= 1e-12 && check_max_rel(si2, si1, c) <= 1e-9);
+    CHECK(tu_max_rel_diff(rb, ra, c) <= tol && tu_max_rel_diff(mb, ma, c) <= tol && nbt2 == 6);
+    CHECK(tu_max_rel_diff(sm2, sm1, c) <= 1e-12 && tu_max_rel_diff(si2, si1, c) <= 1e-9);
     /* the same bits on every rank */
     CHECK_MSG(same_on_all_ranks(rm2, (size_t)c * es) && same_on_all_ranks(rv2, (size_t)c * es),
               "running statistics differ between ranks");
@@ -114,9 +100,9 @@ static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
     MPI_Allreduce(dwd, dw_sum, (int)c, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(dbd, db_sum, (int)c, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     double *dwa = tu_to_double(dw1, c, dt), *dba = tu_to_double(db1, c, dt);
-    CHECK_MSG(check_max_rel(dw_sum, dwa, c) <= 10 * tol && check_max_rel(db_sum, dba, c) <= 10 * tol,
-              "summed dweight %g, dbias %g", check_max_rel(dw_sum, dwa, c),
-              check_max_rel(db_sum, dba, c));
+    CHECK_MSG(tu_max_rel_diff(dw_sum, dwa, c) <= 10 * tol && tu_max_rel_diff(db_sum, dba, c) <= 10 * tol,
+              "summed dweight %g, dbias %g", tu_max_rel_diff(dw_sum, dwa, c),
+              tu_max_rel_diff(db_sum, dba, c));
     if (size == 1) { /* one rank: exactly bn_forward_train and bn_backward_train */
         CHECK(memcmp(y1, y2, (size_t)count * es) == 0 && memcmp(dx1, dx2, (size_t)count * es) == 0);
         CHECK(memcmp(rv1, rv2, (size_t)c * es) == 0 && memcmp(dw1, dw2, (size_t)c * es) == 0);
@@ -271,8 +257,8 @@ static void test_mixed_layouts(void) {
     for (int64_t i = 0; i < k; i++)
         for (int64_t ch = 0; ch < c; ch++)
             for (int64_t j = 0; j < s; j++) {
-                xs[tu_index(&mine, i, ch, j)] = x[tu_index(&whole, i0 + i, ch, j)];
-                dys[tu_index(&mine, i, ch, j)] = dy[tu_index(&whole, i0 + i, ch, j)];
+                xs[bn_ref_index(&mine, i, ch, j)] = x[bn_ref_index(&whole, i0 + i, ch, j)];
+                dys[bn_ref_index(&mine, i, ch, j)] = dy[bn_ref_index(&whole, i0 + i, ch, j)];
             }
     double rm2[5] = {0}, rv2[5] = {1, 1, 1, 1, 1}, sm2[5], si2[5];
     CHECK(bn_mpi_forward_train(ys, sm2, si2, rm2, rv2, NULL, xs, NULL, NULL, &mine, &opt,
@@ -283,12 +269,12 @@ static void test_mixed_layouts(void) {
     for (int64_t i = 0; i < k; i++)
         for (int64_t ch = 0; ch < c; ch++)
             for (int64_t j = 0; j < s; j++) {
-                const int64_t a = tu_index(&mine, i, ch, j), b = tu_index(&whole, i0 + i, ch, j);
+                const int64_t a = bn_ref_index(&mine, i, ch, j), b = bn_ref_index(&whole, i0 + i, ch, j);
                 off += !(fabs(ys[a] - y[b]) <= 1e-12 * fmax(1, fabs(y[b])));
                 off += !(fabs(dxs[a] - dx[b]) <= 1e-12 * fmax(1, fabs(dx[b])));
             }
     CHECK_MSG(off == 0, "mixed layouts: %lld values of y or dx off", (long long)off);
-    CHECK(check_max_rel(rv2, rv, c) <= 1e-12 && check_max_rel(rm2, rm, c) <= 1e-12);
+    CHECK(tu_max_rel_diff(rv2, rv, c) <= 1e-12 && tu_max_rel_diff(rm2, rm, c) <= 1e-12);
     CHECK(same_on_all_ranks(rv2, sizeof rv2));
     void *all[] = {x, dy, y, dx, xs, dys, ys, dxs};
     for (size_t q = 0; q < sizeof all / sizeof all[0]; q++) free(all[q]);
