@@ -275,9 +275,9 @@ BN_SUITE(suite_threads_cache_chunks) {
              * arrays of one (channels-first backward does not) */
             const int64_t chan = d.n * d.s * (int64_t)es;
             const int64_t budgets[] = {1, INT64_C(1) << 40, 20000, chan - 1, 2 * chan - 1};
-            /* what each pass (training, backward) chose, by the drivers' own tests: overlap for
-             * channels-first, chunks for channels-last; both choices must be seen, or the
-             * comparison would be of a path with itself */
+            /* what each pass (training, backward) chose, by its plan: overlap for channels-first,
+             * chunks for channels-last (which (N, C, 1) tensors are, whatever their layout);
+             * both choices must be seen, or the comparison would be of a path with itself */
             int seen[2][2] = {{0, 0}, {0, 0}};
             inputs in = make_inputs(&d, 77 + k, -2, 3);
             results base, other;
@@ -287,10 +287,12 @@ BN_SUITE(suite_threads_cache_chunks) {
                 bn_cache_budget_override(budgets[q]);
                 for (int threads = 1; threads <= 3; threads += 2) {
                     bn_set_num_threads(threads);
-                    for (int pass = 0; pass < 2; pass++)
-                        seen[pass][d.layout == BN_CHANNELS_FIRST
-                                       ? bn_cache_overlap((pass + 1) * chan)
-                                       : bn_cache_chunk(d.n * d.s, d.c, pass + 2, es) > 0] = 1;
+                    for (int pass = 0; pass < 2; pass++) { /* the plan the pass makes */
+                        bn_plan plan;
+                        CHECK(bn_plan_make(&plan, &d, pass + 1));
+                        seen[pass][plan.d.layout == BN_CHANNELS_FIRST ? plan.overlap
+                                                                      : plan.chunk > 0] = 1;
+                    }
                     if (q == 0) continue; /* the base itself */
                     run_all(&other, &d, in.x, in.dy, in.w, in.b, es);
                     CHECK_MSG(same(&base, &other, &d, es), "shape %zu dtype %d budget %zu threads %d: chunks changed bits",
