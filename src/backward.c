@@ -182,7 +182,7 @@ typedef struct {
 
 static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
     bn_plan plan;
-    BN_RETURN_IF(!bn_plan_make(&plan, desc, 2), BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 2));
     const int64_t C = plan.d.c;
     const int cl = plan.d.layout == BN_CHANNELS_LAST, given = call->given_sum_dy != NULL;
     const int64_t parts = cl && !given ? plan.tiles.parts : 0;

@@ -209,7 +209,7 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
         }
     } else {
         bn_plan plan;
-        BN_RETURN_IF(!bn_plan_make(&plan, desc, 1), BN_ERR_UNSUPPORTED);
+        BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
         const train_call call = {.y = y, .x = x, .weight = weight, .bias = bias,
                                  .save_mean = save_mean, .save_invstd = save_invstd,
                                  .running_mean = running_mean, .running_var = running_var,
@@ -228,7 +228,7 @@ bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *
         return BN_OK;
     }
     bn_plan plan;
-    BN_RETURN_IF(!bn_plan_make(&plan, desc, 1), BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
     const train_call call = {.x = x, .mom_out = moments, .count = (double)bn_count(desc)};
     return run_train(&plan, &call);
 }
@@ -246,7 +246,7 @@ bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd
         return bn_forward_train(y, save_mean, save_invstd, running_mean, running_var,
                                 num_batches_tracked, x, weight, bias, desc, opt);
     bn_plan plan;
-    BN_RETURN_IF(!bn_plan_make(&plan, desc, 1), BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
     /* an empty piece has nothing to normalize; its statistics are still saved and kept */
     const train_call call = {.y = y, .x = x, .weight = weight, .bias = bias, .given = stats,
                              .save_mean = save_mean, .save_invstd = save_invstd,
@@ -297,7 +297,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     bn_plan plan;
-    BN_RETURN_IF(!bn_plan_make(&plan, desc, 0), BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 0));
     if (plan.elements == 0) return BN_OK;
     const int64_t C = plan.d.c;
     bn_scratch scratch;

@@ -49,14 +49,14 @@ int bn_cache_overlap(int64_t bytes) {
     return bytes <= budget || bytes >= 2 * budget;
 }
 
-int bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
+bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
     const bn_desc d = bn_kernel_desc(desc);
     *p = (bn_plan){.d = d, .es = bn_dtype_size(d.dtype), .count = bn_count(&d),
                    .elements = d.n * d.c * d.s, .threads = bn_get_num_threads(),
                    .budget = bn_cache_budget(), .stream_threshold = bn_stream_threshold()};
     p->stream = p->elements * (int64_t)p->es >= p->stream_threshold && bn_kernels_can_stream();
     p->k = bn_kernels_for(d.dtype, p->stream);
-    if (!p->k) return 0;
+    if (!p->k) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
     if (d.layout == BN_CHANNELS_LAST) {
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
@@ -68,7 +68,7 @@ int bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
         p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es);
         if (p->overlap) p->run = bn_run_length(d.c);
     }
-    return 1;
+    return BN_OK;
 }
 
 void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {

@@ -62,9 +62,9 @@ typedef struct {
 /* The plan of a pass over the tensor desc (checked) whose first pass reads `reads` arrays of it
  * (1: x; 2: dy and x; 0: there is no first pass, only an element-wise one, as in eval) and
  * whose second pass writes one. Only what the pass will use is decided (no element-wise pieces
- * when it runs chunk by chunk; no run length without overlap). Returns 0 when the dtype has no
- * kernels. */
-int bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
+ * when it runs chunk by chunk; no run length without overlap). BN_OK, or BN_ERR_UNSUPPORTED
+ * when the dtype has no kernels. */
+bn_status bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
 
 /* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), cut to size. */
 void bn_plan_describe(const bn_plan *plan, char *buf, size_t size);

@@ -289,7 +289,7 @@ BN_SUITE(suite_threads_cache_chunks) {
                     bn_set_num_threads(threads);
                     for (int pass = 0; pass < 2; pass++) { /* the plan the pass makes */
                         bn_plan plan;
-                        CHECK(bn_plan_make(&plan, &d, pass + 1));
+                        CHECK(bn_plan_make(&plan, &d, pass + 1) == BN_OK);
                         seen[pass][plan.d.layout == BN_CHANNELS_FIRST ? plan.overlap
                                                                       : plan.chunk > 0] = 1;
                     }
