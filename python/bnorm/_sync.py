@@ -109,7 +109,8 @@ def _check_arguments(input, tensors, one_rank):
                 raise RuntimeError(
                     "The function 'native_batch_norm' is not differentiable with respect to "
                     "argument '%s'. This input cannot have requires_grad True." % name)
-    if input.layout != _torch.strided or input.device.type != "cpu" or _lib.bn_dtype(input.dtype) is None:
+    if (input.layout != _torch.strided or input.device.type != "cpu"
+            or _lib.bn_dtype(input.dtype) is None):
         raise ValueError("bnorm SyncBatchNorm: input must be a float32 or float64 CPU tensor, "
                          "got %s on %s" % (input.dtype, input.device))
     for name, t in tensors:
