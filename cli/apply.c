@@ -78,11 +78,7 @@ static int take(void *out, const cli_st_file *f, const apply_args *a, const char
         return cli_fail(a->stats, "\"%s\" must be a float vector of %lld values (the channels of "
                         "%s), but has %d dimension%s and %lld values", key, (long long)c, a->in,
                         t->ndim, t->ndim == 1 ? "" : "s", (long long)t->count);
-    for (int64_t k = 0; k < c; k++) {
-        double v = cli_safetensors_value(t, k);
-        if (dtype == BN_FLOAT32) ((float *)out)[k] = (float)v;
-        else ((double *)out)[k] = v;
-    }
+    for (int64_t k = 0; k < c; k++) cli_store(out, dtype, k, cli_safetensors_value(t, k));
     const bn_desc per_channel = {1, c, 1, dtype, BN_CHANNELS_FIRST};
     return a->check_finite ? cli_refuse_nonfinite(a->stats, key, out, &per_channel, 0, 0, 1, &c)
                            : CLI_OK;
@@ -98,8 +94,7 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     /* the library takes the dims in logical order (N, C, ...) whatever the layout */
     int64_t dims[BN_NPY_MAX_NDIM];
     const int nd = x->ndim;
-    for (int k = 0; k < nd; k++)
-        dims[k] = !a->channels_last || k == 0 ? x->dims[k] : k == 1 ? x->dims[nd - 1] : x->dims[k - 1];
+    cli_logical_dims(dims, nd, x->dims, a->channels_last);
     bn_desc desc;
     st = nd < 2 ? BN_ERR_SHAPE
                 : bn_desc_from_dims(&desc, nd, dims, x->dtype,
@@ -110,9 +105,9 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     if (a->check_finite &&
         cli_refuse_nonfinite(a->in, NULL, x->data, &desc, 0, 0, x->ndim, x->dims) != CLI_OK)
         return CLI_RUNTIME_ERROR;
-    *params = malloc((size_t)desc.c * 4 * 8);
+    const size_t es = cli_dtype_size(x->dtype);
+    *params = malloc((size_t)desc.c * 4 * es); /* running_mean, running_var, weight, bias */
     if (!*params) return cli_fail(a->in, "out of memory");
-    const size_t es = x->dtype == BN_FLOAT32 ? 4 : 8;
     char *p = *params;
     void *rm = p, *rv = p + desc.c * (int64_t)es, *w = p + 2 * desc.c * (int64_t)es;
     void *b = p + 3 * desc.c * (int64_t)es;

@@ -1,10 +1,13 @@
-/* cli.h - what the parts of the bnorm command share: exit codes, the commands, error reporting
- * and strict parsing of option values. */
+/* cli.h - what the parts of the bnorm command share: exit codes, the commands (dispatched by
+ * main.c), error reporting (errors.c), strict parsing of the command line (args.c), and the
+ * small helpers of several subcommands: element types (dtype.c), dims order (layout.c), random
+ * numbers (random.c), the clock (timing.c), --check-finite (finite.c), printing (print.c). */
 #ifndef BN_CLI_H
 #define BN_CLI_H
 
 #include "bnorm.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Exit statuses of the command. */
@@ -16,6 +19,8 @@ int cli_normalize(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_fit(int argc, char **argv);
 int cli_apply(int argc, char **argv);
+
+/* ---- errors.c ---- */
 
 /*
  * "bnorm: <file>: <problem>" on stderr.
@@ -31,6 +36,15 @@ int cli_fail(const char *file, const char *fmt, ...) __attribute__((format(print
  */
 int cli_usage_error(const char *command, const char *usage, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/*
+ * Before out is written: when a temporary file that an interrupted write of out left is there
+ * (bn_find_stale_temporary), "bnorm: <out>: note: <it> looks left over ..." on stderr. It is
+ * not removed, since another run may be writing out at this moment.
+ */
+void cli_note_stale_temporary(const char *out);
+
+/* ---- args.c ---- */
 
 /*
  * Matches argv[*i] against an option that takes a value: "-o OUT", "--output OUT" or
@@ -60,13 +74,6 @@ int cli_parse_args(int argc, char **argv, const char *command, const char *usage
                    const char **files, int max_files, int *nfiles);
 
 /*
- * Before out is written: when a temporary file that an interrupted write of out left is there
- * (bn_find_stale_temporary), "bnorm: <out>: note: <it> looks left over ..." on stderr. It is
- * not removed, since another run may be writing out at this moment.
- */
-void cli_note_stale_temporary(const char *out);
-
-/*
  * Strict number parsing: the whole text must be the number, with no spaces around it.
  * cli_parse_double accepts any finite decimal or hexadecimal floating-point number in range;
  * cli_parse_u64 accepts decimal digits only (no sign).
@@ -74,6 +81,43 @@ void cli_note_stale_temporary(const char *out);
  */
 int cli_parse_double(const char *text, double *out);
 int cli_parse_u64(const char *text, uint64_t *out);
+
+/* ---- dtype.c: one element of a float32 or float64 buffer ---- */
+
+/* sizeof(float) or sizeof(double); 0 for another value. */
+size_t cli_dtype_size(bn_dtype dtype);
+
+/* Element k of data (of dtype), as a double. */
+double cli_load(const void *data, bn_dtype dtype, int64_t k);
+
+/* Stores v as element k of data (of dtype; to float32 rounded to nearest). */
+void cli_store(void *data, bn_dtype dtype, int64_t k, double v);
+
+/* ---- layout.c ---- */
+
+/*
+ * dims: out (ndim), the logical dims (N, C, ...) that bn_desc_from_dims takes, of an array whose
+ * file shape is file_dims (ndim >= 2): (N, C, ...) itself, or (N, ..., C) when channels_last.
+ */
+void cli_logical_dims(int64_t *dims, int ndim, const int64_t *file_dims, int channels_last);
+
+/* ---- random.c ---- */
+
+/* The next value of the splitmix64 stream whose state is *state: the same on every machine. */
+uint64_t cli_splitmix64(uint64_t *state);
+
+/* Uniform in [0, 1), with 53 random bits of the stream. */
+double cli_uniform(uint64_t *state);
+
+/* ---- timing.c ---- */
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+double cli_now_ns(void);
+
+/* Sorts v (n >= 1) and returns its median. */
+double cli_median(double *v, int n);
+
+/* ---- finite.c, print.c ---- */
 
 /*
  * --check-finite: CLI_OK when data (described to the library as desc) holds only finite values;

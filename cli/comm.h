@@ -12,6 +12,9 @@ typedef struct cli_comm {
     int rank, size;
 } cli_comm;
 
+/* Whether an MPI launcher started this process (launcher.c lists the variables it looks at). */
+int cli_launched_by_mpi(void);
+
 /* Starts MPI when the process was launched by an MPI launcher; else rank 0 of 1. */
 cli_comm cli_comm_start(void);
 

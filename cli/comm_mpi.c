@@ -10,7 +10,7 @@ static int started;
 
 cli_comm cli_comm_start(void) {
     cli_comm c = {0, 1};
-    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE") && !getenv("PMIX_RANK")) return c;
+    if (!cli_launched_by_mpi()) return c;
     int ready = 0;
     MPI_Initialized(&ready);
     if (!ready && MPI_Init(NULL, NULL) != MPI_SUCCESS) return c;

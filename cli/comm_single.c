@@ -2,10 +2,9 @@
 #include "comm.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 
 cli_comm cli_comm_start(void) {
-    if (getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK"))
+    if (cli_launched_by_mpi())
         fprintf(stderr, "bnorm: built without MPI: under mpirun every rank does all the work\n");
     cli_comm c = {0, 1};
     return c;

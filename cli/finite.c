@@ -12,8 +12,7 @@ int cli_refuse_nonfinite(const char *path, const char *tensor, const void *data,
     bn_status st = bn_check_finite(&channel, &index, data, desc);
     if (st == BN_OK) return CLI_OK;
     if (st != BN_ERR_NOT_FINITE) return cli_fail(path, "%s", bn_status_string(st));
-    const double v = desc->dtype == BN_FLOAT32 ? ((const float *)data)[index]
-                                               : ((const double *)data)[index];
+    const double v = cli_load(data, desc->dtype, index);
     index += offset;
     for (int k = ndim - 1; k >= 0; k--) { /* the file's C order; no size is 0, a value was found */
         at[k] = index % dims[k];

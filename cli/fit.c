@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 /* A piece read holds at most this many values (1 MiB of float32, 2 MiB of float64): small
@@ -103,12 +102,14 @@ typedef struct dataset {
 
 static int open_inputs(dataset *d, const fit_args *a) {
     char err[512], shape[512], first[512];
+    int64_t dims[BN_NPY_MAX_NDIM]; /* (N, C, ...) */
     for (int f = 0; f < a->nfiles; f++) {
         bn_npy_stream *in = &d->in[f];
         bn_status st = bn_npy_stream_open(in, a->files[f], err, sizeof err);
         if (st != BN_OK) return cli_fail(a->files[f], "%s", err);
         bn_npy_shape_string(shape, sizeof shape, in->ndim, in->dims);
-        if (in->ndim < 2 || in->dims[a->channels_last ? in->ndim - 1 : 1] < 1)
+        cli_logical_dims(dims, in->ndim, in->dims, a->channels_last);
+        if (in->ndim < 2 || dims[1] < 1)
             return cli_fail(a->files[f], "shape %s: statistics need %s with C >= 1", shape,
                             a->channels_last ? "(N, ..., C)" : "(N, C, ...)");
         const bn_npy_stream *f0 = &d->in[0];
@@ -122,11 +123,10 @@ static int open_inputs(dataset *d, const fit_args *a) {
         d->any_f64 |= in->dtype == BN_FLOAT64;
     }
     /* C and the spatial sizes (bn_npy_stream_open has checked their product) */
-    const int nd = d->in[0].ndim;
-    d->c = d->in[0].dims[a->channels_last ? nd - 1 : 1];
+    cli_logical_dims(dims, d->in[0].ndim, d->in[0].dims, a->channels_last);
+    d->c = dims[1];
     d->s = 1;
-    for (int k = a->channels_last ? 1 : 2; k < (a->channels_last ? nd - 1 : nd); k++)
-        d->s *= d->in[0].dims[k];
+    for (int k = 2; k < d->in[0].ndim; k++) d->s *= dims[k];
     d->layout = a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST;
     d->total = d->start[a->nfiles];
     return CLI_OK;
@@ -205,11 +205,7 @@ typedef struct progress {
     double t0, last;
 } progress;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+static double now(void) { return 1e-9 * cli_now_ns(); } /* in seconds */
 
 static void progress_show(progress *p, int final) {
     if (!p->on) return;
@@ -347,7 +343,8 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
     const int64_t C = d->c, per_sample = d->c * d->s, part_c = C < PIECE_VALUES ? C : PIECE_VALUES;
     /* samples per piece; 0 when a sample is larger than a piece */
     const int64_t per_piece = per_sample ? PIECE_VALUES / per_sample : a->batch;
-    reader r = {a, d, malloc((size_t)PIECE_VALUES * (d->any_f64 ? 8 : 4)),
+    const bn_dtype widest = d->any_f64 ? BN_FLOAT64 : BN_FLOAT32;
+    reader r = {a, d, malloc((size_t)PIECE_VALUES * cli_dtype_size(widest)),
                 malloc(sizeof(bn_moments) * (size_t)(part_c + C)), NULL, total, scaled};
     if (!r.buf || !r.part) {
         free(r.buf);
@@ -409,28 +406,23 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
 static int write_stats(const fit_args *a, const dataset *d, const double *mean,
                        const double *var, int64_t batches) {
     const int64_t C = d->c;
-    const int f64 = d->all_f64; /* float32 unless every input is float64 */
-    void *data = malloc((size_t)C * 2 * (f64 ? 8 : 4));
+    const bn_dtype dtype = d->all_f64 ? BN_FLOAT64 : BN_FLOAT32; /* unless every input is f64 */
+    void *data = malloc((size_t)C * 2 * cli_dtype_size(dtype));
     char names[3][600], err[512];
     const char *prefix = a->prefix ? a->prefix : "";
     const char *dot = prefix[0] && prefix[strlen(prefix) - 1] != '.' ? "." : "";
     if (!data) return cli_fail(a->out, "out of memory");
     for (int64_t k = 0; k < C; k++) {
-        if (f64) {
-            ((double *)data)[k] = mean[k];
-            ((double *)data)[C + k] = var[k];
-        } else {
-            ((float *)data)[k] = (float)mean[k];
-            ((float *)data)[C + k] = (float)var[k];
-        }
+        cli_store(data, dtype, k, mean[k]);
+        cli_store(data, dtype, C + k, var[k]);
     }
     snprintf(names[0], sizeof names[0], "%s%srunning_mean", prefix, dot);
     snprintf(names[1], sizeof names[1], "%s%srunning_var", prefix, dot);
     snprintf(names[2], sizeof names[2], "%s%snum_batches_tracked", prefix, dot);
-    const int dt = f64 ? CLI_ST_F64 : CLI_ST_F32;
+    const int dt = dtype == BN_FLOAT64 ? CLI_ST_F64 : CLI_ST_F32;
     cli_st_tensor t[3] = {
         {names[0], dt, 1, {C}, C, data},
-        {names[1], dt, 1, {C}, C, (char *)data + (size_t)C * (f64 ? 8 : 4)},
+        {names[1], dt, 1, {C}, C, (char *)data + (size_t)C * cli_dtype_size(dtype)},
         {names[2], CLI_ST_I64, 0, {0}, 1, &batches},
     };
     cli_note_stale_temporary(a->out);

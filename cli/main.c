@@ -1,5 +1,6 @@
-/* main.c - the bnorm command: dispatch to a subcommand, top-level help and version, and the
- * conventions every subcommand shares (messages on stderr, exit 0 / 1 / 2). */
+/* main.c - the bnorm command: dispatch to a subcommand, the top-level help and version, the
+ * removal of a half-written output on a fatal signal, and a failed write of stdout made an
+ * error. (How subcommands report errors is errors.c.) */
 #define _POSIX_C_SOURCE 200809L
 
 #include "bnorm.h"
@@ -8,7 +9,6 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -32,37 +32,6 @@ static const char help[] =
     "\n"
     "Run 'bnorm <command> --help' for a command's options.\n"
     "Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.\n";
-
-int cli_fail(const char *file, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bnorm: %s: ", file);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    return CLI_RUNTIME_ERROR;
-}
-
-void cli_note_stale_temporary(const char *out) {
-    char stale[4200];
-    if (bn_find_stale_temporary(out, stale, sizeof stale))
-        fprintf(stderr, "bnorm: %s: note: %s looks left over from an interrupted run (if no other "
-                        "bnorm is writing this output now, remove it)\n", out, stale);
-}
-
-int cli_usage_error(const char *command, const char *usage_lines, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("bnorm: ", stderr);
-    if (command) fprintf(stderr, "%s: ", command);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    fputs(usage_lines, stderr);
-    fprintf(stderr, "Run 'bnorm %s%s--help' for more.\n", command ? command : "",
-            command ? " " : "");
-    return CLI_USAGE_ERROR;
-}
 
 static int run(int argc, char **argv) {
     if (argc < 2) return cli_usage_error(NULL, usage, "no command given");

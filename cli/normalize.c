@@ -79,16 +79,13 @@ static int read_param(bn_npy *p, const char *path, const char *what, int64_t c, 
         return CLI_RUNTIME_ERROR;
     }
     if (p->dtype == dtype) return CLI_OK;
-    size_t nbytes = (size_t)c * (dtype == BN_FLOAT32 ? sizeof(float) : sizeof(double));
+    size_t nbytes = (size_t)c * cli_dtype_size(dtype);
     void *converted = malloc(nbytes ? nbytes : 1);
     if (!converted) {
         bn_npy_free(p);
         return cli_fail(path, "out of memory");
     }
-    for (int64_t k = 0; k < c; k++) {
-        if (dtype == BN_FLOAT32) ((float *)converted)[k] = (float)((const double *)p->data)[k];
-        else ((double *)converted)[k] = ((const float *)p->data)[k];
-    }
+    for (int64_t k = 0; k < c; k++) cli_store(converted, dtype, k, cli_load(p->data, p->dtype, k));
     free(p->data);
     p->data = converted;
     p->dtype = dtype;
@@ -113,12 +110,9 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
 
     /* the library takes the dims in logical order (N, C, ...) whatever the layout */
     int64_t dims[BN_NPY_MAX_NDIM];
-    int nd = x->ndim;
-    dims[0] = x->dims[0];
-    dims[1] = a->channels_last ? x->dims[nd - 1] : x->dims[1];
-    for (int k = 2; k < nd; k++) dims[k] = x->dims[a->channels_last ? k - 1 : k];
+    cli_logical_dims(dims, x->ndim, x->dims, a->channels_last);
     bn_desc desc;
-    st = bn_desc_from_dims(&desc, nd, dims, x->dtype,
+    st = bn_desc_from_dims(&desc, x->ndim, dims, x->dtype,
                            a->channels_last ? BN_CHANNELS_LAST : BN_CHANNELS_FIRST);
     if (st != BN_OK) return cli_fail(a->in, "shape %s: %s", shape, bn_status_string(st));
 

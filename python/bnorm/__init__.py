@@ -25,7 +25,7 @@ import ctypes
 
 import numpy as np
 
-from ._lib import BnormError, version_string
+from ._lib import BnormError, ptr as _ptr, version_string
 from . import _lib
 
 __all__ = [
@@ -35,22 +35,15 @@ __all__ = [
 
 __version__ = version_string()
 
-_DTYPES = {np.dtype(np.float32): _lib.BN_FLOAT32, np.dtype(np.float64): _lib.BN_FLOAT64}
-
 
 # ------------------------------------------------------------------------------------------------
-# Arrays to C pointers
-
-def _ptr(a):
-    """The address of a's first element, or None (NULL) for None."""
-    return None if a is None else a.ctypes.data
-
+# Arrays to C pointers (_ptr: _lib.ptr)
 
 def _tensor(name, a):
     """A float32/float64 (N, C, ...) ndarray and its C layout, copied only if its memory is
     neither channels-first nor channels-last (or is misaligned)."""
     a = np.asarray(a)
-    if a.dtype not in _DTYPES:
+    if _lib.bn_dtype(a.dtype) is None:
         raise TypeError("bnorm: %s must be float32 or float64, got %s" % (name, a.dtype))
     if a.ndim < 2:
         raise ValueError("bnorm: %s must have at least 2 dimensions (N, C, ...), got shape %s"
@@ -154,7 +147,7 @@ def forward_train(x, weight=None, bias=None, running_mean=None, running_var=None
     rm = _InOut("running_mean", running_mean, c, dtype)
     rv = _InOut("running_var", running_var, c, dtype)
     nbt = _InOut("num_batches_tracked", num_batches_tracked, 1, np.dtype(np.int64))
-    desc = _lib.make_desc(x.shape, _DTYPES[dtype], layout)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
     opt = _lib.make_options(eps, momentum, cumulative)
     y = _like(x, layout)
     save_mean = np.empty(c, np.float64)
@@ -177,7 +170,7 @@ def forward_eval(x, running_mean, running_var, weight=None, bias=None, eps=1e-5)
     running_var = _channel("running_var", running_var, c, dtype)
     weight = _channel("weight", weight, c, dtype)
     bias = _channel("bias", bias, c, dtype)
-    desc = _lib.make_desc(x.shape, _DTYPES[dtype], layout)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
     y = _like(x, layout)
     status = _lib.lib.bn_forward_eval(_ptr(y), _ptr(x), _ptr(running_mean), _ptr(running_var),
                                       _ptr(weight), _ptr(bias), desc, float(eps))
@@ -196,7 +189,7 @@ def backward_train(dy, x, save_mean, save_invstd, weight=None):
     save_mean = _channel("save_mean", save_mean, c, np.dtype(np.float64))
     save_invstd = _channel("save_invstd", save_invstd, c, np.dtype(np.float64))
     weight = _channel("weight", weight, c, dtype)
-    desc = _lib.make_desc(x.shape, _DTYPES[dtype], layout)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
     dx = _like(x, layout)
     dweight, dbias = np.empty(c, dtype), np.empty(c, dtype)
     status = _lib.lib.bn_backward_train(_ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x),
@@ -217,7 +210,7 @@ def backward_eval(dy, x, running_mean, running_var, weight=None, eps=1e-5):
     running_mean = _channel("running_mean", running_mean, c, dtype)
     running_var = _channel("running_var", running_var, c, dtype)
     weight = _channel("weight", weight, c, dtype)
-    desc = _lib.make_desc(x.shape, _DTYPES[dtype], layout)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
     dx = _like(x, layout)
     dweight, dbias = np.empty(c, dtype), np.empty(c, dtype)
     status = _lib.lib.bn_backward_eval(_ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x),
@@ -237,7 +230,7 @@ def check_finite(x):
     every value is finite.
     """
     x, layout = _tensor("x", x)
-    desc = _lib.make_desc(x.shape, _DTYPES[x.dtype], layout)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(x.dtype), layout)
     channel, offset = ctypes.c_int64(), ctypes.c_int64()
     status = _lib.lib.bn_check_finite(ctypes.byref(channel), ctypes.byref(offset), _ptr(x), desc)
     if status == 0:

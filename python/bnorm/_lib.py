@@ -2,24 +2,26 @@
 
 The library is looked for, in this order:
 
-  1. the file named by the environment variable BNORM_LIBRARY, if it is set (and only there:
-     a wrong path is an error, not a reason to pick up some other copy);
+  1. the file named by the environment variable BNORM_LIBRARY (see _env.py), if it is set (and
+     only there: a wrong path is an error, not a reason to pick up some other copy);
   2. build/libbnorm.so of the source tree this package sits in (python/bnorm/../../build),
      which is what `make` produces;
   3. whatever ctypes.util.find_library("bnorm") finds (an installed libbnorm.so).
 
 Every function of include/bnorm.h is declared with its argument and result types. Data pointers
-are declared as c_void_p, so callers pass plain integers (numpy's ctypes.data, torch's
-data_ptr()) or None for NULL.
+are declared as c_void_p, so callers pass plain integers (ptr(): numpy's ctypes.data, torch's
+data_ptr()) or None for NULL; bn_dtype() gives the element type of a numpy or torch dtype.
 """
 
 import ctypes
 import ctypes.util
 import os
 
+from ._env import LIBRARY_VAR
+
 __all__ = [
     "lib", "path", "BnormError", "check", "make_desc", "make_options", "status_string",
-    "version_string", "BnDesc", "BnOptions", "BnMoments",
+    "version_string", "bn_dtype", "ptr", "BnDesc", "BnOptions", "BnMoments",
     "BN_FLOAT32", "BN_FLOAT64", "BN_CHANNELS_FIRST", "BN_CHANNELS_LAST", "STATUS_NAMES",
 ]
 
@@ -39,6 +41,26 @@ STATUS_NAMES = {
     -9: "BN_ERR_NO_MEMORY",
     -10: "BN_ERR_NOT_FINITE",
 }
+
+
+# The element types the library takes, by name: a numpy dtype (np.dtype(np.float32)) and a
+# torch dtype (torch.float32) both end their str() in "float32".
+_DTYPES = {"float32": BN_FLOAT32, "float64": BN_FLOAT64}
+
+
+def bn_dtype(dtype):
+    """The library's element type (BN_FLOAT32, BN_FLOAT64) of a numpy or torch dtype; None for
+    any other (float16, integers, non-native byte order...)."""
+    return _DTYPES.get(str(dtype).rpartition(".")[2])
+
+
+def ptr(a):
+    """The address of the first element of a numpy array or a torch tensor; None (NULL) for
+    None."""
+    if a is None:
+        return None
+    data_ptr = getattr(a, "data_ptr", None)  # torch
+    return data_ptr() if data_ptr is not None else a.ctypes.data
 
 
 class BnDesc(ctypes.Structure):
@@ -74,9 +96,9 @@ class BnMoments(ctypes.Structure):
 
 def _candidates():
     """The places to try, in order, as (description, path-or-name)."""
-    env = os.environ.get("BNORM_LIBRARY")
+    env = os.environ.get(LIBRARY_VAR)
     if env:
-        return [("BNORM_LIBRARY", env)]
+        return [(LIBRARY_VAR, env)]
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(os.path.dirname(here))
     found = [("source tree build", os.path.join(repo, "build", "libbnorm.so"))]
@@ -98,11 +120,11 @@ def _load():
             return ctypes.CDLL(where), where
         except OSError as e:
             tried.append("%s: %s: %s" % (what, where, e))
-            if what == "BNORM_LIBRARY":
+            if what == LIBRARY_VAR:
                 break
     raise ImportError(
         "bnorm: cannot load the bnorm shared library (run `make` in the source tree, or set "
-        "BNORM_LIBRARY to the path of libbnorm.so). Tried:\n  " + "\n  ".join(tried))
+        + LIBRARY_VAR + " to the path of libbnorm.so). Tried:\n  " + "\n  ".join(tried))
 
 
 lib, path = _load()

@@ -1,7 +1,7 @@
 """Loading libbnorm_mpi.so (bnorm_mpi.h) and declaring its functions for ctypes.
 
 libbnorm_mpi.so holds the MPI calls and the whole library. It is looked for, in this order:
-  1. the file named by the environment variable BNORM_MPI_LIBRARY (only there);
+  1. the file named by the environment variable BNORM_MPI_LIBRARY (only there; see _env.py);
   2. libbnorm_mpi.so next to the libbnorm.so this package loaded (build/ after `make`);
   3. ctypes.util.find_library("bnorm_mpi").
 The communicator is passed as its Fortran handle (mpi4py: comm.py2f()), which any MPI accepts.
@@ -13,6 +13,7 @@ import ctypes.util
 import os
 
 from . import _lib
+from ._env import MPI_LIBRARY_VAR
 
 __all__ = ["load"]
 
@@ -20,7 +21,7 @@ _loaded = None
 
 
 def _candidates():
-    env = os.environ.get("BNORM_MPI_LIBRARY")
+    env = os.environ.get(MPI_LIBRARY_VAR)
     if env:
         return [env]
     found = [os.path.join(os.path.dirname(os.path.abspath(_lib.path)), "libbnorm_mpi.so")]
@@ -47,7 +48,7 @@ def load():
             tried.append("%s does not exist" % where)
     else:
         raise ImportError("bnorm: cannot load libbnorm_mpi.so (build it with `make` where mpicc "
-                          "is installed, or set BNORM_MPI_LIBRARY). Tried:\n  "
+                          "is installed, or set " + MPI_LIBRARY_VAR + "). Tried:\n  "
                           + "\n  ".join(tried))
     vp, desc_p, opt_p = ctypes.c_void_p, ctypes.POINTER(_lib.BnDesc), ctypes.POINTER(_lib.BnOptions)
     fint = ctypes.c_int  # MPI_Fint is a C int in Open MPI and MPICH

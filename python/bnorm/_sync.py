@@ -13,8 +13,8 @@ their sum over the ranks (what a data-parallel all-reduce of the gradients forms
 batch's gradient, as with torch's SyncBatchNorm.
 
 The communicator: process_group when it is given (an mpi4py communicator, anything with py2f()),
-else mpi4py's MPI.COMM_WORLD when the process was started by mpirun / mpiexec (Open MPI, MPICH
-or PMIx environment variables), else none: then the module is an ordinary bnorm BatchNorm.
+else mpi4py's MPI.COMM_WORLD when the process was started by mpirun / mpiexec (one of the
+launcher variables of _env.py is set), else none: then the module is an ordinary bnorm BatchNorm.
 In eval, and in training without batch statistics, nothing is synchronized (as in torch).
 
 The forward and backward calls are collective: every rank must run the module, and backward
@@ -31,25 +31,15 @@ num_batches_tracked counts the batch when torch would have counted it before rai
 the dimension errors). With one rank the errors are exactly torch's F.batch_norm's.
 """
 
-import os
-
 import torch as _torch
 from torch.autograd.function import once_differentiable as _once_differentiable
 
-from . import _lib
+from . import _lib, _mpi
+from ._env import launched_by_mpi
+from ._functional import _layout, _verify_batch_size, batch_norm
+from ._lib import ptr as _ptr
 
 __all__ = ["SyncBatchNorm"]
-
-_DTYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64}
-_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK")
-
-
-def _launched_by_mpi():
-    return any(v in os.environ for v in _LAUNCHER_VARS)
-
-
-def _ptr(t):
-    return None if t is None else t.data_ptr()
 
 
 def _raise(status, function, size):
@@ -107,7 +97,6 @@ def _check_arguments(input, tensors, one_rank):
     with its types and messages, then what bnorm cannot take. input: at least 2-d with C > 0;
     tensors: (name, tensor or None) for running_mean, running_var, weight, bias; one_rank: the
     batch is this input alone (else its count is decided with the other ranks)."""
-    from .torch import _verify_batch_size
     if one_rank:
         _verify_batch_size(input.size())
     c = input.shape[1]
@@ -120,7 +109,8 @@ def _check_arguments(input, tensors, one_rank):
                 raise RuntimeError(
                     "The function 'native_batch_norm' is not differentiable with respect to "
                     "argument '%s'. This input cannot have requires_grad True." % name)
-    if input.layout != _torch.strided or input.device.type != "cpu" or input.dtype not in _DTYPES:
+    if (input.layout != _torch.strided or input.device.type != "cpu"
+            or _lib.bn_dtype(input.dtype) is None):
         raise ValueError("bnorm SyncBatchNorm: input must be a float32 or float64 CPU tensor, "
                          "got %s on %s" % (input.dtype, input.device))
     for name, t in tensors:
@@ -144,13 +134,11 @@ class _Call:
     fail on one rank alone has failed before the ranks decide."""
 
     def __init__(self, input, weight, bias, running_mean, running_var, one_rank):
-        from . import _mpi
-        from .torch import _layout
         self.lib = _mpi.load()
         _check_arguments(input, (("running_mean", running_mean), ("running_var", running_var),
                                  ("weight", weight), ("bias", bias)), one_rank)
         self.x, layout = _layout(input)
-        self.desc = _lib.make_desc(self.x.shape, _DTYPES[self.x.dtype], layout)
+        self.desc = _lib.make_desc(self.x.shape, _lib.bn_dtype(self.x.dtype), layout)
         self.y = _torch.empty_like(self.x)
         c = self.x.shape[1]
         self.save_mean = _torch.empty(c, dtype=_torch.float64)
@@ -182,7 +170,6 @@ class _SyncFunction(_torch.autograd.Function):
         # have decided that every one of them can
         problem = None
         try:
-            from . import _mpi
             lib = _mpi.load()
             x, weight, save_mean, save_invstd = ctx.saved_tensors
             need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -221,7 +208,7 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
     def _communicator(self):
         if self.process_group is not None:
             return self.process_group
-        if not _launched_by_mpi():
+        if not launched_by_mpi():
             return None
         try:
             from mpi4py import MPI
@@ -260,7 +247,6 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
         return self._forward_together(input, _mpi4py(comm))
 
     def _forward_alone(self, input):
-        from .torch import batch_norm
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         factor = 0.0 if self.momentum is None else self.momentum

@@ -539,3 +539,19 @@ def test_version(flag):
              for k in ("MAJOR", "MINOR", "PATCH")]
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout == f"bnorm {'.'.join(parts)}\n"
+
+
+def test_mpi_launcher_variables_are_the_same_in_the_command_and_in_python():
+    """One set of the variables that tell an MPI launcher started the process: the command's
+    (cli/launcher.c) and SyncBatchNorm's (python/bnorm/_env.py)."""
+    from bnorm import _env
+    source = (REPO / "cli" / "launcher.c").read_text()
+    table = re.search(r"launcher_vars\[\] = \{([^}]*)\}", source)
+    assert table, "cli/launcher.c has no launcher_vars table"
+    in_c = re.findall(r'"([A-Z_]+)"', table.group(1))
+    assert sorted(in_c) == sorted(_env.MPI_LAUNCHER_VARS)
+    assert len(set(in_c)) == len(in_c) == 4
+    # the command's list is read by both builds of it, and by nothing else
+    for name in ("comm_mpi.c", "comm_single.c"):
+        text = (REPO / "cli" / name).read_text()
+        assert "cli_launched_by_mpi()" in text and "getenv" not in text, name

@@ -507,3 +507,55 @@ def test_convert_keeps_parameters():
     assert type(model[1]) is bt.BatchNorm2d and model[1].weight is weight
     assert type(model[2]) is nn.SyncBatchNorm  # subclasses are left alone
     assert type(bt.convert(nn.BatchNorm1d(2))) is bt.BatchNorm1d
+
+
+def package_imports():
+    """{module: the bnorm modules it imports (at any depth of its code)} for python/bnorm."""
+    import ast
+    from pathlib import Path
+    package = Path(bt.__file__).parent
+    names = {p.stem for p in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    found.add(node.module.split(".")[0])
+                else:
+                    found |= {a.name for a in node.names if a.name in names}
+        graph[path.stem] = found
+    return graph
+
+
+def test_package_has_no_import_cycle():
+    graph = package_imports()
+    assert "_functional" in graph["torch"] and "_functional" in graph["_sync"]
+    assert "torch" not in graph["_sync"]
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, seen + (m,)))
+                   for m in graph.get(start, ()))
+    cycles = [m for m in graph if reaches(m, m)]
+    assert cycles == [], graph
+
+
+def test_element_types_and_pointers_from_one_place():
+    """_lib.bn_dtype and _lib.ptr serve numpy and torch alike (defined there only)."""
+    import numpy as np
+    from bnorm import _lib
+    for dtype, code in ((np.float32, _lib.BN_FLOAT32), (np.float64, _lib.BN_FLOAT64),
+                        (torch.float32, _lib.BN_FLOAT32), (torch.float64, _lib.BN_FLOAT64)):
+        assert _lib.bn_dtype(np.dtype(dtype) if isinstance(dtype, type) else dtype) == code
+    for other in (np.dtype(">f4" if np.little_endian else "<f4"), np.dtype(np.float16),
+                  np.dtype(np.int64), torch.float16, torch.bfloat16, torch.int32):
+        assert _lib.bn_dtype(other) is None, other
+    a, t = np.zeros(3, np.float32), torch.zeros(3)
+    assert _lib.ptr(a) == a.ctypes.data and _lib.ptr(t) == t.data_ptr() and _lib.ptr(None) is None
+    import inspect
+    import bnorm
+    import bnorm._functional
+    import bnorm._sync
+    for module in (bnorm, bnorm._functional, bnorm._sync, bt):
+        text = inspect.getsource(module)
+        assert "def _ptr" not in text and "_DTYPES" not in text, module.__name__

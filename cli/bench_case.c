@@ -1,0 +1,243 @@
+/* bench_case.c - one case of `bnorm bench`: its buffers (64-byte aligned, filled with random
+ * values, every output page touched before timing), the library's call for its mode, and the
+ * timing: both kernels warmed up, then timed alternately, each timed batch right after one
+ * untimed call of the same kernel. */
+#include "bench.h"
+#include "cli.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Fills n values of dtype with lo + (hi - lo) * uniform[0, 1). */
+static void fill(void *p, size_t n, bn_dtype dtype, double lo, double hi, uint64_t seed) {
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++)
+        cli_store(p, dtype, (int64_t)i, lo + (hi - lo) * cli_uniform(&s));
+}
+
+/* 64-byte aligned, of at least nbytes (at least 64); NULL when out of memory. */
+static void *alloc64(size_t nbytes) {
+    size_t rounded = (nbytes + 63) / 64 * 64;
+    if (rounded < nbytes) return NULL;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+/* The buffers and arguments of one case. */
+typedef struct bench_ctx {
+    bench_case bc;
+    bn_desc desc;
+    bn_options opt;
+    ptrdiff_t count;
+    void *x, *out, *dy;                 /* out is y or dx */
+    void *weight, *bias, *rmean, *rvar, *dweight, *dbias;
+    double *save_mean, *save_invstd;
+    int64_t tracked;
+    int roof_kind;                      /* ROOF_STORE, ROOF_NT128 or ROOF_NT512 */
+} bench_ctx;
+
+/* One call of the library for the case's mode. */
+static bn_status call_ours(bench_ctx *c) {
+    switch (c->bc.mode) {
+    case BENCH_TRAIN:
+        return bn_forward_train(c->out, c->save_mean, c->save_invstd, c->rmean, c->rvar,
+                                &c->tracked, c->x, c->weight, c->bias, &c->desc, &c->opt);
+    case BENCH_EVAL:
+        return bn_forward_eval(c->out, c->x, c->rmean, c->rvar, c->weight, c->bias, &c->desc,
+                               c->opt.eps);
+    default:
+        return bn_backward_train(c->out, c->dweight, c->dbias, c->dy, c->x, c->save_mean,
+                                 c->save_invstd, c->weight, &c->desc);
+    }
+}
+
+/* One call of the roofline kernel for the case's mode, on its threads. */
+static void call_roofline(bench_ctx *c) {
+    if (c->bc.mode == BENCH_BACKWARD)
+        bench_roofline_backward(c->roof_kind, c->bc.dtype, c->out, c->dy, c->x, c->count,
+                                c->bc.threads);
+    else
+        bench_roofline_forward(c->roof_kind, c->bc.dtype, c->out, c->x, c->count, c->bc.threads);
+}
+
+/* Runs `inner` calls of ours (which = 0) or the roofline (which = 1).
+ * @return the time per call in ns, or a negative value when the library failed (*st set). */
+static double time_calls(bench_ctx *c, int which, int inner, bn_status *st) {
+    double t0 = cli_now_ns();
+    for (int k = 0; k < inner; k++) {
+        if (which == 0) {
+            bn_status s = call_ours(c);
+            if (s != BN_OK) {
+                *st = s;
+                return -1;
+            }
+        } else {
+            call_roofline(c);
+        }
+    }
+    return (cli_now_ns() - t0) / inner;
+}
+
+/* Warms up and estimates the time per call: one untimed call, then calls until 20 ms have
+ * passed (at least one, at most a million). @return ns per call, negative on a library error. */
+static double warm_up(bench_ctx *c, int which, bn_status *st) {
+    if (time_calls(c, which, 1, st) < 0) return -1;
+    double t0 = cli_now_ns(), elapsed = 0;
+    long calls = 0;
+    while (calls < 1000000 && (calls == 0 || elapsed < 20e6)) {
+        if (time_calls(c, which, 1, st) < 0) return -1;
+        calls++;
+        elapsed = cli_now_ns() - t0;
+    }
+    return elapsed / (double)calls;
+}
+
+enum { SAMPLE_TARGET_NS = 100000 };     /* a batch of short calls lasts about 100 us */
+#define CASE_TARGET_NS 4e8               /* the automatic repeat aims at 0.4 s per case */
+
+static int batch_size(double per_call_ns) {
+    double k = floor(SAMPLE_TARGET_NS / (per_call_ns > 1 ? per_call_ns : 1));
+    return k < 1 ? 1 : k > 100000 ? 100000 : (int)k;
+}
+
+/* Times the prepared case: interleaved repetitions of ours and the roofline. */
+static int measure(bench_ctx *c, int repeat, bench_result *res, const char *name) {
+    bn_status st = BN_OK;
+    double t_ours = warm_up(c, 0, &st);
+    if (t_ours < 0) return cli_fail("bench", "%s: %s", name, bn_status_string(st));
+    /* the roofline is the fastest of its variants on this case */
+    double t_roof = -1;
+    int best = ROOF_STORE;
+    for (int kind = 0; kind < ROOF_KINDS; kind++) {
+        if (!bench_roofline_available(kind)) continue;
+        c->roof_kind = kind;
+        double t = warm_up(c, 1, &st);
+        if (t_roof < 0 || t < t_roof) {
+            t_roof = t;
+            best = kind;
+        }
+    }
+    c->roof_kind = best;
+    (void)warm_up(c, 1, &st); /* the chosen one's data back in the caches */
+    int inner = batch_size(t_ours), roof_inner = batch_size(t_roof);
+    if (repeat == 0) {
+        double per_rep = (inner + 1) * t_ours + (roof_inner + 1) * t_roof;
+        double r = ceil(CASE_TARGET_NS / (per_rep > 1 ? per_rep : 1));
+        repeat = r < 5 ? 5 : r > 100000 ? 100000 : (int)r;
+    }
+    double *ours = malloc(sizeof(double) * (size_t)repeat);
+    double *roof = malloc(sizeof(double) * (size_t)repeat);
+    if (!ours || !roof) {
+        free(ours);
+        free(roof);
+        return cli_fail("bench", "%s: out of memory", name);
+    }
+    for (int r = 0; r < repeat; r++) {
+        /* Alternate which goes first, so neither always runs right after the other. Each timed
+         * batch follows one untimed call of the same kernel: the other kernel splits the work
+         * over the threads differently, and its cache lines would otherwise sit in the wrong
+         * core's cache, a state no program calling one kernel repeatedly is in. */
+        for (int half = 0; half < 2; half++) {
+            int which = (r + half) % 2;
+            if (time_calls(c, which, 1, &st) < 0) break;
+            double t = time_calls(c, which, which ? roof_inner : inner, &st);
+            if (which) roof[r] = t;
+            else ours[r] = t;
+            if (t < 0) break;
+        }
+        if (st != BN_OK) {
+            free(ours);
+            free(roof);
+            return cli_fail("bench", "%s: %s", name, bn_status_string(st));
+        }
+    }
+    res->median_ns = cli_median(ours, repeat);
+    res->min_ns = ours[0];
+    res->roofline_ns = cli_median(roof, repeat);
+    res->roofline_min_ns = roof[0];
+    res->repeat = repeat;
+    res->inner = inner;
+    res->roofline_inner = roof_inner;
+    res->roofline_kind = bench_roofline_name(best);
+    free(ours);
+    free(roof);
+    return CLI_OK;
+}
+
+int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
+    char name[160], shape[96];
+    bench_shape_string(shape, sizeof shape, &bc->shape);
+    snprintf(name, sizeof name, "%s %s %s", shape,
+             bc->shape.layout == BN_CHANNELS_LAST ? "nhwc" : "nchw", bench_mode_names[bc->mode]);
+
+    bench_ctx c;
+    memset(&c, 0, sizeof c);
+    c.bc = *bc;
+    bn_options opt = BN_OPTIONS_DEFAULT;
+    c.opt = opt;
+    bn_status st = bn_desc_from_dims(&c.desc, bc->shape.ndim, bc->shape.dims, bc->dtype,
+                                     bc->shape.layout);
+    if (st != BN_OK) return cli_fail("bench", "%s: %s", name, bn_status_string(st));
+    size_t esize = cli_dtype_size(bc->dtype);
+    size_t count = (size_t)(c.desc.n * c.desc.c * c.desc.s), cc = (size_t)c.desc.c;
+    if (count > (size_t)PTRDIFF_MAX / esize) return cli_fail("bench", "%s: too large", name);
+    c.count = (ptrdiff_t)count;
+    size_t nbytes = count * esize;
+    int backward = bc->mode == BENCH_BACKWARD;
+
+    c.x = alloc64(nbytes);
+    c.out = alloc64(nbytes);
+    c.dy = backward ? alloc64(nbytes) : NULL;
+    c.weight = alloc64(cc * esize);
+    c.bias = alloc64(cc * esize);
+    c.rmean = alloc64(cc * esize);
+    c.rvar = alloc64(cc * esize);
+    c.dweight = alloc64(cc * esize);
+    c.dbias = alloc64(cc * esize);
+    c.save_mean = alloc64(cc * sizeof(double));
+    c.save_invstd = alloc64(cc * sizeof(double));
+    int status = CLI_OK;
+    if (!c.x || !c.out || (backward && !c.dy) || !c.weight || !c.bias || !c.rmean || !c.rvar ||
+        !c.dweight || !c.dbias || !c.save_mean || !c.save_invstd) {
+        status = cli_fail("bench", "%s: out of memory (%zu bytes per tensor)", name, nbytes);
+        goto done;
+    }
+    fill(c.x, count, bc->dtype, -2.0, 3.0, 1);
+    if (backward) fill(c.dy, count, bc->dtype, -1.0, 1.0, 2);
+    fill(c.weight, cc, bc->dtype, 0.5, 1.5, 3);
+    fill(c.bias, cc, bc->dtype, -0.5, 0.5, 4);
+    fill(c.rmean, cc, bc->dtype, -0.5, 0.5, 5);
+    fill(c.rvar, cc, bc->dtype, 0.5, 2.0, 6);
+    memset(c.out, 0, nbytes); /* every output page is touched before timing */
+    memset(c.dweight, 0, cc * esize);
+    memset(c.dbias, 0, cc * esize);
+
+    bn_set_num_threads(bc->threads);
+    if (backward) {
+        /* the saved statistics of one training forward pass (out serves as its y) */
+        st = bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL, c.x, c.weight,
+                              c.bias, &c.desc, &c.opt);
+        if (st != BN_OK) {
+            status = cli_fail("bench", "%s: %s", name, bn_status_string(st));
+            goto done;
+        }
+    }
+    status = measure(&c, repeat, res, name);
+    res->tensor_bytes = (double)nbytes;
+    res->bytes = (double)nbytes * (backward ? 3 : 2);
+done:
+    free(c.x);
+    free(c.out);
+    free(c.dy);
+    free(c.weight);
+    free(c.bias);
+    free(c.rmean);
+    free(c.rvar);
+    free(c.dweight);
+    free(c.dbias);
+    free(c.save_mean);
+    free(c.save_invstd);
+    return status;
+}
+

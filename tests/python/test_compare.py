@@ -1,0 +1,114 @@
+"""bench/compare.py, the check that a new build is as fast as the one it started from: one round
+of one small case with the same command as base and new (its table and its JSON), the grid it
+takes from bench/run.py, the order of the builds, the flag at the tolerance, and usage errors.
+A second or so in all.
+
+The command is $BNORM_BUILD/bnorm (default: <repo>/build/bnorm).
+"""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BNORM = Path(os.environ.get("BNORM_BUILD", str(REPO / "build"))) / "bnorm"
+SCRIPT = REPO / "bench" / "compare.py"
+
+if not os.access(BNORM, os.X_OK):
+    pytest.fail(f"{BNORM} is not built: run make (or set BNORM_BUILD)", pytrace=False)
+
+
+def load_compare():
+    spec = importlib.util.spec_from_file_location("bnorm_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load_compare()
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_one_round_of_one_case_with_the_same_build(tmp_path):
+    out = tmp_path / "out.json"
+    r = run("--base", BNORM, "--new", BNORM, "--rounds", 1, "--shape", "20x2", "--mode", "eval",
+            "--threads", 1, "--json", out)
+    assert r.returncode in (0, 1), r.stderr  # 1: noise made the same build look 5% slower
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["shape", "layout", "mode", "thr", "base", "median", "new",
+                                "median", "new/base"]
+    assert len(lines) == 3
+    row = re.fullmatch(r"20x2 +nchw +eval +1 +([\d.]+ [nmu]?s) +([\d.]+ [nmu]?s) +([\d.]+)"
+                       r"(  SLOWER \(> 5%\))?", lines[1])
+    assert row, lines[1]
+    slower = row.group(4) is not None
+    assert (r.returncode == 1) == slower
+    assert lines[2] == "1 case, %d more than 5%% slower" % slower
+    assert "1 round on " in r.stderr
+
+    saved = json.loads(out.read_text())
+    assert saved["rounds"] == 1 and saved["base"] == saved["new"] == str(BNORM)
+    [case] = saved["cases"]
+    assert (case["shape"], case["layout"], case["mode"], case["threads"]) == \
+        ("20x2", "nchw", "eval", 1)
+    assert case["base_median_ns"] > 0 and case["new_median_ns"] > 0
+    assert case["ratio"] == pytest.approx(case["new_median_ns"] / case["base_median_ns"])
+    assert float(row.group(3)) == pytest.approx(case["ratio"], abs=5e-4)
+    assert case["slower"] == slower == (case["ratio"] > 1.05)
+    # the raw lines of bnorm bench, one per build, base first in round 0 on case 0
+    assert [(rec["build"], rec["round"], rec["peer"]) for rec in saved["raw"]] == \
+        [("base", 0, "bnorm"), ("new", 0, "bnorm")]
+    assert [rec["median_ns"] for rec in saved["raw"]] == \
+        [case["base_median_ns"], case["new_median_ns"]]
+
+
+def test_grid_is_bench_runs_and_the_first_build_alternates():
+    cases = compare.grid_cases()
+    run_py = compare.bench_run
+    expected = [(s, l, m, t) for s, layouts in run_py.GRID for m in run_py.MODES
+                for t in run_py.THREADS for l in layouts]
+    assert cases == expected and len(cases) == 6 * 3 * 2
+    assert compare.grid_cases(["32x64x56x56"], ["train"], [2]) == \
+        [("32x64x56x56", "nchw", "train", 2), ("32x64x56x56", "nhwc", "train", 2)]
+    firsts = [[compare.first_build(rnd, ci) for ci in range(3)] for rnd in range(2)]
+    assert firsts == [["base", "new", "base"], ["new", "base", "new"]]
+
+
+def test_a_case_is_flagged_only_above_the_tolerance():
+    cases = [("a", "nchw", "eval", 1), ("b", "nchw", "eval", 1), ("c", "nhwc", "train", 2)]
+    medians = {(cases[0], "base"): [100, 300, 200], (cases[0], "new"): [209, 211, 500],
+               (cases[1], "base"): [100], (cases[1], "new"): [104.9],
+               (cases[2], "base"): [100, 100], (cases[2], "new"): [float("nan"), float("nan")]}
+    rows = compare.summarize(cases, medians, 0.05)
+    assert [r["ratio"] for r in rows[:2]] == [pytest.approx(211 / 200), pytest.approx(1.049)]
+    assert [r["slower"] for r in rows[:2]] == [True, False]
+    assert rows[2]["slower"] is True  # a NaN median passes no check
+    text = compare.format_rows(rows[:2], 0.05).splitlines()
+    assert text[1].endswith("1.055  SLOWER (> 5%)") and text[2].endswith("1.049")
+    assert text[3] == "2 cases, 1 more than 5% slower"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", 0], "--rounds"),
+    (["--tolerance", -1], "--tolerance"),
+    (["--shape", "7x7"], "no case of the grid"),
+    (["--mode", "forward"], "--mode"),
+])
+def test_usage_errors(args, message):
+    r = run("--base", BNORM, "--new", BNORM, *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_a_missing_build_is_a_usage_error(tmp_path):
+    r = run("--base", tmp_path / "nothing", "--new", BNORM, "--rounds", 1)
+    assert r.returncode == 2 and "--base" in r.stderr and "is not a file" in r.stderr
