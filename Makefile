@@ -9,18 +9,30 @@ OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
 # Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
 EXACT   := -ffp-contract=off
-ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude -Isrc
+ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
 
+# libbnorm (src/): the numerics, needing nothing but libc, libm and OpenMP. libbnorm_io (io/):
+# the file formats (.npy, safetensors) and the atomic writer of outputs, an internal library for
+# the command, the tests and the fuzzers.
 LIB_SRC  := $(wildcard src/*.c)
+IO_SRC   := $(wildcard io/*.c)
 CLI_SRC  := $(filter-out cli/comm_%.c,$(wildcard cli/*.c))
 TEST_SRC := $(wildcard tests/c/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
-HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h)
+HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard io/*.h) \
+            $(wildcard cli/*.h) $(wildcard tests/c/*.h)
+# Each part sees the headers it uses: the library its own, the command and the C tests io/'s
+# (the C tests and the MPI calls the library's internals too).
+$(BUILD)/src/%.o:       INCLUDES = -Isrc
+$(BUILD)/cli/%.o:       INCLUDES = -Iio
+$(BUILD)/tests/c/%.o:   INCLUDES = -Isrc -Iio
+$(BUILD)/tests/mpi/%.o: INCLUDES = -Isrc -Itests/c
 
 # MPI (libbnorm_mpi, its tests, `bnorm fit` across ranks) is built when mpicc is found; mpicc
 # drives $(CC) (OMPI_CC / MPICH_CC), so the gcc, clang and sanitizer builds all cover it.
@@ -40,7 +52,7 @@ have_header = $(shell $(CC) -E -x c -include $(1) /dev/null >/dev/null 2>&1 && e
 HAVE_CJSON := $(call have_header,cjson/cJSON.h)
 CLI_LD   := $(CC)
 CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
-$(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
+$(BUILD)/io/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
 ifeq ($(HAVE_MPI),yes)
 MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
 CLI_OBJ_COMM := $(BUILD)/cli/comm_mpi.o
@@ -57,7 +69,14 @@ CONFIG := cjson=$(if $(HAVE_CJSON),yes,no) mpi=$(if $(HAVE_MPI),yes,no)
 $(BUILD)/config: FORCE
 	@mkdir -p $(dir $@)
 	@test "$$(cat $@ 2>/dev/null)" = "$(CONFIG)" || echo "$(CONFIG)" > $@
-$(BUILD)/cli/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+$(BUILD)/io/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+
+# The objects of each library, in a file rewritten only when the list changes: an archive or
+# shared library built before a source file moved out of (or into) its directory is rebuilt.
+LIB_LIST := $(LIB_OBJ) | $(IO_OBJ) | $(MPI_OBJ)
+$(BUILD)/objects: FORCE
+	@mkdir -p $(dir $@)
+	@test "$$(cat $@ 2>/dev/null)" = "$(LIB_LIST)" || echo "$(LIB_LIST)" > $@
 
 # `make -s probes [HEADER=NAME]`: what the probes found, and have_header's answer for NAME
 probes:
@@ -68,11 +87,12 @@ probes:
 .PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
         probes FORCE
 
-all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm $(BUILD)/test_bnorm \
+     $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(INCLUDES) $(EXTRA_CFLAGS) -c $< -o $@
 
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
@@ -80,36 +100,42 @@ $(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 
 $(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
 
 $(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -Itests/c -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
 
-$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ)
-	rm -f $@ && ar rcs $@ $^
+$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 # self-contained: the MPI calls and the library, for loaders such as ctypes
-$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ)
-	$(MPI_CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ) $(BUILD)/objects
+	$(MPI_CC) $(CFLAGS) -shared -o $@ $(MPI_OBJ) $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
 	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/libbnorm.a: $(LIB_OBJ)
-	rm -f $@ && ar rcs $@ $^
+$(BUILD)/libbnorm.a: $(LIB_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/libbnorm.so: $(LIB_OBJ)
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/libbnorm_io.a: $(IO_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
+
+$(BUILD)/libbnorm.so: $(LIB_OBJ) $(BUILD)/objects
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ \
+	  $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
 
-$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm.a $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
-	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(CLI_LIBS) $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
+$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm_io.a $(BUILD)/libbnorm.a \
+                $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
+	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm_io.a $(CLI_LIBS) \
+	  $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm.a
+$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm_io.a $(BUILD)/libbnorm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 demo: $(BUILD)/bnorm
@@ -130,7 +156,7 @@ test-suites: all isa-check
 # baseline instruction set only, must be identical, and identical to the committed
 # tests/isa/digest.expected: a guard against any change of the arithmetic.
 $(BUILD)/digest: tests/isa/digest.c $(BUILD)/tests/c/testutil.o $(BUILD)/libbnorm.a
-	$(CC) $(ALL_CFLAGS) -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -Isrc -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 isa-check: $(BUILD)/digest
 	$(MAKE) -s BUILD=$(BUILD)/baseline EXTRA_DEFS=-DBN_NO_CLONES $(BUILD)/baseline/digest
@@ -200,19 +226,15 @@ FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
 fuzz-build:
+	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
-	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a build-fuzz/libbnorm_io.a
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm.a
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
-
-# the safetensors reader of `bnorm fit` and `apply` lives in cli/ and needs cJSON
-build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_files.h cli/safetensors.c \
-                             build-fuzz/libbnorm.a
-	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DBN_HAVE_CJSON -Iinclude -Isrc -Icli -o $@ \
-	  $< cli/safetensors.c build-fuzz/libbnorm.a -lcjson -lm
+# the safetensors reader needs cJSON, which the build of libbnorm_io above found
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Iio -o $@ $< \
+	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a -lcjson -lm
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build

@@ -8,8 +8,8 @@
  *              which they must cover without holes or overlaps
  *
  * Dtypes handled: F32, F64, I64. Tensors keep their dtype; a caller converts. */
-#ifndef BN_CLI_SAFETENSORS_H
-#define BN_CLI_SAFETENSORS_H
+#ifndef BN_IO_SAFETENSORS_H
+#define BN_IO_SAFETENSORS_H
 
 #include "bnorm.h"
 
