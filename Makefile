@@ -71,9 +71,9 @@ $(BUILD)/config: FORCE
 	@test "$$(cat $@ 2>/dev/null)" = "$(CONFIG)" || echo "$(CONFIG)" > $@
 $(BUILD)/io/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
 
-# The objects of each library, in a file rewritten only when the list changes: an archive or
+# The sources of each library, in a file rewritten only when the list changes: an archive or
 # shared library built before a source file moved out of (or into) its directory is rebuilt.
-LIB_LIST := $(LIB_OBJ) | $(IO_OBJ) | $(MPI_OBJ)
+LIB_LIST := $(LIB_SRC) | $(IO_SRC) | $(MPI_SRC)
 $(BUILD)/objects: FORCE
 	@mkdir -p $(dir $@)
 	@test "$$(cat $@ 2>/dev/null)" = "$(LIB_LIST)" || echo "$(LIB_LIST)" > $@
