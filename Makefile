@@ -13,6 +13,7 @@ ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 
 # libbnorm (src/): the numerics, needing nothing but libc, libm and OpenMP. libbnorm_io (io/):
 # the file formats (.npy, safetensors) and the atomic writer of outputs, an internal library for
@@ -27,12 +28,15 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard io/*.h) \
             $(wildcard cli/*.h) $(wildcard tests/c/*.h)
-# Each part sees the headers it uses: the library its own, the command and the C tests io/'s
-# (the C tests and the MPI calls the library's internals too).
+# Each part sees the headers it uses: the library (src/, src/mpi/) its own, the command io/'s,
+# the C tests both.
 $(BUILD)/src/%.o:       INCLUDES = -Isrc
 $(BUILD)/cli/%.o:       INCLUDES = -Iio
 $(BUILD)/tests/c/%.o:   INCLUDES = -Isrc -Iio
 $(BUILD)/tests/mpi/%.o: INCLUDES = -Isrc -Itests/c
+# The shared libraries export the functions of include/ (marked BN_API) and nothing else: the
+# internals, test hooks included, reach the C tests through the static archive.
+$(BUILD)/src/%.o:       VISIBILITY = -fvisibility=hidden
 
 # MPI (libbnorm_mpi, its tests, `bnorm fit` across ranks) is built when mpicc is found; mpicc
 # drives $(CC) (OMPI_CC / MPICH_CC), so the gcc, clang and sanitizer builds all cover it.
@@ -87,12 +91,12 @@ probes:
 .PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
         probes FORCE
 
-all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm $(BUILD)/test_bnorm \
-     $(MPI_TARGETS)
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm \
+     $(BUILD)/test_bnorm $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(INCLUDES) $(EXTRA_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) $(EXTRA_CFLAGS) -c $< -o $@
 
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
@@ -100,7 +104,7 @@ $(BUILD)/src/kernels.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 
 $(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) -c $< -o $@
 
 $(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -109,9 +113,17 @@ $(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
 $(BUILD)/libbnorm_mpi.a: $(MPI_OBJ) $(BUILD)/objects
 	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-# self-contained: the MPI calls and the library, for loaders such as ctypes
-$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ) $(BUILD)/objects
-	$(MPI_CC) $(CFLAGS) -shared -o $@ $(MPI_OBJ) $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
+# The MPI calls over libbnorm.so (one copy of the library in a process, so that
+# bn_set_num_threads reaches the MPI calls too), found beside it ($ORIGIN: build/, or the
+# installed lib/). The argument checks sync.c makes before the ranks agree (validate.o: no
+# state) are not exported by libbnorm.so, so they come along privately; --no-undefined catches
+# any other internal function the MPI calls would need.
+MPI_PRIVATE_OBJ := $(BUILD)/src/validate.o
+$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(MPI_PRIVATE_OBJ) $(BUILD)/libbnorm.so \
+                          $(BUILD)/libbnorm_mpi.map
+	$(MPI_CC) $(CFLAGS) -shared -Wl,-soname,libbnorm_mpi.so.$(MAJOR) \
+	  -Wl,--version-script=$(BUILD)/libbnorm_mpi.map -Wl,--no-undefined -Wl,-rpath,'$$ORIGIN' \
+	  -o $@ $(MPI_OBJ) $(MPI_PRIVATE_OBJ) $(BUILD)/libbnorm.so $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
 	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
@@ -122,9 +134,24 @@ $(BUILD)/libbnorm.a: $(LIB_OBJ) $(BUILD)/objects
 $(BUILD)/libbnorm_io.a: $(IO_OBJ) $(BUILD)/objects
 	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/libbnorm.so: $(LIB_OBJ) $(BUILD)/objects
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ \
-	  $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
+# A shared library exports the functions its header marks BN_API, and nothing else. The objects
+# are built with -fvisibility=hidden; the version script, made from the header, also hides what
+# that flag leaves out (GCC 12 exports the dispatchers of target_clones kernels regardless).
+# $(BUILD)/libbnorm.so.MAJOR, the name libbnorm_mpi.so asks for, leads to it.
+$(BUILD)/libbnorm.so: $(LIB_OBJ) $(BUILD)/objects $(BUILD)/libbnorm.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(MAJOR) \
+	  -Wl,--version-script=$(BUILD)/libbnorm.map -o $@ $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
+	ln -sf libbnorm.so $(BUILD)/libbnorm.so.$(MAJOR)
+
+# the functions HEADER marks BN_API, as a linker version script
+EXPORTS = { echo '{ global:'; sed -n 's/^BN_API [^(]*[ *]\(bn_[a-z0-9_]*\)(.*/    \1;/p' $(1); \
+            echo '  local: *;'; echo '};'; }
+$(BUILD)/libbnorm.map: include/bnorm.h
+	@mkdir -p $(dir $@)
+	$(call EXPORTS,$<) > $@
+$(BUILD)/libbnorm_mpi.map: include/bnorm_mpi.h
+	@mkdir -p $(dir $@)
+	$(call EXPORTS,$<) > $@
 
 $(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -228,11 +255,13 @@ FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 fuzz-build:
 	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
-	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a build-fuzz/libbnorm_io.a
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a \
+	  build-fuzz/libbnorm_io.a
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
 # the safetensors reader needs cJSON, which the build of libbnorm_io above found
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_io.a \
+                   build-fuzz/libbnorm.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Iio -o $@ $< \
 	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a -lcjson -lm
 
@@ -256,11 +285,16 @@ install: all
 	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libbnorm.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libbnorm.so $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(VERSION)
-	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(firstword $(subst ., ,$(VERSION)))
+	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(MAJOR)
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so
 	install -m 755 $(BUILD)/bnorm $(DESTDIR)$(PREFIX)/bin/
-	$(if $(HAVE_MPI),install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/)
-	$(if $(HAVE_MPI),install -m 644 $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/)
+ifeq ($(HAVE_MPI),yes)
+	install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libbnorm_mpi.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so.$(VERSION)
+	ln -sf libbnorm_mpi.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so.$(MAJOR)
+	ln -sf libbnorm_mpi.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so
+endif
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 
