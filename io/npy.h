@@ -78,7 +78,7 @@ void bn_npy_free(bn_npy *arr);
 /*
  * Writes data, an array of the given dtype and dims (C order, native byte order), to path as a
  * version 1.0 .npy file whose data starts at a multiple of 64 bytes, through bn_write_output
- * (see there for how each kind of path is written).
+ * (output.h says how each kind of path is written).
  *   data: in (dims...), count = product of dims elements; may be NULL only when count = 0
  *   dims: ndim sizes, each >= 0; ndim in [0, BN_NPY_MAX_NDIM]
  * @return BN_OK; BN_ERR_IO (with strerror), BN_ERR_SHAPE, BN_ERR_TOO_LARGE, BN_ERR_UNSUPPORTED,
@@ -103,10 +103,10 @@ typedef struct bn_npy_stream {
 } bn_npy_stream;
 
 /*
- * Opens path (with bn_open_regular) and reads its header, with the checks of bn_npy_read: the
- * file must be a regular file whose size is known and matches the header. A Fortran-order
- * array of more than one dimension is BN_ERR_UNSUPPORTED (its samples are not contiguous). On
- * failure nothing stays open.
+ * Opens path (with bn_open_regular, input.h) and reads its header, with the checks of
+ * bn_npy_read: the file must be a regular file whose size is known and matches the header. A
+ * Fortran-order array of more than one dimension is BN_ERR_UNSUPPORTED (its samples are not
+ * contiguous). On failure nothing stays open.
  * @return BN_OK or a status of bn_npy_read; err says why.
  */
 bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen);

@@ -38,7 +38,8 @@ typedef struct cli_st_file {
 
 /*
  * Writes the n tensors (data in native byte order) and one metadata pair (meta_key may be NULL)
- * to path atomically (temporary file + rename: on failure an existing file is left as it was).
+ * to path through bn_write_output (output.h: a file is replaced atomically; on failure an
+ * existing file is left as it was).
  * @return BN_OK; BN_ERR_IO, BN_ERR_NO_MEMORY, BN_ERR_ARGUMENT (a bad name or dtype); err says
  *         why.
  */
