@@ -9,18 +9,34 @@ OPENMP  ?= -fopenmp
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
 # Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
 EXACT   := -ffp-contract=off
-ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude -Isrc
+ALL_CFLAGS := $(WARN) $(EXACT) $(CFLAGS) $(OPENMP) $(EXTRA_DEFS) -fPIC -Iinclude
 LDLIBS  := $(OPENMP) -lm
 
 VERSION := $(shell sed -n 's/^\#define BN_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/bnorm.h | paste -sd.)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 
+# libbnorm (src/): the numerics, needing nothing but libc, libm and OpenMP. libbnorm_io (io/):
+# the file formats (.npy, safetensors) and the atomic writer of outputs, an internal library for
+# the command, the tests and the fuzzers.
 LIB_SRC  := $(wildcard src/*.c)
+IO_SRC   := $(wildcard io/*.c)
 CLI_SRC  := $(filter-out cli/comm_%.c,$(wildcard cli/*.c))
 TEST_SRC := $(wildcard tests/c/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
-HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard tests/c/*.h) $(wildcard cli/*.h)
+HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard io/*.h) \
+            $(wildcard cli/*.h) $(wildcard tests/c/*.h)
+# Each part sees the headers it uses: the library (src/, src/mpi/) its own, the command io/'s,
+# the C tests both.
+$(BUILD)/src/%.o:       INCLUDES = -Isrc
+$(BUILD)/cli/%.o:       INCLUDES = -Iio
+$(BUILD)/tests/c/%.o:   INCLUDES = -Isrc -Iio
+$(BUILD)/tests/mpi/%.o: INCLUDES = -Isrc -Itests/c
+# The shared libraries export the functions of include/ (marked BN_API) and nothing else: the
+# internals, test hooks included, reach the C tests through the static archive.
+$(BUILD)/src/%.o:       VISIBILITY = -fvisibility=hidden
 
 # MPI (libbnorm_mpi, its tests, `bnorm fit` across ranks) is built when mpicc is found; mpicc
 # drives $(CC) (OMPI_CC / MPICH_CC), so the gcc, clang and sanitizer builds all cover it.
@@ -40,7 +56,7 @@ have_header = $(shell $(CC) -E -x c -include $(1) /dev/null >/dev/null 2>&1 && e
 HAVE_CJSON := $(call have_header,cjson/cJSON.h)
 CLI_LD   := $(CC)
 CLI_LIBS := $(if $(HAVE_CJSON),-lcjson)
-$(BUILD)/cli/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
+$(BUILD)/io/safetensors.o: EXTRA_CFLAGS = $(if $(HAVE_CJSON),-DBN_HAVE_CJSON)
 ifeq ($(HAVE_MPI),yes)
 MPI_TARGETS := $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(BUILD)/test_bnorm_mpi
 CLI_OBJ_COMM := $(BUILD)/cli/comm_mpi.o
@@ -57,7 +73,14 @@ CONFIG := cjson=$(if $(HAVE_CJSON),yes,no) mpi=$(if $(HAVE_MPI),yes,no)
 $(BUILD)/config: FORCE
 	@mkdir -p $(dir $@)
 	@test "$$(cat $@ 2>/dev/null)" = "$(CONFIG)" || echo "$(CONFIG)" > $@
-$(BUILD)/cli/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+$(BUILD)/io/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
+
+# The sources of each library, in a file rewritten only when the list changes: an archive or
+# shared library built before a source file moved out of (or into) its directory is rebuilt.
+LIB_LIST := $(LIB_SRC) | $(IO_SRC) | $(MPI_SRC)
+$(BUILD)/objects: FORCE
+	@mkdir -p $(dir $@)
+	@test "$$(cat $@ 2>/dev/null)" = "$(LIB_LIST)" || echo "$(LIB_LIST)" > $@
 
 # `make -s probes [HEADER=NAME]`: what the probes found, and have_header's answer for NAME
 probes:
@@ -68,11 +91,12 @@ probes:
 .PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
         probes FORCE
 
-all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/bnorm $(BUILD)/test_bnorm $(MPI_TARGETS)
+all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm \
+     $(BUILD)/test_bnorm $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) $(EXTRA_CFLAGS) -c $< -o $@
 
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
@@ -80,36 +104,65 @@ $(BUILD)/src/kernels.o $(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 
 $(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) -c $< -o $@
 
 $(BUILD)/tests/mpi/%.o: tests/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -Itests/c -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
 
-$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ)
-	rm -f $@ && ar rcs $@ $^
+$(BUILD)/libbnorm_mpi.a: $(MPI_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-# self-contained: the MPI calls and the library, for loaders such as ctypes
-$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(LIB_OBJ)
-	$(MPI_CC) $(CFLAGS) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
+# The MPI calls over libbnorm.so (one copy of the library in a process, so that
+# bn_set_num_threads reaches the MPI calls too), found beside it ($ORIGIN: build/, or the
+# installed lib/). The argument checks sync.c makes before the ranks agree (validate.o: no
+# state) are not exported by libbnorm.so, so they come along privately; --no-undefined catches
+# any other internal function the MPI calls would need.
+MPI_PRIVATE_OBJ := $(BUILD)/src/validate.o
+$(BUILD)/libbnorm_mpi.so: $(MPI_OBJ) $(MPI_PRIVATE_OBJ) $(BUILD)/libbnorm.so \
+                          $(BUILD)/libbnorm_mpi.map
+	$(MPI_CC) $(CFLAGS) -shared -Wl,-soname,libbnorm_mpi.so.$(MAJOR) \
+	  -Wl,--version-script=$(BUILD)/libbnorm_mpi.map -Wl,--no-undefined -Wl,-rpath,'$$ORIGIN' \
+	  -o $@ $(MPI_OBJ) $(MPI_PRIVATE_OBJ) $(BUILD)/libbnorm.so $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_bnorm_mpi: $(MPI_TEST_OBJ) $(BUILD)/libbnorm_ref.a $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm.a
 	$(MPI_CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/libbnorm.a: $(LIB_OBJ)
-	rm -f $@ && ar rcs $@ $^
+$(BUILD)/libbnorm.a: $(LIB_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/libbnorm.so: $(LIB_OBJ)
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(firstword $(subst ., ,$(VERSION))) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/libbnorm_io.a: $(IO_OBJ) $(BUILD)/objects
+	rm -f $@ && ar rcs $@ $(filter %.o,$^)
+
+# A shared library exports the functions its header marks BN_API, and nothing else. The objects
+# are built with -fvisibility=hidden; the version script, made from the header, also hides what
+# that flag leaves out (GCC 12 exports the dispatchers of target_clones kernels regardless).
+# $(BUILD)/libbnorm.so.MAJOR, the name libbnorm_mpi.so asks for, leads to it.
+$(BUILD)/libbnorm.so: $(LIB_OBJ) $(BUILD)/objects $(BUILD)/libbnorm.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm.so.$(MAJOR) \
+	  -Wl,--version-script=$(BUILD)/libbnorm.map -o $@ $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
+	ln -sf libbnorm.so $(BUILD)/libbnorm.so.$(MAJOR)
+
+# the functions HEADER marks BN_API, as a linker version script
+EXPORTS = { echo '{ global:'; sed -n 's/^BN_API [^(]*[ *]\(bn_[a-z0-9_]*\)(.*/    \1;/p' $(1); \
+            echo '  local: *;'; echo '};'; }
+$(BUILD)/libbnorm.map: include/bnorm.h
+	@mkdir -p $(dir $@)
+	$(call EXPORTS,$<) > $@
+$(BUILD)/libbnorm_mpi.map: include/bnorm_mpi.h
+	@mkdir -p $(dir $@)
+	$(call EXPORTS,$<) > $@
 
 $(BUILD)/cli/comm_mpi.o: cli/comm_mpi.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(MPI_CC) $(ALL_CFLAGS) -c $< -o $@
+	$(MPI_CC) $(ALL_CFLAGS) $(INCLUDES) -c $< -o $@
 
-$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm.a $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
-	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(CLI_LIBS) $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
+$(BUILD)/bnorm: $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm_io.a $(BUILD)/libbnorm.a \
+                $(if $(HAVE_MPI),$(BUILD)/libbnorm_mpi.a)
+	$(CLI_LD) $(CFLAGS) -o $@ $(CLI_OBJ) $(CLI_OBJ_COMM) $(BUILD)/libbnorm_io.a $(CLI_LIBS) \
+	  $(BUILD)/libbnorm.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm_ref.a $(BUILD)/libbnorm.a
+$(BUILD)/test_bnorm: $(TEST_OBJ) $(BUILD)/libbnorm_ref.a $(BUILD)/libbnorm_io.a $(BUILD)/libbnorm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # The tests' oracle: a plain scalar reference of every pass (src/reference), linked into the
@@ -137,7 +190,7 @@ test-suites: all isa-check
 # baseline instruction set only, must be identical, and identical to the committed
 # tests/isa/digest.expected: a guard against any change of the arithmetic.
 $(BUILD)/digest: tests/isa/digest.c $(BUILD)/tests/c/testutil.o $(BUILD)/libbnorm.a
-	$(CC) $(ALL_CFLAGS) -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -Isrc -Itests/c -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 isa-check: $(BUILD)/digest
 	$(MAKE) -s BUILD=$(BUILD)/baseline EXTRA_DEFS=-DBN_NO_CLONES $(BUILD)/baseline/digest
@@ -207,19 +260,17 @@ FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
 fuzz-build:
+	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
-	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a
+	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a \
+	  build-fuzz/libbnorm_io.a
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm.a
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Isrc -o $@ $< build-fuzz/libbnorm.a -lm
-
-# the safetensors reader of `bnorm fit` and `apply` lives in cli/ and needs cJSON
-build-fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c tests/fuzz/fuzz_files.h cli/safetensors.c \
-                             build-fuzz/libbnorm.a
-	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -DBN_HAVE_CJSON -Iinclude -Isrc -Icli -o $@ \
-	  $< cli/safetensors.c build-fuzz/libbnorm.a -lcjson -lm
+# the safetensors reader needs cJSON, which the build of libbnorm_io above found
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_io.a \
+                   build-fuzz/libbnorm.a
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Iio -o $@ $< \
+	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a -lcjson -lm
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build
@@ -241,11 +292,16 @@ install: all
 	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libbnorm.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libbnorm.so $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(VERSION)
-	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(firstword $(subst ., ,$(VERSION)))
+	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so.$(MAJOR)
 	ln -sf libbnorm.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm.so
 	install -m 755 $(BUILD)/bnorm $(DESTDIR)$(PREFIX)/bin/
-	$(if $(HAVE_MPI),install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/)
-	$(if $(HAVE_MPI),install -m 644 $(BUILD)/libbnorm_mpi.a $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/)
+ifeq ($(HAVE_MPI),yes)
+	install -m 644 include/bnorm_mpi.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libbnorm_mpi.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libbnorm_mpi.so $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so.$(VERSION)
+	ln -sf libbnorm_mpi.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so.$(MAJOR)
+	ln -sf libbnorm_mpi.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_mpi.so
+endif
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
 

@@ -2,7 +2,7 @@
  * exit status 1, a usage error with the command's synopsis and exit status 2, and a note about
  * a temporary file that an interrupted run left next to an output. */
 #include "cli.h"
-#include "npy.h"
+#include "output.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 
 #include "bnorm.h"
 #include "cli.h"
-#include "npy.h"
+#include "output.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -56,7 +56,7 @@ static int run(int argc, char **argv) {
 /* Interrupted while writing an output: remove the temporary file, then die of the signal.
  * (SIGKILL leaves it; the next write of that output mentions it: cli_note_stale_temporary.) */
 static void on_signal(int sig) {
-    bn_npy_remove_temporary();
+    bn_remove_output_temporary();
     signal(sig, SIG_DFL);
     raise(sig);
 }

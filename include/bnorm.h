@@ -147,6 +147,14 @@ extern "C" {
 #define BN_VERSION_PATCH 0
 #define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
 
+/* Marks the functions the shared libraries export; the library is built with
+ * -fvisibility=hidden, so nothing else leaves it. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BN_API __attribute__((visibility("default")))
+#else
+#define BN_API
+#endif
+
 /* Status codes. Values are pinned and only ever appended to. */
 typedef enum bn_status {
     BN_OK = 0,
@@ -197,16 +205,16 @@ typedef struct bn_moments {
 } bn_moments;
 
 /* Sets the number of threads later calls use; n <= 0 restores OpenMP's default. Thread-safe. */
-void bn_set_num_threads(int n);
+BN_API void bn_set_num_threads(int n);
 
 /* The number of threads calls use now (1 when the library was built without OpenMP). */
-int bn_get_num_threads(void);
+BN_API int bn_get_num_threads(void);
 
 /* What a status means, as a static sentence. Unknown values give "unknown status". */
-const char *bn_status_string(bn_status status);
+BN_API const char *bn_status_string(bn_status status);
 
 /* The library's version, "MAJOR.MINOR.PATCH", as built. */
-const char *bn_version_string(void);
+BN_API const char *bn_version_string(void);
 
 /*
  * Fills *desc for a tensor with dims (N, C, ...) of ndim >= 2 sizes, in logical order whatever the
@@ -216,8 +224,8 @@ const char *bn_version_string(void);
  *         BN_ERR_TOO_LARGE (the element count overflows int64_t or the byte count PTRDIFF_MAX),
  *         BN_ERR_UNSUPPORTED (dtype or layout). *desc is written only on success.
  */
-bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
-                            bn_layout layout);
+BN_API bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dtype dtype,
+                                   bn_layout layout);
 
 /*
  * Training forward pass: normalizes x with its batch statistics.
@@ -235,10 +243,10 @@ bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dty
  * and save_mean, save_invstd are NaN.
  * @return BN_OK; BN_ERR_COUNT when n*s == 1; the validation errors of the other arguments.
  */
-bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
-                           void *running_var, int64_t *num_batches_tracked, const void *x,
-                           const void *weight, const void *bias, const bn_desc *desc,
-                           const bn_options *opt);
+BN_API bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd,
+                                  void *running_mean, void *running_var,
+                                  int64_t *num_batches_tracked, const void *x, const void *weight,
+                                  const void *bias, const bn_desc *desc, const bn_options *opt);
 
 /*
  * Eval forward pass: normalizes x with stored statistics.
@@ -249,9 +257,9 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
  *   eps:          finite, >= 0
  * @return BN_OK or a validation error.
  */
-bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
-                          const void *running_var, const void *weight, const void *bias,
-                          const bn_desc *desc, double eps);
+BN_API bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
+                                 const void *running_var, const void *weight, const void *bias,
+                                 const bn_desc *desc, double eps);
 
 /*
  * Backward pass of bn_forward_train (batch statistics, so the mean terms apply).
@@ -264,9 +272,10 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
  * dx may be the same buffer as dy. With n = 0, dweight and dbias are zero.
  * @return BN_OK or a validation error.
  */
-bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
-                            const double *save_mean, const double *save_invstd,
-                            const void *weight, const bn_desc *desc);
+BN_API bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy,
+                                   const void *x, const double *save_mean,
+                                   const double *save_invstd, const void *weight,
+                                   const bn_desc *desc);
 
 /*
  * Backward pass of bn_forward_eval (stored statistics, which are constants).
@@ -278,9 +287,9 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
  *   weight:       in (C); NULL means 1
  * @return BN_OK or a validation error.
  */
-bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
-                           const void *running_mean, const void *running_var, const void *weight,
-                           const bn_desc *desc, double eps);
+BN_API bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
+                                  const void *x, const void *running_mean, const void *running_var,
+                                  const void *weight, const bn_desc *desc, double eps);
 
 /*
  * STAGES OF A TRAINING STEP, for a batch split over processes or read in pieces
@@ -306,7 +315,7 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
  * @return BN_OK; BN_ERR_NULL_POINTER; the errors of a bad desc (as bn_forward_train);
  *         BN_ERR_NO_MEMORY. Nothing is written on failure.
  */
-bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc);
+BN_API bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc);
 
 /*
  * acc[k] = acc[k] merged with part[k] for k < c (Chan, Golub and LeVeque): exact for unequal
@@ -318,7 +327,7 @@ bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *
  *         BN_ERR_ARGUMENT (a negative count); BN_ERR_TOO_LARGE (a merged count overflows 64
  *         bits). Nothing is written on failure.
  */
-bn_status bn_merge_moments(bn_moments *acc, const bn_moments *part, int64_t c);
+BN_API bn_status bn_merge_moments(bn_moments *acc, const bn_moments *part, int64_t c);
 
 /*
  * Training forward pass of a piece x of a batch, with the batch's statistics given: as
@@ -333,11 +342,12 @@ bn_status bn_merge_moments(bn_moments *acc, const bn_moments *part, int64_t c);
  *         between channels or m < n*s; the validation errors of bn_forward_train. Nothing is
  *         written on failure.
  */
-bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
-                                 void *running_mean, void *running_var,
-                                 int64_t *num_batches_tracked, const void *x, const void *weight,
-                                 const void *bias, const bn_moments *stats, const bn_desc *desc,
-                                 const bn_options *opt);
+BN_API bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
+                                        void *running_mean, void *running_var,
+                                        int64_t *num_batches_tracked, const void *x,
+                                        const void *weight, const void *bias,
+                                        const bn_moments *stats, const bn_desc *desc,
+                                        const bn_options *opt);
 
 /*
  * The per-channel sums of a piece that the training backward pass needs from the whole batch
@@ -350,9 +360,9 @@ bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd
  * @return BN_OK; the validation errors of bn_backward_train; BN_ERR_NO_MEMORY. Nothing is
  *         written on failure.
  */
-bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,
-                           const double *save_mean, const double *save_invstd,
-                           const bn_desc *desc);
+BN_API bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy,
+                                  const void *x, const double *save_mean, const double *save_invstd,
+                                  const bn_desc *desc);
 
 /*
  * dx of a piece of a batch, from the batch's sums (bn_backward_sums of every piece, added):
@@ -367,10 +377,11 @@ bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, 
  *         validation errors of bn_backward_train; BN_ERR_NO_MEMORY. Nothing is written on
  *         failure.
  */
-bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
-                                 const double *save_mean, const double *save_invstd,
-                                 const void *weight, const double *sum_dy,
-                                 const double *sum_dy_xhat, int64_t count, const bn_desc *desc);
+BN_API bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
+                                        const double *save_mean, const double *save_invstd,
+                                        const void *weight, const double *sum_dy,
+                                        const double *sum_dy_xhat, int64_t count,
+                                        const bn_desc *desc);
 
 /*
  * Looks for NaN and infinite values in x, which the passes above take like any other value and
@@ -384,7 +395,8 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
  * To check a per-channel array (weight, bias, running statistics), describe it as (1, C, 1).
  * @return BN_OK when every value is finite; BN_ERR_NOT_FINITE; or a validation error.
  */
-bn_status bn_check_finite(int64_t *channel, int64_t *index, const void *x, const bn_desc *desc);
+BN_API bn_status bn_check_finite(int64_t *channel, int64_t *index, const void *x,
+                                 const bn_desc *desc);
 
 #ifdef __cplusplus
 }

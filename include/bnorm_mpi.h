@@ -1,6 +1,7 @@
 /*
  * bnorm_mpi.h - synchronized batch normalization over the ranks of an MPI communicator
- * (libbnorm_mpi; link with -lbnorm_mpi -lbnorm, or load libbnorm_mpi.so, which holds both).
+ * (libbnorm_mpi; link with -lbnorm_mpi -lbnorm, or load libbnorm_mpi.so, which loads the
+ * libbnorm.so beside it: one copy of the library per process).
  *
  * A batch is split between the ranks along N: rank r holds n_r samples (any n_r >= 0, unequal
  * and empty shards included) of the same C channels and spatial size. Each call is collective:
@@ -86,7 +87,7 @@ extern "C" {
  *         BN_ERR_ARGUMENT (a negative count), BN_ERR_TOO_LARGE, BN_ERR_NO_MEMORY, on every rank
  *         when on any; nothing is written on failure.
  */
-bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm);
+BN_API bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm);
 
 /*
  * The training forward pass of bn_forward_train over the batch made of every rank's x
@@ -95,11 +96,11 @@ bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm);
  * unbiased variance of the whole batch.
  * @return BN_OK; the status of the first failing rank, on every rank (see the top).
  */
-bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
-                               void *running_mean, void *running_var,
-                               int64_t *num_batches_tracked, const void *x, const void *weight,
-                               const void *bias, const bn_desc *desc, const bn_options *opt,
-                               MPI_Comm comm);
+BN_API bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
+                                      void *running_mean, void *running_var,
+                                      int64_t *num_batches_tracked, const void *x,
+                                      const void *weight, const void *bias, const bn_desc *desc,
+                                      const bn_options *opt, MPI_Comm comm);
 
 /*
  * The training backward pass of bn_mpi_forward_train (arguments as bn_backward_train; C and
@@ -110,22 +111,22 @@ bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
  *            data-parallel all-reduce of the gradients). NULL to skip.
  * @return BN_OK; the status of the first failing rank, on every rank.
  */
-bn_status bn_mpi_backward_train(void *dx, void *dweight, void *dbias, const void *dy,
-                                const void *x, const double *save_mean,
-                                const double *save_invstd, const void *weight,
-                                const bn_desc *desc, MPI_Comm comm);
+BN_API bn_status bn_mpi_backward_train(void *dx, void *dweight, void *dbias, const void *dy,
+                                       const void *x, const double *save_mean,
+                                       const double *save_invstd, const void *weight,
+                                       const bn_desc *desc, MPI_Comm comm);
 
 /* The same calls with a Fortran communicator handle. */
-bn_status bn_mpi_merge_moments_f(bn_moments *moments, int64_t c, MPI_Fint comm);
-bn_status bn_mpi_forward_train_f(void *y, double *save_mean, double *save_invstd,
-                                 void *running_mean, void *running_var,
-                                 int64_t *num_batches_tracked, const void *x,
-                                 const void *weight, const void *bias, const bn_desc *desc,
-                                 const bn_options *opt, MPI_Fint comm);
-bn_status bn_mpi_backward_train_f(void *dx, void *dweight, void *dbias, const void *dy,
-                                  const void *x, const double *save_mean,
-                                  const double *save_invstd, const void *weight,
-                                  const bn_desc *desc, MPI_Fint comm);
+BN_API bn_status bn_mpi_merge_moments_f(bn_moments *moments, int64_t c, MPI_Fint comm);
+BN_API bn_status bn_mpi_forward_train_f(void *y, double *save_mean, double *save_invstd,
+                                        void *running_mean, void *running_var,
+                                        int64_t *num_batches_tracked, const void *x,
+                                        const void *weight, const void *bias, const bn_desc *desc,
+                                        const bn_options *opt, MPI_Fint comm);
+BN_API bn_status bn_mpi_backward_train_f(void *dx, void *dweight, void *dbias, const void *dy,
+                                         const void *x, const double *save_mean,
+                                         const double *save_invstd, const void *weight,
+                                         const bn_desc *desc, MPI_Fint comm);
 
 #ifdef __cplusplus
 }

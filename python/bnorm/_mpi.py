@@ -1,6 +1,7 @@
 """Loading libbnorm_mpi.so (bnorm_mpi.h) and declaring its functions for ctypes.
 
-libbnorm_mpi.so holds the MPI calls and the whole library. It is looked for, in this order:
+libbnorm_mpi.so holds the MPI calls; they use libbnorm.so, the copy bnorm._lib loaded (one
+library per process, so bn_set_num_threads reaches them). It is looked for, in this order:
   1. the file named by the environment variable BNORM_MPI_LIBRARY (only there; see _env.py);
   2. libbnorm_mpi.so next to the libbnorm.so this package loaded (build/ after `make`);
   3. ctypes.util.find_library("bnorm_mpi").

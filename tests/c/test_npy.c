@@ -5,7 +5,9 @@
 #define _XOPEN_SOURCE 700
 
 #include "check.h"
+#include "input.h"
 #include "npy.h"
+#include "output.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /* fuzz_safetensors.c - libFuzzer target for the safetensors reader of `bnorm fit` and `bnorm
- * apply` (cli/safetensors.c): the fuzzed bytes are written to a file and read. Invariants: on
+ * apply` (io/safetensors.c): the fuzzed bytes are written to a file and read. Invariants: on
  * success every tensor has a known dtype, 0 .. CLI_ST_MAX_NDIM dims whose product is its count,
  * data whose every element can be read (ASan checks), a name that finds it, and the file written
  * back reads to the same tensors; on failure nothing is held and the message is one line. */

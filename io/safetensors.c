@@ -3,28 +3,19 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "safetensors.h"
-#include "npy.h" /* bn_write_output, bn_open_regular */
+#include "input.h"
+#include "message.h"
+#include "output.h"
 
 #ifdef BN_HAVE_CJSON
 #include <cjson/cJSON.h>
 #endif
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Every element size here is 4 or 8 bytes. */
 static size_t elem_size(int dtype) { return dtype == CLI_ST_F32 ? 4 : 8; }
@@ -66,7 +57,8 @@ static cJSON *entry(const cli_st_tensor *t, size_t begin, size_t end) {
         return NULL;
     }
     cJSON_AddItemToObject(e, "dtype", cJSON_CreateString(dtype_names[t->dtype]));
-    for (int k = 0; k < t->ndim; k++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->dims[k]));
+    for (int k = 0; k < t->ndim; k++)
+        cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->dims[k]));
     cJSON_AddItemToObject(e, "shape", shape);
     cJSON_AddItemToArray(off, cJSON_CreateNumber((double)begin));
     cJSON_AddItemToArray(off, cJSON_CreateNumber((double)end));
@@ -81,7 +73,7 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
     for (int k = 0; k < n; k++) {
         if (t[k].dtype < CLI_ST_F32 || t[k].dtype > CLI_ST_I64 || !t[k].name ||
             !t[k].name[0] || strcmp(t[k].name, "__metadata__") == 0) {
-            set_err(err, errlen, "tensor %d: bad name or dtype", k);
+            bn_io_set_err(err, errlen, "tensor %d: bad name or dtype", k);
             return BN_ERR_ARGUMENT;
         }
         total += (size_t)t[k].count * elem_size(t[k].dtype);
@@ -122,7 +114,7 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
         st = bn_write_output(path, (const char *)buf, 8 + hlen, buf + 8 + hlen, total, err,
                              errlen);
     } else {
-        set_err(err, errlen, "out of memory");
+        bn_io_set_err(err, errlen, "out of memory");
     }
     free(buf);
     cJSON_free(json);
@@ -148,14 +140,14 @@ static bn_status read_all(const char *path, unsigned char **out, size_t *len, ch
         unsigned char *grown = realloc(*out, cap);
         if (!grown) {
             st = BN_ERR_NO_MEMORY;
-            set_err(err, errlen, "out of memory reading %zu bytes", cap);
+            bn_io_set_err(err, errlen, "out of memory reading %zu bytes", cap);
             break;
         }
         *out = grown;
         got += fread(*out + got, 1, cap - got, f);
         if (ferror(f)) {
             st = BN_ERR_IO;
-            set_err(err, errlen, "read failed: %s", strerror(errno));
+            bn_io_os_error("read failed", errno, err, errlen);
             break;
         }
         if (got < cap || sized) break; /* the end, or all the size promised */
@@ -164,7 +156,7 @@ static bn_status read_all(const char *path, unsigned char **out, size_t *len, ch
     fclose(f);
     if (st == BN_OK && sized && got != cap) {
         st = BN_ERR_IO;
-        set_err(err, errlen, "read failed: the file shrank");
+        bn_io_set_err(err, errlen, "read failed: the file shrank");
     }
     if (st != BN_OK) {
         free(*out);
@@ -201,7 +193,7 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
     char name_buf[68], dtype_buf[20];
     const char *name = shown(name_buf, sizeof name_buf, e->string);
     if (!cJSON_IsObject(e)) {
-        set_err(err, errlen, "header entry \"%s\" is not a JSON object", name);
+        bn_io_set_err(err, errlen, "header entry \"%s\" is not a JSON object", name);
         return BN_ERR_FORMAT;
     }
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
@@ -209,8 +201,10 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs) ||
         cJSON_GetArraySize(offs) != 2) {
-        set_err(err, errlen, "tensor \"%s\": needs \"dtype\" (a string), \"shape\" (an array) and "
-                             "\"data_offsets\" (two numbers)", name);
+        bn_io_set_err(err, errlen,
+                      "tensor \"%s\": needs \"dtype\" (a string), \"shape\" (an array) and "
+                      "\"data_offsets\" (two numbers)",
+                      name);
         return BN_ERR_FORMAT;
     }
     t->name = e->string;
@@ -218,24 +212,24 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
     for (int k = 0; k < 3; k++)
         if (strcmp(dt->valuestring, dtype_names[k]) == 0) t->dtype = k;
     if (t->dtype < 0) {
-        set_err(err, errlen, "tensor \"%s\": dtype %s is not supported (only F32, F64, I64)", name,
-                shown(dtype_buf, sizeof dtype_buf, dt->valuestring));
+        bn_io_set_err(err, errlen, "tensor \"%s\": dtype %s is not supported (only F32, F64, I64)",
+                      name, shown(dtype_buf, sizeof dtype_buf, dt->valuestring));
         return BN_ERR_UNSUPPORTED;
     }
     t->ndim = cJSON_GetArraySize(shape);
     if (t->ndim > CLI_ST_MAX_NDIM) {
-        set_err(err, errlen, "tensor \"%s\": %d dimensions, more than %d", name, t->ndim,
-                CLI_ST_MAX_NDIM);
+        bn_io_set_err(err, errlen, "tensor \"%s\": %d dimensions, more than %d", name, t->ndim,
+                      CLI_ST_MAX_NDIM);
         return BN_ERR_UNSUPPORTED;
     }
     t->count = 1;
     for (int k = 0; k < t->ndim; k++) {
         if (!whole(cJSON_GetArrayItem(shape, k), &t->dims[k])) {
-            set_err(err, errlen, "tensor \"%s\": shape entry %d is not a size", name, k);
+            bn_io_set_err(err, errlen, "tensor \"%s\": shape entry %d is not a size", name, k);
             return BN_ERR_FORMAT;
         }
         if (t->dims[k] && t->count > INT64_MAX / 8 / t->dims[k]) {
-            set_err(err, errlen, "tensor \"%s\": the shape is too large", name);
+            bn_io_set_err(err, errlen, "tensor \"%s\": the shape is too large", name);
             return BN_ERR_FORMAT;
         }
         t->count *= t->dims[k];
@@ -243,14 +237,16 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
     if (!whole(cJSON_GetArrayItem(offs, 0), &off[0]) ||
         !whole(cJSON_GetArrayItem(offs, 1), &off[1]) || off[0] > off[1] ||
         (uint64_t)off[1] > data_len) {
-        set_err(err, errlen, "tensor \"%s\": data_offsets outside the %zu bytes of data", name,
-                data_len);
+        bn_io_set_err(err, errlen, "tensor \"%s\": data_offsets outside the %zu bytes of data",
+                      name, data_len);
         return BN_ERR_FORMAT;
     }
     if (off[1] - off[0] != t->count * (int64_t)elem_size(t->dtype)) {
-        set_err(err, errlen, "tensor \"%s\": data_offsets span %lld bytes, but %lld elements of %s "
-                             "take %lld", name, (long long)(off[1] - off[0]), (long long)t->count,
-                dt->valuestring, (long long)(t->count * (int64_t)elem_size(t->dtype)));
+        bn_io_set_err(err, errlen,
+                      "tensor \"%s\": data_offsets span %lld bytes, but %lld elements of %s "
+                      "take %lld",
+                      name, (long long)(off[1] - off[0]), (long long)t->count, dt->valuestring,
+                      (long long)(t->count * (int64_t)elem_size(t->dtype)));
         return BN_ERR_FORMAT;
     }
     return BN_OK;
@@ -315,25 +311,29 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
     for (int b = 0; b < 8 && b < (int)len; b++) hlen |= (uint64_t)buf[b] << (8 * b);
     cJSON *root = NULL;
     if (len < 8) {
-        set_err(err, errlen, "not a safetensors file: %zu bytes, shorter than the 8-byte header "
-                             "length", len);
+        bn_io_set_err(err, errlen,
+                      "not a safetensors file: %zu bytes, shorter than the 8-byte header "
+                      "length",
+                      len);
         st = BN_ERR_FORMAT;
     } else if (hlen > len - 8 || hlen > MAX_HEADER || hlen < 2 || buf[8] != '{') {
-        set_err(err, errlen, "not a safetensors file: the header length %llu does not fit the "
-                             "file's %zu bytes, or the header is not a JSON object",
-                (unsigned long long)hlen, len);
+        bn_io_set_err(err, errlen,
+                      "not a safetensors file: the header length %llu does not fit the "
+                      "file's %zu bytes, or the header is not a JSON object",
+                      (unsigned long long)hlen, len);
         st = BN_ERR_FORMAT;
     } else {
         const char *json = (const char *)buf + 8, *parsed = NULL;
         root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &parsed, 0);
         size_t at;
         if (!cJSON_IsObject(root)) {
-            set_err(err, errlen, "the header is not valid JSON");
+            bn_io_set_err(err, errlen, "the header is not valid JSON");
             st = BN_ERR_FORMAT;
         } else if ((at = padding_end(json, (size_t)(parsed - json), hlen)) < hlen) {
-            set_err(err, errlen, "the header has bytes after its JSON object that are not "
-                                 "padding (byte %zu of %llu is 0x%02x)", at,
-                    (unsigned long long)hlen, (unsigned char)json[at]);
+            bn_io_set_err(err, errlen,
+                          "the header has bytes after its JSON object that are not "
+                          "padding (byte %zu of %llu is 0x%02x)",
+                          at, (unsigned long long)hlen, (unsigned char)json[at]);
             st = BN_ERR_FORMAT;
         }
     }
@@ -344,20 +344,20 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
     cli_st_tensor *t = st == BN_OK ? calloc((size_t)n + 1, sizeof *t) : NULL;
     int64_t *offs = st == BN_OK ? calloc((size_t)n + 1, 2 * sizeof(int64_t)) : NULL;
     if (st == BN_OK && (!t || !offs)) {
-        set_err(err, errlen, "out of memory");
+        bn_io_set_err(err, errlen, "out of memory");
         st = BN_ERR_NO_MEMORY;
     }
     int k = 0, twice = -1;
     if (st == BN_OK && (twice = first_repeat(root, n)) == -2) {
-        set_err(err, errlen, "out of memory");
+        bn_io_set_err(err, errlen, "out of memory");
         st = BN_ERR_NO_MEMORY;
     }
     for (const cJSON *e = root ? root->child : NULL; st == BN_OK && e; e = e->next) {
         if (strcmp(e->string, "__metadata__") == 0) continue;
         if (k == twice) {
             char name_buf[68];
-            set_err(err, errlen, "tensor \"%s\" appears twice in the header",
-                    shown(name_buf, sizeof name_buf, e->string));
+            bn_io_set_err(err, errlen, "tensor \"%s\" appears twice in the header",
+                          shown(name_buf, sizeof name_buf, e->string));
             st = BN_ERR_FORMAT;
             break;
         }
@@ -378,8 +378,10 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
         }
         if (st == BN_OK && (size_t)end != data_len) st = BN_ERR_FORMAT;
         if (st != BN_OK)
-            set_err(err, errlen, "the tensors' data_offsets leave holes in or overlap the %zu "
-                                 "bytes of data", data_len);
+            bn_io_set_err(err, errlen,
+                          "the tensors' data_offsets leave holes in or overlap the %zu "
+                          "bytes of data",
+                          data_len);
     }
     free(offs);
     if (st != BN_OK) {
@@ -405,8 +407,9 @@ void cli_safetensors_free(cli_st_file *f) {
 #else /* built without cJSON: the commands say what to install */
 
 static bn_status no_json(char *err, size_t errlen) {
-    set_err(err, errlen, "bnorm was built without cJSON, which safetensors files need: "
-                         "apt-get install libcjson-dev, then rebuild");
+    bn_io_set_err(err, errlen,
+                  "bnorm was built without cJSON, which safetensors files need: "
+                  "apt-get install libcjson-dev, then rebuild");
     return BN_ERR_UNSUPPORTED;
 }
 

@@ -1,22 +1,17 @@
 /* npy.c - NumPy .npy files: a strict reader (versions 1-3, either byte order, C or Fortran
- * order) and a writer (version 1.0); and the writer every output goes through, by one rule
- * (links followed; files replaced atomically by temporary file + fsync + rename; devices and
- * FIFOs written in place). See npy.h. */
-#define _XOPEN_SOURCE 700 /* POSIX 2008 and S_ISVTX */
+ * order) and a writer (version 1.0), which writes through bn_write_output. See npy.h. */
+#define _POSIX_C_SOURCE 200809L
 
 #include "npy.h"
+#include "input.h"
+#include "message.h"
+#include "output.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <stdatomic.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 static const unsigned char npy_magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
 enum {
@@ -24,17 +19,6 @@ enum {
     NPY_MAX_HEADER = 1 << 20, /* longer headers are refused (NumPy writes under 1 KiB) */
     NPY_READ_CHUNK = 1 << 24  /* first allocation when the file size is not known */
 };
-
-/* Writes one formatted line into the caller's buffer; NULL or errlen 0 discards it. */
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int host_is_little_endian(void) {
     const uint16_t one = 1;
@@ -114,48 +98,49 @@ typedef struct npy_preamble {
 static bn_status parse_preamble(npy_preamble *pre, const unsigned char *buf, size_t len,
                                 size_t file_len, char *err, size_t errlen) {
     if (file_len == 0) {
-        set_err(err, errlen, "file is empty (0 bytes), not a .npy file");
+        bn_io_set_err(err, errlen, "file is empty (0 bytes), not a .npy file");
         return BN_ERR_FORMAT;
     }
     size_t have = len < sizeof npy_magic ? len : sizeof npy_magic;
     if (memcmp(buf, npy_magic, have) != 0) {
-        set_err(err, errlen, "not a .npy file: it does not start with the magic \"\\x93NUMPY\"");
+        bn_io_set_err(err, errlen,
+                      "not a .npy file: it does not start with the magic \"\\x93NUMPY\"");
         return BN_ERR_FORMAT;
     }
     if (len < 8) {
-        set_err(err, errlen, "truncated: the file is %zu bytes long and ends inside the %s", len,
-                len < 6 ? "magic string \"\\x93NUMPY\"" : "format version");
+        bn_io_set_err(err, errlen, "truncated: the file is %zu bytes long and ends inside the %s",
+                      len, len < 6 ? "magic string \"\\x93NUMPY\"" : "format version");
         return BN_ERR_FORMAT;
     }
     pre->major = buf[6];
     pre->minor = buf[7];
     if (pre->minor != 0 || pre->major < 1 || pre->major > 3) {
-        set_err(err, errlen, "format version %d.%d is not supported (only 1.0, 2.0 and 3.0)",
-                pre->major, pre->minor);
+        bn_io_set_err(err, errlen, "format version %d.%d is not supported (only 1.0, 2.0 and 3.0)",
+                      pre->major, pre->minor);
         return BN_ERR_UNSUPPORTED;
     }
     size_t field = pre->major == 1 ? 2 : 4;
     pre->prefix_len = 8 + field;
     if (len < pre->prefix_len) {
-        set_err(err, errlen,
-                "truncated: the file is %zu bytes long and ends inside the %zu-byte header "
-                "length field",
-                len, field);
+        bn_io_set_err(err, errlen,
+                      "truncated: the file is %zu bytes long and ends inside the %zu-byte header "
+                      "length field",
+                      len, field);
         return BN_ERR_FORMAT;
     }
     uint32_t hlen = (uint32_t)buf[8] | (uint32_t)buf[9] << 8;
     if (field == 4) hlen |= (uint32_t)buf[10] << 16 | (uint32_t)buf[11] << 24;
     pre->header_len = hlen;
     if (hlen > file_len - pre->prefix_len) {
-        set_err(err, errlen,
-                "header longer than the file: the header length field says %lu bytes, but only "
-                "%zu bytes follow it",
-                (unsigned long)hlen, file_len - pre->prefix_len);
+        bn_io_set_err(err, errlen,
+                      "header longer than the file: the header length field says %lu bytes, "
+                      "but only %zu bytes follow it",
+                      (unsigned long)hlen, file_len - pre->prefix_len);
         return BN_ERR_FORMAT;
     }
     if (hlen > NPY_MAX_HEADER) {
-        set_err(err, errlen, "header of %lu bytes is larger than the %d bytes accepted",
-                (unsigned long)hlen, NPY_MAX_HEADER);
+        bn_io_set_err(err, errlen, "header of %lu bytes is larger than the %d bytes accepted",
+                      (unsigned long)hlen, NPY_MAX_HEADER);
         return BN_ERR_TOO_LARGE;
     }
     return BN_OK;
@@ -195,10 +180,10 @@ static bn_status syntax_error(cursor *c, const char *what) {
         near[k] = (*q >= 0x20 && *q < 0x7f) ? *q : '?';
     near[k] = '\0';
     if (c->p >= c->end)
-        set_err(c->err, c->errlen, "malformed header: %s at its end", what);
+        bn_io_set_err(c->err, c->errlen, "malformed header: %s at its end", what);
     else
-        set_err(c->err, c->errlen, "malformed header: %s at byte %ld of the header: \"%s%s\"",
-                what, (long)(c->p - c->start), near, c->end - c->p > 16 ? "..." : "");
+        bn_io_set_err(c->err, c->errlen, "malformed header: %s at byte %ld of the header: \"%s%s\"",
+                      what, (long)(c->p - c->start), near, c->end - c->p > 16 ? "..." : "");
     return BN_ERR_FORMAT;
 }
 
@@ -268,8 +253,8 @@ static bn_status parse_descr(npy_header *h, const char *descr, char *err, size_t
     int plain = q != digits && *q == '\0'; /* kind letter, then only digits */
     if (kind == 'f' && plain && (size == 4 || size == 8)) {
         if (order == '|') {
-            set_err(err, errlen, "dtype '%s' has no byte order, which a %ld-byte float needs",
-                    descr, size);
+            bn_io_set_err(err, errlen, "dtype '%s' has no byte order, which a %ld-byte float needs",
+                          descr, size);
             return BN_ERR_FORMAT;
         }
         h->dtype = size == 4 ? BN_FLOAT32 : BN_FLOAT64;
@@ -277,16 +262,17 @@ static bn_status parse_descr(npy_header *h, const char *descr, char *err, size_t
         return BN_OK;
     }
     if (kind == 'f' && plain) {
-        set_err(err, errlen, "dtype '%s' (float%ld) is not supported: %s", descr, size * 8,
-                supported);
+        bn_io_set_err(err, errlen, "dtype '%s' (float%ld) is not supported: %s", descr, size * 8,
+                      supported);
         return BN_ERR_UNSUPPORTED;
     }
     const char *name = kind_name(kind);
     if (name) {
-        set_err(err, errlen, "dtype '%s' (%s) is not supported: %s", descr, name, supported);
+        bn_io_set_err(err, errlen, "dtype '%s' (%s) is not supported: %s", descr, name, supported);
         return BN_ERR_UNSUPPORTED;
     }
-    set_err(err, errlen, "malformed header: 'descr' is '%s', which is not a NumPy dtype", descr);
+    bn_io_set_err(err, errlen, "malformed header: 'descr' is '%s', which is not a NumPy dtype",
+                  descr);
     return BN_ERR_FORMAT;
 }
 
@@ -300,8 +286,8 @@ static bn_status parse_shape(npy_header *h, cursor *c) {
         skip_space(c);
         if (at(c, ')')) break;
         if (h->ndim == BN_NPY_MAX_NDIM) {
-            set_err(c->err, c->errlen, "shape has more than %d dimensions, NumPy's limit",
-                    BN_NPY_MAX_NDIM);
+            bn_io_set_err(c->err, c->errlen, "shape has more than %d dimensions, NumPy's limit",
+                          BN_NPY_MAX_NDIM);
             return BN_ERR_UNSUPPORTED;
         }
         int negative = 0;
@@ -318,12 +304,12 @@ static bn_status parse_shape(npy_header *h, cursor *c) {
         }
         if (at(c, 'L') || at(c, 'l')) c->p++; /* Python 2 wrote longs as 3L */
         if (negative && (v != 0 || too_big)) {
-            set_err(c->err, c->errlen, "shape has a negative size in dimension %d", h->ndim);
+            bn_io_set_err(c->err, c->errlen, "shape has a negative size in dimension %d", h->ndim);
             return BN_ERR_FORMAT;
         }
         if (too_big) {
-            set_err(c->err, c->errlen, "shape size in dimension %d does not fit in 64 bits",
-                    h->ndim);
+            bn_io_set_err(c->err, c->errlen, "shape size in dimension %d does not fit in 64 bits",
+                          h->ndim);
             return BN_ERR_TOO_LARGE;
         }
         h->dims[h->ndim++] = v;
@@ -365,8 +351,9 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
         if (strcmp(key, "descr") == 0) {
             seen = &seen_descr;
             if (at(&c, '[')) {
-                set_err(err, errlen, "structured dtypes (a list of fields in 'descr') are not "
-                                     "supported: only float32 and float64 arrays");
+                bn_io_set_err(err, errlen,
+                              "structured dtypes (a list of fields in 'descr') are not "
+                              "supported: only float32 and float64 arrays");
                 return BN_ERR_UNSUPPORTED;
             }
             st = parse_string(&c, descr, sizeof descr, "'descr' must be a quoted dtype string");
@@ -379,13 +366,15 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
             seen = &seen_shape;
             st = parse_shape(h, &c);
         } else {
-            set_err(err, errlen, "malformed header: unexpected key '%s' (the keys are 'descr', "
-                                 "'fortran_order' and 'shape')", key);
+            bn_io_set_err(err, errlen,
+                          "malformed header: unexpected key '%s' (the keys are 'descr', "
+                          "'fortran_order' and 'shape')",
+                          key);
             return BN_ERR_FORMAT;
         }
         if (st != BN_OK) return st;
         if (*seen) {
-            set_err(err, errlen, "malformed header: key '%s' appears twice", key);
+            bn_io_set_err(err, errlen, "malformed header: key '%s' appears twice", key);
             return BN_ERR_FORMAT;
         }
         *seen = 1;
@@ -401,8 +390,8 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
     skip_space(&c);
     if (c.p != c.end) return syntax_error(&c, "unexpected text after the dict");
     if (!seen_descr || !seen_fortran || !seen_shape) {
-        set_err(err, errlen, "malformed header: the key '%s' is missing",
-                !seen_descr ? "descr" : !seen_fortran ? "fortran_order" : "shape");
+        bn_io_set_err(err, errlen, "malformed header: the key '%s' is missing",
+                      !seen_descr ? "descr" : !seen_fortran ? "fortran_order" : "shape");
         return BN_ERR_FORMAT;
     }
     bn_status st = parse_descr(h, descr, err, errlen);
@@ -411,16 +400,16 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
     int64_t count, bytes;
     if (!shape_count(h->ndim, h->dims, &count)) {
         char shape[512];
-        set_err(err, errlen, "shape %s has more elements than 64 bits can count",
-                bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims));
+        bn_io_set_err(err, errlen, "shape %s has more elements than 64 bits can count",
+                      bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims));
         return BN_ERR_TOO_LARGE;
     }
     if (!mul_checked(count, (int64_t)dtype_size(h->dtype), &bytes) ||
         (uint64_t)bytes > (uint64_t)SIZE_MAX) {
         char shape[512];
-        set_err(err, errlen, "shape %s of %s is too large to address in memory",
-                bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims),
-                dtype_name(h->dtype));
+        bn_io_set_err(err, errlen, "shape %s of %s is too large to address in memory",
+                      bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims),
+                      dtype_name(h->dtype));
         return BN_ERR_TOO_LARGE;
     }
     h->count = count;
@@ -431,9 +420,9 @@ static bn_status parse_header(npy_header *h, const char *text, size_t len, char 
 static bn_status data_size_error(const npy_header *h, size_t file_has, int more, char *err,
                                  size_t errlen) {
     char shape[512];
-    set_err(err, errlen, "header says %zu bytes of data (shape %s of %s), file has %s%zu",
-            h->nbytes, bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims),
-            dtype_name(h->dtype), more ? "more than " : "", file_has);
+    bn_io_set_err(err, errlen, "header says %zu bytes of data (shape %s of %s), file has %s%zu",
+                  h->nbytes, bn_npy_shape_string(shape, sizeof shape, h->ndim, h->dims),
+                  dtype_name(h->dtype), more ? "more than " : "", file_has);
     return BN_ERR_FORMAT;
 }
 
@@ -480,8 +469,10 @@ static bn_status finish(bn_npy *arr, const npy_header *h, void *raw, char *err, 
         void *c_order = malloc(h->nbytes);
         if (!c_order) {
             free(raw);
-            set_err(err, errlen, "out of memory: cannot allocate %zu bytes to reorder the "
-                                 "Fortran-order data", h->nbytes);
+            bn_io_set_err(err, errlen,
+                          "out of memory: cannot allocate %zu bytes to reorder the "
+                          "Fortran-order data",
+                          h->nbytes);
             return BN_ERR_TOO_LARGE;
         }
         fortran_to_c(c_order, raw, size, h->ndim, h->dims, h->count);
@@ -500,13 +491,15 @@ static bn_status finish(bn_npy *arr, const npy_header *h, void *raw, char *err, 
 
 static void *alloc_data(size_t nbytes, char *err, size_t errlen) {
     void *p = malloc(nbytes ? nbytes : 1);
-    if (!p) set_err(err, errlen, "out of memory: cannot allocate %zu bytes for the data", nbytes);
+    if (!p)
+        bn_io_set_err(err, errlen, "out of memory: cannot allocate %zu bytes for the data",
+                      nbytes);
     return p;
 }
 
 bn_status bn_npy_parse(bn_npy *arr, const void *buf, size_t len, char *err, size_t errlen) {
     if (!arr || (!buf && len)) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     memset(arr, 0, sizeof *arr);
@@ -529,16 +522,12 @@ bn_status bn_npy_parse(bn_npy *arr, const void *buf, size_t len, char *err, size
  * Reading a file.
  */
 
-static bn_status io_error(const char *what, int errnum, char *err, size_t errlen) {
-    set_err(err, errlen, "%s: %s", what, strerror(errnum));
-    return BN_ERR_IO;
-}
 
 /* Reads up to want bytes into buf; *got = bytes read. Fails only on a read error. */
 static bn_status read_some(FILE *f, void *buf, size_t want, size_t *got, char *err,
                            size_t errlen) {
     *got = fread(buf, 1, want, f);
-    if (*got < want && ferror(f)) return io_error("read failed", errno, err, errlen);
+    if (*got < want && ferror(f)) return bn_io_os_error("read failed", errno, err, errlen);
     return BN_OK;
 }
 
@@ -561,8 +550,8 @@ static bn_status read_data(FILE *f, const npy_header *h, long long known_rest, v
             unsigned char *p = realloc(buf, grown);
             if (!p) {
                 st = BN_ERR_TOO_LARGE;
-                set_err(err, errlen, "out of memory: cannot allocate %zu bytes for the data",
-                        grown);
+                bn_io_set_err(err, errlen, "out of memory: cannot allocate %zu bytes for the data",
+                              grown);
                 break;
             }
             buf = p;
@@ -598,8 +587,8 @@ static bn_status read_data(FILE *f, const npy_header *h, long long known_rest, v
 static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *rest, char *err,
                              size_t errlen) {
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0) return io_error("cannot stat", errno, err, errlen);
-    if (S_ISDIR(sb.st_mode)) return io_error("cannot read", EISDIR, err, errlen);
+    if (fstat(fileno(f), &sb) != 0) return bn_io_os_error("cannot stat", errno, err, errlen);
+    if (S_ISDIR(sb.st_mode)) return bn_io_os_error("cannot read", EISDIR, err, errlen);
     int regular = S_ISREG(sb.st_mode);
     unsigned char start[12];
     size_t got;
@@ -615,7 +604,7 @@ static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *
 
     char *text = malloc(pre.header_len ? pre.header_len : 1);
     if (!text) {
-        set_err(err, errlen, "out of memory reading a %zu-byte header", pre.header_len);
+        bn_io_set_err(err, errlen, "out of memory reading a %zu-byte header", pre.header_len);
         return BN_ERR_TOO_LARGE;
     }
     size_t in_start = got - pre.prefix_len; /* header bytes already read with the preamble */
@@ -623,9 +612,10 @@ static bn_status read_header(FILE *f, npy_header *h, size_t *offset, long long *
     memcpy(text, start + pre.prefix_len, in_start);
     st = read_some(f, text + in_start, pre.header_len - in_start, &got, err, errlen);
     if (st == BN_OK && in_start + got < pre.header_len) {
-        set_err(err, errlen, "header longer than the file: the header length field says %zu "
-                             "bytes, but only %zu bytes follow it",
-                pre.header_len, in_start + got);
+        bn_io_set_err(err, errlen,
+                      "header longer than the file: the header length field says %zu "
+                      "bytes, but only %zu bytes follow it",
+                      pre.header_len, in_start + got);
         st = BN_ERR_FORMAT;
     }
     if (st == BN_OK) st = parse_header(h, text, pre.header_len, err, errlen);
@@ -652,48 +642,17 @@ static bn_status read_file(bn_npy *arr, FILE *f, char *err, size_t errlen) {
 
 bn_status bn_npy_read(bn_npy *arr, const char *path, char *err, size_t errlen) {
     if (!arr || !path) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     memset(arr, 0, sizeof *arr);
     FILE *f = fopen(path, "rb");
-    if (!f) return io_error("cannot open", errno, err, errlen);
+    if (!f) return bn_io_os_error("cannot open", errno, err, errlen);
     bn_status st = read_file(arr, f, err, errlen);
     fclose(f); /* read-only: nothing to lose */
     return st;
 }
 
-static const char *file_kind(mode_t mode) {
-    return S_ISFIFO(mode) ? "a FIFO" : S_ISCHR(mode) ? "a character device"
-         : S_ISBLK(mode) ? "a block device" : S_ISSOCK(mode) ? "a socket" : "of an unknown type";
-}
-
-bn_status bn_open_regular(FILE **f, const char *path, char *err, size_t errlen) {
-    if (!f || !path) {
-        set_err(err, errlen, "a required argument is NULL");
-        return BN_ERR_NULL_POINTER;
-    }
-    *f = NULL;
-    /* O_NONBLOCK: opening a FIFO that has no writer would wait for one */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return io_error("cannot open", errno, err, errlen);
-    struct stat sb;
-    int flags;
-    bn_status st = BN_OK;
-    if (fstat(fd, &sb) != 0) {
-        st = io_error("cannot stat", errno, err, errlen);
-    } else if (S_ISDIR(sb.st_mode)) {
-        st = io_error("cannot read", EISDIR, err, errlen);
-    } else if (!S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "not a regular file (%s)", file_kind(sb.st_mode));
-        st = BN_ERR_IO;
-    } else if ((flags = fcntl(fd, F_GETFL)) < 0 ||
-               fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0 || !(*f = fdopen(fd, "rb"))) {
-        st = io_error("cannot open", errno, err, errlen);
-    }
-    if (st != BN_OK) close(fd);
-    return st;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Reading a file in pieces.
@@ -701,7 +660,7 @@ bn_status bn_open_regular(FILE **f, const char *path, char *err, size_t errlen) 
 
 bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen) {
     if (!s || !path) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     memset(s, 0, sizeof *s);
@@ -713,15 +672,17 @@ bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size
     long long rest;
     st = read_header(f, &h, &offset, &rest, err, errlen);
     if (st == BN_OK && rest < 0) {
-        set_err(err, errlen, "the file system gives no size for it (it says 0 bytes): it cannot "
-                             "be read in pieces");
+        bn_io_set_err(err, errlen,
+                      "the file system gives no size for it (it says 0 bytes): it cannot "
+                      "be read in pieces");
         st = BN_ERR_IO;
     }
     if (st == BN_OK && (unsigned long long)rest != (unsigned long long)h.nbytes)
         st = data_size_error(&h, (size_t)rest, 0, err, errlen);
     if (st == BN_OK && h.fortran && h.ndim > 1 && h.count > 1) {
-        set_err(err, errlen, "a Fortran-order array cannot be read sample by sample; save it in "
-                             "C order (numpy.ascontiguousarray)");
+        bn_io_set_err(err, errlen,
+                      "a Fortran-order array cannot be read sample by sample; save it in "
+                      "C order (numpy.ascontiguousarray)");
         st = BN_ERR_UNSUPPORTED;
     }
     if (st != BN_OK) {
@@ -741,23 +702,24 @@ bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size
 bn_status bn_npy_stream_read(bn_npy_stream *s, void *out, int64_t first, int64_t count,
                              char *err, size_t errlen) {
     if (!s || !s->file || (!out && count)) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     if (first < 0 || count < 0 || first > s->count || count > s->count - first) {
-        set_err(err, errlen, "elements [%lld, %lld) are outside the array's %lld", (long long)first,
-                (long long)(first + count), (long long)s->count);
+        bn_io_set_err(err, errlen, "elements [%lld, %lld) are outside the array's %lld",
+                      (long long)first, (long long)(first + count), (long long)s->count);
         return BN_ERR_SHAPE;
     }
     const size_t size = dtype_size(s->dtype);
     const off_t at = (off_t)(s->data_offset + first * (int64_t)size);
     if (s->position != at && fseeko(s->file, at, SEEK_SET) != 0)
-        return io_error("seek failed", errno, err, errlen);
+        return bn_io_os_error("seek failed", errno, err, errlen);
     size_t got = fread(out, size, (size_t)count, s->file);
     if (got < (size_t)count) {
-        if (ferror(s->file)) return io_error("read failed", errno, err, errlen);
-        set_err(err, errlen, "the file is shorter than its header says (it changed while being "
-                             "read?)");
+        if (ferror(s->file)) return bn_io_os_error("read failed", errno, err, errlen);
+        bn_io_set_err(err, errlen,
+                      "the file is shorter than its header says (it changed while being "
+                      "read?)");
         return BN_ERR_FORMAT;
     }
     s->position = at + (off_t)(count * (int64_t)size);
@@ -797,363 +759,40 @@ static size_t format_header(char *out, size_t outlen, bn_dtype dtype, int ndim,
     return total;
 }
 
-/* Writes header and data to fd (consumed: always closed), syncing when sync is set. */
-static bn_status write_fd(int fd, int sync, const char *header, size_t hlen, const void *data,
-                          size_t nbytes, char *err, size_t errlen) {
-    FILE *f = fdopen(fd, "wb");
-    if (!f) {
-        int e = errno;
-        close(fd);
-        return io_error("cannot open for writing", e, err, errlen);
-    }
-    int e = 0;
-    const char *what = NULL;
-    if (fwrite(header, 1, hlen, f) != hlen || (nbytes && fwrite(data, 1, nbytes, f) != nbytes)) {
-        e = errno;
-        what = "write failed";
-    } else if (fflush(f) != 0) {
-        e = errno;
-        what = "write failed";
-    } else if (fsync(fileno(f)) != 0 && (sync || (errno != EINVAL && errno != EROFS))) {
-        e = errno; /* devices that cannot sync say EINVAL; that is no data loss */
-        what = "fsync failed";
-    }
-    if (fclose(f) != 0 && !what) {
-        e = errno;
-        what = "close failed";
-    }
-    if (what) return io_error(what, e ? e : EIO, err, errlen);
-    return BN_OK;
-}
-
-/* ---------------------------------------------------------------------------------------------
- * Where an output goes: the file its symbolic links lead to, and the temporary file beside it.
- */
-
-enum {
-    LINK_HOPS = 40,     /* symbolic links followed at most (Linux's limit) */
-    TMP_NAME_MAX = 255, /* NAME_MAX: no temporary name is longer */
-    TMP_RANDOM = 6      /* random characters at the end of a temporary name */
-};
-
-/* A temporary file is "." + (the start of) the output's name + tmp_tag + TMP_RANDOM characters. */
-static const char tmp_tag[] = ".bnorm-tmp.";
-static const char tmp_alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-
-/* Bytes of the output's name that its temporary name keeps: all, or as many as fit in
- * TMP_NAME_MAX, cut before a UTF-8 continuation byte so that no character is split. */
-static size_t tmp_stem(const char *name) {
-    const size_t room = TMP_NAME_MAX - 1 - (sizeof tmp_tag - 1) - TMP_RANDOM;
-    size_t n = strlen(name);
-    if (n <= room) return n;
-    for (n = room; n > 0 && ((unsigned char)name[n] & 0xc0) == 0x80; n--) {}
-    return n;
-}
-
-/* Whether entry is a temporary name for an output called name[0 .. stem-1]. */
-static int is_temporary_of(const char *entry, const char *name, size_t stem) {
-    const size_t tag = sizeof tmp_tag - 1;
-    if (entry[0] != '.' || strncmp(entry + 1, name, stem) != 0 ||
-        strncmp(entry + 1 + stem, tmp_tag, tag) != 0)
-        return 0;
-    const char *random = entry + 1 + stem + tag;
-    return strlen(random) == TMP_RANDOM && strspn(random, tmp_alphabet) == TMP_RANDOM;
-}
-
-/* TMP_RANDOM characters for a temporary name, from the time, the process and the attempt. */
-static void random_suffix(char *out, unsigned attempt) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t x = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)getpid() << 40 ^
-                 (uint64_t)(uintptr_t)out ^ (uint64_t)attempt * 0x9e3779b97f4a7c15u;
-    x ^= x >> 30; /* splitmix64's finalizer */
-    x *= 0xbf58476d1ce4e5b9u;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebu;
-    x ^= x >> 31;
-    for (int i = 0; i < TMP_RANDOM; i++, x /= 62) out[i] = tmp_alphabet[x % 62];
-}
-
-/* The length of path's directory part, its final '/' included (0: the current directory). */
-static size_t dir_length(const char *path) {
-    const char *slash = strrchr(path, '/');
-    return slash ? (size_t)(slash - path) + 1 : 0;
-}
-
-/* Whether this process may follow the symbolic link at path (lsb: its lstat). Following links
- * by hand skips the kernel's rule for sticky directories that anyone may write to, such as /tmp
- * (Linux's fs.protected_symlinks), so it is applied here whatever the system's setting: there,
- * only a link owned by this user or by the directory's owner is followed. path is cut at its
- * directory for a moment. */
-static int may_follow(char *path, const struct stat *lsb) {
-    size_t dir_len = dir_length(path);
-    char kept = path[dir_len];
-    path[dir_len] = '\0';
-    struct stat dsb;
-    int known = stat(dir_len ? path : ".", &dsb) == 0;
-    path[dir_len] = kept;
-    return !known || !(dsb.st_mode & S_ISVTX) || !(dsb.st_mode & S_IWOTH) ||
-           lsb->st_uid == geteuid() || lsb->st_uid == dsb.st_uid;
-}
-
-/* The target of the symbolic link at path, as a path usable from here: a relative target is
- * taken from the link's directory. malloc'd; NULL with errno set on failure. */
-static char *link_target(const char *path, const struct stat *lsb) {
-    size_t cap = lsb->st_size > 0 ? (size_t)lsb->st_size + 1 : 256;
-    for (;;) {
-        char *buf = malloc(cap);
-        if (!buf) return NULL;
-        ssize_t n = readlink(path, buf, cap);
-        if (n < 0) {
-            int e = errno;
-            free(buf);
-            errno = e;
-            return NULL;
-        }
-        if ((size_t)n < cap) { /* not cut short */
-            buf[n] = '\0';
-            size_t dir_len = buf[0] == '/' ? 0 : dir_length(path);
-            char *full = malloc(dir_len + (size_t)n + 1);
-            if (full) snprintf(full, dir_len + (size_t)n + 1, "%.*s%s", (int)dir_len, path, buf);
-            free(buf);
-            if (!full) errno = ENOMEM;
-            return full;
-        }
-        free(buf);
-        cap *= 2;
-    }
-}
-
-/* Follows the symbolic links at path to the file they lead to: *target (malloc'd) names it and
- * *sb is its lstat, st_mode 0 when there is nothing (a new file, a dangling link, or a path the
- * system refuses to look up: creating the temporary file then says why). *through = 1 when a
- * link names an open file rather than a path (Linux's /proc/PID/fd/N, which /dev/stdout leads
- * to): *target is then that link, for the kernel to follow. */
-static bn_status follow_links(const char *path, char **target, struct stat *sb, int *through,
-                              char *err, size_t errlen) {
-    struct stat proc;
-    const int have_proc = lstat("/proc/self", &proc) == 0;
-    char *cur = malloc(strlen(path) + 1);
-    if (!cur) {
-        set_err(err, errlen, "out of memory");
-        return BN_ERR_TOO_LARGE;
-    }
-    strcpy(cur, path);
-    *through = 0;
-    for (int hops = 0;; hops++) {
-        if (lstat(cur, sb) != 0) {
-            memset(sb, 0, sizeof *sb);
-            break;
-        }
-        if (!S_ISLNK(sb->st_mode)) break;
-        if (have_proc && sb->st_dev == proc.st_dev) {
-            *through = 1;
-            break;
-        }
-        bn_status st = BN_OK;
-        char *next = NULL;
-        if (hops == LINK_HOPS) {
-            st = io_error("cannot follow the symbolic link", ELOOP, err, errlen);
-        } else if (!may_follow(cur, sb)) {
-            set_err(err, errlen, "refusing to follow the symbolic link %s: another user owns it, "
-                                 "in a sticky directory anyone may write to", cur);
-            st = BN_ERR_IO;
-        } else if (!(next = link_target(cur, sb))) {
-            set_err(err, errlen, "cannot read the symbolic link %s: %s", cur, strerror(errno));
-            st = BN_ERR_IO;
-        }
-        free(cur);
-        if (st != BN_OK) return st;
-        cur = next;
-    }
-    *target = cur;
-    return BN_OK;
-}
-
-/* Writes header and data through the file at path as it is (a device, a FIFO, a file named by
- * an open-file link), truncating a regular file first when trunc is set. O_NONBLOCK, cleared
- * once open: a FIFO that no process reads is ENXIO at once rather than a wait for a reader. */
-static bn_status write_in_place(const char *path, int trunc, const char *header, size_t hlen,
-                                const void *data, size_t nbytes, char *err, size_t errlen) {
-    int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | (trunc ? O_TRUNC : 0));
-    if (fd < 0 && errno == ENXIO) {
-        set_err(err, errlen, "cannot open for writing: %s (a FIFO that no process is reading)",
-                strerror(ENXIO));
-        return BN_ERR_IO;
-    }
-    if (fd < 0) return io_error("cannot open for writing", errno, err, errlen);
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
-        int e = errno;
-        close(fd);
-        return io_error("cannot open for writing", e, err, errlen);
-    }
-    return write_fd(fd, 0, header, hlen, data, nbytes, err, errlen);
-}
-
-/* The new file takes the old one's owner and permission bits, before any data is in it. Best
- * effort: a process that may not give a file away (not root) keeps it as its own, with the
- * group where it may; should fchmod fail, the file stays 0600. */
-static void keep_owner_and_mode(int fd, const struct stat *old) {
-    struct stat now;
-    if (fstat(fd, &now) == 0 && (now.st_uid != old->st_uid || now.st_gid != old->st_gid)) {
-        int owned = fchown(fd, old->st_uid, old->st_gid) == 0 ||
-                    fchown(fd, (uid_t)-1, old->st_gid) == 0;
-        (void)owned;
-    }
-    /* after fchown, which may clear the set-id bits */
-    int moded = fchmod(fd, old->st_mode & 07777) == 0;
-    (void)moded;
-}
-
-/* The temporary file being written, for bn_npy_remove_temporary(); NULL when there is none. */
-static _Atomic(char *) temporary_path;
-
-void bn_npy_remove_temporary(void) {
-    char *tmp = atomic_load(&temporary_path);
-    if (tmp) unlink(tmp);
-}
-
-/* Writes header and data to a new temporary file beside target and renames it over target.
- * old: target's lstat when it is a regular file that the new one replaces, else NULL. */
-static bn_status replace(char *target, const struct stat *old, const char *header, size_t hlen,
-                         const void *data, size_t nbytes, char *err, size_t errlen) {
-    const size_t dir_len = dir_length(target);
-    const char *name = target + dir_len;
-    if (*name == '\0') return io_error("cannot write", EISDIR, err, errlen);
-    const size_t stem = tmp_stem(name);
-    const size_t tmp_size = dir_len + 1 + stem + sizeof tmp_tag + TMP_RANDOM;
-    char *tmp = malloc(tmp_size);
-    if (!tmp) {
-        set_err(err, errlen, "out of memory");
-        return BN_ERR_TOO_LARGE;
-    }
-    int fd = -1;
-    for (unsigned attempt = 0; attempt < 100 && fd < 0; attempt++) {
-        char suffix[TMP_RANDOM + 1] = {0};
-        random_suffix(suffix, attempt);
-        snprintf(tmp, tmp_size, "%.*s.%.*s%s%s", (int)dir_len, target, (int)stem, name, tmp_tag,
-                 suffix);
-        /* named before it exists: a signal may land as open returns */
-        atomic_store(&temporary_path, tmp);
-        /* O_EXCL as in mkstemp. A new output gets 0666 less the umask, as any new file; one
-         * that replaces a file starts private and then takes that file's mode. */
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, old ? 0600 : 0666);
-        if (fd < 0 && errno != EEXIST) break;
-    }
-    if (fd < 0) {
-        int e = errno;
-        atomic_store(&temporary_path, NULL);
-        set_err(err, errlen, "cannot create a temporary file in %s%.*s: %s",
-                dir_len ? "" : "the current directory", (int)dir_len, target, strerror(e));
-        free(tmp);
-        return BN_ERR_IO;
-    }
-    if (old) keep_owner_and_mode(fd, old);
-    bn_status st = write_fd(fd, 1, header, hlen, data, nbytes, err, errlen);
-    if (st == BN_OK && rename(tmp, target) != 0) {
-        int e = errno;
-        set_err(err, errlen, "cannot rename the temporary file %s into place: %s", tmp,
-                strerror(e));
-        st = BN_ERR_IO;
-    }
-    if (st != BN_OK) unlink(tmp);
-    atomic_store(&temporary_path, NULL);
-    free(tmp);
-    if (st == BN_OK) { /* make the rename itself durable; best effort */
-        char kept = target[dir_len];
-        target[dir_len] = '\0';
-        int dfd = open(dir_len ? target : ".", O_RDONLY | O_CLOEXEC);
-        target[dir_len] = kept;
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-    }
-    return st;
-}
-
-bn_status bn_write_output(const char *path, const char *header, size_t hlen, const void *data,
-                          size_t nbytes, char *err, size_t errlen) {
-    if (!path || (!header && hlen) || (!data && nbytes)) {
-        set_err(err, errlen, "a required argument is NULL");
-        return BN_ERR_NULL_POINTER;
-    }
-    if (!path[0]) return io_error("cannot write to an empty file name", ENOENT, err, errlen);
-    char *target;
-    struct stat sb;
-    int through;
-    bn_status st = follow_links(path, &target, &sb, &through, err, errlen);
-    if (st != BN_OK) return st;
-    if (S_ISDIR(sb.st_mode)) /* a directory, or a link to one */
-        st = io_error("cannot write", EISDIR, err, errlen);
-    else if (through || (sb.st_mode && !S_ISREG(sb.st_mode)))
-        /* a device or FIFO: renaming over it would replace the node, so write through it */
-        st = write_in_place(target, through, header, hlen, data, nbytes, err, errlen);
-    else
-        st = replace(target, sb.st_mode ? &sb : NULL, header, hlen, data, nbytes, err, errlen);
-    free(target);
-    return st;
-}
-
-int bn_find_stale_temporary(const char *path, char *found, size_t foundlen) {
-    char *target;
-    struct stat sb;
-    int through, hit = 0;
-    if (!path || !path[0] || follow_links(path, &target, &sb, &through, NULL, 0) != BN_OK)
-        return 0;
-    const size_t dir_len = dir_length(target);
-    const char *name = target + dir_len;
-    if (!through && (!sb.st_mode || S_ISREG(sb.st_mode)) && *name) { /* a file it replaces */
-        const size_t stem = tmp_stem(name);
-        char kept = target[dir_len];
-        target[dir_len] = '\0';
-        DIR *dir = opendir(dir_len ? target : ".");
-        target[dir_len] = kept;
-        for (struct dirent *e; dir && !hit && (e = readdir(dir));) {
-            if (!is_temporary_of(e->d_name, name, stem)) continue;
-            hit = 1;
-            if (found && foundlen)
-                snprintf(found, foundlen, "%.*s%s", (int)dir_len, target, e->d_name);
-        }
-        if (dir) closedir(dir);
-    }
-    free(target);
-    return hit;
-}
-
 bn_status bn_npy_write(const char *path, bn_dtype dtype, int ndim, const int64_t *dims,
                        const void *data, char *err, size_t errlen) {
     if (!path || (ndim > 0 && !dims)) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     size_t size = dtype_size(dtype);
     if (size == 0) {
-        set_err(err, errlen, "dtype %d is not supported: only float32 and float64", (int)dtype);
+        bn_io_set_err(err, errlen, "dtype %d is not supported: only float32 and float64",
+                      (int)dtype);
         return BN_ERR_UNSUPPORTED;
     }
     if (ndim < 0 || ndim > BN_NPY_MAX_NDIM) {
-        set_err(err, errlen, "%d dimensions: a .npy array has 0 to %d", ndim, BN_NPY_MAX_NDIM);
+        bn_io_set_err(err, errlen, "%d dimensions: a .npy array has 0 to %d", ndim,
+                      BN_NPY_MAX_NDIM);
         return BN_ERR_SHAPE;
     }
     int64_t count, bytes;
     for (int i = 0; i < ndim; i++) {
         if (dims[i] < 0) {
-            set_err(err, errlen, "negative size %lld in dimension %d", (long long)dims[i], i);
+            bn_io_set_err(err, errlen, "negative size %lld in dimension %d", (long long)dims[i], i);
             return BN_ERR_SHAPE;
         }
     }
     if (!shape_count(ndim, dims, &count)) {
-        set_err(err, errlen, "the shape has more elements than 64 bits can count");
+        bn_io_set_err(err, errlen, "the shape has more elements than 64 bits can count");
         return BN_ERR_TOO_LARGE;
     }
     if (!mul_checked(count, (int64_t)size, &bytes) || (uint64_t)bytes > (uint64_t)SIZE_MAX) {
-        set_err(err, errlen, "the array is too large to address in memory");
+        bn_io_set_err(err, errlen, "the array is too large to address in memory");
         return BN_ERR_TOO_LARGE;
     }
     if (bytes && !data) {
-        set_err(err, errlen, "a required argument is NULL");
+        bn_io_set_err(err, errlen, "a required argument is NULL");
         return BN_ERR_NULL_POINTER;
     }
     char header[2048];

@@ -27,9 +27,8 @@
  *   BN_ERR_NULL_POINTER a required argument is NULL
  *   BN_ERR_SHAPE        (writer only) a negative size or ndim outside [0, BN_NPY_MAX_NDIM]
  *
- * Messages: every function takes err/errlen, a caller's buffer that receives one line naming
- * the problem precisely (without the file name, which the caller knows), NUL-terminated and
- * truncated to errlen. err may be NULL or errlen 0 to discard it. On success err is left alone.
+ * Messages: every function takes err/errlen, as message.h says: one line naming the problem,
+ * without the file name, which the caller knows.
  *
  * Thread safety: no global state; distinct files may be read and written concurrently.
  */
@@ -79,7 +78,7 @@ void bn_npy_free(bn_npy *arr);
 /*
  * Writes data, an array of the given dtype and dims (C order, native byte order), to path as a
  * version 1.0 .npy file whose data starts at a multiple of 64 bytes, through bn_write_output
- * (see there for how each kind of path is written).
+ * (output.h says how each kind of path is written).
  *   data: in (dims...), count = product of dims elements; may be NULL only when count = 0
  *   dims: ndim sizes, each >= 0; ndim in [0, BN_NPY_MAX_NDIM]
  * @return BN_OK; BN_ERR_IO (with strerror), BN_ERR_SHAPE, BN_ERR_TOO_LARGE, BN_ERR_UNSUPPORTED,
@@ -104,10 +103,10 @@ typedef struct bn_npy_stream {
 } bn_npy_stream;
 
 /*
- * Opens path (with bn_open_regular) and reads its header, with the checks of bn_npy_read: the
- * file must be a regular file whose size is known and matches the header. A Fortran-order
- * array of more than one dimension is BN_ERR_UNSUPPORTED (its samples are not contiguous). On
- * failure nothing stays open.
+ * Opens path (with bn_open_regular, input.h) and reads its header, with the checks of
+ * bn_npy_read: the file must be a regular file whose size is known and matches the header. A
+ * Fortran-order array of more than one dimension is BN_ERR_UNSUPPORTED (its samples are not
+ * contiguous). On failure nothing stays open.
  * @return BN_OK or a status of bn_npy_read; err says why.
  */
 bn_status bn_npy_stream_open(bn_npy_stream *s, const char *path, char *err, size_t errlen);
@@ -122,58 +121,6 @@ bn_status bn_npy_stream_read(bn_npy_stream *s, void *out, int64_t first, int64_t
 
 /* Closes the file and zeroes *s; NULL and a closed stream are fine. */
 void bn_npy_stream_close(bn_npy_stream *s);
-
-/*
- * Writes header[0 .. hlen-1] then data[0 .. nbytes-1] to path: the one writer of every output
- * (bn_npy_write, the command's safetensors files), by one rule.
- *   - Symbolic links are followed to the file they lead to (a relative target is taken from its
- *     link's directory), which is then written by the rules below; the links stay links. A
- *     link that is not there yet (dangling) is followed too: the file it names is created. In a
- *     sticky directory anyone may write to (/tmp), only a link owned by this user or by the
- *     directory's owner is followed, as Linux's fs.protected_symlinks would have it.
- *   - A regular file, or nothing yet, is replaced atomically: the bytes go to a new temporary
- *     file "<dir>/.<name>.bnorm-tmp.XXXXXX" in the file's own directory (<name> cut short, at a
- *     UTF-8 character boundary, to keep the whole within NAME_MAX = 255 bytes; XXXXXX six
- *     random letters and digits), which is flushed, fsync'ed and closed, every step checked,
- *     then renamed over the file, and the directory fsync'ed. On any failure the temporary file
- *     is removed and the existing file is left exactly as it was. A file replaced keeps its
- *     permission bits and, where this process may give it away (root), its owner and group; a
- *     new file gets 0666 less the umask.
- *   - A device (/dev/full, /dev/null) or a FIFO is written in place, never replaced (renaming
- *     over it would replace the node); write errors are still caught. A FIFO is opened with
- *     O_NONBLOCK, so that one no process is reading fails at once (ENXIO) instead of waiting.
- *     A link that names an open file rather than a path (Linux's /proc/PID/fd/N, where
- *     /dev/stdout leads) is written through in place too, a regular file there truncated first.
- *   - A directory, or a link to one, is an error (EISDIR); so is an empty path.
- * @return BN_OK; BN_ERR_IO (err says why); BN_ERR_NULL_POINTER; BN_ERR_TOO_LARGE (no memory).
- */
-bn_status bn_write_output(const char *path, const char *header, size_t hlen, const void *data,
-                          size_t nbytes, char *err, size_t errlen);
-
-/*
- * Looks for a temporary file that bn_write_output left for path (it was killed, SIGKILL being
- * the one signal it cannot clean up after): a name "<dir>/.<name>.bnorm-tmp.XXXXXX" beside the
- * file path leads to. It is not removed: another process may be writing path right now. On a
- * hit its path goes to found (truncated to foundlen, NUL-terminated; found may be NULL).
- * @return 1 when there is one, 0 when there is none or the directory cannot be read.
- */
-int bn_find_stale_temporary(const char *path, char *found, size_t foundlen);
-
-/*
- * Removes the temporary file bn_write_output is writing, if any: for a signal handler, so that a
- * command interrupted while writing leaves no temporary file behind. Async-signal-safe (an
- * atomic load and unlink). It knows one file: the latest write in progress.
- */
-void bn_npy_remove_temporary(void);
-
-/*
- * Opens path for reading when it is a regular file, for readers that need one (a known size,
- * seeks): anything else is refused ("not a regular file (a FIFO)", ... "cannot read: Is a
- * directory"). Opening does not wait on a FIFO that has no writer: O_NONBLOCK, cleared once the
- * file is known to be regular. On success *f is open ("rb"); on failure it is NULL.
- * @return BN_OK; BN_ERR_IO (err says why); BN_ERR_NULL_POINTER.
- */
-bn_status bn_open_regular(FILE **f, const char *path, char *err, size_t errlen);
 
 /*
  * Formats a shape the way Python prints a tuple: "()", "(5,)", "(2, 3)", into buf (truncated

@@ -8,8 +8,8 @@
  *              which they must cover without holes or overlaps
  *
  * Dtypes handled: F32, F64, I64. Tensors keep their dtype; a caller converts. */
-#ifndef BN_CLI_SAFETENSORS_H
-#define BN_CLI_SAFETENSORS_H
+#ifndef BN_IO_SAFETENSORS_H
+#define BN_IO_SAFETENSORS_H
 
 #include "bnorm.h"
 
@@ -38,7 +38,8 @@ typedef struct cli_st_file {
 
 /*
  * Writes the n tensors (data in native byte order) and one metadata pair (meta_key may be NULL)
- * to path atomically (temporary file + rename: on failure an existing file is left as it was).
+ * to path through bn_write_output (output.h: a file is replaced atomically; on failure an
+ * existing file is left as it was).
  * @return BN_OK; BN_ERR_IO, BN_ERR_NO_MEMORY, BN_ERR_ARGUMENT (a bad name or dtype); err says
  *         why.
  */
