@@ -7,29 +7,34 @@
 
 #include "kernels.h"
 
-/* Forward training, channels [c0, c1): invstd = 1/sqrt(m2/count + eps), or 0 where that sum is
- * 0 (as torch's training kernels), scale = invstd * w and shift = b, from the merged moments
- * mom over count values each; w, b: (C) or NULL (1 and 0). All arrays (C), indexed by channel.
+/* Forward training: what the finish of channels [c0, c1) reads and writes. Per-channel arrays
+ * are (C), indexed by channel; stored ones are in the tensor's dtype (k's), NULL where absent. */
+typedef struct {
+    const bn_kernels *k;
+    double count, eps, factor; /* values per channel in the batch; the batch's running weight */
+    const void *weight, *bias; /* stored, or NULL (1 and 0) */
+    double *save_mean, *save_invstd; /* out, or NULL */
+    void *running_mean, *running_var; /* stored, blended, or NULL */
+    double *w, *b, *tmp;       /* doubles: weight and bias loaded; a temporary */
+    double *invstd, *scale, *shift; /* doubles out: the coefficients of the normalization */
+} bn_train_finish;
+
+/* Forward training, channels [c0, c1), from their merged moments mom over f->count values each:
+ * invstd = 1/sqrt(m2/count + eps), or 0 where that sum is 0 (as torch's training kernels),
+ * scale = invstd * w and shift = b; save_mean = mean and save_invstd = invstd; the running
+ * statistics blended with the batch's mean and unbiased variance M2 / (count - 1). Each channel
+ * is finished once, by whichever thread holds it.
  * Ranges (count >= 2): var = m2 / count is at most m2, so finite wherever M2 is; var + eps
  * overflows only for an eps near DBL_MAX. An infinite M2 (torch's var_sum overflows with it)
- * gives invstd = 0, scale 0 (y = shift: bn_centre). invstd * w overflows only for a w beyond
- * DBL_MAX * sqrt(var + eps), as torch's alpha = invstd * w does. NaN propagates. */
-void bn_finish_train(const bn_moments *mom, double count, double eps, const double *w,
-                     const double *b, int64_t c0, int64_t c1, double *invstd, double *scale,
-                     double *shift);
-
-/* What a training call keeps, for all C channels, once: save_mean = mean, save_invstd = invstd
- * ((C) or NULL), and the running statistics rm, rv ((C) in the tensor's dtype, or NULL) blended
- * with the batch's mean and unbiased variance M2 / (count - 1), factor the batch's weight. The
- * blends factor * new + (1 - factor) * old are convex: they overflow only within rounding of
- * DBL_MAX; an infinite M2 gives a running_var of inf, as torch. tmp: (C) doubles. */
-void bn_finish_train_outputs(const bn_kernels *k, const bn_moments *mom, const double *invstd,
-                             int64_t C, double count, double factor, double *save_mean,
-                             double *save_invstd, void *rm, void *rv, double *tmp);
+ * gives invstd = 0, scale 0 (y = shift: bn_centre) and a running_var of inf, as torch. invstd *
+ * w overflows only for a w beyond DBL_MAX * sqrt(var + eps), as torch's alpha = invstd * w does.
+ * The blends factor * new + (1 - factor) * old are convex: they overflow only within rounding
+ * of DBL_MAX. NaN propagates. */
+void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0, int64_t c1);
 
 /* Eval, all C channels, from the stored statistics rm, rv and w, b ((C) doubles; w, b NULL: 1
  * and 0): scale = invstd * w with invstd = 1/sqrt(rv + eps) (an infinite rv gives 0), shift =
- * b. The mean is rm itself. */
+ * b. The mean is rm itself. scale may be rv, and shift b (in place). */
 void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
                     double *scale, double *shift);
 

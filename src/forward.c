@@ -20,10 +20,9 @@ typedef struct {
     const void *x;
     bn_moments *mom;   /* (C) each channel's moments: merged, or given */
     bn_moments *parts; /* (parts, C) channels-last: the moments of each part of the rows */
-    const double *w, *b; /* (C) weight and bias as doubles, or NULL */
-    double *invstd, *scale, *shift, *mean; /* (C); mean: channels-last, the moments' means */
+    bn_train_finish fin; /* the finish: its inputs, outputs and (C) arrays */
+    double *mean;      /* (C) channels-last: the moments' means */
     void *coef;        /* (BN_COEF_COUNT, C) channels-last: the coefficients, compute type */
-    double count, eps; /* count: values per channel in the whole batch */
     int moments_only;  /* bn_compute_moments: no finish */
 } forward;
 
@@ -46,14 +45,14 @@ static void cf_moments(const bn_pass *p, int64_t c) {
 static void cf_finish(const bn_pass *p, int64_t c) {
     const forward *f = (const forward *)p;
     if (f->moments_only) return;
-    bn_finish_train(f->mom, f->count, f->eps, f->w, f->b, c, c + 1, f->invstd, f->scale, f->shift);
+    bn_finish_train(&f->fin, f->mom, c, c + 1);
 }
 
 static void cf_normalize(const bn_pass *p, int64_t c) {
     const forward *f = (const forward *)p;
     const bn_desc *d = &p->plan->d;
     p->plan->k->cf_normalize(at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s), NULL,
-                             d->n, d->s, d->c * d->s, f->mom[c].mean, f->scale[c], f->shift[c]);
+                             d->n, d->s, d->c * d->s, f->mom[c].mean, f->fin.scale[c], f->fin.shift[c]);
 }
 
 static void cf_normalize_next(const bn_pass *p, int64_t c) {
@@ -62,7 +61,7 @@ static void cf_normalize_next(const bn_pass *p, int64_t c) {
     f->mom[c + 1] = p->plan->k->cf_normalize_next(
         at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s), NULL,
         at_c(p->plan, f->x, (c + 1) * d->s), d->n, d->s, d->c * d->s, f->mom[c].mean,
-        f->scale[c], f->shift[c]);
+        f->fin.scale[c], f->fin.shift[c]);
 }
 
 /* ---- channels-last: tile rows [r0, r1) and channels [c0, c1) start at r0 * C + c0 ---- */
@@ -88,9 +87,9 @@ static void cl_finish(const bn_pass *p, int64_t c0, int64_t c1) {
             f->mom[c] = mom;
         }
     if (f->moments_only) return;
-    bn_finish_train(f->mom, f->count, f->eps, f->w, f->b, c0, c1, f->invstd, f->scale, f->shift);
+    bn_finish_train(&f->fin, f->mom, c0, c1);
     for (int64_t c = c0; c < c1; c++) f->mean[c] = f->mom[c].mean;
-    p->plan->k->coefs(f->coef, C, c0, c1, f->mean, f->scale, f->shift, NULL, NULL);
+    p->plan->k->coefs(f->coef, C, c0, c1, f->mean, f->fin.scale, f->fin.shift, NULL, NULL);
 }
 
 static void cl_normalize(const bn_pass *p, bn_tile t) {
@@ -100,10 +99,10 @@ static void cl_normalize(const bn_pass *p, bn_tile t) {
                              C, t.c1 - t.c0, (const char *)f->coef + t.c0 * (int64_t)p->plan->k->coef_size);
 }
 
-/* The training composition on a planned tensor: with given moments (mom_given) or the first
- * pass; with the normalization into y or (y NULL) the moments alone, stored in mom_out; then the
- * outputs. Scratch: (C) moments, invstd, scale, shift, mean, weight, bias, a (C) temporary; and,
- * channels-last, the parts' moments and the coefficients. */
+/* The training composition on a planned tensor: with given moments or the first pass; the finish
+ * of each channel (its coefficients, its saved and running statistics); the normalization into
+ * y; or (y NULL) the moments alone, stored in mom_out. Scratch: (C) moments and the finish's
+ * doubles; channels-last, also the parts' moments and the coefficients. */
 typedef struct {
     void *y;
     const void *x, *weight, *bias;
@@ -120,7 +119,7 @@ static bn_status run_train(const bn_plan *plan, const train_call *call) {
     const int64_t parts = cl && !call->given ? plan->tiles.parts : 0;
     bn_scratch scratch;
     void *arrays[4];
-    const size_t bytes[4] = {bn_bytes(C, sizeof(bn_moments)), bn_bytes(8 * C, sizeof(double)),
+    const size_t bytes[4] = {bn_bytes(C, sizeof(bn_moments)), bn_bytes(7 * C, sizeof(double)),
                              bn_bytes(parts * C, sizeof(bn_moments)),
                              bn_bytes(cl ? BN_COEF_COUNT * C : 0, plan->k->coef_size)};
     if (!bn_scratch_take(&scratch, 4, bytes, arrays)) return BN_ERR_NO_MEMORY;
@@ -131,20 +130,18 @@ static bn_status run_train(const bn_plan *plan, const train_call *call) {
                  .cl_first = cl_moments, .cl_finish = cl_finish, .cl_second = cl_normalize,
                  .first = call->given == NULL, .second = call->y != NULL && plan->count > 0},
         .y = call->y, .x = call->x, .mom = arrays[0], .parts = arrays[2],
-        .invstd = doubles, .scale = doubles + C, .shift = doubles + 2 * C,
-        .mean = doubles + 3 * C, .coef = arrays[3], .count = call->count, .eps = call->eps,
-        .moments_only = call->mom_out != NULL};
-    if (call->weight) plan->k->load(doubles + 4 * C, call->weight, C, 1.0), f.w = doubles + 4 * C;
-    if (call->bias) plan->k->load(doubles + 5 * C, call->bias, C, 0.0), f.b = doubles + 5 * C;
+        .fin = {.k = plan->k, .count = call->count, .eps = call->eps, .factor = call->factor,
+                .weight = call->weight, .bias = call->bias, .save_mean = call->save_mean,
+                .save_invstd = call->save_invstd, .running_mean = call->running_mean,
+                .running_var = call->running_var, .w = doubles, .b = doubles + C,
+                .tmp = doubles + 2 * C, .invstd = doubles + 3 * C, .scale = doubles + 4 * C,
+                .shift = doubles + 5 * C},
+        .mean = doubles + 6 * C, .coef = arrays[3], .moments_only = call->mom_out != NULL};
     if (call->given)
         for (int64_t c = 0; c < C; c++) f.mom[c] = call->given[c];
     bn_run_pass(&f.pass);
     if (call->mom_out)
         for (int64_t c = 0; c < C; c++) call->mom_out[c] = f.mom[c];
-    else
-        bn_finish_train_outputs(plan->k, f.mom, f.invstd, C, call->count, call->factor,
-                                call->save_mean, call->save_invstd, call->running_mean,
-                                call->running_var, doubles + 6 * C);
     bn_scratch_release(&scratch);
     return BN_OK;
 }
@@ -301,19 +298,25 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     if (plan.elements == 0) return BN_OK;
     const int64_t C = plan.d.c;
     bn_scratch scratch;
-    void *arrays[2];
-    const size_t bytes[2] = {bn_bytes(6 * C, sizeof(double)),
-                             bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size)};
-    if (!bn_scratch_take(&scratch, 2, bytes, arrays)) return BN_ERR_NO_MEMORY;
-    double *mean = arrays[0], *var = mean + C, *w = mean + 2 * C, *b = mean + 3 * C;
-    double *scale = mean + 4 * C, *shift = mean + 5 * C;
-    plan.k->load(mean, running_mean, C, 0);
-    plan.k->load(var, running_var, C, 0);
-    if (weight) plan.k->load(w, weight, C, 1);
-    if (bias) plan.k->load(b, bias, C, 0);
-    bn_finish_eval(var, weight ? w : NULL, bias ? b : NULL, eps, C, scale, shift);
-    plan.k->coefs(arrays[1], C, 0, C, mean, scale, shift, NULL, NULL);
-    const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = arrays[1]};
+    void *coef;
+    const size_t bytes = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
+    if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
+    /* the coefficients, EVAL_BLOCK channels at a time through doubles that stay in L1: the
+     * scale takes the variance's place, the shift the bias's */
+    enum { EVAL_BLOCK = 256 };
+    double mean[EVAL_BLOCK], scale[EVAL_BLOCK], w[EVAL_BLOCK], shift[EVAL_BLOCK];
+    const int64_t es = (int64_t)plan.es;
+    for (int64_t c0 = 0; c0 < C; c0 += EVAL_BLOCK) {
+        const int64_t n = C - c0 < EVAL_BLOCK ? C - c0 : EVAL_BLOCK;
+        plan.k->load(mean, (const char *)running_mean + c0 * es, n, 0);
+        plan.k->load(scale, (const char *)running_var + c0 * es, n, 0);
+        if (weight) plan.k->load(w, (const char *)weight + c0 * es, n, 1);
+        if (bias) plan.k->load(shift, (const char *)bias + c0 * es, n, 0);
+        bn_finish_eval(scale, weight ? w : NULL, bias ? shift : NULL, eps, n, scale, shift);
+        plan.k->coefs((char *)coef + c0 * (int64_t)plan.k->coef_size, C, 0, n, mean, scale,
+                      shift, NULL, NULL);
+    }
+    const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef};
     if (plan.d.layout == BN_CHANNELS_LAST)
         bn_parallel_for(plan.pieces.parts * plan.pieces.chunks, plan.elements, eval_piece, &e);
     else

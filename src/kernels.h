@@ -84,8 +84,9 @@ typedef struct bn_kernels {
     void (*cl_grad_input)(void *dx, const void *dy, const void *x, int64_t rows, int64_t ld,
                           int64_t width, const void *coef);
     /* ---- per channel ---- */
-    /* coef: (BN_COEF_COUNT, ld) out for channels [c0, c1), from (C) doubles; shift, mean_dy,
-     * k may be NULL (0). The centre is bn_centre(mean, k or scale as the compute type rounds it). */
+    /* coef: (BN_COEF_COUNT, ld) out for channels [c0, c1), from (C) doubles; shift may be NULL
+     * (0); mean_dy and k NULL leave theirs unwritten (for passes other than cl_grad_input). The
+     * centre is bn_centre(mean, k or scale as the compute type rounds it). */
     void (*coefs)(void *coef, int64_t ld, int64_t c0, int64_t c1, const double *mean,
                   const double *scale, const double *shift, const double *mean_dy,
                   const double *k);

@@ -39,7 +39,7 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
 #pragma omp parallel num_threads(threads)
     {
         if (omp_get_thread_num() == 0) last_team = omp_get_num_threads(); /* the caller's */
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait /* the region ends with a barrier */
         for (int64_t k = 0; k < items; k++) fn(args, k);
     }
 #else

@@ -74,17 +74,18 @@ static void run(const bn_kernels *k, const bn_desc *d, const float *x, const flo
                 const float *w, const float *b, double eps, float *y) {
     const int64_t C = d->c, rows = d->n * d->s;
     bn_moments *mom = calloc((size_t)C, sizeof *mom);
-    double *ws = calloc((size_t)(6 * C), sizeof(double));
-    double *wd = ws, *bd = ws + C, *invstd = ws + 2 * C, *scale = ws + 3 * C, *shift = ws + 4 * C;
-    double *mean = ws + 5 * C;
-    double *coef = calloc((size_t)(BN_COEF_COUNT * C), sizeof(double));
-    k->load(wd, w, C, 1), k->load(bd, b, C, 0);
+    double *ws = calloc(7 * (size_t)C, sizeof(double));
+    const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = eps, .weight = w,
+                                 .bias = b, .w = ws, .b = ws + C, .tmp = ws + 2 * C,
+                                 .invstd = ws + 3 * C, .scale = ws + 4 * C, .shift = ws + 5 * C};
+    double *scale = fin.scale, *shift = fin.shift, *mean = ws + 6 * C;
+    double *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(double));
     if (d->layout == BN_CHANNELS_LAST) {
         k->cl_moments(mom, x, rows, C, C);
     } else {
         for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d->s, d->n, d->s, C * d->s);
     }
-    bn_finish_train(mom, (double)rows, eps, wd, bd, 0, C, invstd, scale, shift);
+    bn_finish_train(&fin, mom, 0, C);
     for (int64_t c = 0; c < C; c++) mean[c] = mom[c].mean;
     if (d->layout == BN_CHANNELS_LAST) {
         k->coefs(coef, C, 0, C, mean, scale, shift, NULL, NULL);
@@ -186,22 +187,26 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
                 w[c] = bf16_to_float(wh[c]), b[c] = bf16_to_float(bh[c]);
             }
             bn_moments *mom = calloc((size_t)C, sizeof *mom);
-            double *ws = calloc(6 * (size_t)C, sizeof(double));
+            double *ws = calloc(7 * (size_t)C, sizeof(double));
             float *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(float));
-            k->load(ws, wh, C, 1), k->load(ws + C, bh, C, 0);
+            const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = 1e-5, .weight = wh,
+                                         .bias = bh, .w = ws + 6 * C, .b = ws + C,
+                                         .tmp = ws + 2 * C, .invstd = ws + 5 * C,
+                                         .scale = ws + 3 * C, .shift = ws + 4 * C};
             if (lay == BN_CHANNELS_LAST)
                 k->cl_moments(mom, x, rows, C, C);
             else
                 for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d.s, d.n, d.s, C * d.s);
-            bn_finish_train(mom, (double)rows, 1e-5, ws, ws + C, 0, C, ws + 2 * C, ws + 3 * C, ws + 4 * C);
-            for (int64_t c = 0; c < C; c++) ws[5 * C + c] = mom[c].mean;
+            bn_finish_train(&fin, mom, 0, C);
+            double *mean = ws; /* the weights, loaded, are at ws + 6 C */
+            for (int64_t c = 0; c < C; c++) mean[c] = mom[c].mean;
             if (lay == BN_CHANNELS_LAST) {
-                k->coefs(coef, C, 0, C, ws + 5 * C, ws + 3 * C, ws + 4 * C, NULL, NULL);
+                k->coefs(coef, C, 0, C, mean, fin.scale, fin.shift, NULL, NULL);
                 k->cl_normalize(y, x, NULL, rows, C, C, coef);
             } else {
                 for (int64_t c = 0; c < C; c++)
                     k->cf_normalize(y + c * d.s, x + c * d.s, NULL, d.n, d.s, C * d.s,
-                                    ws[5 * C + c], ws[3 * C + c], ws[4 * C + c]);
+                                    mean[c], fin.scale[c], fin.shift[c]);
             }
             /* the reference: the training pass of the stored values, in long double */
             double *xd = tu_to_double(xf, count, BN_FLOAT32), *want = malloc(sizeof(double) * (size_t)count);
