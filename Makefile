@@ -32,6 +32,7 @@ HEADERS  := include/bnorm.h $(wildcard src/*.h) $(wildcard src/*.inc) $(wildcard
 # the C tests both.
 $(BUILD)/src/%.o:       INCLUDES = -Isrc
 $(BUILD)/cli/%.o:       INCLUDES = -Iio
+$(BUILD)/cli/bench_case.o: INCLUDES = -Iio -Isrc # the bench reports the library's plan
 $(BUILD)/tests/c/%.o:   INCLUDES = -Isrc -Iio
 $(BUILD)/tests/mpi/%.o: INCLUDES = -Isrc -Itests/c
 # The shared libraries export the functions of include/ (marked BN_API) and nothing else: the

@@ -36,6 +36,7 @@ typedef struct bench_result {
     double bytes, tensor_bytes;
     int repeat, inner, roofline_inner;
     const char *roofline_kind;
+    char plan[320]; /* what the library chose for this case (src/plan.h), as one line */
 } bench_result;
 
 /* ---- bench_case.c ---- */

@@ -3,6 +3,7 @@
  * timing: both kernels warmed up, then timed alternately, each timed batch right after one
  * untimed call of the same kernel. */
 #include "bench.h"
+#include "plan.h" /* the library's internal plan: the bench reports it */
 #include "cli.h"
 
 #include <math.h>
@@ -214,6 +215,13 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     memset(c.dbias, 0, cc * esize);
 
     bn_set_num_threads(bc->threads);
+    /* the library's plan of this call, as it will make it (the first pass reads x, or dy and x;
+     * eval has none) */
+    bn_plan plan;
+    const int reads = bc->mode == BENCH_EVAL ? 0 : backward ? 2 : 1;
+    res->plan[0] = '\0';
+    if (bn_plan_make(&plan, &c.desc, reads) == BN_OK)
+        bn_plan_describe(&plan, res->plan, sizeof res->plan);
     if (backward) {
         /* the saved statistics of one training forward pass (out serves as its y) */
         st = bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL, c.x, c.weight,

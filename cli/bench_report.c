@@ -1,5 +1,6 @@
 /* bench_report.c - what `bnorm bench` prints: a table (a title, the column names, one row per
- * case) or one JSON object per case and line, with the keys bench/run.py reads. */
+ * case, each followed by the library's plan of the case) or one JSON object per case and line,
+ * with the keys bench/run.py reads and the plan. */
 #include "bench.h"
 
 #include <stdio.h>
@@ -43,16 +44,17 @@ void bench_print_result(const bench_case *bc, const bench_result *r, int json) {
                "\"roofline_min_ns\": %.3f, \"roofline_gbps\": %.4f, \"roofline_pct\": %.3f, "
                "\"roofline_kind\": \"%s\", "
                "\"repeat\": %d, \"inner\": %d, \"roofline_inner\": %d, \"tensor_bytes\": %.0f, "
-               "\"lib_threads\": %d, \"version\": \"%s\"}\n",
+               "\"lib_threads\": %d, \"version\": \"%s\", \"plan\": \"%s\"}\n",
                shape, layout, bench_mode_names[bc->mode], bc->threads, dtype, r->median_ns,
                r->min_ns, r->bytes, gbps, r->roofline_ns, r->roofline_min_ns, roof_gbps, pct,
                r->roofline_kind, r->repeat, r->inner, r->roofline_inner, r->tensor_bytes,
-               bn_get_num_threads(), bn_version_string());
+               bn_get_num_threads(), bn_version_string(), r->plan);
     } else {
         printf("%-16s %-6s %-9s %3d %-5s %11s %11s %10.2f %8.2f %11s %6.1f%%\n", shape, layout,
                bench_mode_names[bc->mode], bc->threads, dtype,
                fmt_time(t1, sizeof t1, r->median_ns), fmt_time(t2, sizeof t2, r->min_ns),
                r->bytes / 1e6, gbps, fmt_time(t3, sizeof t3, r->roofline_ns), pct);
+        printf("  plan: %s\n", r->plan);
     }
     fflush(stdout);
 }

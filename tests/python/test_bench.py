@@ -87,7 +87,10 @@ def test_table_output():
     header = next(line for line in lines if line.startswith("shape"))
     for word in ("layout", "mode", "median", "GB/s", "roofline"):
         assert word in header
-    assert lines[-1].split()[:5] == ["20x2", "nchw", "eval", "1", "f32"]
+    assert lines[-2].split()[:5] == ["20x2", "nchw", "eval", "1", "f32"]
+    # the plan of the case: (20, 2) is channels-last to the kernels, one thread, no streaming
+    assert lines[-1].startswith("  plan: layout=channels-last dtype=f32 threads=1 "), lines[-1]
+    assert "stream=no" in lines[-1]
 
 
 def test_help():
