@@ -40,13 +40,20 @@ void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0
     }
 }
 
-BN_CLONES void bn_finish_eval(const double *rv, const double *w, const double *b, double eps,
-                              int64_t C, double *scale, double *shift) {
+/* The arithmetic of bn_finish_eval (clones of an exported function are not linked alike by
+ * gcc and clang: the cloned loops are static). */
+static BN_CLONES void eval_coefs(const double *rv, const double *w, const double *b, double eps,
+                                 int64_t C, double *scale, double *shift) {
     for (int64_t c = 0; c < C; c++) {
         const double inv = 1.0 / sqrt(rv[c] + eps);
         scale[c] = w ? inv * w[c] : inv;
         shift[c] = b ? b[c] : 0.0;
     }
+}
+
+void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
+                    double *scale, double *shift) {
+    eval_coefs(rv, w, b, eps, C, scale, shift);
 }
 
 bn_grad_finish bn_finish_grad(double sum_dy, int e_dy, double sum_dy_xhat, int e_xhat,
