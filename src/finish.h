@@ -34,7 +34,7 @@ void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0
 
 /* Eval, all C channels, from the stored statistics rm, rv and w, b ((C) doubles; w, b NULL: 1
  * and 0): scale = invstd * w with invstd = 1/sqrt(rv + eps) (an infinite rv gives 0), shift =
- * b. The mean is rm itself. scale may be rv, and shift b (in place). */
+ * b. The mean is rm itself. */
 void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
                     double *scale, double *shift);
 

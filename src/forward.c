@@ -301,18 +301,19 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     void *coef;
     const size_t bytes = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
     if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
-    /* the coefficients, EVAL_BLOCK channels at a time through doubles that stay in L1: the
-     * scale takes the variance's place, the shift the bias's */
+    /* the coefficients, EVAL_BLOCK channels at a time through doubles that stay in L1 (apart:
+     * the finish's loop does not vectorize in place) */
     enum { EVAL_BLOCK = 256 };
-    double mean[EVAL_BLOCK], scale[EVAL_BLOCK], w[EVAL_BLOCK], shift[EVAL_BLOCK];
+    double mean[EVAL_BLOCK], var[EVAL_BLOCK], w[EVAL_BLOCK], b[EVAL_BLOCK];
+    double scale[EVAL_BLOCK], shift[EVAL_BLOCK];
     const int64_t es = (int64_t)plan.es;
     for (int64_t c0 = 0; c0 < C; c0 += EVAL_BLOCK) {
         const int64_t n = C - c0 < EVAL_BLOCK ? C - c0 : EVAL_BLOCK;
         plan.k->load(mean, (const char *)running_mean + c0 * es, n, 0);
-        plan.k->load(scale, (const char *)running_var + c0 * es, n, 0);
+        plan.k->load(var, (const char *)running_var + c0 * es, n, 0);
         if (weight) plan.k->load(w, (const char *)weight + c0 * es, n, 1);
-        if (bias) plan.k->load(shift, (const char *)bias + c0 * es, n, 0);
-        bn_finish_eval(scale, weight ? w : NULL, bias ? shift : NULL, eps, n, scale, shift);
+        if (bias) plan.k->load(b, (const char *)bias + c0 * es, n, 0);
+        bn_finish_eval(var, weight ? w : NULL, bias ? b : NULL, eps, n, scale, shift);
         plan.k->coefs((char *)coef + c0 * (int64_t)plan.k->coef_size, C, 0, n, mean, scale,
                       shift, NULL, NULL);
     }
