@@ -245,13 +245,20 @@ static void store_zero_grads(const bn_desc *desc, void *dweight, void *dbias) {
     }
 }
 
+/* The checks every backward call makes first: the descriptor, then dy, x and the two per-channel
+ * statistics it reads (saved, or running) present. */
+static bn_status check_backward(const bn_desc *desc, const void *dy, const void *x,
+                                const void *stat_a, const void *stat_b) {
+    BN_RETURN_IF_ERROR(bn_check_desc(desc));
+    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !stat_a || !stat_b,
+                 BN_ERR_NULL_POINTER);
+    return BN_OK;
+}
+
 bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                             const double *save_mean, const double *save_invstd,
                             const void *weight, const bn_desc *desc) {
-    BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !save_mean ||
-                     !save_invstd,
-                 BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, save_mean, save_invstd));
     if (bn_count(desc) == 0) {
         store_zero_grads(desc, dweight, dbias);
         return BN_OK;
@@ -266,10 +273,8 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
 bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,
                            const double *save_mean, const double *save_invstd,
                            const bn_desc *desc) {
-    BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !save_mean ||
-                     !save_invstd || !sum_dy || !sum_dy_xhat,
-                 BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, save_mean, save_invstd));
+    BN_RETURN_IF(!sum_dy || !sum_dy_xhat, BN_ERR_NULL_POINTER);
     if (bn_count(desc) == 0) {
         for (int64_t c = 0; c < desc->c; c++) sum_dy[c] = sum_dy_xhat[c] = 0;
         return BN_OK;
@@ -284,11 +289,8 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
                                  const double *save_mean, const double *save_invstd,
                                  const void *weight, const double *sum_dy,
                                  const double *sum_dy_xhat, int64_t count, const bn_desc *desc) {
-    BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(bn_tensor_missing(dx, desc) || bn_tensor_missing(dy, desc) ||
-                     bn_tensor_missing(x, desc) || !save_mean || !save_invstd || !sum_dy ||
-                     !sum_dy_xhat,
-                 BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, save_mean, save_invstd));
+    BN_RETURN_IF(bn_tensor_missing(dx, desc) || !sum_dy || !sum_dy_xhat, BN_ERR_NULL_POINTER);
     BN_RETURN_IF(count < bn_count(desc), BN_ERR_ARGUMENT);
     if (bn_count(desc) == 0) return BN_OK; /* no dx to write */
     const backward_call call = {.train = 1, .dx = dx, .dy = dy, .x = x, .weight = weight,
@@ -301,10 +303,7 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
                            const void *running_mean, const void *running_var, const void *weight,
                            const bn_desc *desc, double eps) {
-    BN_RETURN_IF_ERROR(bn_check_desc(desc));
-    BN_RETURN_IF(bn_tensor_missing(dy, desc) || bn_tensor_missing(x, desc) || !running_mean ||
-                     !running_var,
-                 BN_ERR_NULL_POINTER);
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, running_mean, running_var));
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     if (bn_count(desc) == 0) {
         store_zero_grads(desc, dweight, dbias);
