@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "npy.h"
+#include "bytes.h"
 #include "input.h"
 #include "message.h"
 #include "output.h"
@@ -430,16 +431,6 @@ static bn_status data_size_error(const npy_header *h, size_t file_has, int more,
  * The data: to native byte order, then to C order.
  */
 
-static void swap_bytes(void *data, int64_t count, size_t size) {
-    unsigned char *p = data;
-    for (int64_t i = 0; i < count; i++, p += size)
-        for (size_t a = 0, b = size - 1; a < b; a++, b--) {
-            unsigned char t = p[a];
-            p[a] = p[b];
-            p[b] = t;
-        }
-}
-
 /* dst (dims) in C order = src (dims) stored in Fortran order: element (i0, ..., ik) of src sits
  * at i0 + d0*(i1 + d1*(i2 + ...)). Walks dst in order, keeping src's offset in step. */
 static void fortran_to_c(void *dst, const void *src, size_t size, int ndim, const int64_t *dims,
@@ -464,7 +455,7 @@ static void fortran_to_c(void *dst, const void *src, size_t size, int ndim, cons
 /* Takes ownership of raw (h->nbytes of file data, malloc'd); fills *arr or frees raw. */
 static bn_status finish(bn_npy *arr, const npy_header *h, void *raw, char *err, size_t errlen) {
     size_t size = dtype_size(h->dtype);
-    if (h->swap) swap_bytes(raw, h->count, size);
+    if (h->swap) bn_io_swap_bytes(raw, h->count, size);
     if (h->fortran && h->ndim > 1 && h->count > 1) {
         void *c_order = malloc(h->nbytes);
         if (!c_order) {
@@ -723,7 +714,7 @@ bn_status bn_npy_stream_read(bn_npy_stream *s, void *out, int64_t first, int64_t
         return BN_ERR_FORMAT;
     }
     s->position = at + (off_t)(count * (int64_t)size);
-    if (s->swap) swap_bytes(out, count, size);
+    if (s->swap) bn_io_swap_bytes(out, count, size);
     return BN_OK;
 }
 

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "safetensors.h"
+#include "bytes.h"
 #include "input.h"
 #include "message.h"
 #include "output.h"
@@ -31,17 +32,9 @@ static int little_endian(void) {
     return *(const unsigned char *)&one == 1;
 }
 
-
 /* To or from little-endian, in place (nothing to do on a little-endian machine). */
 static void to_little(void *p, int64_t count, size_t size) {
-    if (little_endian()) return;
-    unsigned char *b = p;
-    for (int64_t i = 0; i < count; i++, b += size)
-        for (size_t x = 0, y = size - 1; x < y; x++, y--) {
-            unsigned char t = b[x];
-            b[x] = b[y];
-            b[y] = t;
-        }
+    if (!little_endian()) bn_io_swap_bytes(p, count, size);
 }
 
 /* ---------------------------------------------------------------------------------------------

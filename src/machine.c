@@ -58,7 +58,7 @@ int64_t bn_stream_threshold(void) {
     long long t = atomic_load(&threshold);
     if (t == 0) {
         const int64_t llc = bn_cache_size(3);
-        t = llc > 0 && llc / 2 < BN_STREAM_MIN_BYTES ? llc / 2 : BN_STREAM_MIN_BYTES;
+        t = llc > 0 && llc / 2 < BN_STREAM_MAX_THRESHOLD ? llc / 2 : BN_STREAM_MAX_THRESHOLD;
         atomic_store(&threshold, t);
     }
     return (int64_t)t;

@@ -16,9 +16,9 @@ int64_t bn_cache_size(int level);
 int64_t bn_cache_budget(void);
 
 /* Output bytes from which stores stream: half the last-level cache, at most
- * BN_STREAM_MIN_BYTES (measured: 48 MiB on a Xeon whose reported L3 is 480 MiB; 16 MiB on an
+ * BN_STREAM_MAX_THRESHOLD (measured: 48 MiB on a Xeon whose reported L3 is 480 MiB; 16 MiB on an
  * EPYC with 32 MiB of L3, where it takes 12% off a 26 MB training pass). Read once. */
-#define BN_STREAM_MIN_BYTES (INT64_C(48) << 20)
+#define BN_STREAM_MAX_THRESHOLD (INT64_C(48) << 20)
 int64_t bn_stream_threshold(void);
 
 /* For tests: the cache budget in bytes instead of half the L2 (0: the L2's again). */
