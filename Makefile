@@ -93,7 +93,7 @@ probes:
         probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm \
-     $(BUILD)/test_bnorm $(MPI_TARGETS)
+     $(BUILD)/test_bnorm $(BUILD)/bench_ab $(MPI_TARGETS)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -321,6 +321,11 @@ bench: $(BUILD)/bnorm $(BUILD)/onednn_peer
 # `bnorm fit` on a 1 GiB file against reading the same file (needs only numpy)
 bench-fit: $(BUILD)/bnorm
 	$(PYTHON) bench/fit.py --build $(BUILD)
+
+# two builds of libbnorm.so timed in turns in one process (bench/compare.py's timer)
+$(BUILD)/bench_ab: bench/ab.c include/bnorm.h
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -Iinclude -o $@ $< -ldl -lm
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
 	@test -n "$(call have_header,oneapi/dnnl/dnnl.h)" || \
