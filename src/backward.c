@@ -211,7 +211,7 @@ static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
     } else {
         plan.k->load(mean, call->running_mean, C, 0);
         plan.k->load(invstd, call->running_var, C, 0);
-        for (int64_t c = 0; c < C; c++) invstd[c] = 1.0 / sqrt(invstd[c] + call->eps);
+        for (int64_t c = 0; c < C; c++) invstd[c] = bn_stored_invstd(invstd[c], call->eps);
     }
     if (call->weight) plan.k->load(w, call->weight, C, 1.0);
     if (given)

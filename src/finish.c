@@ -7,16 +7,25 @@
 
 #include <math.h>
 
-/* The arithmetic of bn_finish_train on arrays offset to channel c0: n channels. */
+/* The arithmetic of bn_finish_train on arrays offset to channel c0: n channels. The moments'
+ * m2 are copied out first: loops over the (count, mean, m2) structs do not vectorize, and the
+ * square root and division per channel are what this stage costs. */
 static BN_CLONES void train_coefs(const bn_moments *mom, int64_t n, double count, double eps,
                                   const double *w, const double *b, double *invstd,
                                   double *scale, double *shift) {
+    for (int64_t c = 0; c < n; c++) invstd[c] = mom[c].m2;
     for (int64_t c = 0; c < n; c++) {
-        const double v = mom[c].m2 / count + eps, inv = v == 0 ? 0.0 : 1.0 / sqrt(v);
-        invstd[c] = inv;
-        scale[c] = w ? inv * w[c] : inv;
-        shift[c] = b ? b[c] : 0.0;
+        const double v = invstd[c] / count + eps;
+        invstd[c] = v == 0 ? 0.0 : 1.0 / sqrt(v);
     }
+    if (w)
+        for (int64_t c = 0; c < n; c++) scale[c] = invstd[c] * w[c];
+    else
+        for (int64_t c = 0; c < n; c++) scale[c] = invstd[c];
+    if (b)
+        for (int64_t c = 0; c < n; c++) shift[c] = b[c];
+    else
+        for (int64_t c = 0; c < n; c++) shift[c] = 0.0;
 }
 
 void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0, int64_t c1) {
@@ -38,22 +47,6 @@ void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0
         for (int64_t c = c0; c < c1; c++) f->tmp[c] = mom[c].m2 / (f->count - 1);
         f->k->blend((char *)f->running_var + c0 * (int64_t)es, f->tmp + c0, f->factor, n);
     }
-}
-
-/* The arithmetic of bn_finish_eval (clones of an exported function are not linked alike by
- * gcc and clang: the cloned loops are static). */
-static BN_CLONES void eval_coefs(const double *rv, const double *w, const double *b, double eps,
-                                 int64_t C, double *scale, double *shift) {
-    for (int64_t c = 0; c < C; c++) {
-        const double inv = 1.0 / sqrt(rv[c] + eps);
-        scale[c] = w ? inv * w[c] : inv;
-        shift[c] = b ? b[c] : 0.0;
-    }
-}
-
-void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
-                    double *scale, double *shift) {
-    eval_coefs(rv, w, b, eps, C, scale, shift);
 }
 
 bn_grad_finish bn_finish_grad(double sum_dy, int e_dy, double sum_dy_xhat, int e_xhat,

@@ -7,6 +7,8 @@
 
 #include "kernels.h"
 
+#include <math.h>
+
 /* Forward training: what the finish of channels [c0, c1) reads and writes. Per-channel arrays
  * are (C), indexed by channel; stored ones are in the tensor's dtype (k's), NULL where absent. */
 typedef struct {
@@ -32,11 +34,12 @@ typedef struct {
  * of DBL_MAX. NaN propagates. */
 void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0, int64_t c1);
 
-/* Eval, all C channels, from the stored statistics rm, rv and w, b ((C) doubles; w, b NULL: 1
- * and 0): scale = invstd * w with invstd = 1/sqrt(rv + eps) (an infinite rv gives 0), shift =
- * b. The mean is rm itself. */
-void bn_finish_eval(const double *rv, const double *w, const double *b, double eps, int64_t C,
-                    double *scale, double *shift);
+/* Eval and the backward with stored statistics: invstd from a stored variance,
+ * 1/sqrt(rv + eps) (an infinite rv gives 0). Eval's coefficients (bn_kernels.eval_coefs) are
+ * scale = invstd * w and shift = b, and the mean is rm itself. */
+static inline double bn_stored_invstd(double rv, double eps) {
+    return 1.0 / sqrt(rv + eps);
+}
 
 /* Backward, one channel, from its sums: sum dy * 2^e_dy and sum dy * xhat * 2^e_xhat (exponents
  * other than 0 where they were formed scaled, having overflowed), its invstd and weight w, over

@@ -301,22 +301,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     void *coef;
     const size_t bytes = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
     if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
-    /* the coefficients, EVAL_BLOCK channels at a time through doubles that stay in L1 (apart:
-     * the finish's loop does not vectorize in place) */
-    enum { EVAL_BLOCK = 256 };
-    double mean[EVAL_BLOCK], var[EVAL_BLOCK], w[EVAL_BLOCK], b[EVAL_BLOCK];
-    double scale[EVAL_BLOCK], shift[EVAL_BLOCK];
-    const int64_t es = (int64_t)plan.es;
-    for (int64_t c0 = 0; c0 < C; c0 += EVAL_BLOCK) {
-        const int64_t n = C - c0 < EVAL_BLOCK ? C - c0 : EVAL_BLOCK;
-        plan.k->load(mean, (const char *)running_mean + c0 * es, n, 0);
-        plan.k->load(var, (const char *)running_var + c0 * es, n, 0);
-        if (weight) plan.k->load(w, (const char *)weight + c0 * es, n, 1);
-        if (bias) plan.k->load(b, (const char *)bias + c0 * es, n, 0);
-        bn_finish_eval(var, weight ? w : NULL, bias ? b : NULL, eps, n, scale, shift);
-        plan.k->coefs((char *)coef + c0 * (int64_t)plan.k->coef_size, C, 0, n, mean, scale,
-                      shift, NULL, NULL);
-    }
+    plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
     const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef};
     if (plan.d.layout == BN_CHANNELS_LAST)
         bn_parallel_for(plan.pieces.parts * plan.pieces.chunks, plan.elements, eval_piece, &e);

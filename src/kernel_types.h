@@ -5,6 +5,7 @@
 #ifndef BN_KERNEL_TYPES_H
 #define BN_KERNEL_TYPES_H
 
+#include "finish.h" /* the per-channel arithmetic eval_coefs applies */
 #include "kernels.h"
 
 #include <float.h>

@@ -90,6 +90,11 @@ typedef struct bn_kernels {
     void (*coefs)(void *coef, int64_t ld, int64_t c0, int64_t c1, const double *mean,
                   const double *scale, const double *shift, const double *mean_dy,
                   const double *k);
+    /* coef: (BN_COEF_COUNT, ld) out for channels [0, n), eval's, from the stored (n) running
+     * statistics rm, rv and the weight and bias w, b (NULL: 1 and 0): what load, bn_finish_eval
+     * and coefs give, in one pass. */
+    void (*eval_coefs)(void *coef, int64_t ld, int64_t n, const void *rm, const void *rv,
+                       const void *w, const void *b, double eps);
     /* out: (n) doubles from n stored values at p; p NULL gives fallback. */
     void (*load)(double *out, const void *p, int64_t n, double fallback);
     /* p: (n) stored values, each in[c] rounded to the storage type. */

@@ -228,3 +228,62 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
             free(mom), free(ws), free(coef);
         }
 }
+
+/* Eval of bfloat16 storage: the coefficients straight from the stored statistics (eval_coefs),
+ * then the element-wise pass of either layout, against the reference's eval of the stored
+ * values (within one bfloat16 step); with and without weight and bias, and a channel whose
+ * weight is 0 (its output is the bias, whatever x is: bn_centre). */
+BN_SUITE(suite_kernel_layer_bfloat16_eval) {
+    const bn_kernels *k = &bn_kernels_bf16;
+    static const int64_t shapes[][3] = {{2, 1024, 1}, {5, 37, 301}, {300, 70, 1}};
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++)
+        for (int lay = 0; lay < 2; lay++)
+            for (int affine = 0; affine < 2; affine++) {
+                const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], BN_FLOAT32,
+                                          (bn_layout)lay);
+                const int64_t count = tu_numel(&d), C = d.c, rows = d.n * d.s;
+                tu_rng r = tu_rng_new(900 + q);
+                uint16_t *x = malloc(2 * (size_t)count), *y = malloc(2 * (size_t)count);
+                uint16_t *st = malloc(2 * 4 * (size_t)C); /* rm, rv, w, b */
+                double *xd = malloc(sizeof(double) * (size_t)count);
+                double *sd = malloc(sizeof(double) * 4 * (size_t)C);
+                for (int64_t i = 0; i < count; i++) {
+                    x[i] = float_to_bf16((float)(3 + 2 * tu_normal(&r)));
+                    xd[i] = bf16_to_float(x[i]);
+                }
+                for (int64_t c = 0; c < C; c++) {
+                    const double v[4] = {3 + 0.5 * tu_normal(&r), 4 * (1 + tu_uniform(&r)),
+                                         c == 1 ? 0.0 : 1 + 0.3 * tu_normal(&r),
+                                         0.5 * tu_normal(&r)};
+                    for (int j = 0; j < 4; j++) {
+                        st[j * C + c] = float_to_bf16((float)v[j]);
+                        sd[j * C + c] = bf16_to_float(st[j * C + c]);
+                    }
+                }
+                const uint16_t *w = affine ? st + 2 * C : NULL, *b = affine ? st + 3 * C : NULL;
+                float *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(float));
+                k->eval_coefs(coef, C, C, st, st + C, w, b, 1e-5);
+                if (lay == BN_CHANNELS_LAST)
+                    k->cl_normalize(y, x, NULL, rows, C, C, coef);
+                else
+                    for (int64_t i = 0; i < d.n; i++)
+                        k->cf_normalize_rows(y + i * C * d.s, x + i * C * d.s, NULL, C, d.s, coef,
+                                             C);
+                double *want = malloc(sizeof(double) * (size_t)count);
+                bn_ref_forward_eval(want, xd, sd, sd + C, affine ? sd + 2 * C : NULL,
+                                    affine ? sd + 3 * C : NULL, &d, 1e-5);
+                int64_t bad = 0;
+                for (int64_t i = 0; i < count; i++)
+                    if (!(fabs(bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i]))))
+                        bad++;
+                CHECK_MSG(bad == 0, "bfloat16 eval %lldx%lldx%lld layout %d affine %d: %lld off",
+                          (long long)d.n, (long long)C, (long long)d.s, lay, affine,
+                          (long long)bad);
+                if (affine) /* channel 1 has weight 0: every output is its bias */
+                    for (int64_t i = 0; i < d.n; i++)
+                        CHECK(bf16_to_float(y[lay == BN_CHANNELS_LAST ? i * d.s * C + 1
+                                                                      : (i * C + 1) * d.s]) ==
+                              bf16_to_float(st[3 * C + 1]));
+                free(x), free(y), free(st), free(xd), free(sd), free(coef), free(want);
+            }
+}
