@@ -31,10 +31,8 @@ static BN_CLONES void train_coefs(const bn_moments *mom, int64_t n, double count
 void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
     const size_t es = f->k->elem_size;
-    if (f->weight) f->k->load(f->w + c0, (const char *)f->weight + c0 * (int64_t)es, n, 1.0);
-    if (f->bias) f->k->load(f->b + c0, (const char *)f->bias + c0 * (int64_t)es, n, 0.0);
-    train_coefs(mom + c0, n, f->count, f->eps, f->weight ? f->w + c0 : NULL,
-                f->bias ? f->b + c0 : NULL, f->invstd + c0, f->scale + c0, f->shift + c0);
+    train_coefs(mom + c0, n, f->count, f->eps, f->w ? f->w + c0 : NULL, f->b ? f->b + c0 : NULL,
+                f->invstd + c0, f->scale + c0, f->shift + c0);
     if (f->save_mean)
         for (int64_t c = c0; c < c1; c++) f->save_mean[c] = mom[c].mean;
     if (f->save_invstd)

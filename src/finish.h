@@ -14,10 +14,11 @@
 typedef struct {
     const bn_kernels *k;
     double count, eps, factor; /* values per channel in the batch; the batch's running weight */
-    const void *weight, *bias; /* stored, or NULL (1 and 0) */
+    const double *w, *b;       /* (C) weight and bias loaded into doubles (bn_kernels.load) before
+                                * the pass, once for every channel; NULL: 1 and 0 */
     double *save_mean, *save_invstd; /* out, or NULL */
     void *running_mean, *running_var; /* stored, blended, or NULL */
-    double *w, *b, *tmp;       /* doubles: weight and bias loaded; a temporary */
+    double *tmp;               /* (C) doubles: a temporary */
     double *invstd, *scale, *shift; /* doubles out: the coefficients of the normalization */
 } bn_train_finish;
 

@@ -131,14 +131,16 @@ static bn_status run_train(const bn_plan *plan, const train_call *call) {
                  .first = call->given == NULL, .second = call->y != NULL && plan->count > 0},
         .y = call->y, .x = call->x, .mom = arrays[0], .parts = arrays[2],
         .fin = {.k = plan->k, .count = call->count, .eps = call->eps, .factor = call->factor,
-                .weight = call->weight, .bias = call->bias, .save_mean = call->save_mean,
-                .save_invstd = call->save_invstd, .running_mean = call->running_mean,
-                .running_var = call->running_var, .w = doubles, .b = doubles + C,
+                .w = call->weight ? doubles : NULL, .b = call->bias ? doubles + C : NULL,
+                .save_mean = call->save_mean, .save_invstd = call->save_invstd,
+                .running_mean = call->running_mean, .running_var = call->running_var,
                 .tmp = doubles + 2 * C, .invstd = doubles + 3 * C, .scale = doubles + 4 * C,
                 .shift = doubles + 5 * C},
         .mean = doubles + 6 * C, .coef = arrays[3], .moments_only = call->mom_out != NULL};
     if (call->given)
         for (int64_t c = 0; c < C; c++) f.mom[c] = call->given[c];
+    if (call->weight) plan->k->load(doubles, call->weight, C, 1.0);
+    if (call->bias) plan->k->load(doubles + C, call->bias, C, 0.0);
     bn_run_pass(&f.pass);
     if (call->mom_out)
         for (int64_t c = 0; c < C; c++) call->mom_out[c] = f.mom[c];

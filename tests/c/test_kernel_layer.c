@@ -75,9 +75,11 @@ static void run(const bn_kernels *k, const bn_desc *d, const float *x, const flo
     const int64_t C = d->c, rows = d->n * d->s;
     bn_moments *mom = calloc((size_t)C, sizeof *mom);
     double *ws = calloc(7 * (size_t)C, sizeof(double));
-    const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = eps, .weight = w,
-                                 .bias = b, .w = ws, .b = ws + C, .tmp = ws + 2 * C,
-                                 .invstd = ws + 3 * C, .scale = ws + 4 * C, .shift = ws + 5 * C};
+    k->load(ws, w, C, 1.0);
+    k->load(ws + C, b, C, 0.0);
+    const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = eps, .w = ws,
+                                 .b = ws + C, .tmp = ws + 2 * C, .invstd = ws + 3 * C,
+                                 .scale = ws + 4 * C, .shift = ws + 5 * C};
     double *scale = fin.scale, *shift = fin.shift, *mean = ws + 6 * C;
     double *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(double));
     if (d->layout == BN_CHANNELS_LAST) {
@@ -189,8 +191,10 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
             bn_moments *mom = calloc((size_t)C, sizeof *mom);
             double *ws = calloc(7 * (size_t)C, sizeof(double));
             float *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(float));
-            const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = 1e-5, .weight = wh,
-                                         .bias = bh, .w = ws + 6 * C, .b = ws + C,
+            k->load(ws + 6 * C, wh, C, 1.0);
+            k->load(ws + C, bh, C, 0.0);
+            const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = 1e-5,
+                                         .w = ws + 6 * C, .b = ws + C,
                                          .tmp = ws + 2 * C, .invstd = ws + 5 * C,
                                          .scale = ws + 3 * C, .shift = ws + 4 * C};
             if (lay == BN_CHANNELS_LAST)
