@@ -20,7 +20,10 @@ int bn_get_num_threads(void) {
 #endif
 }
 
-static _Thread_local int last_team = 1; /* tests: the calling thread's last team size */
+/* tests: the calling thread's last team size. Initial-exec: with the default model a shared
+ * library calls __tls_get_addr on every access, on every call of the library; 4 bytes fit the
+ * static TLS that glibc keeps for libraries loaded later (as libgomp's own variables do). */
+static _Thread_local int last_team __attribute__((tls_model("initial-exec"))) = 1;
 
 int bn_parallel_last_team(void) { return last_team; }
 
