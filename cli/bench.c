@@ -9,12 +9,12 @@
 #include <string.h>
 
 static const char usage[] =
-    "usage: bnorm bench [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
+    "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
     "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64]\n"
     "                   [--repeat R]\n";
 
 static const char help[] =
-    "usage: bnorm bench [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
+    "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
     "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64]\n"
     "                   [--repeat R]\n"
     "\n"
@@ -27,7 +27,8 @@ static const char help[] =
     "warmed up, then timed alternately with CLOCK_MONOTONIC, each timed batch right after one\n"
     "untimed call of the same kernel. Each case reports the median and the minimum time per\n"
     "call, the bytes moved, the achieved GB/s, the roofline's median time and ours as a\n"
-    "percentage of it (100% = at the floor).\n"
+    "percentage of it (100% = at the floor). The table starts with the CPU model and the\n"
+    "caches as Linux reports them, and every row is followed by the library's plan of it.\n"
     "\n"
     "Without --shape the default grid runs: 20x2, 256x1024, 32x64x56x56 in nchw and nhwc,\n"
     "32x512x7x7 and 8x256x128x128 (nchw), in every mode, on 1 and 2 threads, in float32.\n"
@@ -35,6 +36,9 @@ static const char help[] =
     "\n"
     "options:\n"
     "  --json          one JSON object per case and line, instead of a table\n"
+    "  --plan          time nothing: print each case's plan, what the library chose for it on\n"
+    "                  this machine (work items, overlap, chunks, streaming stores) and why, and\n"
+    "                  the machine's CPU model and caches as Linux reports them\n"
     "  --shape S       the logical shape N x C x ..., 2 to 5 sizes >= 1 joined by 'x', such as\n"
     "                  32x64x56x56; written N x C x H x W for nhwc too. N times the spatial\n"
     "                  size must be at least 2\n"
@@ -62,7 +66,7 @@ static const bench_shape default_grid[] = {
 /* The command line. */
 typedef struct bench_args {
     const char *shape_text, *layout_text, *mode_text, *threads_text, *dtype_text, *repeat_text;
-    int json;
+    int json, plan;
     bench_shape shape;    /* valid when shape_text */
     int layout;           /* -1: any */
     int mode;             /* -1: all */
@@ -95,7 +99,7 @@ static int parse_shape(bench_shape *g, const char *text) {
 
 /* @return CLI_OK, CLI_USAGE_ERROR, or -1 after printing the help (exit 0). */
 static int parse_args(bench_args *a, int argc, char **argv) {
-    const cli_flag flags[] = {{"--json", &a->json}, {NULL, NULL}};
+    const cli_flag flags[] = {{"--json", &a->json}, {"--plan", &a->plan}, {NULL, NULL}};
     const cli_option options[] = {
         {NULL, "--shape", &a->shape_text, 0},     {NULL, "--layout", &a->layout_text, 0},
         {NULL, "--mode", &a->mode_text, 0},       {NULL, "--threads", &a->threads_text, 0},
@@ -176,6 +180,16 @@ static int run_shape(const bench_args *a, const bench_shape *g, int *header_done
             int threads = a->threads ? a->threads : default_threads[t];
             if (a->threads && t > 0) break;
             bench_case bc = {*g, m, threads, a->dtype};
+            if (a->plan) {
+                if (!a->json && !*header_done) {
+                    char machine[320];
+                    bench_machine(machine, sizeof machine);
+                    printf("machine: %s\n", machine);
+                    *header_done = 1;
+                }
+                bench_print_plan(&bc, a->json);
+                continue;
+            }
             bench_result r;
             memset(&r, 0, sizeof r);
             if (!a->json && !*header_done) {

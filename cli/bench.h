@@ -36,7 +36,7 @@ typedef struct bench_result {
     double bytes, tensor_bytes;
     int repeat, inner, roofline_inner;
     const char *roofline_kind;
-    char plan[320]; /* what the library chose for this case (src/plan.h), as one line */
+    char plan[768]; /* what the library chose for this case (src/plan.h), as one line */
 } bench_result;
 
 /* ---- bench_case.c ---- */
@@ -47,6 +47,13 @@ typedef struct bench_result {
  * @return CLI_OK with *res filled, or CLI_RUNTIME_ERROR, already reported.
  */
 int bench_run_case(const bench_case *bc, int repeat, bench_result *res);
+
+/* The library's plan of the case on this machine (src/plan.h), as one line; "" for a shape
+ * the library refuses. */
+void bench_plan(const bench_case *bc, char *buf, size_t size);
+
+/* This machine as the plan sees it: the CPU model (/proc/cpuinfo) and the caches /sys reports. */
+void bench_machine(char *buf, size_t size);
 
 /* ---- roofline.c: y = x * 1.5 + 0.25 (forward), dx = dy * 1.5 + x * 0.25 (backward) ---- */
 
@@ -77,5 +84,8 @@ void bench_print_header(void);
 
 /* One case: a table row, or (json) one JSON object on a line. */
 void bench_print_result(const bench_case *bc, const bench_result *r, int json);
+
+/* --plan: the case and the library's plan of it, untimed; a JSON object with --json. */
+void bench_print_plan(const bench_case *bc, int json);
 
 #endif /* BN_CLI_BENCH_H */

@@ -3,7 +3,8 @@
  * timing: both kernels warmed up, then timed alternately, each timed batch right after one
  * untimed call of the same kernel. */
 #include "bench.h"
-#include "plan.h" /* the library's internal plan: the bench reports it */
+#include "machine.h" /* the library's machine facts and plan: the bench reports them */
+#include "plan.h"
 #include "cli.h"
 
 #include <math.h>
@@ -166,6 +167,35 @@ static int measure(bench_ctx *c, int repeat, bench_result *res, const char *name
     return CLI_OK;
 }
 
+void bench_plan(const bench_case *bc, char *buf, size_t size) {
+    buf[0] = '\0';
+    bn_desc desc;
+    if (bn_desc_from_dims(&desc, bc->shape.ndim, bc->shape.dims, bc->dtype, bc->shape.layout) !=
+        BN_OK)
+        return;
+    /* the first pass reads x, or dy and x; eval has none */
+    const int reads = bc->mode == BENCH_EVAL ? 0 : bc->mode == BENCH_BACKWARD ? 2 : 1;
+    bn_plan plan;
+    if (bn_plan_for(&plan, &desc, reads, bn_machine_this(), bc->threads) == BN_OK)
+        bn_plan_describe(&plan, buf, size);
+}
+
+void bench_machine(char *buf, size_t size) {
+    char model[128] = "an unknown CPU", line[256];
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f)) {
+        const char *colon = strchr(line, ':');
+        if (strncmp(line, "model name", 10) || !colon) continue;
+        snprintf(model, sizeof model, "%s", colon + 1 + (colon[1] == ' '));
+        model[strcspn(model, "\n")] = '\0';
+        break;
+    }
+    if (f) fclose(f);
+    const bn_machine m = bn_machine_this();
+    snprintf(buf, size, "%s; caches as Linux reports them: L2 %lld KiB, L3 %lld KiB (the plan "
+             "uses the L2 only)", model, (long long)(m.l2 >> 10), (long long)(m.l3 >> 10));
+}
+
 int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     char name[160], shape[96];
     bench_shape_string(shape, sizeof shape, &bc->shape);
@@ -215,13 +245,7 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     memset(c.dbias, 0, cc * esize);
 
     bn_set_num_threads(bc->threads);
-    /* the library's plan of this call, as it will make it (the first pass reads x, or dy and x;
-     * eval has none) */
-    bn_plan plan;
-    const int reads = bc->mode == BENCH_EVAL ? 0 : backward ? 2 : 1;
-    res->plan[0] = '\0';
-    if (bn_plan_make(&plan, &c.desc, reads) == BN_OK)
-        bn_plan_describe(&plan, res->plan, sizeof res->plan);
+    bench_plan(bc, res->plan, sizeof res->plan);
     if (backward) {
         /* the saved statistics of one training forward pass (out serves as its y) */
         st = bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL, c.x, c.weight,

@@ -23,11 +23,29 @@ static const char *fmt_time(char *buf, size_t size, double ns) {
 }
 
 void bench_print_header(void) {
+    char machine[320];
+    bench_machine(machine, sizeof machine);
     printf("bnorm %s bench: median (and min) time per call; roofline = a streaming kernel moving\n"
-           "the same bytes on the same threads; %% of roofline = roofline time / our time\n\n",
-           bn_version_string());
+           "the same bytes on the same threads; %% of roofline = roofline time / our time\n"
+           "machine: %s\n\n",
+           bn_version_string(), machine);
     printf("%-16s %-6s %-9s %3s %-5s %11s %11s %10s %8s %11s %7s\n", "shape", "layout", "mode",
            "thr", "dtype", "median", "min", "MB moved", "GB/s", "roofline", "% roof");
+}
+
+void bench_print_plan(const bench_case *bc, int json) {
+    char shape[96], plan[768];
+    bench_shape_string(shape, sizeof shape, &bc->shape);
+    bench_plan(bc, plan, sizeof plan);
+    const char *layout = bc->shape.layout == BN_CHANNELS_LAST ? "nhwc" : "nchw";
+    const char *dtype = bc->dtype == BN_FLOAT32 ? "f32" : "f64";
+    if (json)
+        printf("{\"shape\": \"%s\", \"layout\": \"%s\", \"mode\": \"%s\", \"threads\": %d, "
+               "\"dtype\": \"%s\", \"plan\": \"%s\"}\n",
+               shape, layout, bench_mode_names[bc->mode], bc->threads, dtype, plan);
+    else
+        printf("%s %s %s threads=%d %s\n  plan: %s\n", shape, layout, bench_mode_names[bc->mode],
+               bc->threads, dtype, plan);
 }
 
 void bench_print_result(const bench_case *bc, const bench_result *r, int json) {

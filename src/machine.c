@@ -1,4 +1,4 @@
-/* machine.c - cache sizes from /sys, read once, and the budgets plan.c takes from them. */
+/* machine.c - the caches /sys reports, read once (machine.h). */
 #include "machine.h"
 
 #include <stdatomic.h>
@@ -40,26 +40,15 @@ static atomic_llong budget_override; /* tests: bytes, or 0 */
 
 void bn_cache_budget_override(int64_t bytes) { atomic_store(&budget_override, bytes > 0 ? bytes : 0); }
 
-int64_t bn_cache_budget(void) {
-    static atomic_llong budget; /* 0 until first asked */
-    const long long forced = atomic_load(&budget_override);
-    if (forced) return (int64_t)forced;
-    long long b = atomic_load(&budget);
-    if (b == 0) {
-        const int64_t l2 = bn_cache_size(2);
-        b = (l2 > 0 ? l2 : INT64_C(1) << 20) / 2;
-        atomic_store(&budget, b);
-    }
-    return (int64_t)b;
-}
+int64_t bn_cache_budget_forced(void) { return (int64_t)atomic_load(&budget_override); }
 
-int64_t bn_stream_threshold(void) {
-    static atomic_llong threshold; /* 0 until first asked */
-    long long t = atomic_load(&threshold);
-    if (t == 0) {
-        const int64_t llc = bn_cache_size(3);
-        t = llc > 0 && llc / 2 < BN_STREAM_MAX_THRESHOLD ? llc / 2 : BN_STREAM_MAX_THRESHOLD;
-        atomic_store(&threshold, t);
+bn_machine bn_machine_this(void) {
+    static atomic_llong l2 = -1, l3 = -1; /* -1 until first read */
+    long long a = atomic_load(&l2), b = atomic_load(&l3);
+    if (a < 0 || b < 0) {
+        a = bn_cache_size(2), b = bn_cache_size(3);
+        atomic_store(&l2, a);
+        atomic_store(&l3, b);
     }
-    return (int64_t)t;
+    return (bn_machine){.l2 = (int64_t)a, .l3 = (int64_t)b};
 }

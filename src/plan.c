@@ -22,18 +22,16 @@ bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels) {
     return t;
 }
 
-int64_t bn_run_length(int64_t items) {
-    const int64_t threads = bn_get_num_threads();
+int64_t bn_run_length(int64_t items, int threads) {
     const int64_t runs = threads < items ? threads : items;
     return runs > 0 ? (items + runs - 1) / runs : 1;
 }
 
-int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size) {
-    const int64_t budget = bn_cache_budget();
+int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size,
+                       int64_t budget, int threads) {
     if (rows <= 0 || rows > budget) return 0;
     const int64_t width = budget / (rows * streams * (int64_t)elem_size) / 16 * 16;
     if (width < 16) return 0;
-    const int64_t threads = bn_get_num_threads();
     const int64_t share = (channels + threads - 1) / threads;
     const int64_t even = (share + 15) / 16 * 16; /* one chunk per thread, when chunks can be so wide */
     const int64_t chunk = width < even ? width : even;
@@ -44,16 +42,26 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
     return chunk;
 }
 
-int bn_cache_overlap(int64_t bytes) {
-    const int64_t budget = bn_cache_budget();
+int bn_cache_overlap(int64_t bytes, int64_t budget) {
     return bytes <= budget || bytes >= 2 * budget;
 }
 
-bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
+bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine machine,
+                      int threads) {
     const bn_desc d = bn_kernel_desc(desc);
+    const int64_t l2 = machine.l2 > 0 ? machine.l2 : INT64_C(1) << 20;
+    const int64_t forced = bn_cache_budget_forced();
     *p = (bn_plan){.d = d, .es = bn_dtype_size(d.dtype), .count = bn_count(&d),
-                   .elements = d.n * d.c * d.s, .threads = bn_get_num_threads(),
-                   .budget = bn_cache_budget(), .stream_threshold = bn_stream_threshold()};
+                   .elements = d.n * d.c * d.s, .threads = threads, .reads = reads,
+                   .machine = machine,
+                   .budget = forced ? forced : l2 / 2};
+    if (d.layout == BN_CHANNELS_FIRST && reads > 0) {
+        p->stream_threshold = BN_STREAM_L2S * l2;
+        p->stream_rule = "4 x L2: channels-first, second pass from the L2";
+    } else {
+        p->stream_threshold = BN_STREAM_THRESHOLD;
+        p->stream_rule = "16 MiB";
+    }
     p->stream = p->elements * (int64_t)p->es >= p->stream_threshold && bn_kernels_can_stream();
     p->k = bn_kernels_for(d.dtype, p->stream);
     if (!p->k) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
@@ -61,14 +69,27 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
             p->tiles = bn_tiles_of(rows, d.c);
-            p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es);
+            p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es, p->budget, threads);
         }
         if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c);
     } else if (reads > 0) {
-        p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es);
-        if (p->overlap) p->run = bn_run_length(d.c);
+        p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es, p->budget);
+        if (p->overlap) p->run = bn_run_length(d.c, threads);
     }
     return BN_OK;
+}
+
+bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
+    return bn_plan_for(p, desc, reads, bn_machine_this(), bn_get_num_threads());
+}
+
+/* Why channels-first passes overlap or not (bn_cache_overlap), in words. */
+static const char *overlap_reason(const bn_plan *p) {
+    const int64_t bytes = p->reads * p->count * (int64_t)p->es;
+    if (p->reads == 0) return "no first pass";
+    if (bytes <= p->budget) return "two channels fit in the L2";
+    if (bytes >= 2 * p->budget) return "one channel does not fit in the L2";
+    return "one channel fits in the L2 but two do not: its second pass reads it from there";
 }
 
 void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
@@ -77,16 +98,26 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
     if (p->d.layout == BN_CHANNELS_LAST)
         used = snprintf(buf, size,
                         "layout=channels-last dtype=%s threads=%d tiles=%lldx%lld (%lld rows, %lld "
-                        "channels each) pieces=%lldx%lld chunk=%lld",
+                        "channels each) pieces=%lldx%lld chunk=%lld (%s)",
                         dtype, p->threads, (long long)p->tiles.parts, (long long)p->tiles.chunks,
                         (long long)p->tiles.per, (long long)p->tiles.width,
                         (long long)p->pieces.parts, (long long)p->pieces.chunks,
-                        (long long)p->chunk);
+                        (long long)p->chunk,
+                        p->reads == 0  ? "no first pass"
+                        : p->chunk > 0 ? "a chunk's rows of every array fit in the budget"
+                                       : "the rows of 16 channels do not fit in the budget, or a "
+                                         "chunk would read less than 1 KiB of a row");
     else
-        used = snprintf(buf, size, "layout=channels-first dtype=%s threads=%d overlap=%s run=%lld",
-                        dtype, p->threads, p->overlap ? "yes" : "no", (long long)p->run);
+        used = snprintf(buf, size,
+                        "layout=channels-first dtype=%s threads=%d overlap=%s (%s) run=%lld",
+                        dtype, p->threads, p->overlap ? "yes" : "no", overlap_reason(p),
+                        (long long)p->run);
     if (used >= 0 && (size_t)used < size)
         snprintf(buf + used, size - (size_t)used,
-                 " stream=%s cache-budget=%lld stream-threshold=%lld", p->stream ? "yes" : "no",
-                 (long long)p->budget, (long long)p->stream_threshold);
+                 " stream=%s (output %lld bytes, from %lld: %s%s) cache-budget=%lld (L2 / 2)"
+                 " l2=%lld l3=%lld (as reported; the L3 is not used)",
+                 p->stream ? "yes" : "no", (long long)(p->elements * (int64_t)p->es),
+                 (long long)p->stream_threshold, p->stream_rule,
+                 bn_kernels_can_stream() ? "" : "; this CPU or build has no streaming stores",
+                 (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3);
 }

@@ -7,6 +7,7 @@
 #define BN_PLAN_H
 
 #include "kernels.h"
+#include "machine.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +49,7 @@ typedef struct {
     int threads;           /* what bn_get_num_threads said */
     int stream;            /* outputs are written with streaming stores */
     /* channels-first */
+    int reads;             /* arrays the first pass reads (bn_plan_for), 0 without one */
     int overlap;           /* a channel's second pass rides along the next one's first */
     int64_t run;           /* channels per item when passes overlap (else 0) */
     /* channels-last */
@@ -55,18 +57,38 @@ typedef struct {
     bn_tiles pieces;       /* of element-wise passes (bn_tiles_elementwise), unless chunked */
     int64_t chunk;         /* channels per item when a chunk's rows stay in cache, else 0 */
     /* what the plan was made of */
-    int64_t budget;        /* cache bytes a thread may keep between two passes */
-    int64_t stream_threshold;
+    bn_machine machine;    /* the caches it was given */
+    int64_t budget;        /* cache bytes a thread may keep between two passes: half the L2 */
+    int64_t stream_threshold; /* output bytes from which stores stream */
+    const char *stream_rule;  /* where that threshold comes from, in words */
 } bn_plan;
+
+/* Output bytes from which stores stream, for passes that are not channels-first passes with a
+ * first pass: a size no L2 holds, and half the 32 MiB L3 of the AMD EPYC measured, but not read
+ * from /sys (whose L3 may be a host's). */
+#define BN_STREAM_THRESHOLD (INT64_C(16) << 20)
+/* Channels-first training and backward stream from this many L2s of output: their second pass
+ * reads each channel back from the L2, which plain stores of the output crowd. Measured on the
+ * AMD EPYC (1 MiB L2), streaming from 4 MiB against from 16 MiB, one thread: 8x64x56x56 (6.4 MB)
+ * training 0.75x and backward 0.70x the time, 16x64x56x56 0.58x and 0.76x; eval there is 0.90x
+ * on one thread but 1.78x on two, so eval keeps BN_STREAM_THRESHOLD. Rows of 49 values (3.2
+ * MB) gained nothing from streaming. */
+#define BN_STREAM_L2S 4
 
 /* The plan of a pass over the tensor desc (checked) whose first pass reads `reads` arrays of it
  * (1: x; 2: dy and x; 0: there is no first pass, only an element-wise one, as in eval) and
- * whose second pass writes one. Only what the pass will use is decided (no element-wise pieces
- * when it runs chunk by chunk; no run length without overlap). BN_OK, or BN_ERR_UNSUPPORTED
- * when the dtype has no kernels. */
+ * whose second pass writes one, on `threads` threads of a machine with these caches (an L2 of 0:
+ * taken as 1 MiB). Only what the pass will use is decided (no element-wise pieces when it runs
+ * chunk by chunk; no run length without overlap). BN_OK, or BN_ERR_UNSUPPORTED when the dtype
+ * has no kernels. */
+bn_status bn_plan_for(bn_plan *plan, const bn_desc *desc, int reads, bn_machine machine,
+                      int threads);
+
+/* bn_plan_for on this machine (bn_machine_this) and the library's thread count. */
 bn_status bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
 
-/* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), cut to size. */
+/* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), with the
+ * caches it was made for and why stores stream or not, cut to size. */
 void bn_plan_describe(const bn_plan *plan, char *buf, size_t size);
 
 /* Tiles of the (rows, channels) rows of a channels-last tensor for passes whose results are
@@ -81,10 +103,11 @@ bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels);
 
 /* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
  * at a time while the chunk stays in the per-core cache (the budget). The chunk's width in
- * channels, a multiple of 16, at most what gives every thread a chunk; 0 when even 16 channels
- * do not fit, or when a chunk would be a piece of less than 1 KiB of each row (too narrow to
- * read well). */
-int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size);
+ * channels, a multiple of 16, at most what gives each of the threads a chunk; 0 when even 16
+ * channels do not fit, or when a chunk would be a piece of less than 1 KiB of each row (too
+ * narrow to read well). */
+int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size,
+                       int64_t budget, int threads);
 
 /* Whether channel-by-channel passes should overlap: each channel's second pass (normalize, or
  * dx) made while the next channel's first pass (statistics, or sums) reads it, so that one
@@ -92,10 +115,11 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
  * `bytes` in the L2 for the second when it fits there, but not beside the next channel:
  * overlap then costs more than it saves. So: overlap when two channels fit in the L2 (twice
  * the budget), or when one channel does not. */
-int bn_cache_overlap(int64_t bytes);
+int bn_cache_overlap(int64_t bytes, int64_t budget);
 
-/* Items per run when `items` independent items are grouped into one run per thread (at most
- * one run per item): each thread then works its run in order, one item overlapping the next. */
-int64_t bn_run_length(int64_t items);
+/* Items per run when `items` independent items are grouped into one run per thread of `threads`
+ * (at most one run per item): each thread then works its run in order, one item overlapping the
+ * next. */
+int64_t bn_run_length(int64_t items, int threads);
 
 #endif

@@ -203,7 +203,7 @@ static int streaming_available(void) {
 #endif
 }
 
-/* Outputs past BN_STREAM_MAX_THRESHOLD are written with streaming stores on AVX-512 machines: they
+/* Outputs past BN_STREAM_THRESHOLD are written with streaming stores on AVX-512 machines: they
  * must hold the same bits as plain stores, in every pass and both layouts. The count of kernel
  * calls that streamed shows which path each run took: streaming ones where the machine has
  * them, none with plain stores forced, and none at all on a machine without them. */
@@ -215,7 +215,7 @@ BN_SUITE(suite_threads_streaming_stores) {
     for (int lay = 0; lay < 2; lay++) {
         bn_desc d = tu_desc(n, c, s, BN_FLOAT32, (bn_layout)lay);
         const int64_t count = tu_numel(&d);
-        CHECK(count * 4 >= BN_STREAM_MAX_THRESHOLD);
+        CHECK(count * 4 >= BN_STREAM_THRESHOLD);
         float *x = malloc(sizeof(float) * (size_t)count), *dy = malloc(sizeof(float) * (size_t)count);
         tu_rng r = tu_rng_new(9);
         for (int64_t k = 0; k < count; k++) x[k] = (float)(1 + tu_normal(&r)), dy[k] = (float)tu_uniform(&r);

@@ -5,6 +5,7 @@ for bad values. Small shapes and --repeat 5 keep it to a few seconds.
 The command is $BNORM_BUILD/bnorm (default: <repo>/build/bnorm).
 """
 import json
+import re
 import os
 import subprocess
 from pathlib import Path
@@ -91,6 +92,42 @@ def test_table_output():
     # the plan of the case: (20, 2) is channels-last to the kernels, one thread, no streaming
     assert lines[-1].startswith("  plan: layout=channels-last dtype=f32 threads=1 "), lines[-1]
     assert "stream=no" in lines[-1]
+    # the machine as the plan sees it, under the title
+    machine = next(line for line in lines if line.startswith("machine: "))
+    assert "caches as Linux reports them: L2 " in machine and "the plan uses the L2 only" in machine
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "an unknown CPU"
+
+
+def test_plan_times_nothing_and_says_why():
+    r = run("--plan", "--shape", "32x64x56x56", "--layout", "nchw", "--mode", "backward")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("machine: " + cpu_model() + "; caches as Linux reports them")
+    # one case per thread count, each with its plan; no time anywhere
+    assert [l for l in lines[1:] if not l.startswith("  plan: ")] == \
+        ["32x64x56x56 nchw backward threads=1 f32", "32x64x56x56 nchw backward threads=2 f32"]
+    for line in lines[2::2]:
+        assert "layout=channels-first" in line and "overlap=" in line and "stream=" in line
+        assert "output 25690112 bytes" in line and "x L2" in line and "l3=" in line
+    assert not re.search(r"\d (ns|us|ms)\b", r.stdout)
+
+
+def test_plan_as_json_covers_the_grid():
+    r = run("--plan", "--json")
+    assert r.returncode == 0, r.stderr
+    cases = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(cases) == 6 * 3 * 2  # bench/run.py's grid: every shape, layout, mode, thread count
+    for c in cases:
+        assert set(c) == {"shape", "layout", "mode", "threads", "dtype", "plan"}
+        assert c["plan"].startswith("layout=channel") and "cache-budget=" in c["plan"]
+    big = [c for c in cases if c["shape"] == "8x256x128x128"]
+    assert big and all("output 134217728 bytes" in c["plan"] for c in big)
 
 
 def test_help():

@@ -1,0 +1,115 @@
+/* test_plan.c - the plan's decisions as functions of the machine it is given: the caches an AMD
+ * EPYC reports (1 MiB L2, 32 MiB L3) and those an Intel Xeon guest reports (2 MiB L2, its host's
+ * "300 MiB" L3), on the bench grid. No decision may depend on the L3, which a virtual machine can
+ * report wrongly; the L2 sets the cache budget and where channels-first training and backward
+ * start to stream. */
+#include "check.h"
+#include "testutil.h"
+
+#include "kernels.h"
+#include "machine.h"
+#include "plan.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define MIB (INT64_C(1) << 20)
+static const bn_machine epyc = {.l2 = MIB, .l3 = 32 * MIB};
+static const bn_machine xeon = {.l2 = 2 * MIB, .l3 = 300 * MIB};
+
+static bn_plan plan_of(int64_t n, int64_t c, int64_t s, bn_layout layout, int reads,
+                       bn_machine m, int threads) {
+    const bn_desc d = tu_desc(n, c, s, BN_FLOAT32, layout);
+    bn_plan p;
+    CHECK(bn_plan_for(&p, &d, reads, m, threads) == BN_OK);
+    return p;
+}
+
+/* The decisions of two plans, compared field by field. */
+static int same_decisions(const bn_plan *a, const bn_plan *b) {
+    return a->k == b->k && a->stream == b->stream && a->overlap == b->overlap &&
+           a->run == b->run && a->chunk == b->chunk && a->budget == b->budget &&
+           a->stream_threshold == b->stream_threshold &&
+           !memcmp(&a->tiles, &b->tiles, sizeof a->tiles) &&
+           !memcmp(&a->pieces, &b->pieces, sizeof a->pieces);
+}
+
+static const int64_t grid[][3] = {{20, 2, 1},   {256, 1024, 1},  {32, 64, 3136},
+                                  {32, 512, 49}, {8, 256, 16384}, {2, 1024, 1}};
+
+/* Whatever L3 a machine reports, every decision is the same. */
+BN_SUITE(suite_plan_ignores_the_l3) {
+    const int64_t l3s[] = {0, 512 * 1024, 32 * MIB, 300 * MIB, INT64_C(1) << 40};
+    for (size_t g = 0; g < sizeof grid / sizeof grid[0]; g++)
+        for (int lay = 0; lay < 2; lay++)
+            for (int reads = 0; reads <= 2; reads++)
+                for (int threads = 1; threads <= 2; threads++)
+                    for (int l2 = 0; l2 < 2; l2++) {
+                        const int64_t l2_bytes = l2 ? 2 * MIB : MIB;
+                        const bn_plan base = plan_of(grid[g][0], grid[g][1], grid[g][2],
+                                                     (bn_layout)lay, reads,
+                                                     (bn_machine){l2_bytes, 0}, threads);
+                        for (size_t q = 0; q < sizeof l3s / sizeof l3s[0]; q++) {
+                            const bn_plan p = plan_of(grid[g][0], grid[g][1], grid[g][2],
+                                                      (bn_layout)lay, reads,
+                                                      (bn_machine){l2_bytes, l3s[q]}, threads);
+                            CHECK_MSG(same_decisions(&base, &p),
+                                      "shape %zu layout %d reads %d: an L3 of %lld changed the plan",
+                                      g, lay, reads, (long long)l3s[q]);
+                        }
+                    }
+}
+
+/* The grid's decisions on both machines. Stores stream only where this build and CPU can. */
+BN_SUITE(suite_plan_on_epyc_and_xeon) {
+    const int can = bn_kernels_can_stream();
+    const bn_machine machines[2] = {epyc, xeon};
+    for (int q = 0; q < 2; q++) {
+        const bn_machine m = machines[q];
+        const char *name = q ? "xeon" : "epyc";
+        for (int threads = 1; threads <= 2; threads++) {
+            /* 32x64x56x56 NCHW, 25.7 MB: every pass streams; a channel is 401 KB, x and dy of
+             * one 803 KB: training overlaps on both, backward only where two of them fit in the
+             * L2 (the Xeon's 2 MiB, not the EPYC's 1 MiB) */
+            const bn_plan train = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 1, m, threads);
+            const bn_plan back = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, m, threads);
+            const bn_plan eval = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 0, m, threads);
+            CHECK_MSG(train.stream == can && back.stream == can && eval.stream == can, "%s", name);
+            CHECK_MSG(train.budget == m.l2 / 2 && train.overlap, "%s", name);
+            CHECK_MSG(back.overlap == (q == 1), "%s backward overlap %d", name, back.overlap);
+            CHECK(train.run == (threads == 1 ? 64 : 32));
+            /* channels-first training streams from 4 L2s of output, eval from 16 MiB */
+            CHECK(train.stream_threshold == 4 * m.l2 && eval.stream_threshold == 16 * MIB);
+            const bn_plan nhwc = plan_of(32, 64, 3136, BN_CHANNELS_LAST, 1, m, threads);
+            CHECK(nhwc.stream == can && nhwc.chunk == 0 && nhwc.stream_threshold == 16 * MIB);
+            /* 32x512x7x7, 3.2 MB: no pass streams */
+            for (int reads = 0; reads <= 2; reads++)
+                CHECK(!plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, m, threads).stream);
+            /* 256x1024 training: chunks of channels that fit half the L2 with their 256 rows of
+             * x and y: 256 channels on the EPYC, 512 on the Xeon */
+            const bn_plan nc = plan_of(256, 1024, 1, BN_CHANNELS_LAST, 1, m, threads);
+            CHECK_MSG(nc.chunk == (q ? 512 : 256), "%s: chunk %lld", name, (long long)nc.chunk);
+            /* 8x256x128x128, 134 MB: streams in every pass */
+            for (int reads = 0; reads <= 2; reads++)
+                CHECK(plan_of(8, 256, 16384, BN_CHANNELS_FIRST, reads, m, threads).stream == can);
+        }
+    }
+    /* a machine that reports no L2 is planned as one with 1 MiB */
+    const bn_plan unknown = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, (bn_machine){0, 0}, 1);
+    const bn_plan known = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, epyc, 1);
+    CHECK(same_decisions(&unknown, &known));
+}
+
+/* The printed plan names the caches it was given and why its stores stream or not. */
+BN_SUITE(suite_plan_describes_its_reasons) {
+    const bn_plan p = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 1, xeon, 2);
+    char text[512];
+    bn_plan_describe(&p, text, sizeof text);
+    CHECK_MSG(strstr(text, "l2=2097152 l3=314572800") && strstr(text, "4 x L2") &&
+                  strstr(text, "output 25690112 bytes, from 8388608") &&
+                  strstr(text, "overlap=yes") && strstr(text, "threads=2"),
+              "%s", text);
+    char small[16];
+    bn_plan_describe(&p, small, sizeof small); /* cut to size, still a string */
+    CHECK(strlen(small) == sizeof small - 1);
+}
