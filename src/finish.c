@@ -47,11 +47,15 @@ void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0
     }
 }
 
+/* v * 2^e; ldexp is a call into libm, and e is 0 but where sums overflowed (a tenth of
+ * (256, 1024)'s backward went to ldexp(v, 0)) */
+static inline double scaled(double v, int e) { return e ? ldexp(v, e) : v; }
+
 bn_grad_finish bn_finish_grad(double sum_dy, int e_dy, double sum_dy_xhat, int e_xhat,
                               double invstd, double w, double count, int train) {
-    bn_grad_finish g = {.dbias = ldexp(sum_dy, e_dy), .dweight = ldexp(sum_dy_xhat, e_xhat),
+    bn_grad_finish g = {.dbias = scaled(sum_dy, e_dy), .dweight = scaled(sum_dy_xhat, e_xhat),
                         .scale = invstd * w};
-    g.mean_dy = train ? ldexp(sum_dy / count, e_dy) : 0.0;
-    g.k = train ? ldexp(sum_dy_xhat / count, e_xhat) * invstd : 0.0;
+    g.mean_dy = train ? scaled(sum_dy / count, e_dy) : 0.0;
+    g.k = train ? scaled(sum_dy_xhat / count, e_xhat) * invstd : 0.0;
     return g;
 }
