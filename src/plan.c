@@ -55,9 +55,9 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
                    .elements = d.n * d.c * d.s, .threads = threads, .reads = reads,
                    .machine = machine,
                    .budget = forced ? forced : l2 / 2};
-    if (d.layout == BN_CHANNELS_FIRST && reads > 0) {
+    if (reads == 2 || (d.layout == BN_CHANNELS_FIRST && reads > 0)) {
         p->stream_threshold = BN_STREAM_L2S * l2;
-        p->stream_rule = "4 x L2: channels-first, second pass from the L2";
+        p->stream_rule = "4 x L2: backward, or channels-first training";
     } else {
         p->stream_threshold = BN_STREAM_THRESHOLD;
         p->stream_rule = "16 MiB";

@@ -63,16 +63,15 @@ typedef struct {
     const char *stream_rule;  /* where that threshold comes from, in words */
 } bn_plan;
 
-/* Output bytes from which stores stream, for passes that are not channels-first passes with a
- * first pass: a size no L2 holds, and half the 32 MiB L3 of the AMD EPYC measured, but not read
- * from /sys (whose L3 may be a host's). */
+/* Output bytes from which stores stream, for eval and channels-last training: a size no L2
+ * holds, and half the 32 MiB L3 of the AMD EPYC measured, but not read from /sys (whose L3 may
+ * be a host's). */
 #define BN_STREAM_THRESHOLD (INT64_C(16) << 20)
-/* Channels-first training and backward stream from this many L2s of output: their second pass
- * reads each channel back from the L2, which plain stores of the output crowd. Measured on the
- * AMD EPYC (1 MiB L2), streaming from 4 MiB against from 16 MiB, one thread: 8x64x56x56 (6.4 MB)
- * training 0.75x and backward 0.70x the time, 16x64x56x56 0.58x and 0.76x; eval there is 0.90x
- * on one thread but 1.78x on two, so eval keeps BN_STREAM_THRESHOLD. Rows of 49 values (3.2
- * MB) gained nothing from streaming. */
+/* Backward, and channels-first training, stream from this many L2s of output: the second pass
+ * reads the data back from cache, which plain stores of the output crowd. Measured on the AMD
+ * EPYC (1 MiB L2), streaming from 4 MiB against from 16 MiB (docs/performance.md): 6.4-12.8 MB
+ * tensors took 0.58-0.97x the time in channels-first training and 0.70-1.01x in backward, where
+ * eval took up to 1.96x on two threads and channels-last training up to 1.37x. */
 #define BN_STREAM_L2S 4
 
 /* The plan of a pass over the tensor desc (checked) whose first pass reads `reads` arrays of it

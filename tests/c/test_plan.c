@@ -1,7 +1,7 @@
 /* test_plan.c - the plan's decisions as functions of the machine it is given: the caches an AMD
  * EPYC reports (1 MiB L2, 32 MiB L3) and those an Intel Xeon guest reports (2 MiB L2, its host's
  * "300 MiB" L3), on the bench grid. No decision may depend on the L3, which a virtual machine can
- * report wrongly; the L2 sets the cache budget and where channels-first training and backward
+ * report wrongly; the L2 sets the cache budget and where backward and channels-first training
  * start to stream. */
 #include "check.h"
 #include "testutil.h"
@@ -82,6 +82,14 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
             CHECK(train.stream_threshold == 4 * m.l2 && eval.stream_threshold == 16 * MIB);
             const bn_plan nhwc = plan_of(32, 64, 3136, BN_CHANNELS_LAST, 1, m, threads);
             CHECK(nhwc.stream == can && nhwc.chunk == 0 && nhwc.stream_threshold == 16 * MIB);
+            /* backward streams from 4 L2s in both layouts, channels-last training from 16 MiB:
+             * 6.4 MB is 4 L2s of the EPYC's, less than 4 of the Xeon's */
+            const int four = can && 8 * 64 * 3136 * 4 >= 4 * m.l2;
+            const bn_plan nhwc_back = plan_of(8, 64, 3136, BN_CHANNELS_LAST, 2, m, threads);
+            const bn_plan nhwc_train = plan_of(8, 64, 3136, BN_CHANNELS_LAST, 1, m, threads);
+            const bn_plan nchw_train = plan_of(8, 64, 3136, BN_CHANNELS_FIRST, 1, m, threads);
+            CHECK(nhwc_back.stream_threshold == 4 * m.l2 && nhwc_back.stream == four);
+            CHECK(!nhwc_train.stream && nchw_train.stream == four);
             /* 32x512x7x7, 3.2 MB: no pass streams */
             for (int reads = 0; reads <= 2; reads++)
                 CHECK(!plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, m, threads).stream);
