@@ -92,9 +92,10 @@
  *   and merged in a fixed order, and how whole channels or rows are grouped per thread changes
  *   nothing computed, so every result is bit-for-bit the same for any number of threads, and
  *   with or without AVX-512 (make isa-check compares the two builds). On first use the library
- *   reads the cache sizes from Linux's /sys/devices/system/cpu/cpu0/cache: they decide how much
- *   work a thread takes at a time and whether large outputs bypass the cache, never a bit of a
- *   result. The thread count is the library's only setting. Calls on different buffers may run
+ *   reads the L2 cache's size from Linux's /sys/devices/system/cpu/cpu0/cache: with the
+ *   output's size it decides how much work a thread takes at a time and whether large outputs
+ *   bypass the cache (the L3 is not used: a virtual machine may report its host's), never a bit
+ *   of a result. The thread count is the library's only setting. Calls on different buffers may run
  *   concurrently from any number of threads; calls that write the same buffer (for example the
  *   same running statistics) must be serialized by the caller.
  *
