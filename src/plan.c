@@ -64,9 +64,12 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
             p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es);
         }
         if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c);
-    } else if (reads > 0) {
-        p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es);
-        if (p->overlap) p->run = bn_run_length(d.c);
+    } else {
+        p->group = d.s < BN_SHORT ? BN_GROUP : 1;
+        if (reads > 0) {
+            p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es * p->group);
+            if (p->overlap) p->run = (bn_run_length(d.c) + p->group - 1) / p->group * p->group;
+        }
     }
     return BN_OK;
 }
@@ -83,8 +86,10 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                         (long long)p->pieces.parts, (long long)p->pieces.chunks,
                         (long long)p->chunk);
     else
-        used = snprintf(buf, size, "layout=channels-first dtype=%s threads=%d overlap=%s run=%lld",
-                        dtype, p->threads, p->overlap ? "yes" : "no", (long long)p->run);
+        used = snprintf(buf, size,
+                        "layout=channels-first dtype=%s threads=%d group=%lld overlap=%s run=%lld",
+                        dtype, p->threads, (long long)p->group, p->overlap ? "yes" : "no",
+                        (long long)p->run);
     if (used >= 0 && (size_t)used < size)
         snprintf(buf + used, size - (size_t)used,
                  " stream=%s cache-budget=%lld stream-threshold=%lld", p->stream ? "yes" : "no",
