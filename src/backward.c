@@ -84,41 +84,72 @@ static void finish(const backward *b, int64_t c0, int64_t c1) {
 
 /* ---- channels-first: channel c's rows start at c * S, C * S apart ---- */
 
-static void cf_sums(const bn_pass *p, int64_t c) {
+/* Channels [c0, c1): one channel, or a group of short rows (the cf_group_ kernels). */
+static void cf_sums(const bn_pass *p, int64_t c0, int64_t c1) {
     const backward *b = (const backward *)p;
     const bn_desc *d = &p->plan->d;
-    const int64_t at = c * d->s;
-    p->plan->k->cf_grad_sums(&b->sums[c], &b->sums[d->c + c], at_c(p->plan, b->dy, at),
-                             at_c(p->plan, b->x, at), d->n, d->s, d->c * d->s, b->mean[c]);
+    if (p->plan->group > 1) {
+        const int64_t at = c0 * d->s;
+        p->plan->k->cf_group_grad_sums(&b->sums[c0], &b->sums[d->c + c0], at_c(p->plan, b->dy, at),
+                                       at_c(p->plan, b->x, at), c1 - c0, d->n, d->s,
+                                       d->c * d->s, b->mean + c0);
+        return;
+    }
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t at = c * d->s;
+        p->plan->k->cf_grad_sums(&b->sums[c], &b->sums[d->c + c], at_c(p->plan, b->dy, at),
+                                 at_c(p->plan, b->x, at), d->n, d->s, d->c * d->s, b->mean[c]);
+    }
 }
 
-static void cf_finish(const bn_pass *p, int64_t c) {
+static void cf_finish(const bn_pass *p, int64_t c0, int64_t c1) {
     const backward *b = (const backward *)p;
-    if (!b->sums_only) finish(b, c, c + 1);
+    if (!b->sums_only) finish(b, c0, c1);
 }
 
-static void cf_dx(const bn_pass *p, int64_t c) {
-    const backward *b = (const backward *)p;
-    const bn_desc *d = &p->plan->d;
-    const int64_t at = c * d->s;
-    void *dx = at_v(p->plan, b->dx, at);
-    const void *dy = at_c(p->plan, b->dy, at);
-    if (b->train)
-        p->plan->k->cf_grad_input(dx, dy, at_c(p->plan, b->x, at), d->n, d->s, d->c * d->s,
-                                  b->mean[c], b->mean_dy[c], b->k[c], b->scale[c]);
-    else /* stored statistics are constants: dx = dy * invstd * weight */
-        p->plan->k->cf_normalize(dx, dy, NULL, d->n, d->s, d->c * d->s, 0.0, b->scale[c], 0.0);
-}
-
-/* Training only (the skeleton overlaps only where this is set). */
-static void cf_dx_next(const bn_pass *p, int64_t c) {
+static void cf_dx(const bn_pass *p, int64_t c0, int64_t c1) {
     const backward *b = (const backward *)p;
     const bn_desc *d = &p->plan->d;
-    const int64_t at = c * d->s;
+    if (b->train && p->plan->group > 1) {
+        const int64_t at = c0 * d->s;
+        p->plan->k->cf_group_grad_input_next(
+            at_v(p->plan, b->dx, at), at_c(p->plan, b->dy, at), at_c(p->plan, b->x, at), c1 - c0,
+            0, d->n, d->s, d->c * d->s, b->mean + c0, b->mean_dy + c0, b->k + c0, b->scale + c0,
+            NULL, NULL, NULL);
+        return;
+    }
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t at = c * d->s;
+        void *dx = at_v(p->plan, b->dx, at);
+        const void *dy = at_c(p->plan, b->dy, at);
+        if (b->train)
+            p->plan->k->cf_grad_input(dx, dy, at_c(p->plan, b->x, at), d->n, d->s, d->c * d->s,
+                                      b->mean[c], b->mean_dy[c], b->k[c], b->scale[c]);
+        else /* stored statistics are constants: dx = dy * invstd * weight */
+            p->plan->k->cf_normalize(dx, dy, NULL, d->n, d->s, d->c * d->s, 0.0, b->scale[c],
+                                     0.0);
+    }
+}
+
+/* Training only (the skeleton overlaps only where this is set): dx of [c0, c1) while the sums
+ * of [c1, c2) are formed. */
+static void cf_dx_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t c2) {
+    const backward *b = (const backward *)p;
+    const bn_desc *d = &p->plan->d;
+    const int64_t at = c0 * d->s, C = d->c;
+    if (p->plan->group > 1) {
+        p->plan->k->cf_group_grad_input_next(
+            at_v(p->plan, b->dx, at), at_c(p->plan, b->dy, at), at_c(p->plan, b->x, at), c1 - c0,
+            c2 - c1, d->n, d->s, C * d->s, b->mean + c0, b->mean_dy + c0, b->k + c0,
+            b->scale + c0, b->mean + c1, &b->sums[c1], &b->sums[C + c1]);
+        return;
+    }
+    /* single channels: c1 = c0 + 1 */
     p->plan->k->cf_grad_input_next(at_v(p->plan, b->dx, at), at_c(p->plan, b->dy, at),
-                                   at_c(p->plan, b->x, at), d->n, d->s, d->c * d->s, b->mean[c],
-                                   b->mean_dy[c], b->k[c], b->scale[c], b->mean[c + 1],
-                                   &b->sums[c + 1], &b->sums[d->c + c + 1]);
+                                   at_c(p->plan, b->x, at), d->n, d->s, C * d->s, b->mean[c0],
+                                   b->mean_dy[c0], b->k[c0], b->scale[c0], b->mean[c1],
+                                   &b->sums[c1], &b->sums[C + c1]);
+    (void)c2;
 }
 
 /* ---- channels-last: tile rows [r0, r1) and channels [c0, c1) start at r0 * C + c0 ---- */

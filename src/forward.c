@@ -34,34 +34,61 @@ static inline void *at_v(const bn_plan *p, void *base, int64_t at) {
     return (char *)base + at * (int64_t)p->es;
 }
 
-/* ---- channels-first: channel c's rows start at c * S, C * S apart ---- */
+/* ---- channels-first: channel c's rows start at c * S, C * S apart; channels [c0, c1) are one
+ * channel, or a group of short rows (the cf_group_ kernels) ---- */
 
-static void cf_moments(const bn_pass *p, int64_t c) {
+static void cf_moments(const bn_pass *p, int64_t c0, int64_t c1) {
     const forward *f = (const forward *)p;
     const bn_desc *d = &p->plan->d;
-    f->mom[c] = p->plan->k->cf_moments(at_c(p->plan, f->x, c * d->s), d->n, d->s, d->c * d->s);
+    if (p->plan->group > 1) {
+        p->plan->k->cf_group_moments(f->mom + c0, at_c(p->plan, f->x, c0 * d->s), c1 - c0, d->n,
+                                     d->s, d->c * d->s);
+        return;
+    }
+    for (int64_t c = c0; c < c1; c++)
+        f->mom[c] = p->plan->k->cf_moments(at_c(p->plan, f->x, c * d->s), d->n, d->s, d->c * d->s);
 }
 
-static void cf_finish(const bn_pass *p, int64_t c) {
+static void cf_finish(const bn_pass *p, int64_t c0, int64_t c1) {
     const forward *f = (const forward *)p;
     if (f->moments_only) return;
-    bn_finish_train(&f->fin, f->mom, c, c + 1);
+    bn_finish_train(&f->fin, f->mom, c0, c1);
+    for (int64_t c = c0; c < c1; c++) f->mean[c] = f->mom[c].mean;
 }
 
-static void cf_normalize(const bn_pass *p, int64_t c) {
+static void cf_normalize(const bn_pass *p, int64_t c0, int64_t c1) {
     const forward *f = (const forward *)p;
     const bn_desc *d = &p->plan->d;
-    p->plan->k->cf_normalize(at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s), NULL,
-                             d->n, d->s, d->c * d->s, f->mom[c].mean, f->fin.scale[c], f->fin.shift[c]);
+    if (p->plan->group > 1) {
+        p->plan->k->cf_group_normalize_next(NULL, at_v(p->plan, f->y, c0 * d->s),
+                                            at_c(p->plan, f->x, c0 * d->s), NULL, NULL, c1 - c0,
+                                            0, d->n, d->s, d->c * d->s, f->mean + c0,
+                                            f->fin.scale + c0, f->fin.shift + c0);
+        return;
+    }
+    for (int64_t c = c0; c < c1; c++)
+        p->plan->k->cf_normalize(at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s),
+                                 NULL, d->n, d->s, d->c * d->s, f->mean[c], f->fin.scale[c],
+                                 f->fin.shift[c]);
 }
 
-static void cf_normalize_next(const bn_pass *p, int64_t c) {
+/* Channels [c0, c1) normalized while the moments of [c1, c2) are formed. */
+static void cf_normalize_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t c2) {
     const forward *f = (const forward *)p;
     const bn_desc *d = &p->plan->d;
-    f->mom[c + 1] = p->plan->k->cf_normalize_next(
-        at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s), NULL,
-        at_c(p->plan, f->x, (c + 1) * d->s), d->n, d->s, d->c * d->s, f->mom[c].mean,
-        f->fin.scale[c], f->fin.shift[c]);
+    if (p->plan->group > 1) {
+        p->plan->k->cf_group_normalize_next(
+            f->mom + c1, at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
+            at_c(p->plan, f->x, c1 * d->s), c1 - c0, c2 - c1, d->n, d->s, d->c * d->s,
+            f->mean + c0, f->fin.scale + c0, f->fin.shift + c0);
+        return;
+    }
+    /* single channels: c1 = c0 + 1, c2 = c1 + 1 */
+    f->mom[c1] = p->plan->k->cf_normalize_next(
+        at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
+        at_c(p->plan, f->x, c1 * d->s), d->n, d->s, d->c * d->s, f->mean[c0],
+        f->fin.scale[c0], f->fin.shift[c0]);
+    (void)c2;
 }
 
 /* ---- channels-last: tile rows [r0, r1) and channels [c0, c1) start at r0 * C + c0 ---- */

@@ -26,6 +26,10 @@
 
 #define BN_BLOCK 1024 /* channels-first: values per statistics block */
 #define BN_ROWS 256   /* channels-last: rows per statistics block */
+/* Channels-first rows of fewer than BN_SHORT values are read BN_GROUP adjacent channels at a
+ * time (a sample's rows of them are contiguous), the kernels cf_group_*. */
+#define BN_SHORT 64
+#define BN_GROUP 16
 
 /* Channels-last element-wise passes take per-channel coefficients in the compute type, as
  * BN_COEF_COUNT arrays of ld values one after the other (bn_kernels.coefs makes them). */
@@ -71,6 +75,29 @@ typedef struct bn_kernels {
      * first row's channel. y = epilogue((x - mean) * scale + shift). */
     void (*cf_normalize_rows)(void *y, const void *x, const void *z, int64_t channels, int64_t s,
                               const void *coef, int64_t ld);
+    /* ---- channels-first short rows (s < BN_SHORT): g <= BN_GROUP adjacent channels, rows of
+     * g * s contiguous values at stride; per-channel arrays (g) at the group's first. A
+     * channel's bits are those of the one-channel kernels above, whatever its group. ---- */
+    /* out: (g) the channels' moments, overwritten (cf_moments of each). */
+    void (*cf_group_moments)(bn_moments *out, const void *x, int64_t g, int64_t n, int64_t s,
+                             int64_t stride);
+    /* y = epilogue((x - mean) * scale + shift) of g channels at x, while the moments of the g_next
+     * channels at next are formed into next_out (overwritten; g_next = 0: none). */
+    void (*cf_group_normalize_next)(bn_moments *next_out, void *y, const void *x, const void *z,
+                                    const void *next, int64_t g, int64_t g_next, int64_t n,
+                                    int64_t s, int64_t stride, const double *mean,
+                                    const double *scale, const double *shift);
+    /* sum_dy, sum_dy_xc: (g) overwritten, cf_grad_sums of each channel. */
+    void (*cf_group_grad_sums)(double *sum_dy, double *sum_dy_xc, const void *dy, const void *x,
+                               int64_t g, int64_t n, int64_t s, int64_t stride,
+                               const double *mean);
+    /* cf_grad_input of g channels while the sums of the g_next channels after them (dy + g*s,
+     * x + g*s, their means next_mean) are formed (g_next = 0: none). */
+    void (*cf_group_grad_input_next)(void *dx, const void *dy, const void *x, int64_t g,
+                                     int64_t g_next, int64_t n, int64_t s, int64_t stride,
+                                     const double *mean, const double *mean_dy, const double *k,
+                                     const double *scale, const double *next_mean,
+                                     double *sum_dy, double *sum_dy_xc);
     /* ---- channels-last: x, y, dy, dx: (rows, width) of rows ld apart ---- */
     /* acc: (width), each channel's moments of these rows merged into it, block by block. */
     void (*cl_moments)(bn_moments *acc, const void *x, int64_t rows, int64_t ld, int64_t width);

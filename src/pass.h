@@ -15,12 +15,13 @@
 typedef struct bn_pass bn_pass;
 struct bn_pass {
     const bn_plan *plan;
-    /* channels-first, channel c: its first pass; its finish; its second pass; and its second
-     * pass made while the first of channel c + 1 reads (NULL: the passes never overlap) */
-    void (*cf_first)(const bn_pass *p, int64_t c);
-    void (*cf_finish)(const bn_pass *p, int64_t c);
-    void (*cf_second)(const bn_pass *p, int64_t c);
-    void (*cf_second_next)(const bn_pass *p, int64_t c);
+    /* channels-first, channels [c0, c1) (one channel, or a group of plan->group): their first
+     * pass; their finish; their second pass; and their second pass made while the first of
+     * channels [c1, c2) reads (NULL: the passes never overlap) */
+    void (*cf_first)(const bn_pass *p, int64_t c0, int64_t c1);
+    void (*cf_finish)(const bn_pass *p, int64_t c0, int64_t c1);
+    void (*cf_second)(const bn_pass *p, int64_t c0, int64_t c1);
+    void (*cf_second_next)(const bn_pass *p, int64_t c0, int64_t c1, int64_t c2);
     /* channels-last: the first pass of tile t into the partials of part t.part; the parts'
      * merge and finish of channels [c0, c1); the second pass of tile t */
     void (*cl_first)(const bn_pass *p, bn_tile t);

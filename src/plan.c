@@ -72,9 +72,13 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
             p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es, p->budget, threads);
         }
         if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c);
-    } else if (reads > 0) {
-        p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es, p->budget);
-        if (p->overlap) p->run = bn_run_length(d.c, threads);
+    } else {
+        p->group = d.s < BN_SHORT ? BN_GROUP : 1;
+        if (reads > 0) {
+            p->overlap = bn_cache_overlap(reads * p->count * (int64_t)p->es * p->group, p->budget);
+            if (p->overlap)
+                p->run = (bn_run_length(d.c, threads) + p->group - 1) / p->group * p->group;
+        }
     }
     return BN_OK;
 }
@@ -85,11 +89,11 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
 
 /* Why channels-first passes overlap or not (bn_cache_overlap), in words. */
 static const char *overlap_reason(const bn_plan *p) {
-    const int64_t bytes = p->reads * p->count * (int64_t)p->es;
+    const int64_t bytes = p->reads * p->count * (int64_t)p->es * p->group;
     if (p->reads == 0) return "no first pass";
-    if (bytes <= p->budget) return "two channels fit in the L2";
-    if (bytes >= 2 * p->budget) return "one channel does not fit in the L2";
-    return "one channel fits in the L2 but two do not: its second pass reads it from there";
+    if (bytes <= p->budget) return "two groups of channels fit in the L2";
+    if (bytes >= 2 * p->budget) return "one group of channels does not fit in the L2";
+    return "one group fits in the L2 but two do not: its second pass reads it from there";
 }
 
 void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
@@ -109,8 +113,10 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                                          "chunk would read less than 1 KiB of a row");
     else
         used = snprintf(buf, size,
-                        "layout=channels-first dtype=%s threads=%d overlap=%s (%s) run=%lld",
-                        dtype, p->threads, p->overlap ? "yes" : "no", overlap_reason(p),
+                        "layout=channels-first dtype=%s threads=%d group=%lld overlap=%s (%s) "
+                        "run=%lld",
+                        dtype, p->threads, (long long)p->group, p->overlap ? "yes" : "no",
+                        overlap_reason(p),
                         (long long)p->run);
     if (used >= 0 && (size_t)used < size)
         snprintf(buf + used, size - (size_t)used,

@@ -50,8 +50,9 @@ typedef struct {
     int stream;            /* outputs are written with streaming stores */
     /* channels-first */
     int reads;             /* arrays the first pass reads (bn_plan_for), 0 without one */
-    int overlap;           /* a channel's second pass rides along the next one's first */
-    int64_t run;           /* channels per item when passes overlap (else 0) */
+    int overlap;           /* a group's second pass rides along the next one's first */
+    int64_t run;           /* channels per item when passes overlap (else 0), a multiple of group */
+    int64_t group;         /* channels per group: BN_GROUP for rows shorter than BN_SHORT, else 1 */
     /* channels-last */
     bn_tiles tiles;        /* of the first pass (statistics or sums): fixed by the shape */
     bn_tiles pieces;       /* of element-wise passes (bn_tiles_elementwise), unless chunked */

@@ -272,8 +272,10 @@ BN_SUITE(suite_threads_cache_chunks) {
             size_t es = dt ? 8 : 4;
             /* never, always, chunks of about 300 channels for (8, 1000, 1) training; just below
              * one channel (channels-first training does not overlap) and just below the two
-             * arrays of one (channels-first backward does not) */
-            const int64_t chan = d.n * d.s * (int64_t)es;
+             * arrays of one (channels-first backward does not); channels-first short rows
+             * overlap group by group, so there "one channel" is a group of them */
+            const int64_t group = d.layout == BN_CHANNELS_FIRST && d.s < BN_SHORT ? BN_GROUP : 1;
+            const int64_t chan = d.n * d.s * (int64_t)es * group;
             const int64_t budgets[] = {1, INT64_C(1) << 40, 20000, chan - 1, 2 * chan - 1};
             /* what each pass (training, backward) chose, by its plan: overlap for channels-first,
              * chunks for channels-last (which (N, C, 1) tensors are, whatever their layout);
