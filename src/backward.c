@@ -154,13 +154,13 @@ static void cf_dx_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t c2) {
 
 /* ---- channels-last: tile rows [r0, r1) and channels [c0, c1) start at r0 * C + c0 ---- */
 
-static void cl_sums(const bn_pass *p, bn_tile t) {
+static void cl_sums(const bn_pass *p, const bn_tile *t) {
     const backward *b = (const backward *)p;
-    const int64_t C = p->plan->d.c, at = t.r0 * C + t.c0;
-    double *sum_dy = b->part_sums + 2 * t.part * C, *sum_dy_xc = sum_dy + C;
-    for (int64_t c = t.c0; c < t.c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
-    p->plan->k->cl_grad_sums(sum_dy + t.c0, sum_dy_xc + t.c0, at_c(p->plan, b->dy, at),
-                             at_c(p->plan, b->x, at), t.r1 - t.r0, C, t.c1 - t.c0, b->mean + t.c0);
+    const int64_t C = p->plan->d.c, at = t->r0 * C + t->c0;
+    double *sum_dy = b->part_sums + 2 * t->part * C, *sum_dy_xc = sum_dy + C;
+    for (int64_t c = t->c0; c < t->c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
+    p->plan->k->cl_grad_sums(sum_dy + t->c0, sum_dy_xc + t->c0, at_c(p->plan, b->dy, at),
+                             at_c(p->plan, b->x, at), t->r1 - t->r0, C, t->c1 - t->c0, b->mean + t->c0);
 }
 
 /* Channels [c0, c1): the parts' sums added in the order of the rows (unless given), then
@@ -186,16 +186,16 @@ static void cl_finish(const bn_pass *p, int64_t c0, int64_t c1) {
         p->plan->k->coefs(b->coef, C, c0, c1, b->mean_dy, b->scale, NULL, NULL, NULL);
 }
 
-static void cl_dx(const bn_pass *p, bn_tile t) {
+static void cl_dx(const bn_pass *p, const bn_tile *t) {
     const backward *b = (const backward *)p;
-    const int64_t C = p->plan->d.c, at = t.r0 * C + t.c0;
-    const void *coef = (const char *)b->coef + t.c0 * (int64_t)p->plan->k->coef_size;
+    const int64_t C = p->plan->d.c, at = t->r0 * C + t->c0;
+    const void *coef = (const char *)b->coef + t->c0 * (int64_t)p->plan->k->coef_size;
     if (b->train)
         p->plan->k->cl_grad_input(at_v(p->plan, b->dx, at), at_c(p->plan, b->dy, at),
-                                  at_c(p->plan, b->x, at), t.r1 - t.r0, C, t.c1 - t.c0, coef);
+                                  at_c(p->plan, b->x, at), t->r1 - t->r0, C, t->c1 - t->c0, coef);
     else
         p->plan->k->cl_normalize(at_v(p->plan, b->dx, at), at_c(p->plan, b->dy, at), NULL,
-                                 t.r1 - t.r0, C, t.c1 - t.c0, coef);
+                                 t->r1 - t->r0, C, t->c1 - t->c0, coef);
 }
 
 /* One backward call on a tensor with values, the stages composed. */

@@ -6,12 +6,14 @@
 
 static void first_tile(const void *args, int64_t k) {
     const bn_pass *p = args;
-    p->cl_first(p, bn_tile_at(&p->plan->tiles, k));
+    const bn_tile t = bn_tile_at(&p->plan->tiles, k);
+    p->cl_first(p, &t);
 }
 
 static void second_piece(const void *args, int64_t k) {
     const bn_pass *p = args;
-    p->cl_second(p, bn_tile_at(&p->plan->pieces, k));
+    const bn_tile t = bn_tile_at(&p->plan->pieces, k);
+    p->cl_second(p, &t);
 }
 
 /* Item k: a chunk of channels whose rows fit in cache: the parts' first passes, their merge and
@@ -26,10 +28,11 @@ static void chunk(const void *args, int64_t k) {
         const int64_t r0 = part * tiles->per;
         const bn_tile t = {r0, r0 + tiles->per < tiles->rows ? r0 + tiles->per : tiles->rows, c0,
                            c1, part};
-        p->cl_first(p, t);
+        p->cl_first(p, &t);
     }
     p->cl_finish(p, c0, c1);
-    if (p->second) p->cl_second(p, (bn_tile){0, tiles->rows, c0, c1, 0});
+    const bn_tile whole = {0, tiles->rows, c0, c1, 0};
+    if (p->second) p->cl_second(p, &whole);
 }
 
 void bn_run_channels_last(const bn_pass *p) {

@@ -93,13 +93,13 @@ static void cf_normalize_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t 
 
 /* ---- channels-last: tile rows [r0, r1) and channels [c0, c1) start at r0 * C + c0 ---- */
 
-static void cl_moments(const bn_pass *p, bn_tile t) {
+static void cl_moments(const bn_pass *p, const bn_tile *t) {
     const forward *f = (const forward *)p;
     const int64_t C = p->plan->d.c;
-    bn_moments *acc = f->parts + t.part * C;
-    for (int64_t c = t.c0; c < t.c1; c++) acc[c] = bn_moments_empty();
-    p->plan->k->cl_moments(acc + t.c0, at_c(p->plan, f->x, t.r0 * C + t.c0), t.r1 - t.r0, C,
-                           t.c1 - t.c0);
+    bn_moments *acc = f->parts + t->part * C;
+    for (int64_t c = t->c0; c < t->c1; c++) acc[c] = bn_moments_empty();
+    p->plan->k->cl_moments(acc + t->c0, at_c(p->plan, f->x, t->r0 * C + t->c0), t->r1 - t->r0, C,
+                           t->c1 - t->c0);
 }
 
 /* Channels [c0, c1): the parts' moments merged in the order of the rows (unless given), then
@@ -119,11 +119,11 @@ static void cl_finish(const bn_pass *p, int64_t c0, int64_t c1) {
     p->plan->k->coefs(f->coef, C, c0, c1, f->mean, f->fin.scale, f->fin.shift, NULL, NULL);
 }
 
-static void cl_normalize(const bn_pass *p, bn_tile t) {
+static void cl_normalize(const bn_pass *p, const bn_tile *t) {
     const forward *f = (const forward *)p;
-    const int64_t C = p->plan->d.c, at = t.r0 * C + t.c0;
-    p->plan->k->cl_normalize(at_v(p->plan, f->y, at), at_c(p->plan, f->x, at), NULL, t.r1 - t.r0,
-                             C, t.c1 - t.c0, (const char *)f->coef + t.c0 * (int64_t)p->plan->k->coef_size);
+    const int64_t C = p->plan->d.c, at = t->r0 * C + t->c0;
+    p->plan->k->cl_normalize(at_v(p->plan, f->y, at), at_c(p->plan, f->x, at), NULL, t->r1 - t->r0,
+                             C, t->c1 - t->c0, (const char *)f->coef + t->c0 * (int64_t)p->plan->k->coef_size);
 }
 
 /* The training composition on a planned tensor: with given moments or the first pass; the finish

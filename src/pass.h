@@ -24,9 +24,9 @@ struct bn_pass {
     void (*cf_second_next)(const bn_pass *p, int64_t c0, int64_t c1, int64_t c2);
     /* channels-last: the first pass of tile t into the partials of part t.part; the parts'
      * merge and finish of channels [c0, c1); the second pass of tile t */
-    void (*cl_first)(const bn_pass *p, bn_tile t);
+    void (*cl_first)(const bn_pass *p, const bn_tile *t);
     void (*cl_finish)(const bn_pass *p, int64_t c0, int64_t c1);
-    void (*cl_second)(const bn_pass *p, bn_tile t);
+    void (*cl_second)(const bn_pass *p, const bn_tile *t);
     int first, second; /* which passes run */
 };
 
