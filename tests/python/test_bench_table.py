@@ -3,6 +3,7 @@ reads for training and backward of a channels-last tensor of more than 32 MiB), 
 (at most 0.5x the best peer or at most 1.15x the floor), fixed whatever the machine or the
 environment says. Needs no peer and measures nothing."""
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,18 +82,23 @@ def test_the_yardstick_ignores_the_environment(monkeypatch):
     assert row["floor_ns"] == 800 and not row["target_met"]
 
 
-def test_redraw_applies_the_current_yardstick(tmp_path):
+def test_redraw_applies_the_current_yardstick(tmp_path, monkeypatch, capsys):
+    """--redraw judges saved rows again. The chart (matplotlib, which only make bench needs) is
+    replaced by a recorder: what is tested is that it is drawn from the saved rows."""
     row, _, _ = table_rows(ours=880, roofline=800, torch_ns=3000, onednn_ns=1000)
     row["target_met"] = False  # as an older yardstick judged it
     results = tmp_path / "results.json"
-    import json
     results.write_text(json.dumps({"cases": [row], "machine": MACHINE, "rounds": 1}))
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--redraw", str(results),
-                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    table = (tmp_path / "table.md").read_text()
+    charts = []
+    monkeypatch.setattr(bench_run, "make_chart", lambda *a: charts.append(a))
+    out = tmp_path / "new"  # --redraw makes it
+    monkeypatch.setattr(sys, "argv", ["run.py", "--redraw", str(results), "--out", str(out)])
+    bench_run.main()
+    table = (out / "table.md").read_text()
     assert "| 1.10x | met |" in table and "1 of 1 cases met." in table
-    assert (tmp_path / "chart.png").stat().st_size > 0
+    assert capsys.readouterr().out == table + "\n"
+    [(rows, path, machine, rounds)] = charts
+    assert rows[0]["bnorm_ns"] == 880 and path == out / "chart.png" and rounds == 1
 
 
 def test_redraw_refuses_what_is_not_a_results_file(tmp_path):
