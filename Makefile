@@ -323,9 +323,9 @@ bench-fit: $(BUILD)/bnorm
 	$(PYTHON) bench/fit.py --build $(BUILD)
 
 # two builds of libbnorm.so timed in turns in one process (bench/compare.py's timer)
-$(BUILD)/bench_ab: bench/ab.c include/bnorm.h
+$(BUILD)/bench_ab: bench/ab.c include/bnorm.h cli/cli.h $(BUILD)/cli/timing.o $(BUILD)/cli/random.o
 	@mkdir -p $(dir $@)
-	$(CC) $(WARN) $(CFLAGS) -Iinclude -o $@ $< -ldl -lm
+	$(CC) $(WARN) $(CFLAGS) -Iinclude -Icli -o $@ $< $(BUILD)/cli/timing.o $(BUILD)/cli/random.o -ldl -lm
 
 $(BUILD)/onednn_peer: bench/onednn_peer.c
 	@test -n "$(call have_header,oneapi/dnnl/dnnl.h)" || \

@@ -16,6 +16,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include "bnorm.h"
+#include "cli.h" /* the command's clock, median and random numbers (cli/timing.c, cli/random.c) */
 
 #include <dlfcn.h>
 #include <math.h>
@@ -23,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 static const char usage[] =
     "usage: bench_ab BASE.so NEW.so --shape NxC[xHxW...] [--layout nchw|nhwc]\n"
@@ -94,37 +94,18 @@ static bn_status call(const build *b, bench_case *c) {
     }
 }
 
-static double now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
 /* ns per call of `inner` calls; negative when a call failed. */
 static double time_calls(const build *b, bench_case *c, int inner) {
-    double t0 = now_ns();
+    double t0 = cli_now_ns();
     for (int k = 0; k < inner; k++)
         if (call(b, c) != BN_OK) return -1;
-    return (now_ns() - t0) / inner;
+    return (cli_now_ns() - t0) / inner;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* n values of dtype from lo + (hi - lo) * uniform[0, 1) (splitmix64) */
+/* n values of dtype from lo + (hi - lo) * uniform[0, 1) */
 static void fill(void *p, size_t n, bn_dtype dtype, double lo, double hi, uint64_t s) {
     for (size_t i = 0; i < n; i++) {
-        uint64_t z = (s += 0x9e3779b97f4a7c15u);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-        double v = lo + (hi - lo) * (double)((z ^ (z >> 31)) >> 11) * 0x1p-53;
+        const double v = lo + (hi - lo) * cli_uniform(&s);
         if (dtype == BN_FLOAT32) ((float *)p)[i] = (float)v;
         else ((double *)p)[i] = v;
     }
@@ -207,13 +188,13 @@ int main(int argc, char **argv) {
     /* warm-up: 20 ms of each, which also gives the time per call */
     double per_call = 0;
     for (int b = 0; b < 2; b++) {
-        double t0 = now_ns(), t;
+        double t0 = cli_now_ns(), t;
         long calls = 0;
         do {
             if (time_calls(&builds[b], &c, 1) < 0)
                 return fprintf(stderr, "bench_ab: a call failed\n"), 1;
             calls++;
-        } while ((t = now_ns() - t0) < 20e6 && calls < 1000000);
+        } while ((t = cli_now_ns() - t0) < 20e6 && calls < 1000000);
         per_call = fmax(per_call, t / (double)calls);
     }
     double k = floor(1e5 / fmax(per_call, 1)); /* batches of about 100 us */
@@ -235,8 +216,8 @@ int main(int argc, char **argv) {
         }
         ratio[r] = t[1][r] / t[0][r];
     }
-    double ratio_median = median(ratio, repeat);
-    double base_median = median(t[0], repeat), new_median = median(t[1], repeat);
+    double ratio_median = cli_median(ratio, repeat);
+    double base_median = cli_median(t[0], repeat), new_median = cli_median(t[1], repeat);
     printf("{\"base_median_ns\": %.1f, \"base_min_ns\": %.1f, \"new_median_ns\": %.1f, "
            "\"new_min_ns\": %.1f, \"paired_ratio\": %.4f, \"repeat\": %d, \"inner\": %d}\n",
            base_median, t[0][0], new_median, t[1][0], ratio_median, repeat, inner);
