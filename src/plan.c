@@ -52,7 +52,7 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
     const int64_t l2 = machine.l2 > 0 ? machine.l2 : INT64_C(1) << 20;
     const int64_t forced = bn_cache_budget_forced();
     /* field by field: a compound literal zeroes the whole struct first, which GCC makes a
-     * `rep stos` that cost (20, 2) training 7 ns of 172 */
+     * `rep stos` (without it, (20, 2) training took 0.92x the time, paired) */
     p->d = d;
     p->es = bn_dtype_size(d.dtype);
     p->count = bn_count(&d);

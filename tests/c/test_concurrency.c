@@ -153,3 +153,56 @@ BN_SUITE(suite_concurrency) {
         for (int j = 0; j < 6; j++) free(t->want[j]);
     }
 }
+
+/* The manual's stack promise: every pass runs on a thread with a 96 KiB stack, in float64 (the
+ * largest frames: the short-row group kernels keep their lane sums on the stack), in both
+ * layouts, with short rows (7x7) and long ones. Overflowing it would crash the suite. */
+static void *small_stack_passes(void *arg) {
+    int *status = arg;
+    static const int64_t shapes[][3] = {{4, 32, 49}, {3, 5, 300}};
+    for (int q = 0; q < 2; q++)
+        for (int lay = 0; lay < 2; lay++) {
+            const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], BN_FLOAT64,
+                                      (bn_layout)lay);
+            const int64_t n = tu_numel(&d), C = d.c;
+            double *x = malloc(sizeof(double) * (size_t)n), *y = malloc(sizeof(double) * (size_t)n);
+            double *dy = malloc(sizeof(double) * (size_t)n), *dx = malloc(sizeof(double) * (size_t)n);
+            double sm[32], si[32], rm[32] = {0}, rv[32], dw[32], db[32];
+            for (int64_t c = 0; c < C; c++) rv[c] = 1;
+            for (int64_t i = 0; i < n; i++) x[i] = (double)(i % 13), dy[i] = (double)(i % 7) - 3;
+            const bn_options opt = BN_OPTIONS_DEFAULT;
+            *status |= bn_forward_train(y, sm, si, rm, rv, NULL, x, NULL, NULL, &d, &opt);
+            *status |= bn_forward_eval(y, x, rm, rv, NULL, NULL, &d, 1e-5);
+            *status |= bn_backward_train(dx, dw, db, dy, x, sm, si, NULL, &d);
+            *status |= bn_backward_eval(dx, dw, db, dy, x, rm, rv, NULL, &d, 1e-5);
+            free(x), free(y), free(dy), free(dx);
+        }
+    return NULL;
+}
+
+/* Sanitizers pad every frame (redzones, shadow stacks): there the stack is 1 MiB, and only the
+ * plain build tests the promise. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PASS_STACK (1024 * 1024)
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PASS_STACK (1024 * 1024)
+#endif
+#endif
+#ifndef PASS_STACK
+#define PASS_STACK (96 * 1024)
+#endif
+
+BN_SUITE(suite_concurrency_small_stack) {
+    pthread_attr_t attr;
+    CHECK(pthread_attr_init(&attr) == 0);
+    CHECK(pthread_attr_setstacksize(&attr, PASS_STACK) == 0);
+    int status = 0;
+    pthread_t t;
+    bn_set_num_threads(1); /* the calling thread's stack is the one tested */
+    CHECK(pthread_create(&t, &attr, small_stack_passes, &status) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    bn_set_num_threads(0);
+    CHECK_MSG(status == BN_OK, "status %d", status);
+    pthread_attr_destroy(&attr);
+}
