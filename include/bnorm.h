@@ -95,7 +95,7 @@
  *   reads the L2 cache's size from Linux's /sys/devices/system/cpu/cpu0/cache: with the
  *   output's size it decides how much work a thread takes at a time and whether large outputs
  *   bypass the cache (the L3 is not used: a virtual machine may report its host's), never a bit
- *   of a result. The thread count is the library's only setting. A call needs up to 70 KiB of
+ *   of a result. The thread count is the library's only setting. A call needs up to 80 KiB of
  *   the calling thread's stack (the kernels of rows shorter than 64 values keep their sums
  *   there), and as much on each OpenMP thread. Calls on different buffers may run
  *   concurrently from any number of threads; calls that write the same buffer (for example the
