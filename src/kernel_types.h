@@ -6,6 +6,7 @@
 #define BN_KERNEL_TYPES_H
 
 #include "finish.h" /* the per-channel arithmetic eval_coefs applies */
+#include "pivot.h"  /* float statistics about a pivot, and their bound */
 #include "kernels.h"
 
 #include <float.h>
@@ -62,6 +63,10 @@ _Static_assert(BN_BLOCK <= 1024 && BN_ROWS <= 1024, "block_rescaled_ sums at mos
 static inline double bn_centre(double mean, double factor) {
     return factor == 0 && isfinite(mean) ? 0.0 : mean;
 }
+
+/* The rare paths of the float statistics (pivot.h), counted for the tests (bn_pivot_counts). */
+void bn_note_pivot_again(void);
+void bn_note_pivot_exact(void);
 
 /* Epilogues: what an element-wise output pass does to each value before it stores it. */
 #define BN_EPILOGUE_NONE 0

@@ -4,6 +4,16 @@
 
 #include <stdatomic.h>
 
+/* Tests: how often the float statistics were summed again about a better pivot, and how often
+ * they fell back to the exact path (rare paths only: nothing is counted on the common one). */
+static atomic_llong pivot_again, pivot_exact;
+void bn_note_pivot_again(void) { atomic_fetch_add(&pivot_again, 1); }
+void bn_note_pivot_exact(void) { atomic_fetch_add(&pivot_exact, 1); }
+void bn_pivot_counts(int64_t *again, int64_t *exact) {
+    *again = (int64_t)atomic_load(&pivot_again);
+    *exact = (int64_t)atomic_load(&pivot_exact);
+}
+
 /* float32: stored and computed in float */
 #define SUF f32
 #define S float

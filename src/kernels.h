@@ -144,4 +144,9 @@ void bn_kernel_force_plain_stores(int on);
 /* For tests: how many times bn_kernels_for has handed out streaming kernels. */
 int64_t bn_kernel_stream_count(void);
 
+/* For tests: how many channels (channels-first) or lanes (channels-last) the float statistics
+ * of pivot.h have summed again about the mean they found, and how many then took the exact
+ * path, since the process started. */
+void bn_pivot_counts(int64_t *again, int64_t *exact);
+
 #endif

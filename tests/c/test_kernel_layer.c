@@ -220,9 +220,13 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
             bn_ref_moments(ref_mom, xd, &d);
             bn_ref_forward_train(want, NULL, NULL, NULL, NULL, NULL, xd, wd, bd, &d, &opt);
             int64_t bad = 0;
-            for (int64_t c = 0; c < C; c++)
-                CHECK(fabs(mom[c].mean - ref_mom[c].mean) <= 1e-12 * fabs(ref_mom[c].mean) &&
-                      fabs(mom[c].m2 - ref_mom[c].m2) <= 1e-10 * ref_mom[c].m2);
+            /* float statistics about a pivot: within the bound of pivot.h, 11u of the deviation
+             * for the mean and 22u of M2 */
+            for (int64_t c = 0; c < C; c++) {
+                const double sd = sqrt(ref_mom[c].m2 / (double)ref_mom[c].count);
+                CHECK(fabs(mom[c].mean - ref_mom[c].mean) <= 11 * 0x1p-24 * sd &&
+                      fabs(mom[c].m2 - ref_mom[c].m2) <= 22 * 0x1p-24 * ref_mom[c].m2);
+            }
             for (int64_t i = 0; i < count; i++)
                 if (!(fabs(bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i])))) bad++;
             free(xd), free(want), free(wd), free(bd), free(ref_mom);

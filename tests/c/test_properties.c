@@ -93,8 +93,11 @@ BN_SUITE(suite_properties_permutation) {
             stat = tu_worst(stat, fabs(sm[c] - smp[c]) / fabs(sm[c]));
             stat = tu_worst(stat, fabs(si[c] - sip[c]) / si[c]);
         }
-        double tol = dt == BN_FLOAT32 ? 1e-6 : 1e-13;
-        CHECK_MSG(worst <= tol && stat <= 1e-14, "dtype %d: output %g, statistics %g", dt, worst, stat);
+        /* float32 statistics: the float path of pivot.h, whose pivot and trees see the samples
+         * in another order */
+        double tol = dt == BN_FLOAT32 ? 1e-6 : 1e-13, stat_tol = dt == BN_FLOAT32 ? 1e-6 : 1e-14;
+        CHECK_MSG(worst <= tol && stat <= stat_tol, "dtype %d: output %g, statistics %g", dt, worst,
+                  stat);
         free(v), free(vp), free(x), free(xp), free(y), free(yp), free(yd), free(ypd);
     }
 }

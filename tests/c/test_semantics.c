@@ -48,8 +48,9 @@ static void check_shape(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
         worst_stat = tu_worst(worst_stat, fabs(save_mean[k] - ref_mean[k]) / fmax(1, fabs(ref_mean[k])));
         worst_stat = tu_worst(worst_stat, fabs(save_invstd[k] - ref_invstd[k]) / fmax(1, ref_invstd[k]));
     }
-    CHECK_MSG(worst_stat <= 1e-13, "saved mean/invstd %s %s diff %g", what, layout_name(lay),
-              worst_stat);
+    /* float32 statistics are formed in float about a pivot, to the bound of pivot.h */
+    CHECK_MSG(worst_stat <= (dt == BN_FLOAT32 ? 1e-6 : 1e-13), "saved mean/invstd %s %s diff %g",
+              what, layout_name(lay), worst_stat);
 
     /* training backward */
     CHECK_STATUS(bn_backward_train(dx, dw, db, dy, x, save_mean, save_invstd, w, &d), BN_OK);
@@ -257,7 +258,9 @@ BN_SUITE(suite_semantics_layouts) {
             stat = tu_worst(stat, fabs(sm_f[c] - sm_l[c]) / fabs(sm_f[c]));
             stat = tu_worst(stat, fabs(si_f[c] - si_l[c]) / si_f[c]);
         }
-        CHECK_MSG(stat <= 1e-14, "dtype %d: layouts' statistics differ by %g", dt, stat);
+        /* float32: each layout's float path, to the bound of pivot.h */
+        CHECK_MSG(stat <= (dt ? 1e-14 : 1e-6), "dtype %d: layouts' statistics differ by %g", dt,
+                  stat);
         double *yf = tu_to_double(y_f, count, cf.dtype), *yl = tu_to_double(y_l, count, cf.dtype);
         double worst = 0;
         for (int64_t i = 0; i < cf.n; i++)

@@ -108,7 +108,9 @@ static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
     CHECK_MSG(tu_max_rel_diff(sdy, dba, c) <= tol * 10 && tu_max_rel_diff(sdx, dwa, c) <= tol * 10,
               "summed sums %s %d pieces equal dbias, dweight", what, k);
     CHECK(nbt1 == 4 && nbt2 == 4);
-    CHECK(tu_max_rel_diff(sm2, sm1, c) <= 1e-12 && tu_max_rel_diff(si2, si1, c) <= 1e-9);
+    /* float32 pieces' moments: the float path of pivot.h on each piece */
+    CHECK(tu_max_rel_diff(sm2, sm1, c) <= (dt == BN_FLOAT32 ? 1e-6 : 1e-12) &&
+          tu_max_rel_diff(si2, si1, c) <= (dt == BN_FLOAT32 ? 1e-6 : 1e-9));
 
     if (k == 1) { /* one piece: the stages are the fused passes, bit for bit */
         CHECK_MSG(memcmp(y1, y2, (size_t)count * esize(dt)) == 0, "one piece: y bits %s", what);
