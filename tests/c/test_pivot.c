@@ -107,14 +107,13 @@ static float *awkward(const bn_desc *d, uint64_t seed) {
             v[bn_ref_index(d, i, 1, j)] *= 1e-22;
             v[bn_ref_index(d, i, 2, j)] = 3.25;
         }
-    /* the pivots' samples: positions k * count / BN_SAMPLE of a channels-first channel, rows
-     * k * rows / BN_SAMPLE_ROWS of a channels-last one (rows = n * s) */
+    /* the pivots' samples: row k * n / 8, column (8 j + k) * s / 64 of a channels-first
+     * channel, rows k * rows / BN_SAMPLE_ROWS of a channels-last one (rows = n * s) */
     const int64_t per = d->n * d->s;
     if (d->layout == BN_CHANNELS_FIRST)
-        for (int64_t k = 0; k < BN_SAMPLE; k++) {
-            const int64_t at = k * per / BN_SAMPLE;
-            v[bn_ref_index(d, at / d->s, 0, at % d->s)] = 500;
-        }
+        for (int64_t k = 0; k < 8; k++)
+            for (int64_t j = 0; j < 8; j++)
+                v[bn_ref_index(d, k * d->n / 8, 0, (8 * j + k) * d->s / 64)] = 500;
     else
         for (int64_t k = 0; k < BN_SAMPLE_ROWS; k++) {
             const int64_t row = k * per / BN_SAMPLE_ROWS;
