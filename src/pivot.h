@@ -35,7 +35,7 @@
 #include <stdint.h>
 
 #define BN_TREE 8       /* values of a lane summed as one tree in float: three levels */
-#define BN_SAMPLE 64    /* channels-first: values whose mean is the pivot */
+#define BN_SAMPLE 64    /* channels-first: values (at most) whose mean is the pivot */
 #define BN_SAMPLE_ROWS 32 /* channels-last: rows whose mean is each channel's pivot */
 #define BN_PIVOT_BUDGET (11 * 0x1p-24)
 

@@ -107,13 +107,14 @@ static float *awkward(const bn_desc *d, uint64_t seed) {
             v[bn_ref_index(d, i, 1, j)] *= 1e-22;
             v[bn_ref_index(d, i, 2, j)] = 3.25;
         }
-    /* the pivots' samples: row k * n / 8, column (8 j + k) * s / 64 of a channels-first
-     * channel, rows k * rows / BN_SAMPLE_ROWS of a channels-last one (rows = n * s) */
+    /* the pivots' samples: 8 runs of 8 values, run k in row k * n / 8 from column k * (s - 8) /
+     * 8 of a channels-first channel; rows k * rows / BN_SAMPLE_ROWS of a channels-last one
+     * (rows = n * s) */
     const int64_t per = d->n * d->s;
     if (d->layout == BN_CHANNELS_FIRST)
         for (int64_t k = 0; k < 8; k++)
             for (int64_t j = 0; j < 8; j++)
-                v[bn_ref_index(d, k * d->n / 8, 0, (8 * j + k) * d->s / 64)] = 500;
+                v[bn_ref_index(d, k * d->n / 8, 0, k * (d->s - 8) / 8 + j)] = 500;
     else
         for (int64_t k = 0; k < BN_SAMPLE_ROWS; k++) {
             const int64_t row = k * per / BN_SAMPLE_ROWS;
