@@ -89,7 +89,9 @@ static void check_split(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout 
     double *ra = tu_to_double(rv1, c, dt), *rb = tu_to_double(rv2, c, dt);
     double *ma = tu_to_double(rm1, c, dt), *mb = tu_to_double(rm2, c, dt);
     CHECK(tu_max_rel_diff(rb, ra, c) <= tol && tu_max_rel_diff(mb, ma, c) <= tol && nbt2 == 6);
-    CHECK(tu_max_rel_diff(sm2, sm1, c) <= 1e-12 && tu_max_rel_diff(si2, si1, c) <= 1e-9);
+    /* float32 ranks' moments: the float path of pivot.h on each rank's piece */
+    CHECK(tu_max_rel_diff(sm2, sm1, c) <= (dt == BN_FLOAT32 ? 1e-6 : 1e-12) &&
+          tu_max_rel_diff(si2, si1, c) <= (dt == BN_FLOAT32 ? 1e-6 : 1e-9));
     /* the same bits on every rank */
     CHECK_MSG(same_on_all_ranks(rm2, (size_t)c * es) && same_on_all_ranks(rv2, (size_t)c * es),
               "running statistics differ between ranks");
