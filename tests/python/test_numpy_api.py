@@ -364,12 +364,23 @@ def test_forward_train_saved_statistics(dtype, layout):
     x64 = np.asarray(x, np.float64)
     mean = x64.mean(axis=(0, 2, 3))
     var = x64.var(axis=(0, 2, 3))
-    np.testing.assert_allclose(save_mean, mean, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + 1e-3), rtol=1e-12)
-    # torch's own saved statistics
+    if dtype == np.float32:
+        # float32 statistics are formed in float about a pivot (src/pivot.h): the mean within
+        # 11 * 2^-24 of the deviation, invstd within 11 * 2^-24 of itself
+        bound = 11 * 2.0**-24
+        assert np.all(np.abs(save_mean - mean) <= bound * np.sqrt(var))
+        np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + 1e-3), rtol=bound)
+    else:
+        np.testing.assert_allclose(save_mean, mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(save_invstd, 1 / np.sqrt(var + 1e-3), rtol=1e-12)
+    # torch's own saved statistics (in float64: float32 ones are to the bound above)
     _, tmean, tinvstd = torch.native_batch_norm(t64(x), None, None, None, None, True, 0.1, 1e-3)
-    assert_close(save_mean, tmean.numpy(), "save_mean")
-    assert_close(save_invstd, tinvstd.numpy(), "save_invstd")
+    if dtype == np.float32:
+        assert np.all(np.abs(save_mean - tmean.numpy()) <= bound * np.sqrt(var))
+        np.testing.assert_allclose(save_invstd, tinvstd.numpy(), rtol=bound)
+    else:
+        assert_close(save_mean, tmean.numpy(), "save_mean")
+        assert_close(save_invstd, tinvstd.numpy(), "save_invstd")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
