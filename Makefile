@@ -18,11 +18,16 @@ MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 # libbnorm (src/): the numerics, needing nothing but libc, libm and OpenMP. libbnorm_io (io/):
 # the file formats (.npy, safetensors) and the atomic writer of outputs, an internal library for
 # the command, the tests and the fuzzers.
-LIB_SRC  := $(wildcard src/*.c)
+LIB_SRC  := $(filter-out src/kernels_isa.c,$(wildcard src/*.c))
 IO_SRC   := $(wildcard io/*.c)
 CLI_SRC  := $(filter-out cli/comm_%.c,$(wildcard cli/*.c))
 TEST_SRC := $(wildcard tests/c/*.c)
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+# src/kernels_isa.c is compiled once per instruction set (kernels.c picks one at run time): on
+# x86-64 for AVX-512, AVX2 and the baseline, elsewhere (or with BN_NO_CLONES) once, as is.
+KERNEL_SETS := $(if $(and $(findstring x86_64,$(shell $(CC) -dumpmachine)),\
+                 $(if $(filter -DBN_NO_CLONES,$(CFLAGS) $(EXTRA_DEFS)),,yes)),avx512 avx2 base,base)
+KERNEL_OBJ := $(KERNEL_SETS:%=$(BUILD)/src/kernels_%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(KERNEL_OBJ)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
@@ -78,7 +83,7 @@ $(BUILD)/io/safetensors.o $(BUILD)/bnorm: $(BUILD)/config
 
 # The sources of each library, in a file rewritten only when the list changes: an archive or
 # shared library built before a source file moved out of (or into) its directory is rebuilt.
-LIB_LIST := $(LIB_SRC) | $(IO_SRC) | $(MPI_SRC)
+LIB_LIST := $(LIB_SRC) $(KERNEL_SETS) | $(IO_SRC) | $(MPI_SRC)
 $(BUILD)/objects: FORCE
 	@mkdir -p $(dir $@)
 	@test "$$(cat $@ 2>/dev/null)" = "$(LIB_LIST)" || echo "$(LIB_LIST)" > $@
@@ -101,7 +106,13 @@ $(BUILD)/%.o: %.c $(HEADERS)
 
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
-$(BUILD)/src/kernels.o $(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
+$(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
+$(BUILD)/src/kernels_avx512.o: ISA_FLAGS = -mavx512f
+$(BUILD)/src/kernels_avx2.o: ISA_FLAGS = -mavx2
+$(KERNEL_OBJ): $(BUILD)/src/kernels_%.o: src/kernels_isa.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) -O3 -fno-math-errno $(ISA_FLAGS) -DBN_ISA=$* \
+	  -c $< -o $@
 
 $(BUILD)/src/mpi/%.o: src/mpi/%.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -200,10 +211,16 @@ isa-check: $(BUILD)/digest
 	@cmp -s $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt || \
 	  { diff $(BUILD)/digest.txt $(BUILD)/baseline/digest.txt; \
 	    echo "isa-check: the baseline build gives other bits" >&2; exit 1; }
+	@for set in avx512f avx2 x86-64; do \
+	  $(BUILD)/digest $$set > $(BUILD)/digest.$$set.txt; rc=$$?; \
+	  if [ $$rc = 2 ]; then echo "isa-check: no $$set on this CPU"; continue; fi; \
+	  [ $$rc = 0 ] && cmp -s $(BUILD)/digest.txt $(BUILD)/digest.$$set.txt || \
+	  { diff $(BUILD)/digest.txt $(BUILD)/digest.$$set.txt; \
+	    echo "isa-check: the $$set kernels give other bits" >&2; exit 1; }; done
 	@cmp -s $(BUILD)/digest.txt tests/isa/digest.expected || \
 	  { diff tests/isa/digest.expected $(BUILD)/digest.txt; \
 	    echo "isa-check: the bits differ from tests/isa/digest.expected (where the arithmetic changed on purpose, copy $(BUILD)/digest.txt there and say why in the commit)" >&2; exit 1; }
-	@echo "isa-check: $$(wc -l < $(BUILD)/digest.txt) cases, the same bits with and without run-time kernels, and as tests/isa/digest.expected"
+	@echo "isa-check: $$(wc -l < $(BUILD)/digest.txt) cases, the same bits from every kernel set this CPU has, from a baseline build, and as tests/isa/digest.expected"
 
 test-c: $(BUILD)/test_bnorm
 	$(BUILD)/test_bnorm

@@ -14,13 +14,15 @@
 #include <stdint.h>
 #include <string.h>
 
-/* One build runs everywhere and uses the widest vectors the CPU has: each kernel is compiled for
- * AVX-512, AVX2 and the x86-64 baseline, and the loader picks one at start-up. Results are the
- * same bits on all three: vectors of a fixed width fix the order of every sum, and
- * -ffp-contract=off keeps multiply-adds from being fused on one machine but not another. */
+/* One build runs everywhere and uses the widest vectors the CPU has: the kernels are compiled
+ * for AVX-512, AVX2 and the x86-64 baseline (kernels_isa.c, once per set), and kernels.c picks a
+ * set at run time; the few per-channel loops outside them (finish.c) are cloned for the three by
+ * BN_CLONES. Results are the same bits on all three: vectors of a fixed width fix the order of
+ * every sum, and -ffp-contract=off keeps multiply-adds from being fused on one machine but not
+ * another. BN_NO_CLONES builds the baseline alone. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
 #define BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define BN_HAVE_STREAM 1 /* streaming stores exist: kernels compiled for AVX-512 only */
+#define BN_HAVE_STREAM 1 /* the three sets, each with streaming twins of its output kernels */
 #else
 #define BN_CLONES
 #endif
@@ -73,6 +75,6 @@ void bn_note_pivot_exact(void);
 #define BN_EPILOGUE_ADD_RELU 1 /* y = max(y + z, 0), z a second input of y's shape */
 /* Store kinds. */
 #define BN_STORE_PLAIN 0
-#define BN_STORE_STREAM 1 /* non-temporal, AVX-512 only, fenced at the end of each kernel */
+#define BN_STORE_STREAM 1 /* non-temporal, fenced at the end of each kernel */
 
 #endif

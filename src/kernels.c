@@ -1,8 +1,9 @@
-/* kernels.c - the instantiations of kernels.inc, one per (storage type, store kind), and the one
- * dispatch on dtype. Adding a dtype is one instantiation below and one case in bn_kernels_for. */
+/* kernels.c - which instruction set's kernels run (kernels_isa.c is compiled once per set), and
+ * the one dispatch on dtype and store kind. */
 #include "kernel_types.h"
 
 #include <stdatomic.h>
+#include <string.h>
 
 /* Tests: how often the float statistics were summed again about a better pivot, and how often
  * they fell back to the exact path (rare paths only: nothing is counted on the common one). */
@@ -14,45 +15,70 @@ void bn_pivot_counts(int64_t *again, int64_t *exact) {
     *exact = (int64_t)atomic_load(&pivot_exact);
 }
 
-/* float32: stored and computed in float */
-#define SUF f32
-#define S float
-#define COMPUTE 32
-#define STORE_KIND BN_STORE_PLAIN
-#define EPILOGUE BN_EPILOGUE_NONE
-#include "kernels.inc"
+/* One instruction set's tables: plain stores, then streaming ones (NULL where there are none). */
+typedef struct {
+    const char *name;
+    const bn_kernels *f32, *f64, *f32_stream, *f64_stream;
+} isa_tables;
 
-/* float64: stored and computed in double */
-#define SUF f64
-#define S double
-#define COMPUTE 64
-#define STORE_KIND BN_STORE_PLAIN
-#define EPILOGUE BN_EPILOGUE_NONE
-#include "kernels.inc"
-
-/* Large outputs are written with non-temporal (streaming) stores on AVX-512 machines: they skip
- * reading each destination line into the cache first and do not evict the inputs, which saves a
- * third of the memory traffic of a pass that reads x and writes y. The output kernels again,
- * compiled for AVX-512 only with such stores; the values stored are the same bits. */
+#define ISA_TABLES(isa) \
+    extern const bn_kernels bn_kernels_f32_##isa, bn_kernels_f64_##isa, \
+        bn_kernels_f32_stream_##isa, bn_kernels_f64_stream_##isa;
 #ifdef BN_HAVE_STREAM
-#include <immintrin.h>
-
-#define SUF f32_stream
-#define S float
-#define COMPUTE 32
-#define STORE_KIND BN_STORE_STREAM
-#define STATS_SUF f32
-#define EPILOGUE BN_EPILOGUE_NONE
-#include "kernels.inc"
-
-#define SUF f64_stream
-#define S double
-#define COMPUTE 64
-#define STORE_KIND BN_STORE_STREAM
-#define STATS_SUF f64
-#define EPILOGUE BN_EPILOGUE_NONE
-#include "kernels.inc"
+ISA_TABLES(avx512)
+ISA_TABLES(avx2)
+ISA_TABLES(base)
+#define TABLES(name, isa) \
+    {name, &bn_kernels_f32_##isa, &bn_kernels_f64_##isa, &bn_kernels_f32_stream_##isa, \
+     &bn_kernels_f64_stream_##isa}
+/* best first */
+static const isa_tables sets[] = {TABLES("avx512f", avx512), TABLES("avx2", avx2),
+                                  TABLES("x86-64", base)};
+#else
+extern const bn_kernels bn_kernels_f32_base, bn_kernels_f64_base;
+static const isa_tables sets[] = {{"portable", &bn_kernels_f32_base, &bn_kernels_f64_base, 0, 0}};
 #endif
+enum { SET_COUNT = sizeof sets / sizeof sets[0] };
+
+/* Whether this CPU runs set i. */
+static int cpu_has(int i) {
+#if defined(BN_HAVE_STREAM) && !defined(BN_NO_CLONES)
+    if (i == 0) return __builtin_cpu_supports("avx512f");
+    if (i == 1) return __builtin_cpu_supports("avx2");
+    return 1;
+#else
+    return i == SET_COUNT - 1; /* the baseline only */
+#endif
+}
+
+static atomic_int forced_set = -1; /* tests: a set chosen by name, or -1 */
+
+static const isa_tables *current(void) {
+    static atomic_int best = -1; /* found once */
+    const int f = atomic_load(&forced_set);
+    if (f >= 0) return &sets[f];
+    int b = atomic_load(&best);
+    if (b < 0) {
+        for (b = 0; !cpu_has(b); b++) continue;
+        atomic_store(&best, b);
+    }
+    return &sets[b];
+}
+
+const char *bn_kernels_isa(void) { return current()->name; }
+
+int bn_kernel_force_isa(const char *name) {
+    if (!name) {
+        atomic_store(&forced_set, -1);
+        return 1;
+    }
+    for (int i = 0; i < SET_COUNT; i++)
+        if (!strcmp(name, sets[i].name) && cpu_has(i)) {
+            atomic_store(&forced_set, i);
+            return 1;
+        }
+    return 0;
+}
 
 static atomic_int plain_stores_only; /* tests compare both kinds of store */
 static atomic_llong stream_tables;   /* tests: how many times a streaming table was handed out */
@@ -62,26 +88,16 @@ void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on 
 int64_t bn_kernel_stream_count(void) { return (int64_t)atomic_load(&stream_tables); }
 
 int bn_kernels_can_stream(void) {
-#ifdef BN_HAVE_STREAM
-    return __builtin_cpu_supports("avx512f") && !atomic_load(&plain_stores_only);
-#else
-    return 0;
-#endif
+    return current()->f32_stream != NULL && !atomic_load(&plain_stores_only);
 }
 
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
+    const isa_tables *t = current();
     stream = stream && bn_kernels_can_stream();
-#ifdef BN_HAVE_STREAM
     if (stream) atomic_fetch_add(&stream_tables, 1);
-#endif
     switch (dtype) {
-#ifdef BN_HAVE_STREAM
-    case BN_FLOAT32: return stream ? &bn_kernels_f32_stream : &bn_kernels_f32;
-    case BN_FLOAT64: return stream ? &bn_kernels_f64_stream : &bn_kernels_f64;
-#else
-    case BN_FLOAT32: return &bn_kernels_f32;
-    case BN_FLOAT64: return &bn_kernels_f64;
-#endif
+    case BN_FLOAT32: return stream ? t->f32_stream : t->f32;
+    case BN_FLOAT64: return stream ? t->f64_stream : t->f64;
     default: return NULL;
     }
 }

@@ -134,8 +134,16 @@ typedef struct bn_kernels {
  * (the callers return BN_ERR_UNSUPPORTED), and the plain ones where the machine cannot stream. */
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream);
 
-/* Whether this machine's kernels can stream stores (AVX-512 and a build with run-time clones). */
+/* Whether this machine's kernels can stream stores (any x86-64, in a build with run-time sets). */
 int bn_kernels_can_stream(void);
+
+/* The instruction set whose kernels run: "avx512f", "avx2" or "x86-64" (the best this CPU has),
+ * or "portable" (a build for one set only). */
+const char *bn_kernels_isa(void);
+
+/* For tests: run the kernels of the set so named (a set this CPU has; NULL: the best again).
+ * Returns 0, changing nothing, for a set it does not have. */
+int bn_kernel_force_isa(const char *name);
 
 /* For tests: nonzero makes bn_kernels_for return plain stores only (streaming ones store the
  * same bits, which a test checks by comparing the two). */

@@ -133,9 +133,10 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
     if (used >= 0 && (size_t)used < size)
         snprintf(buf + used, size - (size_t)used,
                  " stream=%s (output %lld bytes, from %lld: %s%s) cache-budget=%lld (L2 / 2)"
-                 " l2=%lld l3=%lld (as reported; the L3 is not used)",
+                 " l2=%lld l3=%lld (as reported; the L3 is not used) kernels=%s",
                  p->stream ? "yes" : "no", (long long)(p->elements * (int64_t)p->es),
                  (long long)p->stream_threshold, p->stream_rule,
                  bn_kernels_can_stream() ? "" : "; this CPU or build has no streaming stores",
-                 (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3);
+                 (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3,
+                 bn_kernels_isa());
 }

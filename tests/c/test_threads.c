@@ -194,16 +194,10 @@ BN_SUITE(suite_threads_lanes) {
 }
 
 /* Whether output kernels can stream here: built with the streaming twins (x86-64, run-time
- * kernels) and running on a CPU with AVX-512 (valgrind's virtual CPU has none). */
-static int streaming_available(void) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(BN_NO_CLONES)
-    return __builtin_cpu_supports("avx512f");
-#else
-    return 0;
-#endif
-}
+ * kernel sets: every set has them). */
+static int streaming_available(void) { return bn_kernels_can_stream(); }
 
-/* Outputs past BN_STREAM_THRESHOLD are written with streaming stores on AVX-512 machines: they
+/* Outputs past BN_STREAM_THRESHOLD are written with streaming stores on x86-64 machines: they
  * must hold the same bits as plain stores, in every pass and both layouts. The count of kernel
  * calls that streamed shows which path each run took: streaming ones where the machine has
  * them, none with plain stores forced, and none at all on a machine without them. */
@@ -211,7 +205,7 @@ BN_SUITE(suite_threads_streaming_stores) {
     const int64_t n = 2, c = 20, s = 330000; /* 13.2 M float32 values: 52.8 MB */
     const int available = streaming_available();
     if (!available)
-        printf("streaming stores are not available here (no AVX-512 kernels): plain stores only\n");
+        printf("streaming stores are not available here (a build without run-time kernel sets): plain stores only\n");
     for (int lay = 0; lay < 2; lay++) {
         bn_desc d = tu_desc(n, c, s, BN_FLOAT32, (bn_layout)lay);
         const int64_t count = tu_numel(&d);

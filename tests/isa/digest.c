@@ -1,9 +1,10 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
  * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
- * two pieces. `make isa-check` builds it twice, with the kernels chosen at run
- * time (AVX-512 here) and with the x86-64 baseline only (-DBN_NO_CLONES), and the two listings
+ * two pieces. `make isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
+ * x86-64 baseline) and builds it again for the baseline only (-DBN_NO_CLONES), and the listings
  * must be identical: the same bits on every machine, not only for every thread count. */
 #include "bnorm.h"
+#include "kernels.h"
 #include "testutil.h"
 
 #include <stdio.h>
@@ -81,7 +82,13 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
     return st;
 }
 
-int main(void) {
+/* `digest [SET]`: with the kernels of SET (avx512f, avx2, x86-64) where this CPU has it; exit
+ * status 2, printing nothing, where it does not. */
+int main(int argc, char **argv) {
+    if (argc > 1 && !bn_kernel_force_isa(argv[1])) {
+        fprintf(stderr, "digest: this CPU or build has no %s kernels\n", argv[1]);
+        return 2;
+    }
     /* (N, C, S): narrow and wide channel groups, short and long rows, channel tiles, a
      * 20 MB tensor (streamed stores where the machine has them) */
     static const int64_t shapes[][3] = {{20, 2, 1},   {256, 1024, 1}, {16, 37, 301}, {3, 19, 2048},
