@@ -10,6 +10,9 @@
 #include "kernels.h"
 
 #include <float.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -32,10 +35,14 @@
 typedef double bn_v8d __attribute__((vector_size(64)));
 typedef float bn_v8f __attribute__((vector_size(32)));
 typedef float bn_v16f __attribute__((vector_size(64)));
+typedef double bn_v4d __attribute__((vector_size(32))); /* AVX2's width, for its own loops */
+typedef float bn_v4f __attribute__((vector_size(16)));
 /* Unaligned, alias-safe views for loads and stores. */
 typedef double bn_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
 typedef float bn_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 typedef float bn_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double bn_v4d_u __attribute__((vector_size(32), aligned(8), may_alias));
+typedef float bn_v4f_u __attribute__((vector_size(16), aligned(4), may_alias));
 /* A float vector widened whole: GCC 12 converts a 16-float vector to 16 doubles with two
  * full-width instructions, but splits a conversion of 8 floats into pieces. */
 typedef double bn_v16d __attribute__((vector_size(128)));
