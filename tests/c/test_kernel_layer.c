@@ -295,3 +295,63 @@ BN_SUITE(suite_kernel_layer_bfloat16_eval) {
                 free(x), free(y), free(st), free(xd), free(sd), free(coef), free(want);
             }
 }
+
+/* The kernel sets (kernels_isa.c, one per instruction set): the one running is named, a set is
+ * chosen by name only where the CPU has it, and every set the CPU has gives the baseline's bits
+ * in the passes that differ most between sets (the AVX2 set sweeps its sums lane by lane):
+ * long and short channels-first rows, channels-last, training and backward, both dtypes. */
+BN_SUITE(suite_kernel_layer_sets) {
+    const char *best = bn_kernels_isa();
+    CHECK(!strcmp(best, "avx512f") || !strcmp(best, "avx2") || !strcmp(best, "x86-64") ||
+          !strcmp(best, "portable"));
+    CHECK(!bn_kernel_force_isa("sse9"));
+    CHECK(!strcmp(bn_kernels_isa(), best));
+    const char *base = !strcmp(best, "portable") ? "portable" : "x86-64";
+    static const int64_t shapes[][4] = {{16, 37, 301, 0}, {32, 40, 49, 0}, {4, 19, 7, 0},
+                                        {300, 70, 1, 1},  {4, 300, 30, 1}};
+    static const char *const sets[] = {"avx512f", "avx2", "x86-64"};
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++)
+        for (int dt = 0; dt < 2; dt++) {
+            const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], (bn_dtype)dt,
+                                      (bn_layout)shapes[q][3]);
+            const int64_t count = tu_numel(&d), C = d.c;
+            const size_t es = dt ? 8 : 4;
+            tu_rng r = tu_rng_new(900 + q);
+            double *xv = tu_randn(&r, count, 7, 2), *gv = tu_randn(&r, count, 0.1, 1);
+            void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+            void *out[2][2];
+            double *stats[2][2];
+            for (int k = 0; k < 2; k++) {
+                for (int m = 0; m < 2; m++) {
+                    out[k][m] = malloc(es * (size_t)count);
+                    stats[k][m] = malloc(sizeof(double) * (size_t)C);
+                }
+            }
+            bn_options opt = BN_OPTIONS_DEFAULT;
+            for (int k = 0; k < 2; k++) { /* k = 0: the baseline; 1: each other set in turn */
+                for (size_t s = 0; s < (k ? sizeof sets / sizeof sets[0] : 1); s++) {
+                    if (!bn_kernel_force_isa(k ? sets[s] : base)) continue;
+                    CHECK_STATUS(bn_forward_train(out[k][0], stats[k][0], stats[k][1], NULL,
+                                                  NULL, NULL, x, NULL, NULL, &d, &opt),
+                                 BN_OK);
+                    CHECK_STATUS(bn_backward_train(out[k][1], NULL, NULL, dy, x, stats[k][0],
+                                                   stats[k][1], NULL, &d),
+                                 BN_OK);
+                    if (!k) continue;
+                    for (int m = 0; m < 2; m++) {
+                        CHECK_MSG(!memcmp(out[0][m], out[1][m], es * (size_t)count),
+                                  "set %s, shape %zu, dtype %d: %s differs from the baseline",
+                                  sets[s], q, dt, m ? "dx" : "y");
+                        CHECK_MSG(!memcmp(stats[0][m], stats[1][m], sizeof(double) * (size_t)C),
+                                  "set %s, shape %zu, dtype %d: saved statistics differ", sets[s],
+                                  q, dt);
+                    }
+                }
+            }
+            bn_kernel_force_isa(NULL);
+            for (int k = 0; k < 2; k++)
+                for (int m = 0; m < 2; m++) free(out[k][m]), free(stats[k][m]);
+            free(xv), free(gv), free(x), free(dy);
+        }
+    CHECK(!strcmp(bn_kernels_isa(), best));
+}
