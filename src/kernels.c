@@ -42,7 +42,7 @@ enum { SET_COUNT = sizeof sets / sizeof sets[0] };
 
 /* Whether this CPU runs set i. */
 static int cpu_has(int i) {
-#if defined(BN_HAVE_STREAM) && !defined(BN_NO_CLONES)
+#ifdef BN_HAVE_STREAM
     if (i == 0) return __builtin_cpu_supports("avx512f");
     if (i == 1) return __builtin_cpu_supports("avx2");
     return 1;

@@ -35,8 +35,6 @@
  * memory traffic of a pass that reads x and writes y. The output kernels again, with such stores;
  * the values stored are the same bits. */
 #ifdef BN_HAVE_STREAM
-#include <immintrin.h>
-
 #define SUF BN_ISA_NAME(f32_stream_)
 #define S float
 #define COMPUTE 32
