@@ -1,52 +1,75 @@
-"""bnorm.torch: drop-in replacements for torch.nn.BatchNorm1d/2d/3d, SyncBatchNorm (over MPI,
-on the CPU: see _sync.py) and F.batch_norm.
+"""bnorm.torch: drop-in replacements for torch.nn.BatchNorm1d/2d/3d, LazyBatchNorm1d/2d/3d,
+SyncBatchNorm (over torch.distributed or MPI, on the CPU: see _sync.py) and F.batch_norm.
 
     import bnorm.torch
     model = nn.Sequential(nn.Conv2d(3, 8, 3), bnorm.torch.BatchNorm2d(8), nn.ReLU())
     bnorm.torch.convert(other_model)     # swaps its torch.nn.BatchNormXd in place
+    torch.nn.functional.batch_norm = bnorm.torch.batch_norm   # also works
 
-The modules subclass torch.nn.BatchNorm1d/2d/3d and only replace forward(), so constructor
-arguments, parameters, buffers, state_dict keys, train()/eval(), reset_parameters(), repr,
-isinstance checks and the input-dimension errors are torch's own. forward() follows torch's
-_BatchNorm.forward line for line (num_batches_tracked is incremented in Python before the call,
-as torch does, also for N = 0 and also when the call then fails; momentum=None passes the factor
-1/num_batches_tracked), and calls batch_norm() (_functional.py) instead of F.batch_norm.
+The modules subclass torch.nn.BatchNorm1d/2d/3d (and the Lazy ones) and only replace forward(),
+so constructor arguments, parameters, buffers, state_dict keys, train()/eval(),
+reset_parameters(), repr, isinstance checks and the input-dimension errors are torch's own.
+forward() follows torch's _BatchNorm.forward line for line (num_batches_tracked is incremented
+in Python before the call, as torch does, also for N = 0 and also when the call then fails;
+momentum=None passes the factor 1/num_batches_tracked), and calls batch_norm() (_functional.py)
+instead of F.batch_norm.
 
-batch_norm() has F.batch_norm's signature. It runs the C library through a
-torch.autograd.Function on the tensors' own memory (data_ptr(), no copy) when it can:
-  - input float32 or float64 on the CPU, ndim >= 2, at least one element;
-  - weight, bias, running_mean, running_var: None or contiguous 1-d CPU tensors of C elements
-    of the input's dtype; in eval both running statistics given; the running statistics not
-    requiring grad (unless grad mode is off);
-  - 0 <= eps < inf and 0 <= momentum <= 1;
-  - not under torch.jit tracing, no __torch_function__ overrides.
-Everything else (other dtypes such as bfloat16, other devices, empty inputs, wrong sizes,
-mixed dtypes, odd momentum, running statistics requiring grad) goes to
-torch.nn.functional.batch_norm itself, so results and error messages there are exactly torch's.
+batch_norm() has F.batch_norm's signature. For float32 and float64 CPU tensors bnorm computes:
+  - the C library, on the tensors' own memory (data_ptr(), no copy), for ordinary calls: at
+    least one element; weight, bias and running statistics None or 1-d tensors of C elements of
+    the input's dtype, the running statistics contiguous; 0 <= eps < inf, 0 <= momentum <= 1;
+  - a formula in torch operations (_composite.py; never torch's batch norm) for the rest: an
+    empty input (torch's result: a copy, linked to weight and bias), odd eps or momentum,
+    running statistics that are not contiguous, and tensors without storage (functorch's).
+What is left to torch.nn.functional.batch_norm itself (torch's, captured at import, so patching
+F.batch_norm with this function does not recurse): other dtypes (bfloat16, float16), other
+devices, mixed dtypes, and the arguments torch refuses (wrong sizes, eval without running
+statistics, running statistics that require grad), whose errors are then exactly torch's.
+__torch_function__ overrides are dispatched as torch does, with this function as the one
+overridden.
+
+Autograd at every order. The backward pass is the C library's (bn_backward_train from the
+float64 save_mean/save_invstd of the forward pass, bn_backward_eval with copies of the running
+statistics taken at forward time), computing only the gradients autograd asks for. When autograd
+records the backward (create_graph=True: double backward, gradient penalties, Hessians) or the
+gradient is vmap's batched one (gradcheck's check_batched_grad, jacobian(vectorize=True)), the
+backward is _composite's formula instead, which autograd differentiates again. Forward-mode AD
+(jvp) is supported for input, weight and bias; a tangent on a running statistic raises.
+functorch.vmap and functorch.grad work through the formula path; vmap of a training call that
+updates shared running statistics raises, as it does with torch.
+
+PyTorch's tools:
+  - torch.jit.trace records the operator bnorm::batch_norm (_ops.py), and torch.jit.script
+    compiles forward() to it: the compiled model runs bnorm, and torch.jit.save'd models load
+    where bnorm.torch is imported;
+  - torch.fx.symbolic_trace keeps the modules as call_module nodes, as it keeps torch.nn's;
+  - torch.ao.quantization.fuse_modules fuses them as torch's (_fusion.py), and
+    torch.nn.utils.fuse_conv_bn_eval takes them.
 
 Layouts: a contiguous input is used as channels-first; a 4-d channels_last or 5-d
 channels_last_3d input as channels-last, without a copy, and the output keeps that memory
 format (as torch's does). Any other strides are made contiguous first.
-
-Backward uses bn_backward_train (batch statistics, from the float64 save_mean/save_invstd of the
-forward pass) or bn_backward_eval (stored statistics); only the gradients autograd asks for are
-computed. It is once-differentiable: double backward raises (torch's native one supports it).
-In eval the backward pass uses copies of the running statistics taken at forward time.
 """
 
 import torch as _torch
 
 from . import _lib  # noqa: F401 (bnorm.torch._lib: the loaded library, as tests reach it)
+from . import _fusion
 from ._functional import batch_norm
+from ._ops import batch_norm_scripted
 from ._sync import SyncBatchNorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "batch_norm", "convert"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyBatchNorm3d", "SyncBatchNorm", "batch_norm", "convert"]
 
 
 class _BnormForward:
     """forward() of torch.nn.modules.batchnorm._BatchNorm (torch 1.13), calling bnorm."""
 
     def forward(self, input):
+        if not _torch.jit.is_scripting():  # (a separate test: TorchScript skips this block)
+            if isinstance(input, _torch.fx.Proxy):
+                return _fx_call_module(self, input)
         self._check_input_dim(input)
 
         # torch passes momentum as the factor, 0.0 when it is None and nothing is tracked
@@ -71,6 +94,17 @@ class _BnormForward:
 
         # running statistics are passed when they are updated (training and tracked) or used
         # (eval with buffers)
+        if _torch.jit.is_scripting():
+            return batch_norm_scripted(
+                input,
+                self.running_mean if not self.training or self.track_running_stats else None,
+                self.running_var if not self.training or self.track_running_stats else None,
+                self.weight,
+                self.bias,
+                bn_training,
+                exponential_average_factor,
+                self.eps,
+            )
         return batch_norm(
             input,
             self.running_mean if not self.training or self.track_running_stats else None,
@@ -81,6 +115,19 @@ class _BnormForward:
             exponential_average_factor,
             self.eps,
         )
+
+
+def _fx_call_module(module, input):
+    """Under torch.fx.symbolic_trace: the module as one call_module node, as torch.nn's batch
+    norms are (the tracer takes them as leaves), so that the GraphModule runs this module and
+    follows its train() / eval()."""
+    tracer = input.tracer
+    path = tracer.path_of_module(module)
+    if not path:
+        raise _torch.fx.proxy.TraceError(
+            "bnorm: a batch norm module cannot be the root of torch.fx.symbolic_trace (its "
+            "checks of the input's dimensions are control flow); trace a model that holds it")
+    return tracer.create_proxy("call_module", path, (input,), {})
 
 
 class BatchNorm1d(_BnormForward, _torch.nn.BatchNorm1d):
@@ -95,19 +142,43 @@ class BatchNorm3d(_BnormForward, _torch.nn.BatchNorm3d):
     """torch.nn.BatchNorm3d computed by bnorm: (N, C, D, H, W), contiguous or channels_last_3d."""
 
 
+class LazyBatchNorm1d(_BnormForward, _torch.nn.LazyBatchNorm1d):
+    """torch.nn.LazyBatchNorm1d computed by bnorm: becomes a bnorm BatchNorm1d at its first call."""
+
+    cls_to_become = BatchNorm1d
+
+
+class LazyBatchNorm2d(_BnormForward, _torch.nn.LazyBatchNorm2d):
+    """torch.nn.LazyBatchNorm2d computed by bnorm: becomes a bnorm BatchNorm2d at its first call."""
+
+    cls_to_become = BatchNorm2d
+
+
+class LazyBatchNorm3d(_BnormForward, _torch.nn.LazyBatchNorm3d):
+    """torch.nn.LazyBatchNorm3d computed by bnorm: becomes a bnorm BatchNorm3d at its first call."""
+
+    cls_to_become = BatchNorm3d
+
+
 _SWAP = {
     _torch.nn.BatchNorm1d: BatchNorm1d,
     _torch.nn.BatchNorm2d: BatchNorm2d,
     _torch.nn.BatchNorm3d: BatchNorm3d,
+    _torch.nn.LazyBatchNorm1d: LazyBatchNorm1d,
+    _torch.nn.LazyBatchNorm2d: LazyBatchNorm2d,
+    _torch.nn.LazyBatchNorm3d: LazyBatchNorm3d,
 }
+
+_fusion.register({_torch.nn.BatchNorm1d: BatchNorm1d, _torch.nn.BatchNorm2d: BatchNorm2d,
+                  _torch.nn.BatchNorm3d: BatchNorm3d})
 
 
 def convert(module):
-    """Make every torch.nn.BatchNorm1d/2d/3d in module (itself included) a bnorm one, in place.
+    """Make every torch.nn.BatchNorm1d/2d/3d (and Lazy one) in module (itself included) a bnorm one, in place.
 
     Only the class changes: parameters, buffers and hooks are the same objects, so optimizers
-    built before the call keep working. Subclasses of those modules (SyncBatchNorm, lazy
-    modules, user classes) are left alone. Returns module.
+    built before the call keep working. LazyBatchNorm1d/2d/3d become bnorm's Lazy modules;
+    other subclasses (SyncBatchNorm, user classes) are left alone. Returns module.
     """
     for m in module.modules():
         cls = _SWAP.get(type(m))

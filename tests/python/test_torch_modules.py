@@ -302,7 +302,7 @@ def test_other_dtypes_and_arguments_behave_like_torch():
     ref, ours = nn.BatchNorm1d(3).bfloat16(), bt.BatchNorm1d(3).bfloat16()
     assert torch.equal(ours(x.bfloat16()), ref(x.bfloat16()))
     assert torch.equal(ours.running_var, ref.running_var)
-    # momentum outside [0, 1] is computed by torch, as torch allows it
+    # momentum outside [0, 1], which torch allows, is computed (by bnorm's formula path)
     ref, ours = nn.BatchNorm1d(3, momentum=1.5), bt.BatchNorm1d(3, momentum=1.5)
     assert_close(ours(x), ref(x))
     assert_close(ours.running_mean, ref.running_mean)
@@ -415,12 +415,15 @@ def test_needs_input_grad_respected():
     assert x.grad is None and m.weight.grad is not None
 
 
-def test_double_backward_is_refused():
+def test_double_backward_is_right():
+    """create_graph: the gradient of a gradient is torch's (test_torch_autograd.py has the rest)."""
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    y = bt.batch_norm(x, None, None, training=True)
-    (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
+    grads = []
+    for bn in (bt.batch_norm, F.batch_norm):
+        y = bn(x, None, None, training=True)
+        (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(g.square().sum(), x)[0])
+    assert_close(grads[0], grads[1])
 
 
 # ------------------------------------------------------------------------------------------------
