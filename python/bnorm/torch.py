@@ -58,9 +58,10 @@ from . import _fusion
 from ._functional import batch_norm
 from ._ops import batch_norm_scripted
 from ._sync import SyncBatchNorm
+from ._update_bn import update_bn
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d",
-           "LazyBatchNorm3d", "SyncBatchNorm", "batch_norm", "convert"]
+           "LazyBatchNorm3d", "SyncBatchNorm", "batch_norm", "convert", "update_bn"]
 
 
 class _BnormForward:
