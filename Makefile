@@ -6,6 +6,7 @@ BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 OPENMP  ?= -fopenmp
+.DEFAULT_GOAL := all
 WARN    := -std=c11 -Wall -Wextra -Werror -pedantic
 # Never fuse a * b + c: results must be the same bits on every machine (and no -ffast-math)
 EXACT   := -ffp-contract=off

@@ -27,9 +27,9 @@ from typing import List
 
 import torch as _torch
 import torch.nn.functional as _F
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _composite, _lib
-from ._lib import ptr as _ptr
 
 __all__ = ["batch_norm"]
 
@@ -70,110 +70,169 @@ def _has_storage(t):
         return False
 
 
+_STRIDED = _torch.strided
+_TENSOR = _torch.Tensor
+_ELEMENT_TYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64}
+
+
 def _route(input, running_mean, running_var, weight, bias, training, momentum, eps):
-    """Which of _C, _COMPOSITE, _EMPTY, _TORCH computes this call (see the module doc)."""
-    if not isinstance(input, _torch.Tensor) or input.layout != _torch.strided:
+    """Which of _C, _COMPOSITE, _EMPTY, _TORCH computes this call (see the module doc).
+    Called on every call: the cheap tests first, each attribute read once."""
+    if not isinstance(input, _TENSOR) or input.layout != _STRIDED or not input.is_cpu:
         return _TORCH
-    if input.device.type != "cpu" or _lib.bn_dtype(input.dtype) is None or input.dim() < 2:
+    dtype = input.dtype
+    if dtype not in _ELEMENT_TYPES or input.dim() < 2:
         return _TORCH
     c = input.shape[1]
-    channels = [t for t in (running_mean, running_var, weight, bias) if t is not None]
-    for t in channels:
-        if not isinstance(t, _torch.Tensor) or t.layout != _torch.strided:
+    route = _C
+    for t in (running_mean, running_var, weight, bias):
+        if t is None:
+            continue
+        if (not isinstance(t, _TENSOR) or t.layout != _STRIDED or not t.is_cpu
+                or t.dtype != dtype or t.dim() != 1 or t.shape[0] != c):
             return _TORCH
-        if t.device != input.device or t.dtype != input.dtype or t.dim() != 1 or t.numel() != c:
-            return _TORCH
+        if not _has_storage(t) or not t.is_contiguous():
+            route = _COMPOSITE
     if not training and (running_mean is None or running_var is None):
         return _TORCH  # torch's error
     # running statistics take no gradient: torch refuses them when they require one
-    if _torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                        for t in (running_mean, running_var)):
-        return _TORCH
-    if not isinstance(eps, numbers.Real) or not isinstance(momentum, numbers.Real):
-        return _TORCH
+    if ((running_mean is not None and running_mean.requires_grad)
+            or (running_var is not None and running_var.requires_grad)):
+        if _torch.is_grad_enabled():
+            return _TORCH
+    if type(eps) is not float or type(momentum) is not float:
+        if not isinstance(eps, numbers.Real) or not isinstance(momentum, numbers.Real):
+            return _TORCH
     if input.numel() == 0:
         return _EMPTY
-    if not _has_storage(input) or not all(_has_storage(t) for t in channels):
+    if not _has_storage(input) or not (0 <= eps and math.isfinite(eps)) or not (
+            0 <= momentum <= 1):
         return _COMPOSITE
-    if not all(t.is_contiguous() for t in channels):
-        return _COMPOSITE
-    if not (0 <= eps and math.isfinite(eps)) or not (0 <= momentum <= 1):
-        return _COMPOSITE
-    return _C
+    return route
+
+
+_DESCS = {}  # (shape, dtype, layout) -> BnDesc: built once per shape (bn_desc_from_dims)
+_OPTIONS = {}  # (eps, momentum) -> BnOptions
+
+
+def _desc(x, layout):
+    key = (x.shape, x.dtype, layout)
+    desc = _DESCS.get(key)
+    if desc is None:
+        if len(_DESCS) >= 4096:  # a process that sees every shape: start over
+            _DESCS.clear()
+        desc = _DESCS[key] = _lib.make_desc(x.shape, _ELEMENT_TYPES[x.dtype], layout)
+    return desc
+
+
+def _options(eps, momentum):
+    key = (eps, momentum)
+    opt = _OPTIONS.get(key)
+    if opt is None:
+        if len(_OPTIONS) >= 4096:
+            _OPTIONS.clear()
+        # momentum is the factor torch would use; counting batches is the caller's business
+        opt = _OPTIONS[key] = _lib.make_options(eps, momentum, cumulative=False)
+    return opt
+
+
+def _address(t):
+    return None if t is None else t.data_ptr()
+
+
+def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """The C library's forward pass: (y, the tensor it read, its desc, the statistics the
+    backward pass needs: in training one (2, C) float64 tensor, save_mean then save_invstd (one
+    allocation); in eval the running statistics themselves, as torch saves them, so that
+    changing them in place before the backward pass is autograd's error, as with torch)."""
+    if input.is_contiguous():
+        x, layout = input, _lib.BN_CHANNELS_FIRST
+    else:
+        x, layout = _layout(input)
+    desc = _desc(x, layout)
+    y = _torch.empty_like(x)  # same strides as x: the output keeps the memory format
+    if training:
+        c = x.shape[1]
+        stats = _torch.empty((2, c), dtype=_torch.float64)
+        mean_at = stats.data_ptr()
+        status = _lib.lib.bn_forward_train(
+            y.data_ptr(), mean_at, mean_at + 8 * c, _address(running_mean),
+            _address(running_var), None, x.data_ptr(), _address(weight), _address(bias), desc,
+            _options(eps, momentum))
+        if status:
+            _lib.check(status, "bn_forward_train")
+        return y, x, desc, (stats,)
+    status = _lib.lib.bn_forward_eval(
+        y.data_ptr(), x.data_ptr(), running_mean.data_ptr(), running_var.data_ptr(),
+        _address(weight), _address(bias), desc, eps)
+    if status:
+        _lib.check(status, "bn_forward_eval")
+    return y, x, desc, (running_mean, running_var)
+
+
+def _records_graph(input, weight, bias):
+    """Whether autograd (backward or forward mode) needs a node for this call."""
+    if _forward_ad._current_level >= 0:  # inside a dual_level: inputs may carry tangents
+        return True
+    return _torch.is_grad_enabled() and (
+        input.requires_grad or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad))
 
 
 class _BatchNormFunction(_torch.autograd.Function):
-    """Forward and backward through the C library; arguments checked by _route."""
+    """Forward (_forward) and backward through the C library; arguments checked by _route."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
-        x, layout = _layout(input)
-        desc = _lib.make_desc(x.shape, _lib.bn_dtype(x.dtype), layout)
-        y = _torch.empty_like(x)  # same strides as x: the output keeps the memory format
-        if training:
-            c = x.shape[1]
-            save_mean = _torch.empty(c, dtype=_torch.float64)
-            save_invstd = _torch.empty(c, dtype=_torch.float64)
-            # momentum is the factor torch would use; counting batches is the caller's business
-            opt = _lib.make_options(eps, momentum, cumulative=False)
-            status = _lib.lib.bn_forward_train(
-                _ptr(y), _ptr(save_mean), _ptr(save_invstd), _ptr(running_mean),
-                _ptr(running_var), None, _ptr(x), _ptr(weight), _ptr(bias), desc, opt)
-            _lib.check(status, "bn_forward_train")
-            stats = (save_mean, save_invstd)
-        else:
-            status = _lib.lib.bn_forward_eval(
-                _ptr(y), _ptr(x), _ptr(running_mean), _ptr(running_var), _ptr(weight),
-                _ptr(bias), desc, float(eps))
-            _lib.check(status, "bn_forward_eval")
-            # copies: the backward pass uses the statistics this forward pass used
-            stats = (running_mean.clone(), running_var.clone())
+        y, x, desc, stats = _forward(input, weight, bias, running_mean, running_var, training,
+                                     momentum, eps)
         # the input itself, not a copy: a recorded backward pass must reach it
         ctx.save_for_backward(input, weight, *stats)
         ctx.save_for_forward(input, weight, *stats)
         ctx.set_materialize_grads(False)  # jvp: None, not zeros, for inputs without tangents
         ctx.desc = desc
+        ctx.copied = x is not input
         ctx.training = training
-        ctx.eps = float(eps)
+        ctx.eps = eps
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, stat_a, stat_b = ctx.saved_tensors
+        input, weight, *stats = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         none = (None,) * 5  # running_mean, running_var, training, momentum, eps
         if grad_output is None or not (need_x or need_weight or need_bias):
             return (None, None, None) + none
         if _torch.is_grad_enabled() or not _has_storage(grad_output):
             # create_graph, or vmap's batched gradient: a backward autograd can see through
-            if ctx.training:
-                grads = _composite.backward_train(grad_output, input, weight, stat_a, stat_b,
-                                                  ctx.eps)
-            else:
-                grads = _composite.backward_eval(grad_output, input, weight, stat_a, stat_b,
-                                                 ctx.eps)
+            formula = _composite.backward_train if ctx.training else _composite.backward_eval
+            mean, var_or_invstd = stats if len(stats) == 2 else stats[0]
+            grads = formula(grad_output, input, weight, mean, var_or_invstd, ctx.eps)
             dx, dweight, dbias = (g if need else None
                                   for g, need in zip(grads, (need_x, need_weight, need_bias)))
             return (dx, dweight, dbias) + none
-        x, _ = _layout(input)
+        x = _layout(input)[0] if ctx.copied else input
         # dy must have x's memory layout (a copy only when autograd hands over other strides)
         dy = grad_output
-        if dy.dtype != x.dtype or dy.device != x.device or dy.stride() != x.stride():
+        if dy.stride() != x.stride() or dy.dtype != x.dtype or not dy.is_cpu:
             dy = _torch.empty_like(x).copy_(grad_output)
         c = x.shape[1]
         dx = _torch.empty_like(x) if need_x else None
         dweight = _torch.empty(c, dtype=x.dtype) if need_weight else None
         dbias = _torch.empty(c, dtype=x.dtype) if need_bias else None
         if ctx.training:
+            stats_at = stats[0].data_ptr()
             status = _lib.lib.bn_backward_train(
-                _ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x), _ptr(stat_a),
-                _ptr(stat_b), _ptr(weight), ctx.desc)
-            _lib.check(status, "bn_backward_train")
+                _address(dx), _address(dweight), _address(dbias), dy.data_ptr(), x.data_ptr(),
+                stats_at, stats_at + 8 * c, _address(weight), ctx.desc)
+            if status:
+                _lib.check(status, "bn_backward_train")
         else:
             status = _lib.lib.bn_backward_eval(
-                _ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x), _ptr(stat_a),
-                _ptr(stat_b), _ptr(weight), ctx.desc, ctx.eps)
-            _lib.check(status, "bn_backward_eval")
+                _address(dx), _address(dweight), _address(dbias), dy.data_ptr(), x.data_ptr(),
+                stats[0].data_ptr(), stats[1].data_ptr(), _address(weight), ctx.desc, ctx.eps)
+            if status:
+                _lib.check(status, "bn_backward_eval")
         return (dx, dweight, dbias) + none
 
     @staticmethod
@@ -181,12 +240,14 @@ class _BatchNormFunction(_torch.autograd.Function):
         if running_mean_t is not None or running_var_t is not None:
             raise RuntimeError("bnorm: forward-mode AD through running_mean or running_var is "
                                "not supported (they take no gradient)")
-        input, weight, stat_a, stat_b = ctx.saved_tensors
+        input, weight, *stats = ctx.saved_tensors
         if ctx.training:
-            return _composite.jvp_train(input, weight, stat_a, stat_b, input_t, weight_t,
-                                        bias_t)
-        return _composite.jvp_eval(input, weight, stat_a, stat_b, ctx.eps, input_t, weight_t,
-                                   bias_t)
+            save_mean, save_invstd = stats[0]
+            return _composite.jvp_train(input, weight, save_mean, save_invstd, input_t,
+                                        weight_t, bias_t)
+        running_mean, running_var = stats
+        return _composite.jvp_eval(input, weight, running_mean, running_var, ctx.eps, input_t,
+                                   weight_t, bias_t)
 
 
 def compute(input, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -194,8 +255,12 @@ def compute(input, running_mean, running_var, weight, bias, training, momentum, 
     batch size; also the kernel of the operator bnorm::batch_norm (_ops.py)."""
     route = _route(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if route == _C:
-        return _BatchNormFunction.apply(input, weight, bias, running_mean, running_var,
-                                        bool(training), float(momentum), float(eps))
+        training, momentum, eps = bool(training), float(momentum), float(eps)
+        if _records_graph(input, weight, bias):
+            return _BatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                            training, momentum, eps)
+        return _forward(input, weight, bias, running_mean, running_var, training, momentum,
+                        eps)[0]
     if route == _COMPOSITE:
         return _composite.forward(input, running_mean, running_var, weight, bias,
                                   bool(training), float(momentum), float(eps))

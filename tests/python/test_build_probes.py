@@ -82,3 +82,10 @@ def test_make_test_installs_before_it_builds():
     assert "sh tests/prerequisites.sh" in lines[0], lines[:3]
     assert "test-suites" in lines[1], lines[:3]
     assert any("tests/run_all.sh" in line for line in lines[2:]), lines
+
+
+def test_plain_make_builds_everything(tmp_path):
+    """`make` with no target is `make all` (the first rule of the file must not win)."""
+    r = make("-n", "BUILD=" + str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr
+    assert "libbnorm.so" in r.stdout and "test_bnorm" in r.stdout, r.stdout[-2000:]
