@@ -306,6 +306,13 @@ fuzz: fuzz-build
 	  fi; \
 	done
 
+# The Python package goes to PREFIX's directory for PYTHON's packages: Debian's interpreters
+# look in PREFIX/lib/pythonX.Y/dist-packages (/usr/local/lib/python3.11/dist-packages for the
+# default PREFIX), others in site-packages; set PYTHON_SITE to choose, or to nothing to skip it.
+PYTHON_SITE ?= $(shell $(PYTHON) -c 'import sys, sysconfig; \
+  kind = "dist-packages" if "dist-packages" in sysconfig.get_path("purelib") else "site-packages"; \
+  print("$(PREFIX)/lib/python%d.%d/%s" % (sys.version_info[:2] + (kind,)))' 2>/dev/null)
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
@@ -323,6 +330,12 @@ ifeq ($(HAVE_MPI),yes)
 endif
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm.pc
+ifneq ($(PYTHON_SITE),)
+	install -d $(DESTDIR)$(PYTHON_SITE)/bnorm
+	install -m 644 python/bnorm/*.py $(DESTDIR)$(PYTHON_SITE)/bnorm/
+	echo 'LIBDIR = "$(PREFIX)/lib"  # written by make install: where libbnorm.so is' \
+	  > $(DESTDIR)$(PYTHON_SITE)/bnorm/_installed.py
+endif
 
 clean:
 	rm -rf build build-san build-tsan build-fuzz

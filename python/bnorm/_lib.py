@@ -4,8 +4,10 @@ The library is looked for, in this order:
 
   1. the file named by the environment variable BNORM_LIBRARY (see _env.py), if it is set (and
      only there: a wrong path is an error, not a reason to pick up some other copy);
-  2. build/libbnorm.so of the source tree this package sits in (python/bnorm/../../build),
-     which is what `make` produces;
+  2. for a package installed by `make install`: the libbnorm.so installed with it, in the
+     LIBDIR its _installed.py names (so no environment variable or ldconfig is needed);
+     otherwise build/libbnorm.so of the source tree this package sits in
+     (python/bnorm/../../build), which is what `make` produces;
   3. whatever ctypes.util.find_library("bnorm") finds (an installed libbnorm.so).
 
 Every function of include/bnorm.h is declared with its argument and result types. Data pointers
@@ -99,9 +101,13 @@ def _candidates():
     env = os.environ.get(LIBRARY_VAR)
     if env:
         return [(LIBRARY_VAR, env)]
-    here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.dirname(os.path.dirname(here))
-    found = [("source tree build", os.path.join(repo, "build", "libbnorm.so"))]
+    try:
+        from ._installed import LIBDIR  # written by make install
+        found = [("installed with the package", os.path.join(LIBDIR, "libbnorm.so"))]
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        repo = os.path.dirname(os.path.dirname(here))
+        found = [("source tree build", os.path.join(repo, "build", "libbnorm.so"))]
     system = ctypes.util.find_library("bnorm")
     found.append(("ctypes.util.find_library('bnorm')", system))
     return found
@@ -113,7 +119,8 @@ def _load():
         if where is None:
             tried.append("%s: nothing found" % what)
             continue
-        if what == "source tree build" and not os.path.exists(where):
+        if what in ("source tree build", "installed with the package") and not os.path.exists(
+                where):
             tried.append("%s: %s does not exist" % (what, where))
             continue
         try:
