@@ -342,11 +342,14 @@ clean:
 
 # `make bench`: bnorm, PyTorch and oneDNN side by side on the default grid, interleaved, with the
 # memory roofline; writes bench/results.json, bench/chart.png and bench/table.md; then the
-# throughput of `bnorm fit` against reading the same file (bench/fit.py). Needs
+# per-call cost of bnorm.torch against torch.nn on a tiny layer (bench/python_overhead.py,
+# bench/overhead.json) and the throughput of `bnorm fit` against reading the same file
+# (bench/fit.py). Needs
 # python3-torch, python3-matplotlib and libdnnl-dev (none of them is needed to build bnorm).
 .PHONY: bench bench-fit
 bench: $(BUILD)/bnorm $(BUILD)/onednn_peer
 	$(PYTHON) bench/run.py --build $(BUILD)
+	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so $(PYTHON) bench/python_overhead.py
 	$(PYTHON) bench/fit.py --build $(BUILD)
 
 # `bnorm fit` on a 1 GiB file against reading the same file (needs only numpy)

@@ -166,3 +166,21 @@ def test_usage_errors(args, message):
     assert r.stdout == ""
     assert r.stderr.startswith("bnorm: bench: ") and message in r.stderr, r.stderr
     assert "usage: bnorm bench" in r.stderr
+
+
+def test_python_overhead_bench_runs(tmp_path):
+    """bench/python_overhead.py (part of make bench): every case timed for torch and bnorm,
+    interleaved, with the CPU model; a run of a few calls (timings are not judged here)."""
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "python_overhead.py"), "--rounds",
+                        "3", "--calls", "5", "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "overhead.json").read_text())
+    assert result["cpu"] and result["rounds"] == 3 and result["calls_per_round"] == 5
+    assert [c["case"] for c in result["cases"]] == ["train fwd+bwd", "train fwd (no_grad)",
+                                                    "eval fwd"]
+    for c in result["cases"]:
+        assert c["torch_ns"] > 0 and c["bnorm_ns"] > 0
+        assert abs(c["ratio"] - c["bnorm_ns"] / c["torch_ns"]) < 1e-9
+    assert "| train fwd+bwd |" in r.stdout

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The per-call cost of bnorm.torch against torch.nn, on a layer small enough that the Python
+path is all there is to time: BatchNorm2d on an (8, 3, 4, 4) float32 tensor, 1 thread.
+
+Cases: training forward + backward (y.backward(dy) with a fixed upstream gradient, input and
+parameters requiring grad), training forward alone under no_grad, and eval forward. Each round
+times CALLS calls of torch's module, then of bnorm's, then torch's again... (interleaved, the
+order alternating), and the medians over the rounds are reported with their ratio
+bnorm / torch. Writes bench/overhead.json (with the CPU model) and prints a table.
+
+    /usr/bin/python3 bench/python_overhead.py [--rounds 15] [--calls 2000] [--out bench]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import bnorm.torch as bt  # noqa: E402
+
+SHAPE = (8, 3, 4, 4)
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_case(case, module):
+    """A function making one call of the case on module."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(SHAPE, generator=gen)
+    dy = torch.randn(SHAPE, generator=gen)
+    if case == "train fwd+bwd":
+        module.train()
+        x.requires_grad_()
+
+        def call():
+            module(x).backward(dy)
+        return call
+    if case == "train fwd (no_grad)":
+        module.train()
+
+        def call():
+            with torch.no_grad():
+                module(x)
+        return call
+    module.eval()
+
+    def call():
+        module(x)
+    return call
+
+
+def time_calls(call, calls):
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter_ns() - start) / calls
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--out", default=str(REPO / "bench"))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    bt._lib.lib.bn_set_num_threads(1)
+    cases = ["train fwd+bwd", "train fwd (no_grad)", "eval fwd"]
+    rows = []
+    for case in cases:
+        calls = {"torch": make_case(case, nn.BatchNorm2d(3)),
+                 "bnorm": make_case(case, bt.BatchNorm2d(3))}
+        for call in calls.values():  # warm up: first-use set-up, allocator, caches
+            time_calls(call, max(args.calls // 10, 1))
+        times = {"torch": [], "bnorm": []}
+        for r in range(args.rounds):
+            order = ("torch", "bnorm") if r % 2 == 0 else ("bnorm", "torch")
+            for who in order:
+                times[who].append(time_calls(calls[who], args.calls))
+        med = {who: statistics.median(v) for who, v in times.items()}
+        rows.append({"case": case, "torch_ns": med["torch"], "bnorm_ns": med["bnorm"],
+                     "ratio": med["bnorm"] / med["torch"]})
+    result = {"cpu": cpu_model(), "shape": list(SHAPE), "threads": 1, "rounds": args.rounds,
+              "calls_per_round": args.calls, "torch": torch.__version__, "cases": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overhead.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("per-call time, BatchNorm2d on %s float32, 1 thread, %s (median of %d rounds of %d "
+          "calls)" % ("x".join(map(str, SHAPE)), result["cpu"], args.rounds, args.calls))
+    print("| case | torch.nn | bnorm.torch | bnorm / torch |")
+    print("|---|--:|--:|--:|")
+    for row in rows:
+        print("| %s | %.1f us | %.1f us | %.2f |" % (row["case"], row["torch_ns"] / 1e3,
+                                                  row["bnorm_ns"] / 1e3, row["ratio"]))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
