@@ -42,12 +42,15 @@ def forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
         mean = x.mean(dims)
         var = (x - _per_channel(mean, x)).square().mean(dims)
         count = x.numel() // x.shape[1]
-        with _torch.no_grad():  # both blends before either is written
+        # outside both graphs (no_grad leaves forward AD on: detach() drops the tangents too),
+        # and both blends before either is written
+        with _torch.no_grad():
             blends = []
             if running_mean is not None:
-                blends.append((running_mean, running_mean * (1 - momentum) + mean * momentum))
+                blends.append((running_mean,
+                               running_mean * (1 - momentum) + mean.detach() * momentum))
             if running_var is not None:
-                unbiased = var * (count / (count - 1))
+                unbiased = var.detach() * (count / (count - 1))
                 blends.append((running_var, running_var * (1 - momentum) + unbiased * momentum))
             for stat, value in blends:
                 stat.copy_(value)
@@ -112,23 +115,34 @@ def _affine_tangent(y_t, xhat, x, weight_t, bias_t):
     return y_t
 
 
+def _double(t):
+    return None if t is None else t.double()
+
+
 def jvp_train(x, weight, save_mean, save_invstd, x_t, weight_t, bias_t):
-    """The tangent of training-mode y for tangents of x, weight and bias (None: zero)."""
-    invstd = _per_channel(save_invstd.to(x.dtype), x)
-    xhat = (x - _per_channel(save_mean.to(x.dtype), x)) * invstd
+    """The tangent of training-mode y for tangents of x, weight and bias (None: zero), formed in
+    float64 (the sums of x_t and x_t * xhat cancel) and rounded once to x's dtype."""
+    dtype = x.dtype
+    x, weight, x_t, weight_t, bias_t = map(_double, (x, weight, x_t, weight_t, bias_t))
+    invstd = _per_channel(save_invstd, x)
+    xhat = (x - _per_channel(save_mean, x)) * invstd
     y_t = _torch.zeros_like(x)
     if x_t is not None:
         y_t = invstd * (x_t - _mean(x_t, x) - xhat * _mean(x_t * xhat, x))
         if weight is not None:
             y_t = y_t * _per_channel(weight, x)
-    return _affine_tangent(y_t, xhat, x, weight_t, bias_t)
+    return _affine_tangent(y_t, xhat, x, weight_t, bias_t).to(dtype)
 
 
 def jvp_eval(x, weight, running_mean, running_var, eps, x_t, weight_t, bias_t):
-    """The tangent of eval-mode y for tangents of x, weight and bias (None: zero)."""
+    """The tangent of eval-mode y for tangents of x, weight and bias (None: zero), formed in
+    float64 and rounded once to x's dtype."""
+    dtype = x.dtype
+    x, weight, running_mean, running_var, x_t, weight_t, bias_t = map(
+        _double, (x, weight, running_mean, running_var, x_t, weight_t, bias_t))
     invstd = _per_channel(_torch.rsqrt(running_var + eps), x)
     xhat = (x - _per_channel(running_mean, x)) * invstd
     y_t = _torch.zeros_like(x)
     if x_t is not None:
         y_t = x_t * (invstd if weight is None else invstd * _per_channel(weight, x))
-    return _affine_tangent(y_t, xhat, x, weight_t, bias_t)
+    return _affine_tangent(y_t, xhat, x, weight_t, bias_t).to(dtype)

@@ -10,7 +10,8 @@ Where a call goes (_route; bnorm/torch.py's doc has the rules for users):
     and replays bnorm's operator;
   - torch's own F.batch_norm, captured at import (so that torch.nn.functional.batch_norm may be
     replaced by this function): only for what bnorm does not compute (other dtypes such as
-    bfloat16, other devices, mixed dtypes) and for the arguments torch refuses, so that its
+    bfloat16, other devices, mixed dtypes, subclasses that intercept every operation with
+    __torch_dispatch__, such as FakeTensor) and for the arguments torch refuses, so that its
     errors are torch's own.
 
 _BatchNormFunction's backward runs the C library (bn_backward_train with the float64 statistics
@@ -62,16 +63,24 @@ def _verify_batch_size(size: List[int]) -> None:
 
 
 def _has_storage(t):
-    """Whether t is a tensor with memory of its own (vmap's and functorch's are not)."""
+    """Whether t is a tensor whose memory the C library can read: not vmap's or functorch's
+    wrappers (no storage), nor FakeTensor's or a wrapper subclass's (a NULL data pointer)."""
     try:
-        t.data_ptr()
-        return True
+        return t.data_ptr() != 0
     except RuntimeError:
         return False
 
 
 _STRIDED = _torch.strided
 _TENSOR = _torch.Tensor
+_PLAIN = (_torch.Tensor, _torch.nn.Parameter)
+_NO_DISPATCH = _torch.Tensor.__torch_dispatch__
+
+
+def _intercepts_dispatch(t):
+    """Whether t is a subclass that sees every aten operation (__torch_dispatch__: FakeTensor,
+    wrapper subclasses): those are torch's to run, bnorm has no memory to read."""
+    return type(t) not in _PLAIN and type(t).__torch_dispatch__ is not _NO_DISPATCH
 _ELEMENT_TYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64}
 
 
@@ -79,6 +88,8 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
     """Which of _C, _COMPOSITE, _EMPTY, _TORCH computes this call (see the module doc).
     Called on every call: the cheap tests first, each attribute read once."""
     if not isinstance(input, _TENSOR) or input.layout != _STRIDED or not input.is_cpu:
+        return _TORCH
+    if _intercepts_dispatch(input):
         return _TORCH
     dtype = input.dtype
     if dtype not in _ELEMENT_TYPES or input.dim() < 2:
@@ -89,9 +100,10 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
         if t is None:
             continue
         if (not isinstance(t, _TENSOR) or t.layout != _STRIDED or not t.is_cpu
-                or t.dtype != dtype or t.dim() != 1 or t.shape[0] != c):
+                or t.dtype != dtype or t.dim() != 1 or t.shape[0] != c
+                or _intercepts_dispatch(t)):
             return _TORCH
-        if not _has_storage(t) or not t.is_contiguous():
+        if not _has_storage(t) or not t.is_contiguous() or t.is_neg():
             route = _COMPOSITE
     if not training and (running_mean is None or running_var is None):
         return _TORCH  # torch's error
@@ -105,8 +117,12 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
             return _TORCH
     if input.numel() == 0:
         return _EMPTY
-    if not _has_storage(input) or not (0 <= eps and math.isfinite(eps)) or not (
-            0 <= momentum <= 1):
+    # a negative view's memory holds the values' negations: torch operations read it right
+    if not _has_storage(input) or input.is_neg() or not (0 <= eps and math.isfinite(eps)):
+        return _COMPOSITE
+    # momentum matters only where running statistics are blended
+    if not (0 <= momentum <= 1) and training and (running_mean is not None
+                                                  or running_var is not None):
         return _COMPOSITE
     return route
 
@@ -236,10 +252,8 @@ class _BatchNormFunction(_torch.autograd.Function):
         return (dx, dweight, dbias) + none
 
     @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t, running_mean_t, running_var_t, *_):
-        if running_mean_t is not None or running_var_t is not None:
-            raise RuntimeError("bnorm: forward-mode AD through running_mean or running_var is "
-                               "not supported (they take no gradient)")
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        # (the running statistics reach here without tangents: see _without_tangents)
         input, weight, *stats = ctx.saved_tensors
         if ctx.training:
             save_mean, save_invstd = stats[0]
@@ -250,10 +264,32 @@ class _BatchNormFunction(_torch.autograd.Function):
                                    weight_t, bias_t)
 
 
+def _without_tangents(input, running_mean, running_var, weight, bias):
+    """(running_mean, running_var) for a call inside forward_ad.dual_level: torch's error when
+    they carry tangents and input, weight or bias does too; else without their tangents (which
+    torch ignores)."""
+    stats = []
+    for t in (running_mean, running_var):
+        if t is not None:
+            unpacked = _forward_ad.unpack_dual(t)
+            if unpacked.tangent is not None:
+                if any(a is not None and _forward_ad.unpack_dual(a).tangent is not None
+                       for a in (input, weight, bias)):
+                    raise RuntimeError(
+                        "batch_norm is not differentiable wrt running_mean and running_var, "
+                        "they cannot have forward grad defined")
+                t = unpacked.primal
+        stats.append(t)
+    return stats
+
+
 def compute(input, running_mean, running_var, weight, bias, training, momentum, eps):
     """batch_norm's work once its arguments are checked for torch's function protocol and the
     batch size; also the kernel of the operator bnorm::batch_norm (_ops.py)."""
     route = _route(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if route != _TORCH and _forward_ad._current_level >= 0:
+        running_mean, running_var = _without_tangents(input, running_mean, running_var, weight,
+                                                      bias)
     if route == _C:
         training, momentum, eps = bool(training), float(momentum), float(eps)
         if _records_graph(input, weight, bias):

@@ -208,12 +208,33 @@ def test_jvp_of_x_alone_and_through_the_module():
     assert close(ours.running_mean, ref.running_mean)
 
 
-def test_jvp_through_running_statistics_raises():
-    x, _, _, rm, rv = case((4, 3), False)
-    with forward_ad.dual_level():
-        dual_rm = forward_ad.make_dual(rm, torch.ones(3, dtype=torch.float64))
-        with pytest.raises(RuntimeError, match="running_mean or running_var"):
-            bt.batch_norm(x, dual_rm, rv, training=False)
+@pytest.mark.parametrize("dual", [(0,), (1,), (1, 2), (0, 1), (0, 2), (0, 1, 2), (3, 1)])
+@pytest.mark.parametrize("momentum", [0.1, -1.2])  # -1.2: bnorm's formula path
+def test_jvp_with_tangents_on_running_statistics_like_torch(dual, momentum):
+    """torch's error when a running statistic carries a tangent and input or weight does too;
+    a tangent on a running statistic alone is ignored, as torch ignores it."""
+    gen = torch.Generator().manual_seed(6)
+    args = [torch.randn(3, 2, 5, generator=gen, dtype=torch.float64),
+            torch.randn(2, generator=gen, dtype=torch.float64),
+            torch.rand(2, generator=gen, dtype=torch.float64) + 0.5,
+            torch.rand(2, generator=gen, dtype=torch.float64) + 0.5]
+    tangents = [torch.rand_like(a) for a in args]
+    results = []
+    for bn in (bt.batch_norm, F.batch_norm):
+        with forward_ad.dual_level():
+            duals = [forward_ad.make_dual(a, t) if i in dual else a
+                     for i, (a, t) in enumerate(zip(args, tangents))]
+            call = lambda: bn(duals[0], duals[1], duals[2], duals[3], None, False,  # noqa
+                              momentum, 1e-5)
+            if (1 in dual or 2 in dual) and (0 in dual or 3 in dual):
+                with pytest.raises(RuntimeError, match="not differentiable wrt running_mean"):
+                    call()
+                continue
+            results.append(forward_ad.unpack_dual(call()))
+    if results:
+        (y, t), (y_ref, t_ref) = results
+        assert close(y, y_ref)
+        assert (t is None or not t.any()) if t_ref is None else close(t, t_ref)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,3 +262,17 @@ def test_functorch_vmap_with_running_statistics_raises_like_torch():
         rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
         with pytest.raises(RuntimeError):
             functorch.vmap(lambda x: bn(x, rm, rv, training=True))(xs)
+
+
+@pytest.mark.parametrize("momentum", [0.1, -1.2])  # -1.2: bnorm's formula path
+def test_running_statistics_take_no_tangent(momentum):
+    """A training call under forward AD blends the batch statistics' values, not their
+    tangents, into the running statistics (as torch does), so the next call still works."""
+    x, _, _, _, _ = case((4, 3, 2), False)
+    rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(x, torch.ones_like(x))
+        for _ in range(2):
+            bt.batch_norm(dual, rm, rv, None, None, True, momentum, 1e-5)
+            assert forward_ad.unpack_dual(rm).tangent is None
+            assert forward_ad.unpack_dual(rv).tangent is None

@@ -315,3 +315,24 @@ def test_hand_over_only_for_what_bnorm_does_not_compute(torch_kernels_raise):
     """bfloat16 is torch's (until bnorm computes half precision): it reaches the guard."""
     with pytest.raises(TorchBatchNormRan):
         bt.BatchNorm1d(3).bfloat16()(torch.randn(4, 3).bfloat16())
+
+
+def test_negative_views_are_read_as_their_values():
+    """A tensor with the neg bit (torch._neg_view) holds the negations in memory: bnorm reads
+    its values, for the input and for every per-channel tensor."""
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(4, 3, 5, generator=gen), torch.rand(3, generator=gen) + 0.5
+    rm, rv = torch.randn(3, generator=gen), torch.rand(3, generator=gen) + 0.5
+    for training in (True, False):
+        y = bt.batch_norm(torch._neg_view(x), torch._neg_view(rm.clone()), rv.clone(),
+                          torch._neg_view(w), None, training)
+        assert close(y, F.batch_norm(-x, -rm, rv.clone(), -w, None, training))
+
+
+def test_fake_tensors_are_left_to_torch():
+    """Under FakeTensorMode there is no memory to read: torch's batch norm gives the shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        x = mode.from_tensor(torch.randn(4, 3, 5)).contiguous()
+        y = bt.batch_norm(x, None, None, training=True)
+        assert y.shape == (4, 3, 5) and type(y).__name__ == "FakeTensor"
