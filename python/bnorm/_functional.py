@@ -87,23 +87,25 @@ _ELEMENT_TYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT
 def _route(input, running_mean, running_var, weight, bias, training, momentum, eps):
     """Which of _C, _COMPOSITE, _EMPTY, _TORCH computes this call (see the module doc).
     Called on every call: the cheap tests first, each attribute read once."""
-    if not isinstance(input, _TENSOR) or input.layout != _STRIDED or not input.is_cpu:
+    if input.__class__ not in _PLAIN:
+        if not isinstance(input, _TENSOR) or _intercepts_dispatch(input):
+            return _TORCH
+    dtype, shape = input.dtype, input.shape
+    if (dtype not in _ELEMENT_TYPES or len(shape) < 2 or input.layout != _STRIDED
+            or not input.is_cpu):
         return _TORCH
-    if _intercepts_dispatch(input):
-        return _TORCH
-    dtype = input.dtype
-    if dtype not in _ELEMENT_TYPES or input.dim() < 2:
-        return _TORCH
-    c = input.shape[1]
+    per_channel = (shape[1],)
     route = _C
     for t in (running_mean, running_var, weight, bias):
         if t is None:
             continue
-        if (not isinstance(t, _TENSOR) or t.layout != _STRIDED or not t.is_cpu
-                or t.dtype != dtype or t.dim() != 1 or t.shape[0] != c
-                or _intercepts_dispatch(t)):
+        if t.__class__ not in _PLAIN:
+            if not isinstance(t, _TENSOR) or _intercepts_dispatch(t):
+                return _TORCH
+        if (t.dtype != dtype or t.shape != per_channel or t.layout != _STRIDED
+                or not t.is_cpu):
             return _TORCH
-        if not _has_storage(t) or not t.is_contiguous() or t.is_neg():
+        if not t.is_contiguous() or t.is_neg() or not _has_storage(t):
             route = _COMPOSITE
     if not training and (running_mean is None or running_var is None):
         return _TORCH  # torch's error
@@ -118,7 +120,7 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
     if input.numel() == 0:
         return _EMPTY
     # a negative view's memory holds the values' negations: torch operations read it right
-    if not _has_storage(input) or input.is_neg() or not (0 <= eps and math.isfinite(eps)):
+    if input.is_neg() or not _has_storage(input) or not (0 <= eps and math.isfinite(eps)):
         return _COMPOSITE
     # momentum matters only where running statistics are blended
     if not (0 <= momentum <= 1) and training and (running_mean is not None
@@ -204,8 +206,9 @@ class _BatchNormFunction(_torch.autograd.Function):
                                      momentum, eps)
         # the input itself, not a copy: a recorded backward pass must reach it
         ctx.save_for_backward(input, weight, *stats)
-        ctx.save_for_forward(input, weight, *stats)
-        ctx.set_materialize_grads(False)  # jvp: None, not zeros, for inputs without tangents
+        if _forward_ad._current_level >= 0:  # jvp can be called only inside a dual_level
+            ctx.save_for_forward(input, weight, *stats)
+            ctx.set_materialize_grads(False)  # None, not zeros, for inputs without tangents
         ctx.desc = desc
         ctx.copied = x is not input
         ctx.training = training
@@ -217,7 +220,7 @@ class _BatchNormFunction(_torch.autograd.Function):
         input, weight, *stats = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         none = (None,) * 5  # running_mean, running_var, training, momentum, eps
-        if grad_output is None or not (need_x or need_weight or need_bias):
+        if grad_output is None or not (need_x or need_weight or need_bias):  # (see forward)
             return (None, None, None) + none
         if _torch.is_grad_enabled() or not _has_storage(grad_output):
             # create_graph, or vmap's batched gradient: a backward autograd can see through
@@ -234,8 +237,8 @@ class _BatchNormFunction(_torch.autograd.Function):
             dy = _torch.empty_like(x).copy_(grad_output)
         c = x.shape[1]
         dx = _torch.empty_like(x) if need_x else None
-        dweight = _torch.empty(c, dtype=x.dtype) if need_weight else None
-        dbias = _torch.empty(c, dtype=x.dtype) if need_bias else None
+        dweight = x.new_empty(c) if need_weight else None
+        dbias = x.new_empty(c) if need_bias else None
         if ctx.training:
             stats_at = stats[0].data_ptr()
             status = _lib.lib.bn_backward_train(
