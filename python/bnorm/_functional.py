@@ -91,7 +91,7 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
         if not isinstance(input, _TENSOR) or _intercepts_dispatch(input):
             return _TORCH
     dtype, shape = input.dtype, input.shape
-    if (dtype not in _ELEMENT_TYPES or len(shape) < 2 or input.layout != _STRIDED
+    if (dtype not in _ELEMENT_TYPES or len(shape) < 2 or input.layout is not _STRIDED
             or not input.is_cpu):
         return _TORCH
     per_channel = (shape[1],)
@@ -102,11 +102,17 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
         if t.__class__ not in _PLAIN:
             if not isinstance(t, _TENSOR) or _intercepts_dispatch(t):
                 return _TORCH
-        if (t.dtype != dtype or t.shape != per_channel or t.layout != _STRIDED
+        if (t.dtype is not dtype or t.shape != per_channel or t.layout is not _STRIDED
                 or not t.is_cpu):
             return _TORCH
-        if not t.is_contiguous() or t.is_neg() or not _has_storage(t):
+        if not t.is_contiguous() or t.is_neg():
             route = _COMPOSITE
+        else:
+            try:
+                if not t.data_ptr():  # FakeTensor, wrapper subclasses
+                    route = _COMPOSITE
+            except RuntimeError:  # no storage: vmap's, functorch's
+                route = _COMPOSITE
     if not training and (running_mean is None or running_var is None):
         return _TORCH  # torch's error
     # running statistics take no gradient: torch refuses them when they require one
@@ -154,38 +160,40 @@ def _options(eps, momentum):
     return opt
 
 
-def _address(t):
-    return None if t is None else t.data_ptr()
-
-
 def _forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    """The C library's forward pass: (y, the tensor it read, its desc, the statistics the
-    backward pass needs: in training one (2, C) float64 tensor, save_mean then save_invstd (one
-    allocation); in eval the running statistics themselves, as torch saves them, so that
-    changing them in place before the backward pass is autograd's error, as with torch)."""
+    """The C library's forward pass: (y, the tensor it read, its desc, and the two
+    tensors the backward pass needs: in training one (2, C) float64 tensor, save_mean then
+    save_invstd (one allocation), and None; in eval the running statistics themselves, as torch
+    saves them, so that changing them in place before the backward pass is autograd's error, as
+    with torch). Every per-call step is spelled out here: this is the cost of a small layer."""
     if input.is_contiguous():
         x, layout = input, _lib.BN_CHANNELS_FIRST
     else:
         x, layout = _layout(input)
-    desc = _desc(x, layout)
+    shape = x.shape
+    key = (shape, x.dtype, layout)
+    desc = _DESCS.get(key) or _desc(x, layout)
     y = _torch.empty_like(x)  # same strides as x: the output keeps the memory format
+    w_at = None if weight is None else weight.data_ptr()
+    b_at = None if bias is None else bias.data_ptr()
     if training:
-        c = x.shape[1]
+        c = shape[1]
         stats = _torch.empty((2, c), dtype=_torch.float64)
         mean_at = stats.data_ptr()
         status = _lib.lib.bn_forward_train(
-            y.data_ptr(), mean_at, mean_at + 8 * c, _address(running_mean),
-            _address(running_var), None, x.data_ptr(), _address(weight), _address(bias), desc,
-            _options(eps, momentum))
+            y.data_ptr(), mean_at, mean_at + 8 * c,
+            None if running_mean is None else running_mean.data_ptr(),
+            None if running_var is None else running_var.data_ptr(), None, x.data_ptr(), w_at,
+            b_at, desc, _OPTIONS.get((eps, momentum)) or _options(eps, momentum))
         if status:
             _lib.check(status, "bn_forward_train")
-        return y, x, desc, (stats,)
+        return y, x, desc, stats, None
     status = _lib.lib.bn_forward_eval(
-        y.data_ptr(), x.data_ptr(), running_mean.data_ptr(), running_var.data_ptr(),
-        _address(weight), _address(bias), desc, eps)
+        y.data_ptr(), x.data_ptr(), running_mean.data_ptr(), running_var.data_ptr(), w_at,
+        b_at, desc, eps)
     if status:
         _lib.check(status, "bn_forward_eval")
-    return y, x, desc, (running_mean, running_var)
+    return y, x, desc, running_mean, running_var
 
 
 def _records_graph(input, weight, bias):
@@ -198,16 +206,17 @@ def _records_graph(input, weight, bias):
 
 
 class _BatchNormFunction(_torch.autograd.Function):
-    """Forward (_forward) and backward through the C library; arguments checked by _route."""
+    """Forward (_forward) and backward through the C library; arguments checked by _route.
+    Saved: input, weight and _forward's two statistics tensors."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps):
-        y, x, desc, stats = _forward(input, weight, bias, running_mean, running_var, training,
-                                     momentum, eps)
+        y, x, desc, stat_a, stat_b = _forward(input, weight, bias, running_mean, running_var,
+                                              training, momentum, eps)
         # the input itself, not a copy: a recorded backward pass must reach it
-        ctx.save_for_backward(input, weight, *stats)
+        ctx.save_for_backward(input, weight, stat_a, stat_b)
         if _forward_ad._current_level >= 0:  # jvp can be called only inside a dual_level
-            ctx.save_for_forward(input, weight, *stats)
+            ctx.save_for_forward(input, weight, stat_a, stat_b)
             ctx.set_materialize_grads(False)  # None, not zeros, for inputs without tangents
         ctx.desc = desc
         ctx.copied = x is not input
@@ -217,54 +226,66 @@ class _BatchNormFunction(_torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, weight, *stats = ctx.saved_tensors
+        input, weight, stat_a, stat_b = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        none = (None,) * 5  # running_mean, running_var, training, momentum, eps
         if grad_output is None or not (need_x or need_weight or need_bias):  # (see forward)
-            return (None, None, None) + none
-        if _torch.is_grad_enabled() or not _has_storage(grad_output):
+            return None, None, None, None, None, None, None, None
+        if not _torch.is_grad_enabled():
+            try:
+                dy_at = grad_output.data_ptr()  # vmap's batched gradient has no storage
+            except RuntimeError:
+                dy_at = 0
+        if _torch.is_grad_enabled() or not dy_at:
             # create_graph, or vmap's batched gradient: a backward autograd can see through
-            formula = _composite.backward_train if ctx.training else _composite.backward_eval
-            mean, var_or_invstd = stats if len(stats) == 2 else stats[0]
-            grads = formula(grad_output, input, weight, mean, var_or_invstd, ctx.eps)
+            if ctx.training:
+                mean, invstd = stat_a
+                grads = _composite.backward_train(grad_output, input, weight, mean, invstd,
+                                                  ctx.eps)
+            else:
+                grads = _composite.backward_eval(grad_output, input, weight, stat_a, stat_b,
+                                                 ctx.eps)
             dx, dweight, dbias = (g if need else None
                                   for g, need in zip(grads, (need_x, need_weight, need_bias)))
-            return (dx, dweight, dbias) + none
+            return dx, dweight, dbias, None, None, None, None, None
         x = _layout(input)[0] if ctx.copied else input
-        # dy must have x's memory layout (a copy only when autograd hands over other strides)
+        # dy must have x's strides (a copy only when autograd hands over others; autograd
+        # gives it y's dtype and device); the copy lives until the call is made
         dy = grad_output
-        if dy.stride() != x.stride() or dy.dtype != x.dtype or not dy.is_cpu:
+        if dy.stride() != x.stride():
             dy = _torch.empty_like(x).copy_(grad_output)
+            dy_at = dy.data_ptr()
         c = x.shape[1]
         dx = _torch.empty_like(x) if need_x else None
         dweight = x.new_empty(c) if need_weight else None
         dbias = x.new_empty(c) if need_bias else None
+        dx_at = None if dx is None else dx.data_ptr()
+        dw_at = None if dweight is None else dweight.data_ptr()
+        db_at = None if dbias is None else dbias.data_ptr()
+        w_at = None if weight is None else weight.data_ptr()
         if ctx.training:
-            stats_at = stats[0].data_ptr()
-            status = _lib.lib.bn_backward_train(
-                _address(dx), _address(dweight), _address(dbias), dy.data_ptr(), x.data_ptr(),
-                stats_at, stats_at + 8 * c, _address(weight), ctx.desc)
+            stats_at = stat_a.data_ptr()
+            status = _lib.lib.bn_backward_train(dx_at, dw_at, db_at, dy_at, x.data_ptr(),
+                                                stats_at, stats_at + 8 * c, w_at, ctx.desc)
             if status:
                 _lib.check(status, "bn_backward_train")
         else:
-            status = _lib.lib.bn_backward_eval(
-                _address(dx), _address(dweight), _address(dbias), dy.data_ptr(), x.data_ptr(),
-                stats[0].data_ptr(), stats[1].data_ptr(), _address(weight), ctx.desc, ctx.eps)
+            status = _lib.lib.bn_backward_eval(dx_at, dw_at, db_at, dy_at, x.data_ptr(),
+                                               stat_a.data_ptr(), stat_b.data_ptr(), w_at,
+                                               ctx.desc, ctx.eps)
             if status:
                 _lib.check(status, "bn_backward_eval")
-        return (dx, dweight, dbias) + none
+        return dx, dweight, dbias, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t, *_):
         # (the running statistics reach here without tangents: see _without_tangents)
-        input, weight, *stats = ctx.saved_tensors
+        input, weight, stat_a, stat_b = ctx.saved_tensors
         if ctx.training:
-            save_mean, save_invstd = stats[0]
+            save_mean, save_invstd = stat_a
             return _composite.jvp_train(input, weight, save_mean, save_invstd, input_t,
                                         weight_t, bias_t)
-        running_mean, running_var = stats
-        return _composite.jvp_eval(input, weight, running_mean, running_var, ctx.eps, input_t,
-                                   weight_t, bias_t)
+        return _composite.jvp_eval(input, weight, stat_a, stat_b, ctx.eps, input_t, weight_t,
+                                   bias_t)
 
 
 def _without_tangents(input, running_mean, running_var, weight, bias):
