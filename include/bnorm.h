@@ -407,6 +407,48 @@ BN_API bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
 BN_API bn_status bn_check_finite(int64_t *channel, int64_t *index, const void *x,
                                  const bn_desc *desc);
 
+/*
+ * Folding an eval-mode batch norm into the layer before it, for inference. A convolution or a
+ * linear layer z = W x + b followed by batch norm with stored statistics,
+ *   y[o] = (z[o] - running_mean[o]) * scale[o] + bn_bias[o],
+ *   scale[o] = bn_weight[o] / sqrt(running_var[o] + eps),
+ * is the same layer with
+ *   W'[o, ...] = W[o, ...] * scale[o],   b'[o] = (b[o] - running_mean[o]) * scale[o] + bn_bias[o],
+ * o being the layer's output channel (the batch norm's channel). Each value is formed in double
+ * and rounded once to dtype. Outputs are overwritten and may be the inputs themselves.
+ *   weight_out: out, W', weight's shape
+ *   bias_out:   out (C_out), b'
+ *   weight:     in (C_out, inner), row-major: a convolution's (C_out, C_in / groups, k...)
+ *               weight (inner = C_in / groups * k...) or a linear layer's (C_out, C_in)
+ *   bias:       in (C_out), or NULL for a layer without bias (taken as 0)
+ *   running_mean, running_var: in (C_out)
+ *   bn_weight, bn_bias: in (C_out), or NULL for a batch norm without them (1 and 0)
+ * All arrays are of dtype (BN_FLOAT32 or BN_FLOAT64).
+ * @return BN_OK; BN_ERR_NULL_POINTER (weight_out, bias_out, weight, running_mean or
+ *         running_var missing); BN_ERR_SHAPE (c_out or inner < 1); BN_ERR_TOO_LARGE (c_out *
+ *         inner overflows); BN_ERR_ARGUMENT (eps negative or not finite); BN_ERR_UNSUPPORTED
+ *         (dtype). On failure nothing is written.
+ */
+BN_API bn_status bn_fold_conv(void *weight_out, void *bias_out, const void *weight,
+                              const void *bias, const void *running_mean,
+                              const void *running_var, const void *bn_weight,
+                              const void *bn_bias, int64_t c_out, int64_t inner, double eps,
+                              bn_dtype dtype);
+
+/*
+ * bn_fold_conv for a transposed convolution, whose weight is (C_in, C_out / groups, kernel):
+ * the value at (i, j, k) feeds output channel (i / (C_in / groups)) * (C_out / groups) + j.
+ * Arguments as bn_fold_conv's, with c_in, c_out, groups and kernel (the product of the kernel's
+ * sizes) for the weight's shape. @return as bn_fold_conv, and BN_ERR_SHAPE when groups < 1,
+ * kernel < 1 or groups does not divide c_in and c_out.
+ */
+BN_API bn_status bn_fold_conv_transpose(void *weight_out, void *bias_out, const void *weight,
+                                        const void *bias, const void *running_mean,
+                                        const void *running_var, const void *bn_weight,
+                                        const void *bn_bias, int64_t c_in, int64_t c_out,
+                                        int64_t groups, int64_t kernel, double eps,
+                                        bn_dtype dtype);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,7 +8,8 @@
 batch_norm() has the arguments and meaning of torch.nn.functional.batch_norm. The lower-level
 forward_train / forward_eval / backward_train / backward_eval map one to one onto the C functions
 and also give the saved statistics and the gradients. bnorm.torch (imported separately, it needs
-torch) has drop-in BatchNorm1d/2d/3d modules.
+torch) has drop-in BatchNorm1d/2d/3d modules. fold_conv_bn and fold_linear_bn (_fold.py) fold an
+eval-mode batch norm into the convolution or linear layer before it.
 
 Arrays: float32 or float64, shape (N, C, ...) with ndim >= 2; per-channel arrays have C elements of
 the input's dtype. Memory layout is taken as it is, without a copy, when the array is C-contiguous
@@ -27,10 +28,11 @@ import numpy as np
 
 from ._lib import BnormError, ptr as _ptr, version_string
 from . import _lib
+from ._fold import fold_conv_bn, fold_linear_bn
 
 __all__ = [
     "batch_norm", "forward_train", "forward_eval", "backward_train", "backward_eval",
-    "check_finite", "BnormError", "__version__",
+    "check_finite", "fold_conv_bn", "fold_linear_bn", "BnormError", "__version__",
 ]
 
 __version__ = version_string()

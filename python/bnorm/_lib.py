@@ -168,6 +168,13 @@ _SIGNATURES = [
     # channel, index, x, desc
     ("bn_check_finite", ctypes.c_int,
      [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), _vp, _desc_p]),
+    # weight_out, bias_out, weight, bias, running_mean, running_var, bn_weight, bn_bias,
+    # c_out, inner, eps, dtype
+    ("bn_fold_conv", ctypes.c_int,
+     [_vp] * 8 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_int]),
+    # the same with c_in, c_out, groups, kernel
+    ("bn_fold_conv_transpose", ctypes.c_int,
+     [_vp] * 8 + [ctypes.c_int64] * 4 + [ctypes.c_double, ctypes.c_int]),
 ]
 
 for _name, _res, _args in _SIGNATURES:
