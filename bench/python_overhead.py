@@ -3,7 +3,8 @@
 path is all there is to time: BatchNorm2d on an (8, 3, 4, 4) float32 tensor, 1 thread.
 
 Cases: training forward + backward (y.backward(dy) with a fixed upstream gradient, input and
-parameters requiring grad), training forward alone under no_grad, and eval forward. Each round
+parameters requiring grad), training forward alone under no_grad, eval forward (parameters
+requiring grad, so autograd records it), and eval forward under no_grad (inference). Each round
 times CALLS calls of torch's module, then of bnorm's, then torch's again... (interleaved, the
 order alternating), and the medians over the rounds are reported with their ratio
 bnorm / torch. Writes bench/overhead.json (with the CPU model) and prints a table.
@@ -61,6 +62,11 @@ def make_case(case, module):
                 module(x)
         return call
     module.eval()
+    if case == "eval fwd (no_grad)":
+        def call():
+            with torch.no_grad():
+                module(x)
+        return call
 
     def call():
         module(x)
@@ -82,7 +88,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     bt._lib.lib.bn_set_num_threads(1)
-    cases = ["train fwd+bwd", "train fwd (no_grad)", "eval fwd"]
+    cases = ["train fwd+bwd", "train fwd (no_grad)", "eval fwd", "eval fwd (no_grad)"]
     rows = []
     for case in cases:
         calls = {"torch": make_case(case, nn.BatchNorm2d(3)),

@@ -179,7 +179,7 @@ def test_python_overhead_bench_runs(tmp_path):
     result = json.loads((tmp_path / "overhead.json").read_text())
     assert result["cpu"] and result["rounds"] == 3 and result["calls_per_round"] == 5
     assert [c["case"] for c in result["cases"]] == ["train fwd+bwd", "train fwd (no_grad)",
-                                                    "eval fwd"]
+                                                    "eval fwd", "eval fwd (no_grad)"]
     for c in result["cases"]:
         assert c["torch_ns"] > 0 and c["bnorm_ns"] > 0
         assert abs(c["ratio"] - c["bnorm_ns"] / c["torch_ns"]) < 1e-9
