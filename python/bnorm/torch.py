@@ -95,27 +95,14 @@ class _BnormForward:
 
         # running statistics are passed when they are updated (training and tracked) or used
         # (eval with buffers)
-        if _torch.jit.is_scripting():
-            return batch_norm_scripted(
-                input,
-                self.running_mean if not self.training or self.track_running_stats else None,
-                self.running_var if not self.training or self.track_running_stats else None,
-                self.weight,
-                self.bias,
-                bn_training,
-                exponential_average_factor,
-                self.eps,
-            )
-        return batch_norm(
-            input,
-            self.running_mean if not self.training or self.track_running_stats else None,
-            self.running_var if not self.training or self.track_running_stats else None,
-            self.weight,
-            self.bias,
-            bn_training,
-            exponential_average_factor,
-            self.eps,
-        )
+        passed = not self.training or self.track_running_stats
+        running_mean = self.running_mean if passed else None
+        running_var = self.running_var if passed else None
+        if _torch.jit.is_scripting():  # the same call, as TorchScript can compile it
+            return batch_norm_scripted(input, running_mean, running_var, self.weight, self.bias,
+                                       bn_training, exponential_average_factor, self.eps)
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training,
+                          exponential_average_factor, self.eps)
 
 
 def _fx_call_module(module, input):
