@@ -1,5 +1,6 @@
 """bnorm.torch: drop-in replacements for torch.nn.BatchNorm1d/2d/3d, LazyBatchNorm1d/2d/3d,
-SyncBatchNorm (over torch.distributed or MPI, on the CPU: see _sync.py) and F.batch_norm.
+SyncBatchNorm (over torch.distributed or MPI, on the CPU: see _sync.py), F.batch_norm and
+torchvision.ops.FrozenBatchNorm2d (_frozen.py).
 
     import bnorm.torch
     model = nn.Sequential(nn.Conv2d(3, 8, 3), bnorm.torch.BatchNorm2d(8), nn.ReLU())
@@ -55,13 +56,15 @@ import torch as _torch
 
 from . import _lib  # noqa: F401 (bnorm.torch._lib: the loaded library, as tests reach it)
 from . import _fusion
+from ._frozen import FrozenBatchNorm2d
 from ._functional import batch_norm
 from ._ops import batch_norm_scripted
 from ._sync import SyncBatchNorm
 from ._update_bn import update_bn
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d",
-           "LazyBatchNorm3d", "SyncBatchNorm", "batch_norm", "convert", "update_bn"]
+           "LazyBatchNorm3d", "SyncBatchNorm", "FrozenBatchNorm2d", "batch_norm", "convert",
+           "update_bn"]
 
 
 class _BnormForward:
@@ -165,11 +168,19 @@ def convert(module):
     """Make every torch.nn.BatchNorm1d/2d/3d (and Lazy one) in module (itself included) a bnorm one, in place.
 
     Only the class changes: parameters, buffers and hooks are the same objects, so optimizers
-    built before the call keep working. LazyBatchNorm1d/2d/3d become bnorm's Lazy modules;
-    other subclasses (SyncBatchNorm, user classes) are left alone. Returns module.
+    built before the call keep working. LazyBatchNorm1d/2d/3d become bnorm's Lazy modules and
+    torchvision.ops.FrozenBatchNorm2d bnorm's FrozenBatchNorm2d (the same buffers); other
+    subclasses (SyncBatchNorm, user classes) are left alone. Returns module.
     """
     for m in module.modules():
         cls = _SWAP.get(type(m))
+        if cls is None and _is_torchvision_frozen(type(m)):
+            cls = FrozenBatchNorm2d
         if cls is not None:
             m.__class__ = cls
     return module
+
+
+def _is_torchvision_frozen(cls):
+    """torchvision.ops.FrozenBatchNorm2d, recognized without importing torchvision."""
+    return cls.__name__ == "FrozenBatchNorm2d" and cls.__module__.startswith("torchvision.")
