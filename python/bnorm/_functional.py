@@ -62,13 +62,13 @@ def _verify_batch_size(size: List[int]) -> None:
             "Expected more than 1 value per channel when training, got input size {}".format(size))
 
 
-def _has_storage(t):
-    """Whether t is a tensor whose memory the C library can read: not vmap's or functorch's
-    wrappers (no storage), nor FakeTensor's or a wrapper subclass's (a NULL data pointer)."""
+def _readable_address(t):
+    """t's data pointer when the C library can read its memory, else 0: vmap's and functorch's
+    wrappers have no storage, FakeTensor and wrapper subclasses a NULL data pointer."""
     try:
-        return t.data_ptr() != 0
+        return t.data_ptr()
     except RuntimeError:
-        return False
+        return 0
 
 
 _STRIDED = _torch.strided
@@ -105,14 +105,8 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
         if (t.dtype is not dtype or t.shape != per_channel or t.layout is not _STRIDED
                 or not t.is_cpu):
             return _TORCH
-        if not t.is_contiguous() or t.is_neg():
+        if not t.is_contiguous() or t.is_neg() or not _readable_address(t):
             route = _COMPOSITE
-        else:
-            try:
-                if not t.data_ptr():  # FakeTensor, wrapper subclasses
-                    route = _COMPOSITE
-            except RuntimeError:  # no storage: vmap's, functorch's
-                route = _COMPOSITE
     if not training and (running_mean is None or running_var is None):
         return _TORCH  # torch's error
     # running statistics take no gradient: torch refuses them when they require one
@@ -126,7 +120,7 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
     if input.numel() == 0:
         return _EMPTY
     # a negative view's memory holds the values' negations: torch operations read it right
-    if input.is_neg() or not _has_storage(input) or not (0 <= eps and math.isfinite(eps)):
+    if input.is_neg() or not _readable_address(input) or not (0 <= eps and math.isfinite(eps)):
         return _COMPOSITE
     # momentum matters only where running statistics are blended
     if not (0 <= momentum <= 1) and training and (running_mean is not None
@@ -230,12 +224,9 @@ class _BatchNormFunction(_torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         if grad_output is None or not (need_x or need_weight or need_bias):  # (see forward)
             return None, None, None, None, None, None, None, None
-        if not _torch.is_grad_enabled():
-            try:
-                dy_at = grad_output.data_ptr()  # vmap's batched gradient has no storage
-            except RuntimeError:
-                dy_at = 0
-        if _torch.is_grad_enabled() or not dy_at:
+        # (vmap's batched gradient has no storage)
+        dy_at = 0 if _torch.is_grad_enabled() else _readable_address(grad_output)
+        if not dy_at:
             # create_graph, or vmap's batched gradient: a backward autograd can see through
             if ctx.training:
                 mean, invstd = stat_a
