@@ -144,6 +144,7 @@
 #ifndef BNORM_H
 #define BNORM_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -152,7 +153,7 @@ extern "C" {
 #endif
 
 #define BN_VERSION_MAJOR 0
-#define BN_VERSION_MINOR 1
+#define BN_VERSION_MINOR 2
 #define BN_VERSION_PATCH 0
 #define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
 
@@ -170,7 +171,7 @@ typedef enum bn_status {
     BN_ERR_NULL_POINTER = -1, /* a required pointer is NULL */
     BN_ERR_SHAPE = -2,        /* a size is negative or zero where it must be positive, or ndim < 2 */
     BN_ERR_TOO_LARGE = -3,    /* the size arithmetic overflows 64 bits or the address space */
-    BN_ERR_ARGUMENT = -4,     /* eps < 0 or not finite, momentum outside [0, 1], reserved != 0 */
+    BN_ERR_ARGUMENT = -4,     /* an option out of its range (eps < 0 or not finite, ...) */
     BN_ERR_COUNT = -5,        /* training needs more than one value per channel */
     BN_ERR_UNSUPPORTED = -6,  /* unknown dtype or layout */
     BN_ERR_IO = -7,           /* a file could not be read or written (file helpers, command) */
@@ -192,18 +193,67 @@ typedef struct bn_desc {
     bn_layout layout;
 } bn_desc;
 
-/* Options of a training forward pass; start from BN_OPTIONS_DEFAULT. The struct's size is
- * pinned: options added later take the place of reserved words, and 0 there always means
- * today's behaviour, so programs built now keep working with later libraries. */
+/* What bn_options.flags may hold: conventions of other frameworks and the independent choices
+ * of frozen batch norm. 0 is PyTorch's training step. See "CONVENTIONS" above. */
+enum {
+    BN_MOMENTUM_OF_OLD = 1 << 0,   /* momentum weighs the old value: running = momentum * running
+                                    * + (1 - momentum) * batch (ONNX, Keras, MXNet, Flax) */
+    BN_BIASED_RUNNING_VAR = 1 << 1, /* running_var takes M2 / m, the variance the batch is
+                                    * normalized with (ONNX, Keras, MXNet, Flax) */
+    BN_RUNNING_SUMS = 1 << 2,      /* Caffe: running = momentum * running + batch, sums that the
+                                    * caller's scale factor s = momentum * s + 1 divides */
+    BN_FIX_GAMMA = 1 << 3,         /* the weight is taken as 1 and its gradient is 0 (MXNet) */
+    BN_ONE_VALUE_OK = 1 << 4,      /* a batch of one value per channel is normalized (to bias), not
+                                    * refused; an unbiased running variance takes M2 / 1 (Caffe, TF) */
+    BN_STORED_STATS = 1 << 5,      /* normalize with running_mean and running_var as given (the
+                                    * backward: they are constants) instead of the batch's */
+    BN_FREEZE_RUNNING = 1 << 6     /* leave the running statistics and the counter as they are */
+};
+
+/* Options of the training passes; start from BN_OPTIONS_DEFAULT (PyTorch) or a framework's
+ * preset below. Every field is checked: a value outside its range, or a flag not defined above,
+ * is BN_ERR_ARGUMENT. */
 typedef struct bn_options {
     double eps;      /* added to the variance inside the square root; finite, >= 0 */
-    double momentum; /* weight of the batch in the running update, in [0, 1] */
-    int cumulative;  /* nonzero: cumulative average, weight 1/num_batches_tracked (momentum=None) */
-    int reserved_flags;    /* must be 0 */
-    int64_t reserved[6];   /* must be 0 */
+    double momentum; /* in [0, 1]: the weight of the batch in the running update, or of the old
+                      * value with BN_MOMENTUM_OF_OLD or BN_RUNNING_SUMS */
+    int cumulative;  /* nonzero: cumulative average, weight 1/num_batches_tracked (momentum=None);
+                      * not with BN_RUNNING_SUMS */
+    int flags;       /* BN_MOMENTUM_OF_OLD | ...; 0: PyTorch */
+    int64_t virtual_batch; /* > 0: ghost batches of this many samples (tf-keras's
+                      * virtual_batch_size), which must divide n; 0: the batch is one */
+    double renorm_momentum; /* bn_forward_train_renorm: as momentum, for renorm_mean and
+                      * renorm_stddev; in [0, 1] */
+    double rmin, rmax, dmax; /* bn_forward_train_renorm: r is clipped to [rmin, rmax] and d to
+                      * [-dmax, dmax]; 0, HUGE_VAL and HUGE_VAL clip nothing (rmin >= 0,
+                      * rmax >= rmin, dmax >= 0, none NaN) */
+    int64_t reserved; /* must be 0 */
 } bn_options;
 
-#define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0, 0, {0, 0, 0, 0, 0, 0}}
+/* PyTorch (torch.nn.BatchNorm*d): the weight of the batch, unbiased running variance. */
+#define BN_OPTIONS_DEFAULT {1e-5, 0.1, 0, 0, 0, 0.1, 0, HUGE_VAL, HUGE_VAL, 0}
+#define BN_OPTIONS_PYTORCH BN_OPTIONS_DEFAULT
+/* ONNX BatchNormalization-15 (training_mode = 1). */
+#define BN_OPTIONS_ONNX \
+    {1e-5, 0.9, 0, BN_MOMENTUM_OF_OLD | BN_BIASED_RUNNING_VAR | BN_ONE_VALUE_OK, 0, 0.9, 0, \
+     HUGE_VAL, HUGE_VAL, 0}
+/* Keras BatchNormalization (Keras 3 and tf-keras's non-fused path; renorm: renorm_momentum). */
+#define BN_OPTIONS_KERAS \
+    {1e-3, 0.99, 0, BN_MOMENTUM_OF_OLD | BN_BIASED_RUNNING_VAR | BN_ONE_VALUE_OK, 0, 0.99, 0, \
+     HUGE_VAL, HUGE_VAL, 0}
+/* TensorFlow FusedBatchNormV3 (exponential_avg_factor f = momentum, 1 by default). */
+#define BN_OPTIONS_TENSORFLOW {1e-3, 1.0, 0, BN_ONE_VALUE_OK, 0, 1.0, 0, HUGE_VAL, HUGE_VAL, 0}
+/* Caffe BatchNorm (moving_average_fraction 0.999; no affine: pass weight and bias NULL). */
+#define BN_OPTIONS_CAFFE \
+    {1e-5, 0.999, 0, BN_RUNNING_SUMS | BN_ONE_VALUE_OK, 0, 0.999, 0, HUGE_VAL, HUGE_VAL, 0}
+/* MXNet BatchNorm (fix_gamma=True, its default; clear BN_FIX_GAMMA for fix_gamma=False). */
+#define BN_OPTIONS_MXNET \
+    {1e-3, 0.9, 0, BN_MOMENTUM_OF_OLD | BN_BIASED_RUNNING_VAR | BN_FIX_GAMMA | BN_ONE_VALUE_OK, \
+     0, 0.9, 0, HUGE_VAL, HUGE_VAL, 0}
+/* Flax linen BatchNorm. */
+#define BN_OPTIONS_FLAX \
+    {1e-5, 0.99, 0, BN_MOMENTUM_OF_OLD | BN_BIASED_RUNNING_VAR | BN_ONE_VALUE_OK, 0, 0.99, 0, \
+     HUGE_VAL, HUGE_VAL, 0}
 
 /* Mergeable statistics of one channel over some of its values: how many, their mean, and
  * M2 = sum (x - mean)^2. Moments of disjoint pieces merge exactly (bn_merge_moments). */
@@ -299,6 +349,62 @@ BN_API bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const v
 BN_API bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
                                   const void *x, const void *running_mean, const void *running_var,
                                   const void *weight, const bn_desc *desc, double eps);
+
+/*
+ * Training forward pass with batch renormalization (Ioffe 2017, as tf-keras does it): x is
+ * normalized with its batch statistics, then corrected towards the renorm statistics,
+ *   stddev = sqrt(var + eps),  s = max(renorm_stddev, sqrt(eps)),
+ *   r = clip(stddev / s, opt->rmin, opt->rmax),  d = clip((mean - renorm_mean) / s, +-opt->dmax),
+ *   y = ((x - mean) * invstd * r + d) * weight + bias,
+ * with r and d from renorm_mean and renorm_stddev before this call. Then renorm_mean and
+ * renorm_stddev follow mean and stddev with opt->renorm_momentum, running_mean follows mean and
+ * moving_stddev follows stddev with opt->momentum (in the direction the flags say; Keras's is
+ * BN_OPTIONS_KERAS's), and running_var = max(moving_stddev^2 - eps, 0). With ghost batches
+ * (opt->virtual_batch), mean and var are the means over the ghost batches, each ghost batch being
+ * normalized with its own statistics.
+ *   r, d:          out (C) double, the corrections used (what bn_backward_renorm needs); NULL
+ *                  to skip
+ *   running_mean, running_var, moving_stddev: in/out (C) or NULL (moving_stddev is required
+ *                  with running_var); renorm_mean, renorm_stddev: in/out (C), required
+ *   the other arguments as bn_forward_train's. BN_FREEZE_RUNNING leaves all five arrays as they
+ *   are; BN_STORED_STATS is BN_ERR_ARGUMENT.
+ * @return as bn_forward_train.
+ */
+BN_API bn_status bn_forward_train_renorm(void *y, double *save_mean, double *save_invstd,
+                                         double *r, double *d, void *running_mean,
+                                         void *running_var, void *moving_stddev,
+                                         void *renorm_mean, void *renorm_stddev,
+                                         int64_t *num_batches_tracked, const void *x,
+                                         const void *weight, const void *bias,
+                                         const bn_desc *desc, const bn_options *opt);
+
+/*
+ * Backward pass of bn_forward_train with the same options: the batch statistics' backward
+ * (bn_backward_train's), or with BN_STORED_STATS the stored statistics' (dx = dy * invstd *
+ * weight: they are constants); ghost batches each their own batch (save_mean and save_invstd are
+ * then (N/V, C), as the forward pass saved them); BN_FIX_GAMMA takes the weight as 1 and gives
+ * dweight 0. Flags about the running statistics change nothing here.
+ *   dx, dweight, dbias: out, or NULL to skip (NULL dweight and dbias: no affine gradients, the
+ *                 choice frozen batch norm makes)
+ *   save_mean, save_invstd: in, the statistics the forward pass used (it saved them)
+ *   the other arguments as bn_backward_train's.
+ * @return BN_OK; BN_ERR_SHAPE when opt->virtual_batch does not divide n; BN_ERR_ARGUMENT for a
+ *         bad option, or ghost batches with BN_STORED_STATS; the errors of bn_backward_train.
+ */
+BN_API bn_status bn_backward(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
+                             const double *save_mean, const double *save_invstd,
+                             const void *weight, const bn_desc *desc, const bn_options *opt);
+
+/*
+ * Backward pass of bn_forward_train_renorm, r and d (C) being the corrections it gave, taken as
+ * constants: dx as bn_backward's with weight * r; dweight = r * sum(dy * xhat) + d * sum(dy),
+ * dbias = sum(dy). @return as bn_backward; BN_ERR_NULL_POINTER when r or d is NULL.
+ */
+BN_API bn_status bn_backward_renorm(void *dx, void *dweight, void *dbias, const void *dy,
+                                    const void *x, const double *save_mean,
+                                    const double *save_invstd, const double *r, const double *d,
+                                    const void *weight, const bn_desc *desc,
+                                    const bn_options *opt);
 
 /*
  * STAGES OF A TRAINING STEP, for a batch split over processes or read in pieces

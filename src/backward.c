@@ -8,6 +8,7 @@
 #include "finish.h"
 #include "pass.h"
 #include "scratch.h"
+#include "train.h"
 #include "validate.h"
 
 #include <math.h>
@@ -198,20 +199,7 @@ static void cl_dx(const bn_pass *p, const bn_tile *t) {
                                  t->r1 - t->r0, C, t->c1 - t->c0, coef);
 }
 
-/* One backward call on a tensor with values, the stages composed. */
-typedef struct {
-    int train; /* batch statistics (save_mean, save_invstd), else stored ones */
-    void *dx, *dweight, *dbias;
-    const void *dy, *x, *weight;
-    const double *save_mean, *save_invstd;  /* training: the batch statistics */
-    const void *running_mean, *running_var; /* eval: the stored statistics */
-    double eps;
-    const double *given_sum_dy, *given_sum_dy_xhat; /* bn_backward_train_sums */
-    double *sum_dy_out, *sum_dy_xhat_out;             /* bn_backward_sums */
-    int64_t count;
-} backward_call;
-
-static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
+bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 2));
     const int64_t C = plan.d.c;
@@ -233,18 +221,21 @@ static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
                  .second = call->dx != NULL},
         .dx = call->dx, .dy = call->dy, .x = call->x, .train = train, .given = given,
         .sums_only = call->sum_dy_out != NULL, .count = (double)call->count, .mean = mean,
-        .invstd = invstd, .w = call->weight ? w : NULL, .sums = doubles + 3 * C,
+        .invstd = invstd, .w = call->weight || call->w ? w : NULL, .sums = doubles + 3 * C,
         .part_sums = arrays[1], .dbias = doubles + 5 * C, .dweight = doubles + 6 * C,
         .mean_dy = doubles + 7 * C, .k = doubles + 8 * C, .scale = doubles + 9 * C,
         .coef = arrays[2]};
-    if (train) {
+    if (call->save_mean) {
         for (int64_t c = 0; c < C; c++) mean[c] = call->save_mean[c], invstd[c] = call->save_invstd[c];
     } else {
         plan.k->load(mean, call->running_mean, C, 0);
         plan.k->load(invstd, call->running_var, C, 0);
         for (int64_t c = 0; c < C; c++) invstd[c] = bn_stored_invstd(invstd[c], call->eps);
     }
-    if (call->weight) plan.k->load(w, call->weight, C, 1.0);
+    if (call->w)
+        for (int64_t c = 0; c < C; c++) w[c] = call->w[c];
+    else if (call->weight)
+        plan.k->load(w, call->weight, C, 1.0);
     if (given)
         for (int64_t c = 0; c < C; c++)
             b.sums[c] = call->given_sum_dy[c], b.sums[C + c] = call->given_sum_dy_xhat[c];
@@ -261,6 +252,8 @@ static bn_status run_backward(const bn_desc *desc, const backward_call *call) {
     } else {
         if (call->dweight) plan.k->store(call->dweight, b.dweight, C);
         if (call->dbias) plan.k->store(call->dbias, b.dbias, C);
+        for (int64_t c = 0; c < C && call->dweight_d; c++) call->dweight_d[c] = b.dweight[c];
+        for (int64_t c = 0; c < C && call->dbias_d; c++) call->dbias_d[c] = b.dbias[c];
     }
     bn_scratch_release(&scratch);
     return BN_OK;
@@ -294,11 +287,11 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
         store_zero_grads(desc, dweight, dbias);
         return BN_OK;
     }
-    const backward_call call = {.train = 1, .dx = dx, .dweight = dweight, .dbias = dbias,
+    const bn_backward_call call = {.train = 1, .dx = dx, .dweight = dweight, .dbias = dbias,
                                 .dy = dy, .x = x,
                                 .weight = weight, .save_mean = save_mean,
                                 .save_invstd = save_invstd, .count = bn_count(desc)};
-    return run_backward(desc, &call);
+    return bn_run_backward(desc, &call);
 }
 
 bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,
@@ -310,10 +303,10 @@ bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, 
         for (int64_t c = 0; c < desc->c; c++) sum_dy[c] = sum_dy_xhat[c] = 0;
         return BN_OK;
     }
-    const backward_call call = {.train = 1, .dy = dy, .x = x, .save_mean = save_mean,
+    const bn_backward_call call = {.train = 1, .dy = dy, .x = x, .save_mean = save_mean,
                                 .save_invstd = save_invstd, .sum_dy_out = sum_dy,
                                 .sum_dy_xhat_out = sum_dy_xhat, .count = bn_count(desc)};
-    return run_backward(desc, &call);
+    return bn_run_backward(desc, &call);
 }
 
 bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
@@ -324,11 +317,11 @@ bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
     BN_RETURN_IF(bn_tensor_missing(dx, desc) || !sum_dy || !sum_dy_xhat, BN_ERR_NULL_POINTER);
     BN_RETURN_IF(count < bn_count(desc), BN_ERR_ARGUMENT);
     if (bn_count(desc) == 0) return BN_OK; /* no dx to write */
-    const backward_call call = {.train = 1, .dx = dx, .dy = dy, .x = x, .weight = weight,
+    const bn_backward_call call = {.train = 1, .dx = dx, .dy = dy, .x = x, .weight = weight,
                                 .save_mean = save_mean, .save_invstd = save_invstd,
                                 .given_sum_dy = sum_dy, .given_sum_dy_xhat = sum_dy_xhat,
                                 .count = count};
-    return run_backward(desc, &call);
+    return bn_run_backward(desc, &call);
 }
 
 bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
@@ -340,9 +333,73 @@ bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const void *dy,
         store_zero_grads(desc, dweight, dbias);
         return BN_OK;
     }
-    const backward_call call = {.dx = dx, .dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
+    const bn_backward_call call = {.dx = dx, .dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
                                 .weight = weight, .running_mean = running_mean,
                                 .running_var = running_var, .eps = eps,
                                 .count = bn_count(desc)};
-    return run_backward(desc, &call);
+    return bn_run_backward(desc, &call);
+}
+
+/* The backward of a training call with options (bn_backward, bn_backward_renorm): stored
+ * statistics are constants; the weight is w * r (1 * r with BN_FIX_GAMMA, whose dweight is 0);
+ * dweight = r * sum dy * xhat + d * sum dy; ghost batches each their own batch. */
+static bn_status backward_with(void *dx, void *dweight, void *dbias, const void *dy,
+                               const void *x, const double *save_mean, const double *save_invstd,
+                               const double *r, const double *d, const void *weight,
+                               const bn_desc *desc, const bn_options *opt) {
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, save_mean, save_invstd));
+    BN_RETURN_IF_ERROR(bn_check_options(opt));
+    BN_RETURN_IF(!r != !d, BN_ERR_NULL_POINTER);
+    const int stored = opt->flags & BN_STORED_STATS, fix = opt->flags & BN_FIX_GAMMA;
+    const int64_t V = opt->virtual_batch, ghosts = V && V != desc->n ? desc->n / V : 1;
+    BN_RETURN_IF(V && stored, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(V && desc->n % V != 0, BN_ERR_SHAPE);
+    if (bn_count(desc) == 0) {
+        store_zero_grads(desc, dweight, dbias);
+        return BN_OK;
+    }
+    const int64_t C = desc->c;
+    bn_scratch scratch;
+    void *array;
+    const size_t bytes = bn_bytes(3 * C, sizeof(double));
+    if (!bn_scratch_take(&scratch, 1, &bytes, &array)) return BN_ERR_NO_MEMORY;
+    double *w = array, *sum_dy_xhat = w + C, *sum_dy = w + 2 * C;
+    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    k->load(w, fix ? NULL : weight, C, 1.0);
+    for (int64_t c = 0; c < C && r; c++) w[c] *= r[c];
+    bn_status st;
+    if (ghosts > 1) {
+        st = bn_backward_ghosts(dx, sum_dy_xhat, sum_dy, dy, x, save_mean, save_invstd, w, desc,
+                                ghosts);
+    } else {
+        const bn_backward_call call = {.train = !stored, .dx = dx, .dy = dy, .x = x, .w = w,
+                                       .save_mean = save_mean, .save_invstd = save_invstd,
+                                       .dweight_d = sum_dy_xhat, .dbias_d = sum_dy,
+                                       .count = bn_count(desc)};
+        st = bn_run_backward(desc, &call);
+    }
+    if (st == BN_OK) {
+        for (int64_t c = 0; c < C; c++)
+            w[c] = fix ? 0.0 : r ? r[c] * sum_dy_xhat[c] + d[c] * sum_dy[c] : sum_dy_xhat[c];
+        if (dweight) k->store(dweight, w, C);
+        if (dbias) k->store(dbias, sum_dy, C);
+    }
+    bn_scratch_release(&scratch);
+    return st;
+}
+
+bn_status bn_backward(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
+                      const double *save_mean, const double *save_invstd, const void *weight,
+                      const bn_desc *desc, const bn_options *opt) {
+    return backward_with(dx, dweight, dbias, dy, x, save_mean, save_invstd, NULL, NULL, weight,
+                         desc, opt);
+}
+
+bn_status bn_backward_renorm(void *dx, void *dweight, void *dbias, const void *dy, const void *x,
+                             const double *save_mean, const double *save_invstd, const double *r,
+                             const double *d, const void *weight, const bn_desc *desc,
+                             const bn_options *opt) {
+    BN_RETURN_IF(!r || !d, BN_ERR_NULL_POINTER);
+    return backward_with(dx, dweight, dbias, dy, x, save_mean, save_invstd, r, d, weight, desc,
+                         opt);
 }

@@ -28,22 +28,71 @@ static BN_CLONES void train_coefs(const bn_moments *mom, int64_t n, double count
         for (int64_t c = 0; c < n; c++) shift[c] = 0.0;
 }
 
+static double clip(double v, double lo, double hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+void bn_renorm_correction(const bn_renorm_finish *rn, int64_t c, double mean, double var,
+                          double eps, double *r, double *d) {
+    const double stddev = sqrt(var + eps), s = fmax(rn->stddev[c], sqrt(eps));
+    *r = clip(stddev / s, rn->rmin, rn->rmax);
+    *d = clip((mean - rn->mean[c]) / s, -rn->dmax, rn->dmax);
+}
+
+/* Renorm, channels [c0, c1): the corrections folded into scale and shift, then renorm_mean,
+ * renorm_stddev and moving_stddev blended (tmp holds the batch's stddev). */
+static void renorm_finish(const bn_train_finish *f, const bn_moments *mom, int64_t c0,
+                          int64_t c1) {
+    const bn_renorm_finish *rn = f->renorm;
+    const int64_t n = c1 - c0, at = c0 * (int64_t)f->k->elem_size;
+    for (int64_t c = c0; c < c1; c++) {
+        const double var = mom[c].m2 / f->count, w = f->w ? f->w[c] : 1.0;
+        bn_renorm_correction(rn, c, mom[c].mean, var, f->eps, &rn->r[c], &rn->d[c]);
+        f->scale[c] *= rn->r[c];
+        f->shift[c] += rn->d[c] * w;
+    }
+    if (rn->mean_out) {
+        for (int64_t c = c0; c < c1; c++) f->tmp[c] = mom[c].mean;
+        f->k->blend((char *)rn->mean_out + at, f->tmp + c0, rn->w_new, rn->w_old, n);
+    }
+    for (int64_t c = c0; c < c1; c++) f->tmp[c] = sqrt(mom[c].m2 / f->count + f->eps);
+    if (rn->stddev_out) f->k->blend((char *)rn->stddev_out + at, f->tmp + c0, rn->w_new, rn->w_old, n);
+    if (rn->moving_stddev) {
+        f->k->blend((char *)rn->moving_stddev + at, f->tmp + c0, f->w_new, f->w_old, n);
+        if (f->running_var) {
+            f->k->load(f->tmp + c0, (char *)rn->moving_stddev + at, n, 0);
+            for (int64_t c = c0; c < c1; c++) f->tmp[c] = fmax(f->tmp[c] * f->tmp[c] - f->eps, 0);
+            f->k->store((char *)f->running_var + at, f->tmp + c0, n);
+        }
+    }
+}
+
 void bn_finish_train(const bn_train_finish *f, const bn_moments *mom, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
     const size_t es = f->k->elem_size;
-    train_coefs(mom + c0, n, f->count, f->eps, f->w ? f->w + c0 : NULL, f->b ? f->b + c0 : NULL,
-                f->invstd + c0, f->scale + c0, f->shift + c0);
+    if (f->stored_mean) {
+        for (int64_t c = c0; c < c1; c++) {
+            f->mean[c] = f->stored_mean[c];
+            f->invstd[c] = f->stored_invstd[c];
+            f->scale[c] = f->invstd[c] * (f->w ? f->w[c] : 1.0);
+            f->shift[c] = f->b ? f->b[c] : 0.0;
+        }
+    } else {
+        train_coefs(mom + c0, n, f->count, f->eps, f->w ? f->w + c0 : NULL, f->b ? f->b + c0 : NULL,
+                    f->invstd + c0, f->scale + c0, f->shift + c0);
+        for (int64_t c = c0; c < c1; c++) f->mean[c] = mom[c].mean;
+    }
     if (f->save_mean)
-        for (int64_t c = c0; c < c1; c++) f->save_mean[c] = mom[c].mean;
+        for (int64_t c = c0; c < c1; c++) f->save_mean[c] = f->mean[c];
     if (f->save_invstd)
         for (int64_t c = c0; c < c1; c++) f->save_invstd[c] = f->invstd[c];
     if (f->running_mean) {
         for (int64_t c = c0; c < c1; c++) f->tmp[c] = mom[c].mean;
-        f->k->blend((char *)f->running_mean + c0 * (int64_t)es, f->tmp + c0, f->factor, n);
+        f->k->blend((char *)f->running_mean + c0 * (int64_t)es, f->tmp + c0, f->w_new, f->w_old, n);
     }
-    if (f->running_var) {
-        for (int64_t c = c0; c < c1; c++) f->tmp[c] = mom[c].m2 / (f->count - 1);
-        f->k->blend((char *)f->running_var + c0 * (int64_t)es, f->tmp + c0, f->factor, n);
+    if (f->renorm) {
+        renorm_finish(f, mom, c0, c1);
+    } else if (f->running_var) {
+        for (int64_t c = c0; c < c1; c++) f->tmp[c] = mom[c].m2 / f->var_divisor;
+        f->k->blend((char *)f->running_var + c0 * (int64_t)es, f->tmp + c0, f->w_new, f->w_old, n);
     }
 }
 

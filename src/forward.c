@@ -7,6 +7,7 @@
  *   eval: finish from the stored statistics -> normalize.
  * bn_compute_moments runs the first pass alone, bn_forward_train_stats all but it. */
 #include "finish.h"
+#include "train.h"
 #include "pass.h"
 #include "scratch.h"
 #include "threads.h"
@@ -21,7 +22,6 @@ typedef struct {
     bn_moments *mom;   /* (C) each channel's moments: merged, or given */
     bn_moments *parts; /* (parts, C) channels-last: the moments of each part of the rows */
     bn_train_finish fin; /* the finish: its inputs, outputs and (C) arrays */
-    double *mean;      /* (C) channels-last: the moments' means */
     void *coef;        /* (BN_COEF_COUNT, C) channels-last: the coefficients, compute type */
     int moments_only;  /* bn_compute_moments: no finish */
 } forward;
@@ -53,7 +53,6 @@ static void cf_finish(const bn_pass *p, int64_t c0, int64_t c1) {
     const forward *f = (const forward *)p;
     if (f->moments_only) return;
     bn_finish_train(&f->fin, f->mom, c0, c1);
-    for (int64_t c = c0; c < c1; c++) f->mean[c] = f->mom[c].mean;
 }
 
 static void cf_normalize(const bn_pass *p, int64_t c0, int64_t c1) {
@@ -62,13 +61,13 @@ static void cf_normalize(const bn_pass *p, int64_t c0, int64_t c1) {
     if (p->plan->group > 1) {
         p->plan->k->cf_group_normalize_next(NULL, at_v(p->plan, f->y, c0 * d->s),
                                             at_c(p->plan, f->x, c0 * d->s), NULL, NULL, c1 - c0,
-                                            0, d->n, d->s, d->c * d->s, f->mean + c0,
+                                            0, d->n, d->s, d->c * d->s, f->fin.mean + c0,
                                             f->fin.scale + c0, f->fin.shift + c0);
         return;
     }
     for (int64_t c = c0; c < c1; c++)
         p->plan->k->cf_normalize(at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s),
-                                 NULL, d->n, d->s, d->c * d->s, f->mean[c], f->fin.scale[c],
+                                 NULL, d->n, d->s, d->c * d->s, f->fin.mean[c], f->fin.scale[c],
                                  f->fin.shift[c]);
 }
 
@@ -80,13 +79,13 @@ static void cf_normalize_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t 
         p->plan->k->cf_group_normalize_next(
             f->mom + c1, at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
             at_c(p->plan, f->x, c1 * d->s), c1 - c0, c2 - c1, d->n, d->s, d->c * d->s,
-            f->mean + c0, f->fin.scale + c0, f->fin.shift + c0);
+            f->fin.mean + c0, f->fin.scale + c0, f->fin.shift + c0);
         return;
     }
     /* single channels: c1 = c0 + 1, c2 = c1 + 1 */
     f->mom[c1] = p->plan->k->cf_normalize_next(
         at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
-        at_c(p->plan, f->x, c1 * d->s), d->n, d->s, d->c * d->s, f->mean[c0],
+        at_c(p->plan, f->x, c1 * d->s), d->n, d->s, d->c * d->s, f->fin.mean[c0],
         f->fin.scale[c0], f->fin.shift[c0]);
     (void)c2;
 }
@@ -115,8 +114,7 @@ static void cl_finish(const bn_pass *p, int64_t c0, int64_t c1) {
         }
     if (f->moments_only) return;
     bn_finish_train(&f->fin, f->mom, c0, c1);
-    for (int64_t c = c0; c < c1; c++) f->mean[c] = f->mom[c].mean;
-    p->plan->k->coefs(f->coef, C, c0, c1, f->mean, f->fin.scale, f->fin.shift, NULL, NULL);
+    p->plan->k->coefs(f->coef, C, c0, c1, f->fin.mean, f->fin.scale, f->fin.shift, NULL, NULL);
 }
 
 static void cl_normalize(const bn_pass *p, const bn_tile *t) {
@@ -126,48 +124,50 @@ static void cl_normalize(const bn_pass *p, const bn_tile *t) {
                              C, t->c1 - t->c0, (const char *)f->coef + t->c0 * (int64_t)p->plan->k->coef_size);
 }
 
-/* The training composition on a planned tensor: with given moments or the first pass; the finish
- * of each channel (its coefficients, its saved and running statistics); the normalization into
- * y; or (y NULL) the moments alone, stored in mom_out. Scratch: (C) moments and the finish's
- * doubles; channels-last, also the parts' moments and the coefficients. */
-typedef struct {
-    void *y;
-    const void *x, *weight, *bias;
-    const bn_moments *given; /* (C), or NULL: the first pass runs */
-    bn_moments *mom_out;     /* (C), or NULL */
-    double *save_mean, *save_invstd;
-    void *running_mean, *running_var;
-    double count, eps, factor;
-} train_call;
-
-static bn_status run_train(const bn_plan *plan, const train_call *call) {
+bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call) {
     const int64_t C = plan->d.c;
-    const int cl = plan->d.layout == BN_CHANNELS_LAST;
+    const int cl = plan->d.layout == BN_CHANNELS_LAST, stored = call->stored_mean != NULL;
     const int64_t parts = cl && !call->given ? plan->tiles.parts : 0;
     bn_scratch scratch;
     void *arrays[4];
-    const size_t bytes[4] = {bn_bytes(C, sizeof(bn_moments)), bn_bytes(7 * C, sizeof(double)),
+    const size_t bytes[4] = {bn_bytes(C, sizeof(bn_moments)), bn_bytes(9 * C, sizeof(double)),
                              bn_bytes(parts * C, sizeof(bn_moments)),
                              bn_bytes(cl ? BN_COEF_COUNT * C : 0, plan->k->coef_size)};
     if (!bn_scratch_take(&scratch, 4, bytes, arrays)) return BN_ERR_NO_MEMORY;
     double *doubles = arrays[1];
+    const int has_w = call->weight || call->w, has_b = call->bias || call->b;
     forward f = {
         .pass = {.plan = plan, .cf_first = cf_moments, .cf_finish = cf_finish,
                  .cf_second = cf_normalize, .cf_second_next = cf_normalize_next,
                  .cl_first = cl_moments, .cl_finish = cl_finish, .cl_second = cl_normalize,
                  .first = call->given == NULL, .second = call->y != NULL && plan->count > 0},
         .y = call->y, .x = call->x, .mom = arrays[0], .parts = arrays[2],
-        .fin = {.k = plan->k, .count = call->count, .eps = call->eps, .factor = call->factor,
-                .w = call->weight ? doubles : NULL, .b = call->bias ? doubles + C : NULL,
+        .fin = {.k = plan->k, .count = call->count, .eps = call->eps, .w_new = call->w_new,
+                .w_old = call->w_old, .var_divisor = call->var_divisor,
+                .w = has_w ? doubles : NULL, .b = has_b ? doubles + C : NULL,
+                .stored_mean = stored ? doubles + 7 * C : NULL,
+                .stored_invstd = stored ? doubles + 8 * C : NULL, .renorm = call->renorm,
                 .save_mean = call->save_mean, .save_invstd = call->save_invstd,
                 .running_mean = call->running_mean, .running_var = call->running_var,
                 .tmp = doubles + 2 * C, .invstd = doubles + 3 * C, .scale = doubles + 4 * C,
-                .shift = doubles + 5 * C},
-        .mean = doubles + 6 * C, .coef = arrays[3], .moments_only = call->mom_out != NULL};
+                .shift = doubles + 5 * C, .mean = doubles + 6 * C},
+        .coef = arrays[3], .moments_only = call->mom_out != NULL};
     if (call->given)
         for (int64_t c = 0; c < C; c++) f.mom[c] = call->given[c];
-    if (call->weight) plan->k->load(doubles, call->weight, C, 1.0);
-    if (call->bias) plan->k->load(doubles + C, call->bias, C, 0.0);
+    if (call->w)
+        for (int64_t c = 0; c < C; c++) doubles[c] = call->w[c];
+    else if (call->weight)
+        plan->k->load(doubles, call->weight, C, 1.0);
+    if (call->b)
+        for (int64_t c = 0; c < C; c++) doubles[C + c] = call->b[c];
+    else if (call->bias)
+        plan->k->load(doubles + C, call->bias, C, 0.0);
+    if (stored) { /* loaded before the pass blends them */
+        plan->k->load(doubles + 7 * C, call->stored_mean, C, 0.0);
+        plan->k->load(doubles + 8 * C, call->stored_var, C, 0.0);
+        for (int64_t c = 0; c < C; c++)
+            doubles[8 * C + c] = bn_stored_invstd(doubles[8 * C + c], call->eps);
+    }
     bn_run_pass(&f.pass);
     if (call->mom_out)
         for (int64_t c = 0; c < C; c++) call->mom_out[c] = f.mom[c];
@@ -181,69 +181,174 @@ static bn_status check_stats(const bn_moments *stats, const bn_desc *desc, int64
     *m = stats[0].count;
     for (int64_t c = 0; c < desc->c; c++) BN_RETURN_IF(stats[c].count != *m, BN_ERR_ARGUMENT);
     BN_RETURN_IF(*m < bn_count(desc), BN_ERR_ARGUMENT);
-    BN_RETURN_IF(*m == 1, BN_ERR_COUNT);
     return BN_OK;
 }
 
-/* The checks every training call makes of its arguments, in this order: the tensors; the batch's
- * moments when they are given (stats, which must not be NULL; else *m is this tensor's count);
- * the running statistics. Gives this batch's weight in the running statistics (*factor) and the
- * counter after it (*batches; the counter counts empty batches too). With stats of an empty
- * batch (*m = 0) it stops before the running statistics: the caller does what bn_forward_train
- * does. */
-static bn_status check_train(const void *y, const void *x, const void *running_mean,
-                             const void *running_var, const int64_t *num_batches_tracked,
-                             int given, const bn_moments *stats, const bn_desc *desc,
-                             const bn_options *opt, int64_t *m, double *factor,
-                             int64_t *batches) {
+void bn_running_weights(const bn_options *opt, int64_t batches, double momentum, double *w_new,
+                        double *w_old) {
+    if (opt->cumulative) {
+        *w_new = 1.0 / (double)batches;
+        *w_old = 1 - *w_new;
+    } else if (opt->flags & BN_RUNNING_SUMS) {
+        *w_new = 1, *w_old = momentum;
+    } else if (opt->flags & BN_MOMENTUM_OF_OLD) {
+        *w_new = 1 - momentum, *w_old = momentum;
+    } else {
+        *w_new = momentum, *w_old = 1 - momentum;
+    }
+}
+
+double bn_var_divisor(const bn_options *opt, int64_t m) {
+    if (opt->flags & BN_BIASED_RUNNING_VAR) return (double)m;
+    return m > 1 ? (double)(m - 1) : 1.0;
+}
+
+bn_status bn_check_train(const bn_train_args *a, const bn_desc *desc, const bn_options *opt,
+                         bn_train_plan *t) {
     BN_RETURN_IF_ERROR(bn_check_desc(desc));
     BN_RETURN_IF_ERROR(bn_check_options(opt));
-    BN_RETURN_IF(bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
-    if (given) {
-        BN_RETURN_IF_ERROR(check_stats(stats, desc, m));
-        if (*m == 0) return BN_OK;
+    BN_RETURN_IF(bn_tensor_missing(a->x, desc) || bn_tensor_missing(a->y, desc),
+                 BN_ERR_NULL_POINTER);
+    const int flags = opt->flags, stored = flags & BN_STORED_STATS;
+    const int64_t ghost = opt->virtual_batch;
+    BN_RETURN_IF(ghost && (a->given || stored), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(ghost && desc->n % ghost != 0, BN_ERR_SHAPE);
+    BN_RETURN_IF(stored && (a->renorm || a->given), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(stored && (!a->running_mean || !a->running_var), BN_ERR_NULL_POINTER);
+    t->ghosts = ghost && ghost != desc->n ? desc->n / ghost : 1;
+    if (a->given) {
+        BN_RETURN_IF_ERROR(check_stats(a->stats, desc, &t->m));
     } else {
-        *m = bn_count(desc);
-        BN_RETURN_IF(*m == 1, BN_ERR_COUNT);
+        t->m = bn_count(desc) / t->ghosts; /* values per channel of a batch (a ghost batch) */
     }
-    const int tracking = running_mean || running_var;
-    BN_RETURN_IF(tracking && opt->cumulative && !num_batches_tracked, BN_ERR_NULL_POINTER);
-    BN_RETURN_IF(tracking && num_batches_tracked && *num_batches_tracked == INT64_MAX,
+    const int batch_used = !(stored && (flags & BN_FREEZE_RUNNING));
+    BN_RETURN_IF(t->m == 1 && batch_used && !(flags & BN_ONE_VALUE_OK), BN_ERR_COUNT);
+    if (a->renorm) BN_RETURN_IF(!a->renorm_mean || !a->renorm_stddev, BN_ERR_NULL_POINTER);
+    if (a->renorm && a->running_var && !(flags & BN_FREEZE_RUNNING))
+        BN_RETURN_IF(!a->moving_stddev, BN_ERR_NULL_POINTER);
+    t->m_total = t->m * t->ghosts;
+    if (a->given && t->m == 0) { t->tracking = 0; return BN_OK; }
+    t->tracking = (a->running_mean || a->running_var) && !(flags & BN_FREEZE_RUNNING);
+    BN_RETURN_IF(t->tracking && opt->cumulative && !a->num_batches_tracked, BN_ERR_NULL_POINTER);
+    BN_RETURN_IF(t->tracking && a->num_batches_tracked && *a->num_batches_tracked == INT64_MAX,
                  BN_ERR_TOO_LARGE);
-    *batches = tracking && num_batches_tracked ? *num_batches_tracked + 1 : 0;
-    *factor = opt->cumulative ? 1.0 / (double)*batches : opt->momentum;
+    t->batches = t->tracking && a->num_batches_tracked ? *a->num_batches_tracked + 1 : 0;
+    bn_running_weights(opt, t->batches, opt->momentum, &t->w_new, &t->w_old);
+    bn_running_weights(opt, t->batches, opt->renorm_momentum, &t->rw_new, &t->rw_old);
     return BN_OK;
 }
 
-static void count_batch(const void *running_mean, const void *running_var,
-                        int64_t *num_batches_tracked, int64_t batches) {
-    if ((running_mean || running_var) && num_batches_tracked) *num_batches_tracked = batches;
+void bn_count_batch(const bn_train_args *a, const bn_train_plan *t) {
+    if (t->tracking && a->num_batches_tracked) *a->num_batches_tracked = t->batches;
+}
+
+/* A training call (args checked by bn_check_train into t) on a tensor with values and no
+ * ghost batches. */
+static bn_status train_whole(const bn_train_args *a, const bn_desc *desc, const bn_options *opt,
+                             const bn_train_plan *t, const bn_renorm_finish *renorm) {
+    bn_plan plan;
+    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
+    const int track = t->tracking;
+    const bn_train_call call = {
+        .y = a->y, .x = a->x, .weight = opt->flags & BN_FIX_GAMMA ? NULL : a->weight,
+        .bias = a->bias, .given = a->stats, .save_mean = a->save_mean,
+        .save_invstd = a->save_invstd, .running_mean = track ? a->running_mean : NULL,
+        .running_var = track ? a->running_var : NULL,
+        .stored_mean = opt->flags & BN_STORED_STATS ? a->running_mean : NULL,
+        .stored_var = a->running_var, .renorm = renorm, .count = (double)t->m, .eps = opt->eps,
+        .w_new = t->w_new, .w_old = t->w_old, .var_divisor = bn_var_divisor(opt, t->m)};
+    return bn_run_train(&plan, &call);
+}
+
+/* Stored statistics and no update: the eval pass, and the statistics it used saved. */
+static bn_status train_frozen(const bn_train_args *a, const bn_desc *desc,
+                              const bn_options *opt) {
+    const void *weight = opt->flags & BN_FIX_GAMMA ? NULL : a->weight;
+    BN_RETURN_IF_ERROR(bn_forward_eval(a->y, a->x, a->running_mean, a->running_var, weight,
+                                       a->bias, desc, opt->eps));
+    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    for (int64_t c = 0; c < desc->c; c++) {
+        double mean, var;
+        k->load(&mean, (const char *)a->running_mean + c * (int64_t)k->elem_size, 1, 0);
+        k->load(&var, (const char *)a->running_var + c * (int64_t)k->elem_size, 1, 0);
+        if (a->save_mean) a->save_mean[c] = mean;
+        if (a->save_invstd) a->save_invstd[c] = bn_stored_invstd(var, opt->eps);
+    }
+    return BN_OK;
+}
+
+bn_status bn_train(const bn_train_args *a, const bn_desc *desc, const bn_options *opt) {
+    bn_train_plan t;
+    BN_RETURN_IF_ERROR(bn_check_train(a, desc, opt, &t));
+    const int flags = opt->flags;
+    if ((flags & BN_STORED_STATS) && (flags & BN_FREEZE_RUNNING))
+        return train_frozen(a, desc, opt);
+    if (t.m_total == 0 && !(flags & BN_STORED_STATS)) {
+        /* no values: no statistics, nothing to normalize or track */
+        for (int64_t c = 0; c < desc->c * t.ghosts; c++) {
+            if (a->save_mean) a->save_mean[c] = NAN;
+            if (a->save_invstd) a->save_invstd[c] = NAN;
+        }
+    } else if (t.m_total > 0 && t.ghosts > 1) {
+        BN_RETURN_IF_ERROR(bn_train_ghosts(a, desc, opt, &t));
+    } else if (t.m_total > 0 || (flags & BN_STORED_STATS)) {
+        bn_scratch scratch;
+        void *arrays[1];
+        const int64_t C = desc->c;
+        const size_t bytes = bn_bytes(a->renorm ? 4 * C : 0, sizeof(double));
+        if (!bn_scratch_take(&scratch, 1, &bytes, arrays)) return BN_ERR_NO_MEMORY;
+        bn_renorm_finish rn;
+        if (a->renorm) rn = bn_renorm_setup(a, desc, opt, &t, arrays[0]);
+        bn_status st = BN_OK;
+        if (t.m_total > 0) st = train_whole(a, desc, opt, &t, a->renorm ? &rn : NULL);
+        else if (flags & BN_STORED_STATS) st = train_frozen(a, desc, opt);
+        bn_scratch_release(&scratch);
+        BN_RETURN_IF_ERROR(st);
+    }
+    bn_count_batch(a, &t);
+    return BN_OK;
+}
+
+bn_renorm_finish bn_renorm_setup(const bn_train_args *a, const bn_desc *desc,
+                                 const bn_options *opt, const bn_train_plan *t, double *doubles) {
+    const int64_t C = desc->c;
+    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const int keep = !(opt->flags & BN_FREEZE_RUNNING);
+    k->load(doubles, a->renorm_mean, C, 0);
+    k->load(doubles + C, a->renorm_stddev, C, 1);
+    bn_renorm_finish rn = {.mean = doubles, .stddev = doubles + C, .rmin = opt->rmin,
+                           .rmax = opt->rmax, .dmax = opt->dmax, .w_new = t->rw_new,
+                           .w_old = t->rw_old, .mean_out = keep ? a->renorm_mean : NULL,
+                           .stddev_out = keep ? a->renorm_stddev : NULL,
+                           .moving_stddev = t->tracking && a->running_var ? a->moving_stddev : NULL,
+                           .r = a->r ? a->r : doubles + 2 * C, .d = a->d ? a->d : doubles + 3 * C};
+    return rn;
 }
 
 bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void *running_mean,
                            void *running_var, int64_t *num_batches_tracked, const void *x,
                            const void *weight, const void *bias, const bn_desc *desc,
                            const bn_options *opt) {
-    double factor;
-    int64_t m, batches;
-    BN_RETURN_IF_ERROR(check_train(y, x, running_mean, running_var, num_batches_tracked, 0, NULL,
-                                   desc, opt, &m, &factor, &batches));
-    if (m == 0) { /* no values: no statistics, nothing to normalize or track */
-        for (int64_t c = 0; c < desc->c; c++) {
-            if (save_mean) save_mean[c] = NAN;
-            if (save_invstd) save_invstd[c] = NAN;
-        }
-    } else {
-        bn_plan plan;
-        BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
-        const train_call call = {.y = y, .x = x, .weight = weight, .bias = bias,
-                                 .save_mean = save_mean, .save_invstd = save_invstd,
-                                 .running_mean = running_mean, .running_var = running_var,
-                                 .count = (double)m, .eps = opt->eps, .factor = factor};
-        BN_RETURN_IF_ERROR(run_train(&plan, &call));
-    }
-    count_batch(running_mean, running_var, num_batches_tracked, batches);
-    return BN_OK;
+    const bn_train_args a = {.y = y, .save_mean = save_mean, .save_invstd = save_invstd,
+                             .running_mean = running_mean, .running_var = running_var,
+                             .num_batches_tracked = num_batches_tracked, .x = x,
+                             .weight = weight, .bias = bias};
+    return bn_train(&a, desc, opt);
+}
+
+bn_status bn_forward_train_renorm(void *y, double *save_mean, double *save_invstd, double *r,
+                                  double *d, void *running_mean, void *running_var,
+                                  void *moving_stddev, void *renorm_mean, void *renorm_stddev,
+                                  int64_t *num_batches_tracked, const void *x, const void *weight,
+                                  const void *bias, const bn_desc *desc, const bn_options *opt) {
+    const bn_train_args a = {.y = y, .save_mean = save_mean, .save_invstd = save_invstd,
+                             .r = r, .d = d, .running_mean = running_mean,
+                             .running_var = running_var, .moving_stddev = moving_stddev,
+                             .renorm = 1, .renorm_mean = renorm_mean,
+                             .renorm_stddev = renorm_stddev,
+                             .num_batches_tracked = num_batches_tracked, .x = x,
+                             .weight = weight, .bias = bias};
+    return bn_train(&a, desc, opt);
 }
 
 bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *desc) {
@@ -255,8 +360,8 @@ bn_status bn_compute_moments(bn_moments *moments, const void *x, const bn_desc *
     }
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
-    const train_call call = {.x = x, .mom_out = moments, .count = (double)bn_count(desc)};
-    return run_train(&plan, &call);
+    const bn_train_call call = {.x = x, .mom_out = moments, .count = (double)bn_count(desc)};
+    return bn_run_train(&plan, &call);
 }
 
 bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
@@ -264,22 +369,20 @@ bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd
                                  int64_t *num_batches_tracked, const void *x, const void *weight,
                                  const void *bias, const bn_moments *stats, const bn_desc *desc,
                                  const bn_options *opt) {
-    double factor;
-    int64_t m, batches;
-    BN_RETURN_IF_ERROR(check_train(y, x, running_mean, running_var, num_batches_tracked, 1,
-                                   stats, desc, opt, &m, &factor, &batches));
-    if (m == 0) /* an empty batch: what bn_forward_train does with one */
-        return bn_forward_train(y, save_mean, save_invstd, running_mean, running_var,
-                                num_batches_tracked, x, weight, bias, desc, opt);
-    bn_plan plan;
-    BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
-    /* an empty piece has nothing to normalize; its statistics are still saved and kept */
-    const train_call call = {.y = y, .x = x, .weight = weight, .bias = bias, .given = stats,
-                             .save_mean = save_mean, .save_invstd = save_invstd,
+    const bn_train_args a = {.y = y, .save_mean = save_mean, .save_invstd = save_invstd,
                              .running_mean = running_mean, .running_var = running_var,
-                             .count = (double)m, .eps = opt->eps, .factor = factor};
-    BN_RETURN_IF_ERROR(run_train(&plan, &call));
-    count_batch(running_mean, running_var, num_batches_tracked, batches);
+                             .num_batches_tracked = num_batches_tracked, .x = x,
+                             .weight = weight, .bias = bias, .given = 1, .stats = stats};
+    bn_train_plan t;
+    BN_RETURN_IF_ERROR(bn_check_train(&a, desc, opt, &t));
+    if (t.m == 0) { /* an empty batch: what bn_forward_train does with one */
+        bn_train_args whole = a;
+        whole.given = 0, whole.stats = NULL;
+        return bn_train(&whole, desc, opt);
+    }
+    /* an empty piece has nothing to normalize; its statistics are still saved and kept */
+    BN_RETURN_IF_ERROR(train_whole(&a, desc, opt, &t, NULL));
+    bn_count_batch(&a, &t);
     return BN_OK;
 }
 

@@ -126,8 +126,8 @@ typedef struct bn_kernels {
     void (*load)(double *out, const void *p, int64_t n, double fallback);
     /* p: (n) stored values, each in[c] rounded to the storage type. */
     void (*store)(void *p, const double *in, int64_t n);
-    /* p: (n) stored values, each p[c] = factor * in[c] + (1 - factor) * p[c], in double. */
-    void (*blend)(void *p, const double *in, double factor, int64_t n);
+    /* p: (n) stored values, each p[c] = w_new * in[c] + w_old * p[c], in double. */
+    void (*blend)(void *p, const double *in, double w_new, double w_old, int64_t n);
 } bn_kernels;
 
 /* The kernels of a dtype, with streaming stores or plain ones: NULL for a dtype without kernels

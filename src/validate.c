@@ -45,12 +45,20 @@ bn_status bn_check_eps(double eps) {
     return BN_OK;
 }
 
+static int in_unit(double v) { return v >= 0 && v <= 1; }
+
 bn_status bn_check_options(const bn_options *opt) {
+    enum { KNOWN = BN_MOMENTUM_OF_OLD | BN_BIASED_RUNNING_VAR | BN_RUNNING_SUMS | BN_FIX_GAMMA |
+                   BN_ONE_VALUE_OK | BN_STORED_STATS | BN_FREEZE_RUNNING };
     BN_RETURN_IF(!opt, BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(opt->eps));
-    BN_RETURN_IF(!opt->cumulative && !(opt->momentum >= 0 && opt->momentum <= 1), BN_ERR_ARGUMENT);
-    BN_RETURN_IF(opt->reserved_flags != 0, BN_ERR_ARGUMENT);
-    for (int k = 0; k < 6; k++) BN_RETURN_IF(opt->reserved[k] != 0, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(!opt->cumulative && !in_unit(opt->momentum), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(opt->flags & ~KNOWN, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(opt->cumulative && (opt->flags & BN_RUNNING_SUMS), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(opt->virtual_batch < 0, BN_ERR_ARGUMENT);
+    BN_RETURN_IF(!in_unit(opt->renorm_momentum), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(!(opt->rmin >= 0 && opt->rmax >= opt->rmin && opt->dmax >= 0), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(opt->reserved != 0, BN_ERR_ARGUMENT);
     return BN_OK;
 }
 

@@ -17,6 +17,7 @@ data_ptr()) or None for NULL; bn_dtype() gives the element type of a numpy or to
 
 import ctypes
 import ctypes.util
+import math
 import os
 
 from ._env import LIBRARY_VAR
@@ -77,14 +78,29 @@ class BnDesc(ctypes.Structure):
 
 
 class BnOptions(ctypes.Structure):
-    """struct bn_options, field for field as in the header (BN_OPTIONS_DEFAULT = {1e-5, 0.1, 0, 0, {0}})."""
+    """struct bn_options, field for field as in the header (make_options gives its defaults)."""
     _fields_ = [
         ("eps", ctypes.c_double),
         ("momentum", ctypes.c_double),
         ("cumulative", ctypes.c_int),
-        ("reserved_flags", ctypes.c_int),        # must be 0
-        ("reserved", ctypes.c_int64 * 6),        # must be 0
+        ("flags", ctypes.c_int),                 # BN_MOMENTUM_OF_OLD | ...
+        ("virtual_batch", ctypes.c_int64),       # ghost batch size, 0: none
+        ("renorm_momentum", ctypes.c_double),
+        ("rmin", ctypes.c_double),
+        ("rmax", ctypes.c_double),
+        ("dmax", ctypes.c_double),
+        ("reserved", ctypes.c_int64),            # must be 0
     ]
+
+
+# The bits of bn_options.flags, as in the header.
+MOMENTUM_OF_OLD = 1 << 0
+BIASED_RUNNING_VAR = 1 << 1
+RUNNING_SUMS = 1 << 2
+FIX_GAMMA = 1 << 3
+ONE_VALUE_OK = 1 << 4
+STORED_STATS = 1 << 5
+FREEZE_RUNNING = 1 << 6
 
 
 class BnMoments(ctypes.Structure):
@@ -150,10 +166,17 @@ _SIGNATURES = [
     ("bn_forward_train", ctypes.c_int, [_vp] * 9 + [_desc_p, _opt_p]),
     # y, x, running_mean, running_var, weight, bias, desc, eps
     ("bn_forward_eval", ctypes.c_int, [_vp] * 6 + [_desc_p, ctypes.c_double]),
+    # y, save_mean, save_invstd, r, d, running_mean, running_var, moving_stddev, renorm_mean,
+    # renorm_stddev, num_batches_tracked, x, weight, bias, desc, opt
+    ("bn_forward_train_renorm", ctypes.c_int, [_vp] * 14 + [_desc_p, _opt_p]),
     # dx, dweight, dbias, dy, x, save_mean, save_invstd, weight, desc
     ("bn_backward_train", ctypes.c_int, [_vp] * 8 + [_desc_p]),
     # dx, dweight, dbias, dy, x, running_mean, running_var, weight, desc, eps
     ("bn_backward_eval", ctypes.c_int, [_vp] * 8 + [_desc_p, ctypes.c_double]),
+    # dx, dweight, dbias, dy, x, save_mean, save_invstd, weight, desc, opt
+    ("bn_backward", ctypes.c_int, [_vp] * 8 + [_desc_p, _opt_p]),
+    # dx, dweight, dbias, dy, x, save_mean, save_invstd, r, d, weight, desc, opt
+    ("bn_backward_renorm", ctypes.c_int, [_vp] * 10 + [_desc_p, _opt_p]),
     # the stages of a split batch: moments, x, desc
     ("bn_compute_moments", ctypes.c_int, [_vp, _vp, _desc_p]),
     # acc, part, c
@@ -228,6 +251,11 @@ def make_desc(dims, dtype, layout):
     return desc
 
 
-def make_options(eps=1e-5, momentum=0.1, cumulative=False):
-    """A BnOptions; the defaults are BN_OPTIONS_DEFAULT."""
-    return BnOptions(float(eps), float(momentum), 1 if cumulative else 0)
+def make_options(eps=1e-5, momentum=0.1, cumulative=False, flags=0, virtual_batch=0,
+                 renorm_momentum=None, rmin=0.0, rmax=math.inf, dmax=math.inf):
+    """A BnOptions; the defaults are BN_OPTIONS_DEFAULT (renorm_momentum: momentum's value)."""
+    if renorm_momentum is None:
+        renorm_momentum = 0.1 if cumulative else momentum
+    return BnOptions(float(eps), float(momentum), 1 if cumulative else 0, int(flags),
+                     int(virtual_batch), float(renorm_momentum), float(rmin), float(rmax),
+                     float(dmax), 0)

@@ -9,9 +9,9 @@
 #include <string.h>
 
 /* What every rank must give alike, and the status of a call where they do not. */
-enum { SAME_C, SAME_DTYPE, SAME_EPS, SAME_MOMENTUM, SAME_CUMULATIVE, SAME_COUNT };
+enum { SAME_C, SAME_DTYPE, SAME_EPS, SAME_MOMENTUM, SAME_CUMULATIVE, SAME_FLAGS, SAME_COUNT };
 static const bn_status different[SAME_COUNT] = {BN_ERR_SHAPE, BN_ERR_UNSUPPORTED, BN_ERR_ARGUMENT,
-                                                BN_ERR_ARGUMENT, BN_ERR_ARGUMENT};
+                                                BN_ERR_ARGUMENT, BN_ERR_ARGUMENT, BN_ERR_ARGUMENT};
 
 /* The bits of a double as an int64_t, -0.0 as 0.0 (equal values compare equal). */
 static int64_t bits_of(double v) {
@@ -29,6 +29,7 @@ static void same_of(int64_t *same, int64_t c, bn_dtype dtype, const bn_options *
     /* the momentum is not used by a cumulative average */
     same[SAME_MOMENTUM] = opt && !opt->cumulative ? bits_of(opt->momentum) : 0;
     same[SAME_CUMULATIVE] = opt ? opt->cumulative : 0;
+    same[SAME_FLAGS] = opt ? opt->flags : 0;
 }
 
 /* The statuses of all ranks decided together: the first failing rank's status (in rank order),

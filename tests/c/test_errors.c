@@ -96,12 +96,19 @@ BN_SUITE(suite_errors_forward) {
         bn_options mo = tu_options(1e-5, bad_momentum[k], 0);
         EXPECT_FAIL(train(o, &good, &mo, 1, 1), BN_ERR_ARGUMENT);
     }
-    {   /* reserved words must be zero */
-        bn_options r1 = BN_OPTIONS_DEFAULT, r2 = BN_OPTIONS_DEFAULT;
-        r1.reserved_flags = 1;
-        r2.reserved[5] = -1;
-        EXPECT_FAIL(train(o, &good, &r1, 1, 1), BN_ERR_ARGUMENT);
-        EXPECT_FAIL(train(o, &good, &r2, 1, 1), BN_ERR_ARGUMENT);
+    {   /* an undefined flag, a reserved word not zero, options out of range */
+        bn_options bad[9];
+        for (int k = 0; k < 9; k++) bad[k] = (bn_options)BN_OPTIONS_DEFAULT;
+        bad[0].flags = 1 << 20;
+        bad[1].reserved = -1;
+        bad[2].virtual_batch = -1;
+        bad[3].renorm_momentum = 1.5;
+        bad[4].rmin = -1;
+        bad[5].rmax = 0.5, bad[5].rmin = 1;
+        bad[6].dmax = -0.1;
+        bad[7].dmax = NAN;
+        bad[8].cumulative = 1, bad[8].flags = BN_RUNNING_SUMS;
+        for (int k = 0; k < 9; k++) EXPECT_FAIL(train(o, &good, &bad[k], 1, 1), BN_ERR_ARGUMENT);
     }
     {   /* the cumulative average ignores momentum */
         outputs o;

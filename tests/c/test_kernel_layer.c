@@ -79,7 +79,7 @@ static void run(const bn_kernels *k, const bn_desc *d, const float *x, const flo
     k->load(ws + C, b, C, 0.0);
     const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = eps, .w = ws,
                                  .b = ws + C, .tmp = ws + 2 * C, .invstd = ws + 3 * C,
-                                 .scale = ws + 4 * C, .shift = ws + 5 * C};
+                                 .scale = ws + 4 * C, .shift = ws + 5 * C, .mean = ws + 6 * C};
     double *scale = fin.scale, *shift = fin.shift, *mean = ws + 6 * C;
     double *coef = calloc(BN_COEF_COUNT * (size_t)C, sizeof(double));
     if (d->layout == BN_CHANNELS_LAST) {
@@ -88,7 +88,6 @@ static void run(const bn_kernels *k, const bn_desc *d, const float *x, const flo
         for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d->s, d->n, d->s, C * d->s);
     }
     bn_finish_train(&fin, mom, 0, C);
-    for (int64_t c = 0; c < C; c++) mean[c] = mom[c].mean;
     if (d->layout == BN_CHANNELS_LAST) {
         k->coefs(coef, C, 0, C, mean, scale, shift, NULL, NULL);
         k->cl_normalize(y, x, z, rows, C, C, coef);
@@ -196,14 +195,14 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
             const bn_train_finish fin = {.k = k, .count = (double)rows, .eps = 1e-5,
                                          .w = ws + 6 * C, .b = ws + C,
                                          .tmp = ws + 2 * C, .invstd = ws + 5 * C,
-                                         .scale = ws + 3 * C, .shift = ws + 4 * C};
+                                         .scale = ws + 3 * C, .shift = ws + 4 * C,
+                                         .mean = ws};
             if (lay == BN_CHANNELS_LAST)
                 k->cl_moments(mom, x, rows, C, C);
             else
                 for (int64_t c = 0; c < C; c++) mom[c] = k->cf_moments(x + c * d.s, d.n, d.s, C * d.s);
             bn_finish_train(&fin, mom, 0, C);
-            double *mean = ws; /* the weights, loaded, are at ws + 6 C */
-            for (int64_t c = 0; c < C; c++) mean[c] = mom[c].mean;
+            const double *mean = fin.mean; /* the weights, loaded, are at ws + 6 C */
             if (lay == BN_CHANNELS_LAST) {
                 k->coefs(coef, C, 0, C, mean, fin.scale, fin.shift, NULL, NULL);
                 k->cl_normalize(y, x, NULL, rows, C, C, coef);

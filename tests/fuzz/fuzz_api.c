@@ -242,8 +242,9 @@ static void fuzz_call(bytes *b, tensors *t, const bn_desc *d, int desc_ok, int o
     opt.momentum = take_scalar(b, 0.1);
     opt.cumulative = (int)(take(b, 1) % 2);
     uint8_t extra = (uint8_t)take(b, 1);
-    if (extra == 1) opt.reserved_flags = 1;
-    if (extra == 2) opt.reserved[take(b, 1) % 6] = 1;
+    if (extra == 1) opt.flags = 1 << (7 + take(b, 1) % 24); /* not a flag */
+    if (extra == 2) opt.reserved = 1;
+    if (extra == 7) opt.flags = (int)(take(b, 1) & 0x7f);   /* any of the flags */
     if (extra == 3) t->nbt = INT64_MAX;
     else if (extra == 4) t->nbt = 0;
     int null_opt = extra == 5, null_desc = extra == 6;
@@ -272,11 +273,15 @@ static void fuzz_call(bytes *b, tensors *t, const bn_desc *d, int desc_ok, int o
     switch (op) {
     case 0: /* forward train */
         if (null_opt) ALLOW(BN_ERR_NULL_POINTER);
-        if (!null_opt && (eps_bad || opt.reserved_flags || opt.reserved[0] || opt.reserved[1] ||
-                          opt.reserved[2] || opt.reserved[3] || opt.reserved[4] || opt.reserved[5] ||
+        if (!null_opt && (eps_bad || (opt.flags & ~0x7f) || opt.reserved ||
+                          (opt.cumulative && (opt.flags & BN_RUNNING_SUMS)) ||
                           (!opt.cumulative && !(opt.momentum >= 0 && opt.momentum <= 1))))
             ALLOW(BN_ERR_ARGUMENT);
-        if (desc_ok && m == 1) ALLOW(BN_ERR_COUNT);
+        if ((opt.flags & BN_STORED_STATS) && (!rm || !rv)) ALLOW(BN_ERR_NULL_POINTER);
+        if (desc_ok && m == 1 && !(opt.flags & BN_ONE_VALUE_OK) &&
+            (opt.flags & (BN_STORED_STATS | BN_FREEZE_RUNNING)) !=
+                (BN_STORED_STATS | BN_FREEZE_RUNNING))
+            ALLOW(BN_ERR_COUNT);
         if (tracking && !null_opt && opt.cumulative && !nbt) ALLOW(BN_ERR_NULL_POINTER);
         if (tracking && nbt && t->nbt == INT64_MAX) ALLOW(BN_ERR_TOO_LARGE);
         break;
