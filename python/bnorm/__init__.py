@@ -29,9 +29,14 @@ import numpy as np
 from ._lib import BnormError, ptr as _ptr, version_string
 from . import _lib
 from ._fold import fold_conv_bn, fold_linear_bn
+from ._options import (Options, PRESETS, MOMENTUM_OF_OLD, BIASED_RUNNING_VAR, RUNNING_SUMS,
+                       FIX_GAMMA, ONE_VALUE_OK, STORED_STATS, FREEZE_RUNNING)
 
 __all__ = [
     "batch_norm", "forward_train", "forward_eval", "backward_train", "backward_eval",
+    "forward_train_renorm", "backward", "backward_renorm", "Options", "PRESETS",
+    "MOMENTUM_OF_OLD", "BIASED_RUNNING_VAR", "RUNNING_SUMS", "FIX_GAMMA", "ONE_VALUE_OK",
+    "STORED_STATS", "FREEZE_RUNNING",
     "check_finite", "fold_conv_bn", "fold_linear_bn", "BnormError", "__version__",
 ]
 
@@ -132,16 +137,44 @@ class _InOut:
 # ------------------------------------------------------------------------------------------------
 # The C functions, one to one
 
+def _ghosts(x, options):
+    """How many ghost batches the options make of x's batch (1: none)."""
+    v = options.virtual_batch if options is not None else 0
+    return x.shape[0] // v if v and x.shape[0] % v == 0 and x.shape[0] != v else 1
+
+
 def forward_train(x, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1,
-                  eps=1e-5, num_batches_tracked=None, cumulative=False):
+                  eps=1e-5, num_batches_tracked=None, cumulative=False, options=None):
     """bn_forward_train: normalize x with its batch statistics.
 
     running_mean / running_var (C elements, x's dtype) are blended with the batch statistics in
     place when given; num_batches_tracked, a one-element int64 array, is incremented in place when
     given and a running statistic is given; cumulative=True uses the factor 1/num_batches_tracked
-    (torch's momentum=None) and then needs num_batches_tracked.
-    Returns (y, save_mean, save_invstd); the saved statistics are float64 arrays of C elements.
+    (torch's momentum=None) and then needs num_batches_tracked. options (an Options, e.g.
+    PRESETS["onnx"]) replaces momentum, eps and cumulative with a whole convention.
+    Returns (y, save_mean, save_invstd); the saved statistics are float64 arrays of C elements
+    ((N / virtual_batch) * C with ghost batches: ghost g's channel c at g * C + c).
     """
+    if options is None:
+        options = Options(eps, momentum, cumulative, renorm_momentum=0.1 if cumulative else momentum)
+    return _train(x, weight, bias, running_mean, running_var, num_batches_tracked, options)
+
+
+def forward_train_renorm(x, renorm_mean, renorm_stddev, weight=None, bias=None, running_mean=None,
+                         running_var=None, moving_stddev=None, num_batches_tracked=None,
+                         options=PRESETS["keras"]):
+    """bn_forward_train_renorm: batch renormalization (tf-keras's renorm=True).
+
+    renorm_mean, renorm_stddev and (with running_var) moving_stddev are C-element arrays of x's
+    dtype updated in place, as the running statistics. Returns (y, save_mean, save_invstd, r, d),
+    r and d the corrections (float64, C) that backward_renorm takes.
+    """
+    return _train(x, weight, bias, running_mean, running_var, num_batches_tracked, options,
+                  renorm=(renorm_mean, renorm_stddev, moving_stddev))
+
+
+def _train(x, weight, bias, running_mean, running_var, num_batches_tracked, options,
+           renorm=None):
     x, layout = _tensor("input", x)
     c, dtype = x.shape[1], x.dtype
     weight = _channel("weight", weight, c, dtype)
@@ -150,18 +183,31 @@ def forward_train(x, weight=None, bias=None, running_mean=None, running_var=None
     rv = _InOut("running_var", running_var, c, dtype)
     nbt = _InOut("num_batches_tracked", num_batches_tracked, 1, np.dtype(np.int64))
     desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
-    opt = _lib.make_options(eps, momentum, cumulative)
     y = _like(x, layout)
-    save_mean = np.empty(c, np.float64)
-    save_invstd = np.empty(c, np.float64)
-    status = _lib.lib.bn_forward_train(
-        _ptr(y), _ptr(save_mean), _ptr(save_invstd), _ptr(rm.buf), _ptr(rv.buf), _ptr(nbt.buf),
-        _ptr(x), _ptr(weight), _ptr(bias), desc, opt)
-    _lib.check(status, "bn_forward_train")
-    rm.finish()
-    rv.finish()
-    nbt.finish()
-    return y, save_mean, save_invstd
+    saved = c * _ghosts(x, options)
+    save_mean = np.empty(saved, np.float64)
+    save_invstd = np.empty(saved, np.float64)
+    inouts = [rm, rv, nbt]
+    if renorm is None:
+        status = _lib.lib.bn_forward_train(
+            _ptr(y), _ptr(save_mean), _ptr(save_invstd), _ptr(rm.buf), _ptr(rv.buf),
+            _ptr(nbt.buf), _ptr(x), _ptr(weight), _ptr(bias), desc, options.c_struct())
+        _lib.check(status, "bn_forward_train")
+        result = (y, save_mean, save_invstd)
+    else:
+        ren_m, ren_s, ms = (_InOut(name, a, c, dtype) for name, a in zip(
+            ("renorm_mean", "renorm_stddev", "moving_stddev"), renorm))
+        r, d = np.empty(c, np.float64), np.empty(c, np.float64)
+        status = _lib.lib.bn_forward_train_renorm(
+            _ptr(y), _ptr(save_mean), _ptr(save_invstd), _ptr(r), _ptr(d), _ptr(rm.buf),
+            _ptr(rv.buf), _ptr(ms.buf), _ptr(ren_m.buf), _ptr(ren_s.buf), _ptr(nbt.buf),
+            _ptr(x), _ptr(weight), _ptr(bias), desc, options.c_struct())
+        _lib.check(status, "bn_forward_train_renorm")
+        inouts += [ren_m, ren_s, ms]
+        result = (y, save_mean, save_invstd, r, d)
+    for a in inouts:
+        a.finish()
+    return result
 
 
 def forward_eval(x, running_mean, running_var, weight=None, bias=None, eps=1e-5):
@@ -219,6 +265,37 @@ def backward_eval(dy, x, running_mean, running_var, weight=None, eps=1e-5):
                                        _ptr(running_mean), _ptr(running_var), _ptr(weight), desc,
                                        float(eps))
     _lib.check(status, "bn_backward_eval")
+    return dx, dweight, dbias
+
+
+def backward(dy, x, save_mean, save_invstd, weight=None, options=PRESETS["pytorch"], r=None,
+             d=None):
+    """bn_backward (bn_backward_renorm when r and d are given): the gradients of forward_train
+    (forward_train_renorm) with the same options, from the statistics it saved: batch or
+    stored statistics (STORED_STATS), ghost batches, FIX_GAMMA. Returns (dx, dweight, dbias).
+    """
+    x, layout = _tensor("input", x)
+    c, dtype = x.shape[1], x.dtype
+    dy = _in_layout(dy, x, layout)
+    saved = c * _ghosts(x, options)
+    save_mean = _channel("save_mean", save_mean, saved, np.dtype(np.float64))
+    save_invstd = _channel("save_invstd", save_invstd, saved, np.dtype(np.float64))
+    weight = _channel("weight", weight, c, dtype)
+    desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
+    dx = _like(x, layout)
+    dweight, dbias = np.empty(c, dtype), np.empty(c, dtype)
+    if r is None and d is None:
+        status = _lib.lib.bn_backward(_ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x),
+                                      _ptr(save_mean), _ptr(save_invstd), _ptr(weight), desc,
+                                      options.c_struct())
+        _lib.check(status, "bn_backward")
+    else:
+        r = _channel("r", r, c, np.dtype(np.float64))
+        d = _channel("d", d, c, np.dtype(np.float64))
+        status = _lib.lib.bn_backward_renorm(
+            _ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x), _ptr(save_mean),
+            _ptr(save_invstd), _ptr(r), _ptr(d), _ptr(weight), desc, options.c_struct())
+        _lib.check(status, "bn_backward_renorm")
     return dx, dweight, dbias
 
 
