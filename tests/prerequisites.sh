@@ -28,6 +28,8 @@ missing() {
     has_command pkg-config || m="$m pkgconf"       # the installed bnorm.pc
     has_command strace || m="$m strace"            # how outputs are written
     has_command setpriv || m="$m util-linux"       # permission tests, run as nobody when root
+    has_command node || m="$m nodejs"              # the JavaScript peers: ONNX Runtime, TF.js
+    has_command npm || m="$m npm"
     echo "${m# }"
 }
 
@@ -38,8 +40,28 @@ fail() {
     exit 1
 }
 
+# The JavaScript peers (tests/peers/package.json, versions pinned by its package-lock.json),
+# installed with npm from the npm registry into tests/peers/node_modules when they do not load.
+# --ignore-scripts: onnxruntime-node's CPU library is in its package; its install script only
+# fetches GPU parts.
+case $0 in */*) PEERS=${0%/*}/peers ;; *) PEERS=peers ;; esac
+has_peers() {
+    (cd "$PEERS" && node -e "require('onnxruntime-node'); require('@tensorflow/tfjs')") \
+        >/dev/null 2>&1
+}
+install_peers() {
+    has_peers && return 0
+    echo "prerequisites: installing the JavaScript peers (npm ci in $PEERS)"
+    (cd "$PEERS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+        { echo "prerequisites: npm ci in $PEERS failed" >&2; exit 1; }
+    has_peers || { echo "prerequisites: the JavaScript peers do not load after npm ci" >&2; exit 1; }
+}
+
 packages=$(missing)
-[ -z "$packages" ] && exit 0
+if [ -z "$packages" ]; then
+    install_peers
+    exit 0
+fi
 
 if ! has_command apt-get; then
     fail "no apt-get here"
@@ -60,3 +82,4 @@ fi
 
 packages=$(missing)
 [ -z "$packages" ] || fail "still missing after apt-get install, for PYTHON=$PYTHON and CC=$CC"
+install_peers

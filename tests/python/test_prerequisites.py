@@ -19,7 +19,7 @@ PACKAGES = {"python3-numpy": None, "python3-torch": None, "python3-torchvision":
             "python3-pytest": None, "python3-mpi4py": None, "openmpi-bin": "mpirun",
             "libopenmpi-dev": "mpicc",
             "libcjson-dev": None, "pkgconf": "pkg-config", "strace": "strace",
-            "util-linux": "setpriv"}
+            "util-linux": "setpriv", "nodejs": "node", "npm": "npm"}
 
 # the stand-in apt-get: logs "DEBIAN_FRONTEND ARGS"; `install` creates what each package brings
 # (a marker in state/, its command in bin/), except the packages in FAKE_BROKEN
