@@ -25,6 +25,40 @@
  *     dx      = dy * invstd * weight                                            (stored statistics)
  *     dweight = sum(dy * xhat),  dbias = sum(dy)
  *
+ * CONVENTIONS (bn_options.flags, and a preset per framework)
+ *
+ *   Other frameworks' batch norms are this engine with other options (docs/conventions.md has
+ *   the table with each framework's source):
+ *
+ *     preset                  eps   momentum  running update (b: the batch's value)    var
+ *     BN_OPTIONS_PYTORCH     1e-5   0.1       (1 - momentum) * old + momentum * b       unbiased
+ *     BN_OPTIONS_ONNX        1e-5   0.9       momentum * old + (1 - momentum) * b       biased
+ *     BN_OPTIONS_KERAS       1e-3   0.99      as ONNX (tf-keras, Keras 3)               biased
+ *     BN_OPTIONS_TENSORFLOW  1e-3   1.0       as PyTorch (FusedBatchNormV3's factor)     unbiased
+ *     BN_OPTIONS_CAFFE       1e-5   0.999     momentum * old + b (sums, see below)       unbiased
+ *     BN_OPTIONS_MXNET       1e-3   0.9       as ONNX; BN_FIX_GAMMA (weight 1)          biased
+ *     BN_OPTIONS_FLAX        1e-5   0.99      as ONNX                                   biased
+ *
+ *   "biased" is M2 / m, the variance the batch is normalized with; "unbiased" M2 / (m - 1).
+ *   Only PyTorch refuses a batch of one value per channel (BN_ERR_COUNT); the others normalize
+ *   it to bias, and an unbiased running variance then takes M2 / 1 = 0 (Caffe's and
+ *   TensorFlow's rule). Caffe keeps sums: its running arrays hold sum momentum^k * b, and its
+ *   scale factor s (the caller's: s = momentum * s + 1 at every training step, 0 at first)
+ *   divides them: for inference, pass running_mean / s and running_var / s (Caffe rounds them
+ *   to its dtype too) to bn_forward_eval.
+ *
+ *   Frozen batch norm's three choices are independent: normalize with the batch statistics or
+ *   with the stored ones (BN_STORED_STATS: running_mean and running_var as given, before this
+ *   call updates them); update the running statistics and the counter or not
+ *   (BN_FREEZE_RUNNING); affine gradients or not (dweight, dbias NULL in bn_backward). dx is
+ *   always there; bn_backward with the same options gives the matching backward.
+ *
+ *   Ghost batches (virtual_batch = V, tf-keras's virtual_batch_size): the batch is read as
+ *   (V, N/V, ...), so ghost batch g holds samples g, g + N/V, g + 2N/V, ... and is normalized
+ *   with its own statistics; the running statistics take the mean over the ghost batches of
+ *   their means and of their variances; save_mean and save_invstd are (N/V, C), ghost g's at
+ *   g*C. Batch renormalization: bn_forward_train_renorm and bn_backward_renorm.
+ *
  * ACCURACY
  *
  *   Statistics are mean-centred, never E[x^2] - E[x]^2. float64 ones are accumulated in double,
@@ -298,9 +332,18 @@ BN_API bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims,
  *                 opt->cumulative is set and running statistics are given
  *   x:            in (N, C, S)
  *   weight, bias: in (C); NULL means 1 and 0
+ *   opt:          the convention and choices (see CONVENTIONS): with BN_STORED_STATS x is
+ *                 normalized with running_mean and running_var (both required) and those are
+ *                 what save_mean and save_invstd hold; BN_FREEZE_RUNNING leaves the running
+ *                 statistics and the counter alone; with ghost batches save_mean and
+ *                 save_invstd are (N/V, C)
  * With no values (n*s = 0) nothing is normalized, the running statistics are left as they are
  * and save_mean, save_invstd are NaN.
- * @return BN_OK; BN_ERR_COUNT when n*s == 1; the validation errors of the other arguments.
+ * @return BN_OK; BN_ERR_COUNT when a batch (a ghost batch) has one value per channel and
+ *         BN_ONE_VALUE_OK is not set; BN_ERR_SHAPE when opt->virtual_batch does not divide n;
+ *         BN_ERR_ARGUMENT for a bad option, or ghost batches with BN_STORED_STATS;
+ *         BN_ERR_NULL_POINTER for BN_STORED_STATS without both running statistics; the
+ *         validation errors of the other arguments.
  */
 BN_API bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd,
                                   void *running_mean, void *running_var,
@@ -450,12 +493,13 @@ BN_API bn_status bn_merge_moments(bn_moments *acc, const bn_moments *part, int64
  * stats and the same running statistics updates them to the same bits.
  *   stats: in (C), the merged moments of the whole batch (bn_compute_moments of every piece,
  *          merged by bn_merge_moments); every channel has the same count m >= n*s
- *   the other arguments as bn_forward_train; the running variance takes M2 / (m - 1)
+ *   the other arguments as bn_forward_train; the running variance takes M2 / (m - 1) (or as
+ *          opt's convention says); ghost batches and BN_STORED_STATS are BN_ERR_ARGUMENT here
  * With m = 0 (an empty batch) nothing is normalized, the running statistics are left as they
  * are, num_batches_tracked is still incremented, and save_mean, save_invstd are NaN.
- * @return BN_OK; BN_ERR_COUNT when m == 1; BN_ERR_ARGUMENT when the counts of stats differ
- *         between channels or m < n*s; the validation errors of bn_forward_train. Nothing is
- *         written on failure.
+ * @return BN_OK; BN_ERR_COUNT when m == 1 (unless BN_ONE_VALUE_OK); BN_ERR_ARGUMENT when the
+ *         counts of stats differ between channels or m < n*s; the validation errors of
+ *         bn_forward_train. Nothing is written on failure.
  */
 BN_API bn_status bn_forward_train_stats(void *y, double *save_mean, double *save_invstd,
                                         void *running_mean, void *running_var,

@@ -269,10 +269,11 @@ def backward_eval(dy, x, running_mean, running_var, weight=None, eps=1e-5):
 
 
 def backward(dy, x, save_mean, save_invstd, weight=None, options=PRESETS["pytorch"], r=None,
-             d=None):
+             d=None, affine_grads=True):
     """bn_backward (bn_backward_renorm when r and d are given): the gradients of forward_train
     (forward_train_renorm) with the same options, from the statistics it saved: batch or
-    stored statistics (STORED_STATS), ghost batches, FIX_GAMMA. Returns (dx, dweight, dbias).
+    stored statistics (STORED_STATS), ghost batches, FIX_GAMMA. Returns (dx, dweight, dbias);
+    affine_grads=False skips dweight and dbias (None), as frozen batch norm does.
     """
     x, layout = _tensor("input", x)
     c, dtype = x.shape[1], x.dtype
@@ -283,7 +284,7 @@ def backward(dy, x, save_mean, save_invstd, weight=None, options=PRESETS["pytorc
     weight = _channel("weight", weight, c, dtype)
     desc = _lib.make_desc(x.shape, _lib.bn_dtype(dtype), layout)
     dx = _like(x, layout)
-    dweight, dbias = np.empty(c, dtype), np.empty(c, dtype)
+    dweight, dbias = (np.empty(c, dtype), np.empty(c, dtype)) if affine_grads else (None, None)
     if r is None and d is None:
         status = _lib.lib.bn_backward(_ptr(dx), _ptr(dweight), _ptr(dbias), _ptr(dy), _ptr(x),
                                       _ptr(save_mean), _ptr(save_invstd), _ptr(weight), desc,
