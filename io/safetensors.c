@@ -18,14 +18,22 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Every element size here is 4 or 8 bytes. */
-static size_t elem_size(int dtype) { return dtype == CLI_ST_F32 ? 4 : 8; }
+/* The format's dtypes, in the order of the CLI_ST_* values, and their element sizes. */
+static const char *const dtype_names[CLI_ST_NDTYPES] = {
+    "F32", "F64", "I64", "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
+    "I32", "U32", "U64"};
+static const unsigned char dtype_sizes[CLI_ST_NDTYPES] = {4, 8, 8, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                          4, 4, 8};
+
+static size_t elem_size(int dtype) { return dtype_sizes[dtype]; }
+
+const char *cli_safetensors_dtype_name(int dtype) {
+    return dtype >= 0 && dtype < CLI_ST_NDTYPES ? dtype_names[dtype] : "?";
+}
 
 #ifdef BN_HAVE_CJSON
 
 #define MAX_HEADER (100u << 20) /* the specification's limit on the header */
-
-static const char *const dtype_names[] = {"F32", "F64", "I64"};
 
 static int little_endian(void) {
     const uint16_t one = 1;
@@ -180,9 +188,10 @@ static const char *shown(char *buf, size_t buflen, const char *text) {
     return buf;
 }
 
-/* One header entry: dtype, shape, offsets within data_len bytes. */
+/* One header entry: dtype, shape, offsets within data_len bytes. Dtypes past CLI_ST_I64 are
+ * taken when any_dtype is set. */
 static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, size_t data_len,
-                             char *err, size_t errlen) {
+                             int any_dtype, char *err, size_t errlen) {
     char name_buf[68], dtype_buf[20];
     const char *name = shown(name_buf, sizeof name_buf, e->string);
     if (!cJSON_IsObject(e)) {
@@ -202,8 +211,13 @@ static bn_status parse_entry(cli_st_tensor *t, int64_t off[2], const cJSON *e, s
     }
     t->name = e->string;
     t->dtype = -1;
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < (any_dtype ? CLI_ST_NDTYPES : CLI_ST_I64 + 1); k++)
         if (strcmp(dt->valuestring, dtype_names[k]) == 0) t->dtype = k;
+    if (t->dtype < 0 && any_dtype) {
+        bn_io_set_err(err, errlen, "tensor \"%s\": dtype %s is not one of the format's", name,
+                      shown(dtype_buf, sizeof dtype_buf, dt->valuestring));
+        return BN_ERR_UNSUPPORTED;
+    }
     if (t->dtype < 0) {
         bn_io_set_err(err, errlen, "tensor \"%s\": dtype %s is not supported (only F32, F64, I64)",
                       name, shown(dtype_buf, sizeof dtype_buf, dt->valuestring));
@@ -294,7 +308,8 @@ static int first_repeat(const cJSON *root, int n) {
     return first;
 }
 
-bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size_t errlen) {
+static bn_status read_file(cli_st_file *f, const char *path, int any_dtype, char *err,
+                           size_t errlen) {
     memset(f, 0, sizeof *f);
     unsigned char *buf;
     size_t len;
@@ -354,7 +369,7 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
             st = BN_ERR_FORMAT;
             break;
         }
-        st = parse_entry(&t[k], &offs[2 * k], e, data_len, err, errlen);
+        st = parse_entry(&t[k], &offs[2 * k], e, data_len, any_dtype, err, errlen);
         if (st == BN_OK) {
             t[k].data = buf + data_at + offs[2 * k];
             to_little((void *)t[k].data, t[k].count, elem_size(t[k].dtype));
@@ -390,6 +405,14 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
     return BN_OK;
 }
 
+bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size_t errlen) {
+    return read_file(f, path, 0, err, errlen);
+}
+
+bn_status cli_safetensors_read_any(cli_st_file *f, const char *path, char *err, size_t errlen) {
+    return read_file(f, path, 1, err, errlen);
+}
+
 void cli_safetensors_free(cli_st_file *f) {
     free(f->tensors);
     cJSON_Delete(f->json);
@@ -417,6 +440,10 @@ bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size
     (void)path;
     memset(f, 0, sizeof *f);
     return no_json(err, errlen);
+}
+
+bn_status cli_safetensors_read_any(cli_st_file *f, const char *path, char *err, size_t errlen) {
+    return cli_safetensors_read(f, path, err, errlen);
 }
 
 void cli_safetensors_free(cli_st_file *f) { memset(f, 0, sizeof *f); }

@@ -7,7 +7,10 @@
  *   the rest   the tensors' bytes, little-endian, C order; offsets relative to the rest's start,
  *              which they must cover without holes or overlaps
  *
- * Dtypes handled: F32, F64, I64. Tensors keep their dtype; a caller converts. */
+ * Dtypes handled: F32, F64, I64. Tensors keep their dtype; a caller converts. The format's other
+ * dtypes (BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, U64) are refused by
+ * cli_safetensors_read and kept, unconverted to any other type, by cli_safetensors_read_any, for
+ * readers that take a few tensors out of a checkpoint holding any kind. */
 #ifndef BN_IO_SAFETENSORS_H
 #define BN_IO_SAFETENSORS_H
 
@@ -16,12 +19,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { CLI_ST_F32, CLI_ST_F64, CLI_ST_I64 };
+/* The dtypes, by the format's names; only the first three are written and read as values. */
+enum {
+    CLI_ST_F32, CLI_ST_F64, CLI_ST_I64,
+    CLI_ST_BOOL, CLI_ST_U8, CLI_ST_I8, CLI_ST_F8_E5M2, CLI_ST_F8_E4M3, CLI_ST_I16, CLI_ST_U16,
+    CLI_ST_F16, CLI_ST_BF16, CLI_ST_I32, CLI_ST_U32, CLI_ST_U64,
+    CLI_ST_NDTYPES
+};
 #define CLI_ST_MAX_NDIM 8
 
 typedef struct cli_st_tensor {
     const char *name;  /* reading: points into the file's parsed header */
-    int dtype;         /* CLI_ST_F32, CLI_ST_F64 or CLI_ST_I64 */
+    int dtype;         /* CLI_ST_F32, CLI_ST_F64 or CLI_ST_I64 (any CLI_ST_*: read_any) */
     int ndim;          /* 0 (a scalar) .. CLI_ST_MAX_NDIM */
     int64_t dims[CLI_ST_MAX_NDIM];
     int64_t count;     /* elements */
@@ -55,7 +64,18 @@ bn_status cli_safetensors_write(const char *path, const cli_st_tensor *t, int n,
  */
 bn_status cli_safetensors_read(cli_st_file *f, const char *path, char *err, size_t errlen);
 
-/* Element k of t as a double (the data of a file read may be unaligned). */
+/*
+ * As cli_safetensors_read, but tensors of the format's other dtypes (CLI_ST_BOOL .. CLI_ST_U64)
+ * are kept too, their size and offsets checked as any other's, their data in native byte order
+ * (each element's bytes swapped on a big-endian machine). A dtype the format does not name is
+ * still BN_ERR_UNSUPPORTED: its element size, and so its span, is unknown.
+ */
+bn_status cli_safetensors_read_any(cli_st_file *f, const char *path, char *err, size_t errlen);
+
+/* The format's name of a CLI_ST_* dtype ("F32", "BF16"), or "?" for another value. */
+const char *cli_safetensors_dtype_name(int dtype);
+
+/* Element k of t (F32, F64 or I64) as a double (the data of a file read may be unaligned). */
 double cli_safetensors_value(const cli_st_tensor *t, int64_t k);
 
 /* The tensor called name, or NULL. */
