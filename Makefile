@@ -147,6 +147,57 @@ $(BUILD)/libbnorm.a: $(LIB_OBJ) $(BUILD)/objects
 $(BUILD)/libbnorm_io.a: $(IO_OBJ) $(BUILD)/objects
 	rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
+# libbnorm_state (include/bnorm_state.h, state/): a batch norm layer's state in safetensors files
+# under state_dict keys, for C programs that load a PyTorch checkpoint. It holds io/'s
+# safetensors reader and writer and the atomic writer of outputs (built with hidden visibility,
+# like every object of a shared library here) and needs cJSON, so it is built where cJSON is
+# found; libbnorm needs neither. Its C tests (tests/state/; they reach io/ through libbnorm_io)
+# run from tests/python/test_state.py.
+STATE_SRC := $(wildcard state/*.c)
+STATE_OBJ := $(STATE_SRC:%.c=$(BUILD)/%.o) \
+             $(addprefix $(BUILD)/io/,safetensors.o output.o input.o message.o)
+STATE_TEST_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/state/*.c))
+$(BUILD)/state/%.o:       INCLUDES = -Iio
+$(BUILD)/tests/state/%.o: INCLUDES = -Iio -Itests/c
+$(BUILD)/state/%.o $(BUILD)/io/%.o: VISIBILITY = -fvisibility=hidden
+$(STATE_SRC:%.c=$(BUILD)/%.o) $(STATE_TEST_OBJ): include/bnorm_state.h
+STATE_TARGETS := $(if $(HAVE_CJSON),$(BUILD)/libbnorm_state.a $(BUILD)/libbnorm_state.so \
+                   $(BUILD)/test_bnorm_state)
+all: $(STATE_TARGETS)
+
+# The archive holds one object, linked from them all, in which only the functions of
+# bnorm_state.h stay global: io/'s functions cannot clash with a program's (or libbnorm_io's).
+$(BUILD)/libbnorm_state.a: $(STATE_OBJ) $(BUILD)/libbnorm_state.syms
+	$(CC) -r -nostdlib -o $(BUILD)/state/libbnorm_state.o $(STATE_OBJ)
+	objcopy --keep-global-symbols=$(BUILD)/libbnorm_state.syms $(BUILD)/state/libbnorm_state.o
+	rm -f $@ && ar rcs $@ $(BUILD)/state/libbnorm_state.o
+
+$(BUILD)/libbnorm_state.map: include/bnorm_state.h
+	@mkdir -p $(dir $@)
+	$(call EXPORTS,$<) > $@
+$(BUILD)/libbnorm_state.syms: $(BUILD)/libbnorm_state.map
+	sed -n 's/^ *\(bn_[a-z0-9_]*\);$$/\1/p' $< > $@
+
+# exports the functions of bnorm_state.h only; needs libc and cJSON (not libbnorm: bnorm.h gives
+# it types only)
+$(BUILD)/libbnorm_state.so: $(STATE_OBJ) $(BUILD)/libbnorm_state.map
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm_state.so.$(MAJOR) \
+	  -Wl,--version-script=$(BUILD)/libbnorm_state.map -Wl,--no-undefined \
+	  -o $@ $(STATE_OBJ) $(LDFLAGS) -lcjson
+	ln -sf libbnorm_state.so $(BUILD)/libbnorm_state.so.$(MAJOR)
+
+$(BUILD)/test_bnorm_state: $(STATE_TEST_OBJ) $(BUILD)/tests/c/main.o $(BUILD)/libbnorm_state.a \
+                           $(BUILD)/libbnorm_io.a $(BUILD)/libbnorm.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) -lcjson $(LDLIBS)
+
+# `make test-state`: the state library's C tests, then its Python tests against torch
+.PHONY: test-state install-state
+test-state: $(STATE_TARGETS) $(BUILD)/libbnorm.so
+	@test -n "$(HAVE_CJSON)" || { echo "make test-state: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
+	$(BUILD)/test_bnorm_state
+	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so BNORM_BUILD=$(CURDIR)/$(BUILD) PYTHONPATH=python \
+	  $(PYTHON) -m pytest -q tests/python/test_state.py
+
 # A shared library exports the functions its header marks BN_API, and nothing else. The objects
 # are built with -fvisibility=hidden; the version script, made from the header, also hides what
 # that flag leaves out (GCC 12 exports the dispatchers of target_clones kernels regardless).
@@ -274,7 +325,7 @@ valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi)
 # `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
 # what it learns grows build-fuzz/corpus/<target>, and a finding is saved in build-fuzz/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := npy api safetensors
+FUZZ_TARGETS := npy api safetensors state
 FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
 
@@ -282,7 +333,7 @@ fuzz-build:
 	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
 	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a \
-	  build-fuzz/libbnorm_io.a
+	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm_state.a
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
 # the safetensors reader needs cJSON, which the build of libbnorm_io above found
@@ -290,6 +341,11 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbno
                    build-fuzz/libbnorm.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Iio -o $@ $< \
 	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a -lcjson -lm
+
+# the state files' reader and writer, over libbnorm_state
+build-fuzz/fuzz_state: tests/fuzz/fuzz_state.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_state.a
+	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -o $@ $< \
+	  build-fuzz/libbnorm_state.a -lcjson
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build
@@ -313,7 +369,7 @@ PYTHON_SITE ?= $(shell $(PYTHON) -c 'import sys, sysconfig; \
   kind = "dist-packages" if "dist-packages" in sysconfig.get_path("purelib") else "site-packages"; \
   print("$(PREFIX)/lib/python%d.%d/%s" % (sys.version_info[:2] + (kind,)))' 2>/dev/null)
 
-install: all
+install: all install-state
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/bnorm.h $(DESTDIR)$(PREFIX)/include/
 	install -m 644 $(BUILD)/libbnorm.a $(DESTDIR)$(PREFIX)/lib/
@@ -335,6 +391,19 @@ ifneq ($(PYTHON_SITE),)
 	install -m 644 python/bnorm/*.py $(DESTDIR)$(PYTHON_SITE)/bnorm/
 	echo 'LIBDIR = "$(PREFIX)/lib"  # written by make install: where libbnorm.so is' \
 	  > $(DESTDIR)$(PYTHON_SITE)/bnorm/_installed.py
+endif
+
+# libbnorm_state where cJSON is found: its header, libraries and bnorm_state.pc
+install-state: all
+ifneq ($(HAVE_CJSON),)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/bnorm_state.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(BUILD)/libbnorm_state.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/libbnorm_state.so $(DESTDIR)$(PREFIX)/lib/libbnorm_state.so.$(VERSION)
+	ln -sf libbnorm_state.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_state.so.$(MAJOR)
+	ln -sf libbnorm_state.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbnorm_state.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bnorm_state.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bnorm_state.pc
 endif
 
 clean:
