@@ -178,12 +178,12 @@ $(BUILD)/libbnorm_state.map: include/bnorm_state.h
 $(BUILD)/libbnorm_state.syms: $(BUILD)/libbnorm_state.map
 	sed -n 's/^ *\(bn_[a-z0-9_]*\);$$/\1/p' $< > $@
 
-# exports the functions of bnorm_state.h only; needs libc and cJSON (not libbnorm: bnorm.h gives
-# it types only)
+# exports the functions of bnorm_state.h only; needs libc, libm and cJSON (not libbnorm: bnorm.h
+# gives it types only)
 $(BUILD)/libbnorm_state.so: $(STATE_OBJ) $(BUILD)/libbnorm_state.map
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libbnorm_state.so.$(MAJOR) \
 	  -Wl,--version-script=$(BUILD)/libbnorm_state.map -Wl,--no-undefined \
-	  -o $@ $(STATE_OBJ) $(LDFLAGS) -lcjson
+	  -o $@ $(STATE_OBJ) $(LDFLAGS) -lcjson -lm
 	ln -sf libbnorm_state.so $(BUILD)/libbnorm_state.so.$(MAJOR)
 
 $(BUILD)/test_bnorm_state: $(STATE_TEST_OBJ) $(BUILD)/tests/c/main.o $(BUILD)/libbnorm_state.a \
@@ -345,7 +345,7 @@ build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbno
 # the state files' reader and writer, over libbnorm_state
 build-fuzz/fuzz_state: tests/fuzz/fuzz_state.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_state.a
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -o $@ $< \
-	  build-fuzz/libbnorm_state.a -lcjson
+	  build-fuzz/libbnorm_state.a -lcjson -lm
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
 fuzz: fuzz-build
