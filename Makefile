@@ -193,7 +193,8 @@ $(BUILD)/test_bnorm_state: $(STATE_TEST_OBJ) $(BUILD)/tests/c/main.o $(BUILD)/li
 # `make test-state`: the state library's C tests, then its Python tests against torch
 .PHONY: test-state install-state
 test-state: $(STATE_TARGETS) $(BUILD)/libbnorm.so
-	@test -n "$(HAVE_CJSON)" || { echo "make test-state: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
+	@test -n "$(HAVE_CJSON)" || \
+	  { echo "make test-state: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
 	$(BUILD)/test_bnorm_state
 	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so BNORM_BUILD=$(CURDIR)/$(BUILD) PYTHONPATH=python \
 	  $(PYTHON) -m pytest -q tests/python/test_state.py

@@ -72,12 +72,14 @@
  *
  * THREAD SAFETY
  *
- *   No global state. bn_state_get() may run concurrently on the same bn_state_file from any
- *   number of threads; distinct files and states may be used from any threads at once.
+ *   The calls share nothing a caller can observe. bn_state_get() may run concurrently on the
+ *   same bn_state_file from any number of threads; distinct files and states may be used from
+ *   any threads at once. Two writes of the same path at once each rename a whole file over it:
+ *   the last one stays.
  *
  * BUILDING
  *
- *   cc prog.c -lbnorm_state -lbnorm (pkg-config bnorm_state bnorm), or with the static
+ *   cc prog.c -lbnorm_state -lbnorm (pkg-config --cflags --libs bnorm_state), or with the static
  *   libraries: cc prog.c libbnorm_state.a -lcjson libbnorm.a -fopenmp -lm. libbnorm_state
  *   needs cJSON (libcjson); libbnorm needs neither it nor this library.
  *

@@ -2,7 +2,8 @@
  * are written to a file, opened, and a few prefixes' layers taken out of it. Invariants: a
  * failure holds nothing (the file pointer NULL, the state zeroed) and says why in one line; a
  * layer taken has C >= 1, a float dtype, complete pairs, arrays whose every element can be read
- * (ASan checks), a count >= 0; written back under its prefix and read again, it is the same bits. */
+ * (ASan checks), a count >= 0; written back under its prefix and read again, it is the same
+ * bits. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "bnorm_state.h"

@@ -448,7 +448,8 @@ BN_SUITE(suite_state_read_errors) {
     expect_bad("channels that differ",
                "{\"bn.weight\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
                "\"bn.bias\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
-               values, 12, BN_ERR_FORMAT, "\"bn.weight\" is F32 of 2 values, but \"bn.bias\" F32 of 1");
+               values, 12, BN_ERR_FORMAT,
+               "\"bn.weight\" is F32 of 2 values, but \"bn.bias\" F32 of 1");
     expect_bad("dtypes that differ",
                "{\"bn.weight\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
                "\"bn.bias\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[4,12]}}",
