@@ -351,7 +351,7 @@ static bn_status backward_with(void *dx, void *dweight, void *dbias, const void 
     BN_RETURN_IF_ERROR(bn_check_options(opt));
     BN_RETURN_IF(!r != !d, BN_ERR_NULL_POINTER);
     const int stored = opt->flags & BN_STORED_STATS, fix = opt->flags & BN_FIX_GAMMA;
-    const int64_t V = opt->virtual_batch, ghosts = V && V != desc->n ? desc->n / V : 1;
+    const int64_t V = opt->virtual_batch, ghosts = V && desc->n > V ? desc->n / V : 1;
     BN_RETURN_IF(V && stored, BN_ERR_ARGUMENT);
     BN_RETURN_IF(V && desc->n % V != 0, BN_ERR_SHAPE);
     if (bn_count(desc) == 0) {

@@ -215,7 +215,7 @@ bn_status bn_check_train(const bn_train_args *a, const bn_desc *desc, const bn_o
     BN_RETURN_IF(ghost && desc->n % ghost != 0, BN_ERR_SHAPE);
     BN_RETURN_IF(stored && (a->renorm || a->given), BN_ERR_ARGUMENT);
     BN_RETURN_IF(stored && (!a->running_mean || !a->running_var), BN_ERR_NULL_POINTER);
-    t->ghosts = ghost && ghost != desc->n ? desc->n / ghost : 1;
+    t->ghosts = ghost && desc->n > ghost ? desc->n / ghost : 1; /* n = 0: one, empty */
     if (a->given) {
         BN_RETURN_IF_ERROR(check_stats(a->stats, desc, &t->m));
     } else {

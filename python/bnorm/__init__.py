@@ -140,7 +140,7 @@ class _InOut:
 def _ghosts(x, options):
     """How many ghost batches the options make of x's batch (1: none)."""
     v = options.virtual_batch if options is not None else 0
-    return x.shape[0] // v if v and x.shape[0] % v == 0 and x.shape[0] != v else 1
+    return x.shape[0] // v if v and x.shape[0] % v == 0 and x.shape[0] > v else 1
 
 
 def forward_train(x, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1,

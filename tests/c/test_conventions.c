@@ -545,4 +545,14 @@ BN_SUITE(suite_conventions_errors) {
     CHECK_STATUS(bn_forward_train_renorm(y, sm, si, r, dd, rm, rv, ms, ren_m, ren_s, &nbt, x,
                                          NULL, NULL, &d, &f), BN_OK);
     CHECK(rm[0] == 1 && rv[1] == 4 && ms[1] == 1 && ren_m[1] == 0 && ren_s[0] == 1 && nbt == 3);
+    /* an empty batch with ghost batches: nothing normalized, nothing tracked, no gradients */
+    const bn_desc empty = tu_desc(0, 2, 3, BN_FLOAT64, BN_CHANNELS_LAST);
+    bn_options g = BN_OPTIONS_KERAS;
+    g.virtual_batch = 2;
+    double esm[2] = {1, 1}, esi[2] = {1, 1}, erm[2] = {5, 6}, erv[2] = {7, 8}, edw[2] = {3, 3};
+    CHECK_STATUS(bn_forward_train(NULL, esm, esi, erm, erv, NULL, NULL, NULL, NULL, &empty, &g),
+                 BN_OK);
+    CHECK(isnan(esm[0]) && isnan(esi[1]) && erm[0] == 5 && erv[1] == 8);
+    CHECK_STATUS(bn_backward(NULL, edw, NULL, NULL, NULL, esm, esi, NULL, &empty, &g), BN_OK);
+    CHECK(edw[0] == 0 && edw[1] == 0);
 }

@@ -8,6 +8,8 @@
  *     eval forward, backward) succeeds with finite outputs, and in-place calls give the same bits,
  *     and so do the stages of a split batch on one piece (moments, then forward with them; sums,
  *     then backward with them);
+ *   - the conventions' chain (presets, ghost batches, frozen choices, renorm) succeeds exactly
+ *     when the arguments allow, with finite outputs and repeatable bits;
  *   - bn_check_finite finds the first NaN or infinity where a plain scan does.
  * ASan and UBSan watch every read and write. */
 #include "bnorm.h"
@@ -269,7 +271,7 @@ static void fuzz_call(bytes *b, tensors *t, const bn_desc *d, int desc_ok, int o
     if (dst != BN_OK) ALLOW(dst);
     int tensor_null = count && (!x || (op == 0 || op == 1 ? !y : !dy));
     if (tensor_null) ALLOW(BN_ERR_NULL_POINTER);
-    int tracking = rm || rv;
+    int tracking = (rm || rv) && !(op == 0 && (opt.flags & BN_FREEZE_RUNNING));
     switch (op) {
     case 0: /* forward train */
         if (null_opt) ALLOW(BN_ERR_NULL_POINTER);
@@ -400,6 +402,73 @@ static void fuzz_chain(tensors *t, bytes *b) {
     free(copy);
 }
 
+/* The conventions' chain on finite inputs: a framework's preset, maybe ghost batches (a size
+ * that divides n, or one that does not), frozen choices, renorm with fuzzed clipping; forward
+ * and backward succeed exactly when the arguments allow, give finite outputs, and the same
+ * bits when called again. */
+static void fuzz_conventions(tensors *t, bytes *b) {
+    const bn_desc *d = &t->d;
+    const bn_options presets[7] = {BN_OPTIONS_PYTORCH, BN_OPTIONS_ONNX, BN_OPTIONS_KERAS,
+                                   BN_OPTIONS_TENSORFLOW, BN_OPTIONS_CAFFE, BN_OPTIONS_MXNET,
+                                   BN_OPTIONS_FLAX};
+    bn_options opt = presets[take(b, 1) % 7];
+    opt.flags |= (int)(take(b, 1) & (BN_STORED_STATS | BN_FREEZE_RUNNING));
+    opt.virtual_batch = (int64_t)(take(b, 1) % 5);
+    int renorm = take(b, 1) % 2;
+    opt.rmin = (double)(take(b, 1) % 4) / 4;
+    opt.rmax = take(b, 1) % 2 ? HUGE_VAL : opt.rmin + (double)(take(b, 1) % 4) / 2;
+    opt.dmax = take(b, 1) % 2 ? HUGE_VAL : (double)(take(b, 1) % 3);
+    const int stored = opt.flags & BN_STORED_STATS;
+    const int64_t V = opt.virtual_batch, ghosts = V && d->n > V && d->n % V == 0 ? d->n / V : 1;
+    const int64_t m = V && ghosts > 1 ? V * d->s : d->n * d->s, count = t->count;
+    unsigned allowed = 0; /* bit -status: each wrong argument's status */
+    if (V && d->n % V) allowed |= 1u << -BN_ERR_SHAPE;
+    if ((V && stored) || (renorm && stored)) allowed |= 1u << -BN_ERR_ARGUMENT;
+    if (m == 1 && !(opt.flags & BN_ONE_VALUE_OK) && !(stored && (opt.flags & BN_FREEZE_RUNNING)))
+        allowed |= 1u << -BN_ERR_COUNT;
+    const size_t big = (size_t)count * esize(d->dtype), small = (size_t)d->c * esize(d->dtype);
+    const size_t saved = (size_t)(ghosts * d->c) * sizeof(double);
+    double *sm = malloc(saved + 8), *si = malloc(saved + 8), r[MAX_C], dd[MAX_C];
+    unsigned char ms[MAX_C * 8], ren_m[MAX_C * 8], ren_s[MAX_C * 8];
+    memcpy(ms, t->rv, small), memcpy(ren_m, t->rm, small), memcpy(ren_s, t->rv, small);
+    bn_status st = renorm ? bn_forward_train_renorm(t->y, sm, si, r, dd, t->rm, t->rv, ms, ren_m,
+                                                    ren_s, &t->nbt, t->x, t->w, t->b, d, &opt)
+                          : bn_forward_train(t->y, sm, si, t->rm, t->rv, &t->nbt, t->x, t->w,
+                                             t->b, d, &opt);
+    if (st == BN_OK ? allowed != 0 : !(allowed & 1u << -st)) {
+        fprintf(stderr, "conventions: flags %#x V %lld renorm %d n %lld s %lld: status %d, allowed %#x\n",
+                opt.flags, (long long)V, renorm, (long long)d->n, (long long)d->s, st, allowed);
+        die("conventions: status");
+    }
+    if (st == BN_OK && count > 0) {
+        if (!all_finite(t->y, count, d->dtype)) die("conventions: non-finite output");
+        unsigned char *y2 = buffer(big), *dx2 = buffer(big);
+        double *sm2 = malloc(saved + 8), *si2 = malloc(saved + 8);
+        bn_options again = opt;
+        again.flags |= BN_FREEZE_RUNNING; /* the same statistics, nothing more to update */
+        if (!stored) {
+            bn_status st2 = renorm ? bn_forward_train_renorm(y2, sm2, si2, NULL, NULL, NULL, NULL,
+                                                             NULL, ren_m, ren_s, NULL, t->x, t->w,
+                                                             t->b, d, &again)
+                                   : bn_forward_train(y2, sm2, si2, NULL, NULL, NULL, t->x, t->w,
+                                                      t->b, d, &again);
+            if (st2 != BN_OK || (!renorm && memcmp(y2, t->y, big)) || memcmp(sm2, sm, saved))
+                die("conventions: a second call differs");
+        }
+        bn_status sb = renorm ? bn_backward_renorm(t->dx, t->dw, t->db, t->dy, t->x, sm, si, r, dd,
+                                                   t->w, d, &opt)
+                              : bn_backward(t->dx, t->dw, t->db, t->dy, t->x, sm, si, t->w, d, &opt);
+        if (sb != BN_OK) die("conventions: backward failed");
+        if (!all_finite(t->dx, count, d->dtype) || !all_finite(t->dw, d->c, d->dtype))
+            die("conventions: non-finite gradient");
+        if (!renorm && bn_backward(dx2, NULL, NULL, t->dy, t->x, sm, si, t->w, d, &opt) != BN_OK)
+            die("conventions: backward without affine gradients failed");
+        if (!renorm && memcmp(dx2, t->dx, big)) die("conventions: dx depends on dweight");
+        free(y2), free(dx2), free(sm2), free(si2);
+    }
+    free(sm), free(si);
+}
+
 /* bn_merge_moments on fuzzed moments: the status the arguments deserve, nothing written on
  * failure, and on success counts that add up and empty parts that change nothing. */
 static void fuzz_merge(bytes *b) {
@@ -475,7 +544,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t kind = (uint8_t)take(&b, 1);
     d.dtype = (bn_dtype)(odd ? kind % 3 : kind % 2);
     d.layout = (bn_layout)(odd ? kind / 4 % 3 : kind / 4 % 2);
-    int finite = op == 4;
+    int finite = op == 4 || (op == 5 && take(&b, 1) % 2); /* op 5: finite for the conventions */
     bn_status dst = desc_oracle(d.n, d.c, d.s, d.dtype, d.layout);
     int small = dst == BN_OK && d.c <= MAX_C && d.n <= MAX_ELEMS && d.s <= MAX_ELEMS &&
                 d.n * d.c * d.s <= MAX_ELEMS;
@@ -487,6 +556,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (small) {
         fuzz_check_finite(&t);
         if (op == 4) fuzz_chain(&t, &b);
+        if (op == 5 && finite) fuzz_conventions(&t, &b);
     }
     release(&t);
     return 0;
