@@ -11,7 +11,7 @@ const char *bn_status_string(bn_status status) {
     case BN_ERR_SHAPE: return "invalid shape: need (N, C, ...) with N >= 0, C >= 1 and sizes >= 0";
     case BN_ERR_TOO_LARGE: return "tensor too large: its size overflows 64-bit arithmetic";
     case BN_ERR_ARGUMENT:
-        return "invalid argument: eps must be finite and >= 0, momentum finite and in [0, 1]";
+        return "invalid argument: an option out of its range (eps finite and >= 0, momentum in [0, 1], known flags, ...)";
     case BN_ERR_COUNT: return "expected more than 1 value per channel when training";
     case BN_ERR_UNSUPPORTED: return "unsupported dtype or layout";
     case BN_ERR_IO: return "input/output error";
