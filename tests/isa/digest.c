@@ -1,6 +1,6 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
  * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
- * two pieces. `make isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
+ * two pieces, and the conventions (renorm with ghost batches, stored statistics). `make isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
  * x86-64 baseline) and builds it again for the baseline only (-DBN_NO_CLONES), and the listings
  * must be identical: the same bits on every machine, not only for every thread count. */
 #include "bnorm.h"
@@ -82,6 +82,49 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
     return st;
 }
 
+/* The conventions on one case: Keras's renorm with ghost batches (half the batch, when n is
+ * even), forward and backward; then stored statistics with an ONNX update, and its backward. */
+static int digest_conventions(const bn_desc *dp, uint64_t seed) {
+    const bn_desc d = *dp;
+    const int64_t count = tu_numel(&d), C = d.c, G = d.n % 2 == 0 && d.n > 2 ? 2 : 1;
+    const size_t es = d.dtype == BN_FLOAT64 ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
+    const size_t saved = sizeof(double) * (size_t)(G * C);
+    tu_rng r = tu_rng_new(seed);
+    double *xv = tu_randn(&r, count, 2, 3), *gv = tu_randn(&r, count, 0, 1);
+    double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1), *sv = tu_randn(&r, C, 2, 0.3);
+    void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
+    void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
+    void *rm = tu_to_dtype(bv, C, d.dtype), *rv = tu_to_dtype(sv, C, d.dtype);
+    void *ms = tu_to_dtype(sv, C, d.dtype), *ren_m = tu_to_dtype(wv, C, d.dtype);
+    void *ren_s = tu_to_dtype(sv, C, d.dtype);
+    void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
+    double *sm = malloc(saved), *si = malloc(saved), *rr = malloc(saved), *dd = malloc(saved);
+    bn_options opt = BN_OPTIONS_KERAS;
+    opt.virtual_batch = G > 1 ? d.n / G : 0;
+    opt.rmin = 0.5, opt.rmax = 1.5, opt.dmax = 0.25;
+    uint64_t h = UINT64_C(14695981039346656037);
+    int st = bn_forward_train_renorm(y, sm, si, rr, dd, rm, rv, ms, ren_m, ren_s, NULL, x, w, b,
+                                     &d, &opt);
+    h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, saved), si, saved), rr, (size_t)C * 8), dd, (size_t)C * 8);
+    h = fnv(fnv(fnv(fnv(fnv(h, rm, small), rv, small), ms, small), ren_m, small), ren_s, small);
+    st |= bn_backward_renorm(dx, dw, db, dy, x, sm, si, rr, dd, w, &d, &opt);
+    h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    bn_options onnx = BN_OPTIONS_ONNX;
+    onnx.flags |= BN_STORED_STATS;
+    st |= bn_forward_train(y, sm, si, rm, rv, NULL, x, w, b, &d, &onnx);
+    h = fnv(fnv(fnv(fnv(fnv(h, y, big), sm, (size_t)C * 8), si, (size_t)C * 8), rm, small), rv, small);
+    st |= bn_backward(dx, dw, db, dy, x, sm, si, w, &d, &onnx);
+    h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    printf("%lldx%lldx%lld %s %s conventions status %d digest %016llx\n", (long long)d.n,
+           (long long)C, (long long)d.s, d.dtype == BN_FLOAT64 ? "f64" : "f32",
+           d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first", st,
+           (unsigned long long)h);
+    free(xv), free(gv), free(wv), free(bv), free(sv), free(x), free(dy), free(w), free(b);
+    free(rm), free(rv), free(ms), free(ren_m), free(ren_s), free(y), free(dx), free(dw), free(db);
+    free(sm), free(si), free(rr), free(dd);
+    return st;
+}
+
 /* `digest [SET]`: with the kernels of SET (avx512f, avx2, x86-64) where this CPU has it; exit
  * status 2, printing nothing, where it does not. */
 int main(int argc, char **argv) {
@@ -99,6 +142,7 @@ int main(int argc, char **argv) {
             for (int lay = 0; lay < 2; lay++) {
                 bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
                 failures += digest_case(&d, 4242 + k, 1, 1) != 0;
+                if (shapes[k][2] < 100000) failures += digest_conventions(&d, 5252 + k) != 0;
             }
     /* float64 near the top of the range: block sums that overflow (summed again scaled),
      * variances that overflow, gradient sums that overflow */
