@@ -291,17 +291,17 @@ bn_status bn_train(const bn_train_args *a, const bn_desc *desc, const bn_options
         }
     } else if (t.m_total > 0 && t.ghosts > 1) {
         BN_RETURN_IF_ERROR(bn_train_ghosts(a, desc, opt, &t));
-    } else if (t.m_total > 0 || (flags & BN_STORED_STATS)) {
+    } else if (t.m_total == 0) { /* stored statistics, no values: nothing to normalize */
+        BN_RETURN_IF_ERROR(train_frozen(a, desc, opt));
+    } else if (!a->renorm) {
+        BN_RETURN_IF_ERROR(train_whole(a, desc, opt, &t, NULL));
+    } else {
         bn_scratch scratch;
-        void *arrays[1];
-        const int64_t C = desc->c;
-        const size_t bytes = bn_bytes(a->renorm ? 4 * C : 0, sizeof(double));
-        if (!bn_scratch_take(&scratch, 1, &bytes, arrays)) return BN_ERR_NO_MEMORY;
-        bn_renorm_finish rn;
-        if (a->renorm) rn = bn_renorm_setup(a, desc, opt, &t, arrays[0]);
-        bn_status st = BN_OK;
-        if (t.m_total > 0) st = train_whole(a, desc, opt, &t, a->renorm ? &rn : NULL);
-        else if (flags & BN_STORED_STATS) st = train_frozen(a, desc, opt);
+        void *doubles;
+        const size_t bytes = bn_bytes(4 * desc->c, sizeof(double));
+        if (!bn_scratch_take(&scratch, 1, &bytes, &doubles)) return BN_ERR_NO_MEMORY;
+        const bn_renorm_finish rn = bn_renorm_setup(a, desc, opt, &t, doubles);
+        const bn_status st = train_whole(a, desc, opt, &t, &rn);
         bn_scratch_release(&scratch);
         BN_RETURN_IF_ERROR(st);
     }
