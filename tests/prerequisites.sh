@@ -52,6 +52,13 @@ has_peers() {
 install_peers() {
     has_peers && return 0
     echo "prerequisites: installing the JavaScript peers (npm ci in $PEERS)"
+    # npm trusts only the roots built into node unless told otherwise: where no cafile is set,
+    # give it the system's store (Debian's, with any authority the machine's owner added there)
+    if [ -z "${npm_config_cafile:-}" ] && [ -r /etc/ssl/certs/ca-certificates.crt ] &&
+       [ "$(cd "$PEERS" && npm config get cafile 2>/dev/null)" = null ]; then
+        npm_config_cafile=/etc/ssl/certs/ca-certificates.crt
+        export npm_config_cafile
+    fi
     (cd "$PEERS" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
         { echo "prerequisites: npm ci in $PEERS failed" >&2; exit 1; }
     has_peers || { echo "prerequisites: the JavaScript peers do not load after npm ci" >&2; exit 1; }
