@@ -20,6 +20,7 @@ missing() {
     has_module numpy || m="$m python3-numpy"
     has_module torch || m="$m python3-torch"
     has_module torchvision || m="$m python3-torchvision"  # FrozenBatchNorm2d against torchvision
+    has_module onnx || m="$m python3-onnx"          # ONNX's reference for bnorm.onnx
     has_module pytest || m="$m python3-pytest"
     has_module mpi4py || m="$m python3-mpi4py"     # SyncBatchNorm under mpirun
     has_command mpirun || m="$m openmpi-bin"

@@ -16,6 +16,7 @@ SCRIPT = REPO / "tests" / "prerequisites.sh"
 
 # every package the script knows, and the command each brings (None: a module or a header)
 PACKAGES = {"python3-numpy": None, "python3-torch": None, "python3-torchvision": None,
+            "python3-onnx": None,
             "python3-pytest": None, "python3-mpi4py": None, "openmpi-bin": "mpirun",
             "libopenmpi-dev": "mpicc",
             "libcjson-dev": None, "pkgconf": "pkg-config", "strace": "strace",
