@@ -161,7 +161,8 @@ static void cl_sums(const bn_pass *p, const bn_tile *t) {
     double *sum_dy = b->part_sums + 2 * t->part * C, *sum_dy_xc = sum_dy + C;
     for (int64_t c = t->c0; c < t->c1; c++) sum_dy[c] = sum_dy_xc[c] = 0;
     p->plan->k->cl_grad_sums(sum_dy + t->c0, sum_dy_xc + t->c0, at_c(p->plan, b->dy, at),
-                             at_c(p->plan, b->x, at), t->r1 - t->r0, C, t->c1 - t->c0, b->mean + t->c0);
+                             at_c(p->plan, b->x, at), t->r1 - t->r0, C, t->c1 - t->c0, b->mean + t->c0,
+                             p->plan->prefetch);
 }
 
 /* Channels [c0, c1): the parts' sums added in the order of the rows (unless given), then

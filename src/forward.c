@@ -98,7 +98,7 @@ static void cl_moments(const bn_pass *p, const bn_tile *t) {
     bn_moments *acc = f->parts + t->part * C;
     for (int64_t c = t->c0; c < t->c1; c++) acc[c] = bn_moments_empty();
     p->plan->k->cl_moments(acc + t->c0, at_c(p->plan, f->x, t->r0 * C + t->c0), t->r1 - t->r0, C,
-                           t->c1 - t->c0);
+                           t->c1 - t->c0, p->plan->prefetch);
 }
 
 /* Channels [c0, c1): the parts' moments merged in the order of the rows (unless given), then

@@ -99,14 +99,18 @@ typedef struct bn_kernels {
                                      const double *scale, const double *next_mean,
                                      double *sum_dy, double *sum_dy_xc);
     /* ---- channels-last: x, y, dy, dx: (rows, width) of rows ld apart ---- */
-    /* acc: (width), each channel's moments of these rows merged into it, block by block. */
-    void (*cl_moments)(bn_moments *acc, const void *x, int64_t rows, int64_t ld, int64_t width);
+    /* acc: (width), each channel's moments of these rows merged into it, block by block;
+     * prefetch: ask for rows ahead (the plan's choice: bn_plan.prefetch; no bit depends on it). */
+    void (*cl_moments)(bn_moments *acc, const void *x, int64_t rows, int64_t ld, int64_t width,
+                       int prefetch);
     /* coef: (BN_COEF_COUNT, ld) at the tile's channel. y = epilogue((x - mean) * scale + shift). */
     void (*cl_normalize)(void *y, const void *x, const void *z, int64_t rows, int64_t ld,
                          int64_t width, const void *coef);
-    /* mean: (width). sum_dy, sum_dy_xc: (width), these rows' sums added to them. */
+    /* mean: (width). sum_dy, sum_dy_xc: (width), these rows' sums added to them; prefetch as
+     * in cl_moments. */
     void (*cl_grad_sums)(double *sum_dy, double *sum_dy_xc, const void *dy, const void *x,
-                         int64_t rows, int64_t ld, int64_t width, const double *mean);
+                         int64_t rows, int64_t ld, int64_t width, const double *mean,
+                         int prefetch);
     /* coef: (BN_COEF_COUNT, ld). dx = (dy - mean_dy - (x - mean) * k) * scale. */
     void (*cl_grad_input)(void *dx, const void *dy, const void *x, int64_t rows, int64_t ld,
                           int64_t width, const void *coef);

@@ -65,6 +65,7 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
     p->tiles = (bn_tiles){0, 0, 0, 0, 0, 0};
     p->pieces = p->tiles;
     p->chunk = 0;
+    p->prefetch = 0;
     p->machine = machine;
     p->budget = forced ? forced : l2 / 2;
     if (reads == 2 || (d.layout == BN_CHANNELS_FIRST && reads > 0)) {
@@ -80,6 +81,7 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
     if (d.layout == BN_CHANNELS_LAST) {
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
+            p->prefetch = reads * p->elements * (int64_t)p->es > BN_PREFETCH_L2S * l2;
             p->tiles = bn_tiles_of(rows, d.c);
             p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es, p->budget, threads);
         }
@@ -114,7 +116,7 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
     if (p->d.layout == BN_CHANNELS_LAST)
         used = snprintf(buf, size,
                         "layout=channels-last dtype=%s threads=%d tiles=%lldx%lld (%lld rows, %lld "
-                        "channels each) pieces=%lldx%lld chunk=%lld (%s)",
+                        "channels each) pieces=%lldx%lld chunk=%lld (%s) prefetch=%s (%s)",
                         dtype, p->threads, (long long)p->tiles.parts, (long long)p->tiles.chunks,
                         (long long)p->tiles.per, (long long)p->tiles.width,
                         (long long)p->pieces.parts, (long long)p->pieces.chunks,
@@ -122,7 +124,11 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                         p->reads == 0  ? "no first pass"
                         : p->chunk > 0 ? "a chunk's rows of every array fit in the budget"
                                        : "the rows of 16 channels do not fit in the budget, or a "
-                                         "chunk would read less than 1 KiB of a row");
+                                         "chunk would read less than 1 KiB of a row",
+                        p->prefetch ? "yes" : "no",
+                        p->reads == 0 ? "no first pass"
+                        : p->prefetch ? "its reads are more than 4 L2s"
+                                      : "its reads fit in 4 L2s: in some cache");
     else
         used = snprintf(buf, size,
                         "layout=channels-first dtype=%s threads=%d group=%lld overlap=%s (%s) "

@@ -28,7 +28,8 @@ static bn_plan plan_of(int64_t n, int64_t c, int64_t s, bn_layout layout, int re
 /* The decisions of two plans, compared field by field. */
 static int same_decisions(const bn_plan *a, const bn_plan *b) {
     return a->k == b->k && a->stream == b->stream && a->overlap == b->overlap &&
-           a->run == b->run && a->chunk == b->chunk && a->budget == b->budget &&
+           a->run == b->run && a->chunk == b->chunk && a->prefetch == b->prefetch &&
+           a->budget == b->budget &&
            a->stream_threshold == b->stream_threshold &&
            !memcmp(&a->tiles, &b->tiles, sizeof a->tiles) &&
            !memcmp(&a->pieces, &b->pieces, sizeof a->pieces);
@@ -97,6 +98,13 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
              * x and y: 256 channels on the EPYC, 512 on the Xeon */
             const bn_plan nc = plan_of(256, 1024, 1, BN_CHANNELS_LAST, 1, m, threads);
             CHECK_MSG(nc.chunk == (q ? 512 : 256), "%s: chunk %lld", name, (long long)nc.chunk);
+            /* channels-last statistics ask for rows ahead where they read more than 4 L2s: not
+             * for 256x1024 (1 MiB) on either, for NHWC 32x64x56x56 (25.7 MB) on both, for
+             * NHWC 8x64x56x56 (6.4 MB) on the EPYC only; backward reads dy and x */
+            CHECK_MSG(!nc.prefetch && nhwc.prefetch, "%s", name);
+            CHECK_MSG(nhwc_train.prefetch == (q == 0), "%s", name);
+            CHECK(nhwc_back.prefetch && !plan_of(256, 1024, 1, BN_CHANNELS_LAST, 2, m, threads).prefetch);
+            CHECK(!plan_of(8, 64, 3136, BN_CHANNELS_LAST, 0, m, threads).prefetch);
             /* 8x256x128x128, 134 MB: streams in every pass */
             for (int reads = 0; reads <= 2; reads++)
                 CHECK(plan_of(8, 256, 16384, BN_CHANNELS_FIRST, reads, m, threads).stream == can);
@@ -117,6 +125,12 @@ BN_SUITE(suite_plan_describes_its_reasons) {
                   strstr(text, "output 25690112 bytes, from 8388608") &&
                   strstr(text, "overlap=yes") && strstr(text, "threads=2"),
               "%s", text);
+    const bn_plan nhwc = plan_of(32, 64, 3136, BN_CHANNELS_LAST, 1, xeon, 2);
+    bn_plan_describe(&nhwc, text, sizeof text);
+    CHECK_MSG(strstr(text, "prefetch=yes (its reads are more than 4 L2s)"), "%s", text);
+    const bn_plan nc = plan_of(256, 1024, 1, BN_CHANNELS_LAST, 1, xeon, 2);
+    bn_plan_describe(&nc, text, sizeof text);
+    CHECK_MSG(strstr(text, "prefetch=no (its reads fit in 4 L2s: in some cache)"), "%s", text);
     char small[16];
     bn_plan_describe(&p, small, sizeof small); /* cut to size, still a string */
     CHECK(strlen(small) == sizeof small - 1);
