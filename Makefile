@@ -281,13 +281,16 @@ test-c: $(BUILD)/test_bnorm
 test-python: all
 	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so PYTHONPATH=python $(PYTHON) -m pytest -q tests/python
 
-# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer (clang or gcc). A failed
-# allocation returns NULL, as malloc does, so that BN_ERR_NO_MEMORY can be tested.
+# The C tests (the state library's too, where cJSON is) under AddressSanitizer and
+# UndefinedBehaviorSanitizer (clang or gcc). A failed allocation returns NULL, as malloc does, so
+# that BN_ERR_NO_MEMORY can be tested.
 sanitize:
 	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
 	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi)
+	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi) \
+	  $(if $(HAVE_CJSON),build-san/test_bnorm_state)
 	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
+	$(if $(HAVE_CJSON),ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm_state)
 	$(if $(HAVE_MPI),ASAN_OPTIONS=detect_leaks=0 mpirun $(MPIRUN_FLAGS) -np 3 build-san/test_bnorm_mpi)
 
 # The C tests (and the MPI tests, on 3 ranks) under ThreadSanitizer, threaded paths included:
@@ -310,15 +313,17 @@ tsan:
 	$(TSAN_RUN) build-tsan/test_bnorm
 	$(if $(HAVE_MPI),$(TSAN_RUN) mpirun $(MPIRUN_FLAGS) -np 3 build-tsan/test_bnorm_mpi)
 
-# The C tests under valgrind memcheck: any error or leak fails the run. The MPI tests run too,
-# with Open MPI's suppressions for its own runtime and without leak checks (Open MPI keeps its
-# memory at exit).
+# The C tests (the state library's too, where cJSON is) under valgrind memcheck: any error or
+# leak fails the run. The MPI tests run too, with Open MPI's suppressions for its own runtime and
+# without leak checks (Open MPI keeps its memory at exit).
 VALGRIND_SUPP := $(wildcard /usr/share/openmpi/openmpi-valgrind.supp) tests/valgrind/openmpi.supp
-valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi)
+VALGRIND_RUN = OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
+  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
+valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi) \
+          $(if $(HAVE_CJSON),$(BUILD)/test_bnorm_state)
 	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
-	OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
-	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
-	  $(BUILD)/test_bnorm
+	$(VALGRIND_RUN) $(BUILD)/test_bnorm
+	$(if $(HAVE_CJSON),$(VALGRIND_RUN) $(BUILD)/test_bnorm_state)
 	$(if $(HAVE_MPI),OMP_NUM_THREADS=2 mpirun $(MPIRUN_FLAGS) -np 3 valgrind -q --error-exitcode=99 \
 	  --leak-check=no $(VALGRIND_SUPP:%=--suppressions=%) $(BUILD)/test_bnorm_mpi)
 
