@@ -14,9 +14,12 @@ static BN_CLONES void train_coefs(const bn_moments *mom, int64_t n, double count
                                   const double *w, const double *b, double *invstd,
                                   double *scale, double *shift) {
     for (int64_t c = 0; c < n; c++) invstd[c] = mom[c].m2;
+    /* 1 / sqrt(v), and 0 where v is 0, without a branch: a division under a condition does not
+     * vectorize (GCC may not make it unconditional), and one channel at a time this loop was a
+     * tenth of (256, 1024) training */
     for (int64_t c = 0; c < n; c++) {
-        const double v = invstd[c] / count + eps;
-        invstd[c] = v == 0 ? 0.0 : 1.0 / sqrt(v);
+        const double v = invstd[c] / count + eps, nonzero = v != 0;
+        invstd[c] = nonzero * (1.0 / sqrt(v + (1 - nonzero)));
     }
     if (w)
         for (int64_t c = 0; c < n; c++) scale[c] = invstd[c] * w[c];
