@@ -27,7 +27,18 @@ static _Thread_local int last_team __attribute__((tls_model("initial-exec"))) = 
 
 int bn_parallel_last_team(void) { return last_team; }
 
-void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
+/* Thread t of n takes items [items * t / n, items * (t + 1) / n): the same share of the items
+ * in every call with as many items, whichever order it walks them in. */
+static void run_share(int64_t items, int t, int n, bn_item_fn fn, const void *args, int reverse) {
+    const int64_t lo = items * t / n, hi = items * (t + 1) / n;
+    if (reverse)
+        for (int64_t k = hi; k-- > lo;) fn(args, k);
+    else
+        for (int64_t k = lo; k < hi; k++) fn(args, k);
+}
+
+static void parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args,
+                         int reverse) {
     int threads = 1;
     if (elements >= BN_PARALLEL_MIN_ELEMENTS && items > 1) {
         threads = bn_get_num_threads();
@@ -35,17 +46,25 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
     }
     if (threads == 1) { /* no parallel region at all: small calls pay nothing for threads */
         last_team = 1;
-        for (int64_t k = 0; k < items; k++) fn(args, k);
+        run_share(items, 0, 1, fn, args, reverse);
         return;
     }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
     {
-        if (omp_get_thread_num() == 0) last_team = omp_get_num_threads(); /* the caller's */
-#pragma omp for schedule(static) nowait /* the region ends with a barrier */
-        for (int64_t k = 0; k < items; k++) fn(args, k);
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        if (t == 0) last_team = n; /* the caller's */
+        run_share(items, t, n, fn, args, reverse);
     }
 #else
-    for (int64_t k = 0; k < items; k++) fn(args, k);
+    run_share(items, 0, 1, fn, args, reverse);
 #endif
+}
+
+void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
+    parallel_for(items, elements, fn, args, 0);
+}
+
+void bn_parallel_for_reverse(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
+    parallel_for(items, elements, fn, args, 1);
 }

@@ -17,6 +17,11 @@ typedef void (*bn_item_fn)(const void *args, int64_t item);
  * touches at least BN_PARALLEL_MIN_ELEMENTS elements. Items must be independent. */
 void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args);
 
+/* bn_parallel_for with each thread's share of the items (the same share as there) walked from
+ * its last item to its first. A pass after one that read the same data in order starts where
+ * that one ended, on what is still in cache. */
+void bn_parallel_for_reverse(int64_t items, int64_t elements, bn_item_fn fn, const void *args);
+
 /* For tests: how many threads the calling thread's last bn_parallel_for ran on (1 without a
  * parallel region). Per calling thread, so concurrent callers each see their own. */
 int bn_parallel_last_team(void);

@@ -323,3 +323,73 @@ BN_SUITE(suite_threads_cache_sizes) {
     }
     CHECK(bn_cache_size(9) == 0);
 }
+
+/* Items of bn_parallel_for and bn_parallel_for_reverse: which thread took each, and in which
+ * place of that thread's walk. */
+typedef struct {
+    int thread[64], place[64], taken[64];
+    int walked[8]; /* items each thread has taken so far */
+} walk;
+
+static void note_item(const void *args, int64_t k) {
+    walk *w = (walk *)args; /* each item is written by the one thread that takes it */
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+#else
+    const int t = 0;
+#endif
+    w->thread[k] = t;
+    w->place[k] = w->walked[t]++;
+    w->taken[k]++;
+}
+
+/* Each item once; each thread takes the same share of the items both ways, in order one way and
+ * from its last item the other. Then a channels-last pass that walks its second pass backwards
+ * (its first pass reads beyond the core's caches: plan.prefetch) gives the same bits on 1, 2
+ * and 3 threads. */
+BN_SUITE(suite_threads_reverse) {
+    for (int t = 1; t <= 4; t++)
+        for (int64_t items = 1; items <= 64; items += 9) {
+            walk fwd, rev;
+            memset(&fwd, 0, sizeof fwd), memset(&rev, 0, sizeof rev);
+            bn_set_num_threads(t);
+            const int64_t elements = 4 * BN_PARALLEL_MIN_ELEMENTS;
+            bn_parallel_for(items, elements, note_item, &fwd);
+            bn_parallel_for_reverse(items, elements, note_item, &rev);
+            for (int64_t k = 0; k < items; k++) {
+                CHECK_MSG(fwd.taken[k] == 1 && rev.taken[k] == 1,
+                          "%d threads, %lld items: item %lld taken %d and %d times", t,
+                          (long long)items, (long long)k, fwd.taken[k], rev.taken[k]);
+                CHECK(fwd.thread[k] == rev.thread[k]);
+                if (k > 0 && fwd.thread[k] == fwd.thread[k - 1])
+                    CHECK_MSG(fwd.place[k] == fwd.place[k - 1] + 1 &&
+                                  rev.place[k] == rev.place[k - 1] - 1,
+                              "%d threads, %lld items: items %lld and %lld not walked in order",
+                              t, (long long)items, (long long)k - 1, (long long)k);
+            }
+        }
+    bn_set_num_threads(0);
+
+    const int64_t l2 = bn_machine_this().l2 > 0 ? bn_machine_this().l2 : INT64_C(1) << 20;
+    const int64_t c = 24, rows = BN_PREFETCH_L2S * l2 / (4 * c) * 5 / 4; /* 1.25x the reads */
+    bn_desc d = tu_desc(rows, c, 1, BN_FLOAT32, BN_CHANNELS_LAST);
+    bn_plan plan;
+    CHECK_STATUS(bn_plan_make(&plan, &d, 1), BN_OK);
+    CHECK_MSG(plan.prefetch, "%lld rows of %lld channels: the first pass should read beyond %d L2s",
+              (long long)rows, (long long)c, BN_PREFETCH_L2S);
+    inputs in = make_inputs(&d, 77, 100, 3);
+    results one;
+    bn_set_num_threads(1);
+    run_all(&one, &d, in.x, in.dy, in.w, in.b, 4);
+    for (int t = 2; t <= 3; t++) {
+        results many;
+        bn_set_num_threads(t);
+        run_all(&many, &d, in.x, in.dy, in.w, in.b, 4);
+        CHECK_MSG(same(&one, &many, &d, 4), "%lld x %lld channels-last: %d threads differ",
+                  (long long)rows, (long long)c, t);
+        release(&many);
+    }
+    bn_set_num_threads(0);
+    release(&one);
+    free_inputs(&in);
+}
