@@ -6,17 +6,22 @@
 
 #include <stdio.h>
 
-bn_tiles bn_tiles_of(int64_t rows, int64_t channels) {
+bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads) {
     int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
     per = (per + BN_ROWS - 1) / BN_ROWS * BN_ROWS;
     if (per < BN_ROWS) per = BN_ROWS;
-    bn_tiles t = {rows, per, (rows + per - 1) / per, channels,
-                  (channels + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS, BN_TILE_CHANNELS};
+    const int64_t parts = (rows + per - 1) / per;
+    /* the chunks of channels that give each thread a tile, in multiples of 16 channels */
+    const int64_t chunks = threads > parts && parts > 0 ? (threads + parts - 1) / parts : 1;
+    int64_t width = ((channels + chunks - 1) / chunks + 15) / 16 * 16;
+    if (width < BN_TILE_CHANNELS) width = BN_TILE_CHANNELS;
+    if (width > BN_TILE_CHANNELS_MAX) width = BN_TILE_CHANNELS_MAX;
+    bn_tiles t = {rows, per, parts, channels, (channels + width - 1) / width, width};
     return t;
 }
 
-bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels) {
-    if (rows < BN_MAX_PARTS) return bn_tiles_of(rows, channels);
+bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels, int threads) {
+    if (rows < BN_MAX_PARTS) return bn_tiles_of(rows, channels, threads);
     const int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
     bn_tiles t = {rows, per, (rows + per - 1) / per, channels, 1, channels};
     return t;
@@ -82,10 +87,10 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
             p->prefetch = reads * p->elements * (int64_t)p->es > BN_PREFETCH_L2S * l2;
-            p->tiles = bn_tiles_of(rows, d.c);
+            p->tiles = bn_tiles_of(rows, d.c, threads);
             p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es, p->budget, threads);
         }
-        if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c);
+        if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c, threads);
     } else {
         p->group = d.s < BN_SHORT ? BN_GROUP : 1;
         if (reads > 0) {

@@ -117,6 +117,32 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
 }
 
 /* The printed plan names the caches it was given and why its stores stream or not. */
+/* Channels-last tiles: the parts of the rows fixed by the shape; each tile as wide as leaves
+ * one for each thread, from BN_TILE_CHANNELS (or all the channels) to BN_TILE_CHANNELS_MAX
+ * channels, in multiples of 16. */
+BN_SUITE(suite_plan_tiles) {
+    const bn_tiles one = bn_tiles_of(256, 1024, 1), two = bn_tiles_of(256, 1024, 2);
+    CHECK(one.parts == 1 && one.chunks == 1 && one.width == 1024);
+    CHECK(two.parts == 1 && two.chunks == 2 && two.width == 512);
+    const bn_tiles three = bn_tiles_of(256, 1024, 3);
+    CHECK(three.chunks == 3 && three.width == 352);
+    /* many parts: one chunk; few channels or many threads: BN_TILE_CHANNELS wide */
+    const bn_tiles nhwc = bn_tiles_of(100352, 64, 2);
+    CHECK(nhwc.parts > 2 && nhwc.chunks == 1 && nhwc.width == BN_TILE_CHANNELS);
+    CHECK(bn_tiles_of(256, 1024, 8).width == BN_TILE_CHANNELS);
+    CHECK(bn_tiles_of(256, 1000, 2).width == 512 && bn_tiles_of(256, 1000, 2).chunks == 2);
+    /* at most BN_TILE_CHANNELS_MAX wide */
+    const bn_tiles wide = bn_tiles_of(64, 4096, 1);
+    CHECK(wide.width == BN_TILE_CHANNELS_MAX && wide.chunks == 4);
+    /* the parts do not depend on the threads */
+    for (int t = 1; t <= 4; t++) {
+        const bn_tiles a = bn_tiles_of(5000, 300, t);
+        CHECK(a.parts == bn_tiles_of(5000, 300, 1).parts && a.per == bn_tiles_of(5000, 300, 1).per);
+    }
+    /* no rows or no channels: no tiles to walk, and no division by zero */
+    CHECK(bn_tiles_of(0, 16, 2).parts == 0 && bn_tiles_of(16, 0, 2).chunks == 0);
+}
+
 BN_SUITE(suite_plan_describes_its_reasons) {
     const bn_plan p = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 1, xeon, 2);
     char text[512];

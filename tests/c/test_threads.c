@@ -124,9 +124,10 @@ static void release(results *o) {
 
 BN_SUITE(suite_threads_bitwise) {
     int full_teams[5] = {0}; /* passes that ran on all the threads asked, by thread count */
-    /* partial channel groups, wide tensors cut into channel tiles, many row parts */
+    /* partial channel groups, wide tensors cut into channel tiles (as wide as the threads make
+     * them: 1000 channels in 1 to 4 tiles), many row parts */
     static const int64_t shapes[][3] = {{16, 37, 301}, {4096, 37, 1}, {3, 19, 2048},
-                                        {200, 300, 1}, {4, 300, 30}};
+                                        {200, 300, 1}, {4, 300, 30}, {64, 1000, 1}};
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
         for (int dt = 0; dt < 2; dt++)
             for (int lay = 0; lay < 2; lay++) {
