@@ -132,7 +132,8 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                                          "chunk would read less than 1 KiB of a row",
                         p->prefetch ? "yes" : "no",
                         p->reads == 0 ? "no first pass"
-                        : p->prefetch ? "its reads are more than 4 L2s"
+                        : p->prefetch ? "its reads are more than 4 L2s; the second pass walks each "
+                                        "thread's rows from the end"
                                       : "its reads fit in 4 L2s: in some cache");
     else
         used = snprintf(buf, size,
