@@ -45,10 +45,10 @@ void bn_run_channels_last(const bn_pass *p) {
     if (p->first) bn_parallel_for(plan->tiles.parts * plan->tiles.chunks, plan->elements, first_tile, p);
     p->cl_finish(p, 0, C);
     /* after a first pass that read beyond the core's caches (plan.prefetch), from the end: the
-     * rows it read last are the ones still in some cache. Measured on the AMD EPYC, paired, 1
-     * thread: NHWC 32x64x56x56 training 0.92-0.97x the time, backward 0.97x; 2 threads 1.0x;
-     * (256, 1024), in cache, 1.01x (its pieces of 16 KiB, walked backwards, each start a new
-     * stream), so not there */
+     * rows it read last are the ones still in some cache. Measured on the AMD EPYC, paired, 5
+     * rounds, NHWC 32x64x56x56: training 0.88x the time on 1 thread, 0.98x on 2; backward 0.95x
+     * and 0.90x. (256, 1024), in cache, took 1.01x (its pieces of 16 KiB, walked backwards,
+     * each start a new stream), so not there */
     const int64_t pieces = plan->pieces.parts * plan->pieces.chunks;
     if (p->second && p->first && plan->prefetch)
         bn_parallel_for_reverse(pieces, plan->elements, second_piece, p);
