@@ -116,7 +116,6 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
     CHECK(same_decisions(&unknown, &known));
 }
 
-/* The printed plan names the caches it was given and why its stores stream or not. */
 /* Channels-last tiles: the parts of the rows fixed by the shape; each tile as wide as leaves
  * one for each thread, from BN_TILE_CHANNELS (or all the channels) to BN_TILE_CHANNELS_MAX
  * channels, in multiples of 16. */
@@ -143,6 +142,7 @@ BN_SUITE(suite_plan_tiles) {
     CHECK(bn_tiles_of(0, 16, 2).parts == 0 && bn_tiles_of(16, 0, 2).chunks == 0);
 }
 
+/* The printed plan names the caches it was given and why its stores stream or not. */
 BN_SUITE(suite_plan_describes_its_reasons) {
     const bn_plan p = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 1, xeon, 2);
     char text[512];
