@@ -116,10 +116,10 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads);
 bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels, int threads);
 
 /* Channels-last passes that touch `streams` arrays of `rows` rows can work a chunk of channels
- * at a time while the chunk stays in the per-core cache (the budget). The chunk's width in
- * channels, a multiple of 16, at most what gives each of the threads a chunk; 0 when even 16
- * channels do not fit, or when a chunk would be a piece of less than 1 KiB of each row (too
- * narrow to read well). */
+ * at a time while the chunk stays in the per-core cache. A chunk is one thread's share of the
+ * channels (a multiple of 16); its width, or 0 when its rows of every array do not fit in half
+ * the budget, or when it would be a piece of less than 1 KiB of each row (too narrow to read
+ * well). */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size,
                        int64_t budget, int threads);
 
