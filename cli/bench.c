@@ -182,7 +182,7 @@ static int run_shape(const bench_args *a, const bench_shape *g, int *header_done
             bench_case bc = {*g, m, threads, a->dtype};
             if (a->plan) {
                 if (!a->json && !*header_done) {
-                    char machine[320];
+                    char machine[640];
                     bench_machine(machine, sizeof machine);
                     printf("machine: %s\n", machine);
                     *header_done = 1;

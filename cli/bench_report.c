@@ -23,7 +23,7 @@ static const char *fmt_time(char *buf, size_t size, double ns) {
 }
 
 void bench_print_header(void) {
-    char machine[320];
+    char machine[640];
     bench_machine(machine, sizeof machine);
     printf("bnorm %s bench: median (and min) time per call; roofline = a streaming kernel moving\n"
            "the same bytes on the same threads; %% of roofline = roofline time / our time\n"

@@ -408,6 +408,34 @@ static void eval_sample_chunk(const void *args, int64_t k) {
                             (const char *)e->coef + c0 * (int64_t)p->k->coef_size, C);
 }
 
+/* Channels-first rows shorter than BN_SHORT: groups of BN_GROUP channels, whose rows in a
+ * sample are g * s contiguous values (whole vectors for 16 channels: 7x7 rows of 16 channels
+ * are 49 of them), normalized with coefficients per position; each group's samples cut into
+ * blocks of at least EVAL_GROUP_SAMPLES, so that there are items for every thread. Measured
+ * (Intel Xeon, `bnorm bench`, 32x512x7x7): 219 us on one thread against 230 us row by row, and
+ * on two threads, with streaming stores, 85-89 us against 127-138 us. */
+enum { EVAL_GROUP_SAMPLES = 8, EVAL_GROUP_ITEMS = 64 };
+
+static int64_t eval_group_samples(const bn_plan *p) {
+    const int64_t groups = (p->d.c + BN_GROUP - 1) / BN_GROUP;
+    const int64_t per = (p->d.n * groups + EVAL_GROUP_ITEMS - 1) / EVAL_GROUP_ITEMS;
+    return per > EVAL_GROUP_SAMPLES ? per : EVAL_GROUP_SAMPLES;
+}
+
+/* Item k: group k / blocks, its samples in block k % blocks. */
+static void eval_group(const void *args, int64_t k) {
+    const eval_pass *e = args;
+    const bn_plan *p = e->plan;
+    const int64_t C = p->d.c, s = p->d.s, per = eval_group_samples(p);
+    const int64_t blocks = (p->d.n + per - 1) / per;
+    const int64_t c0 = k / blocks * BN_GROUP, i0 = k % blocks * per;
+    const int64_t g = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
+    const int64_t rows = p->d.n - i0 < per ? p->d.n - i0 : per;
+    const int64_t at = (i0 * C + c0) * s;
+    p->k->cf_group_normalize(at_v(p, e->y, at), at_c(p, e->x, at), NULL, g, rows, s, C * s,
+                             (const char *)e->coef + c0 * (int64_t)p->k->coef_size, C);
+}
+
 static void eval_piece(const void *args, int64_t k) {
     const eval_pass *e = args;
     const bn_plan *p = e->plan;
@@ -437,6 +465,10 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef};
     if (plan.d.layout == BN_CHANNELS_LAST)
         bn_parallel_for(plan.pieces.parts * plan.pieces.chunks, plan.elements, eval_piece, &e);
+    else if (plan.d.s < BN_SHORT)
+        bn_parallel_for((C + BN_GROUP - 1) / BN_GROUP *
+                            ((plan.d.n + eval_group_samples(&plan) - 1) / eval_group_samples(&plan)),
+                        plan.elements, eval_group, &e);
     else
         bn_parallel_for(plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
                         plan.elements, eval_sample_chunk, &e);

@@ -91,6 +91,11 @@ int bn_kernels_can_stream(void) {
     return current()->f32_stream != NULL && !atomic_load(&plain_stores_only);
 }
 
+const bn_kernels *bn_kernels_streaming(bn_dtype dtype) {
+    if (!bn_kernels_can_stream()) return NULL;
+    return dtype == BN_FLOAT32 ? current()->f32_stream : dtype == BN_FLOAT64 ? current()->f64_stream : NULL;
+}
+
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
     const isa_tables *t = current();
     stream = stream && bn_kernels_can_stream();

@@ -87,6 +87,10 @@ typedef struct bn_kernels {
                                     const void *next, int64_t g, int64_t g_next, int64_t n,
                                     int64_t s, int64_t stride, const double *mean,
                                     const double *scale, const double *shift);
+    /* cf_normalize_rows of g channels over their n rows (eval), the coefficients (BN_COEF_COUNT,
+     * ld) at the group's first channel spread per position: whole vectors where g * s is. */
+    void (*cf_group_normalize)(void *y, const void *x, const void *z, int64_t g, int64_t n,
+                               int64_t s, int64_t stride, const void *coef, int64_t ld);
     /* sum_dy, sum_dy_xc: (g) overwritten, cf_grad_sums of each channel. */
     void (*cf_group_grad_sums)(double *sum_dy, double *sum_dy_xc, const void *dy, const void *x,
                                int64_t g, int64_t n, int64_t s, int64_t stride,
@@ -140,6 +144,10 @@ const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream);
 
 /* Whether this machine's kernels can stream stores (any x86-64, in a build with run-time sets). */
 int bn_kernels_can_stream(void);
+
+/* The streaming table of dtype without counting it (bn_kernel_stream_count), NULL where this CPU
+ * or build has none: for the measurement of calibrate.c. */
+const bn_kernels *bn_kernels_streaming(bn_dtype dtype);
 
 /* The instruction set whose kernels run: "avx512f", "avx2" or "x86-64" (the best this CPU has),
  * or "portable" (a build for one set only). */

@@ -50,5 +50,5 @@ bn_machine bn_machine_this(void) {
         atomic_store(&l2, a);
         atomic_store(&l3, b);
     }
-    return (bn_machine){.l2 = (int64_t)a, .l3 = (int64_t)b};
+    return (bn_machine){.l2 = (int64_t)a, .l3 = (int64_t)b, .streaming_pays = -1};
 }

@@ -7,12 +7,15 @@
 
 #include <stdint.h>
 
-/* The caches of one core, in bytes: 0 where the system reports none. */
+/* The caches of one core, in bytes: 0 where the system reports none; and whether streaming
+ * stores pay where a thread's inputs fit its L2 but not beside its output (calibrate.h): 1 or 0,
+ * or -1 where not measured yet (the plan then measures it, the first time it needs it). */
 typedef struct {
     int64_t l2, l3;
+    int streaming_pays;
 } bn_machine;
 
-/* This machine's: /sys, read once. */
+/* This machine's: the caches from /sys, read once; streaming_pays -1. */
 bn_machine bn_machine_this(void);
 
 /* The size in bytes of the data cache of the given level (2, 3) that CPU 0 reports in Linux's

@@ -1,6 +1,7 @@
 /* plan.c - the decisions of a call (plan.h), from the shape, the thread count and the machine. */
 #include "plan.h"
 
+#include "calibrate.h"
 #include "machine.h"
 #include "validate.h"
 
@@ -51,6 +52,12 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
     return chunk;
 }
 
+int bn_inputs_fit_l2_alone(int64_t bytes, int reads, int threads, int64_t l2) {
+    const int64_t share = bytes / (threads > 1 ? threads : 1);
+    const int64_t inputs = (reads > 1 ? reads : 1) * share;
+    return inputs <= l2 && inputs + share > l2;
+}
+
 int bn_cache_overlap(int64_t bytes, int64_t budget) {
     return bytes <= budget || bytes >= 2 * budget;
 }
@@ -84,7 +91,16 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
         p->stream_threshold = BN_STREAM_THRESHOLD;
         p->stream_rule = "16 MiB";
     }
-    p->stream = p->elements * (int64_t)p->es >= p->stream_threshold && bn_kernels_can_stream();
+    const int64_t bytes = p->elements * (int64_t)p->es;
+    p->stream = bytes >= p->stream_threshold;
+    p->stream_measured = 0;
+    if (!p->stream && bn_kernels_can_stream() && bn_inputs_fit_l2_alone(bytes, reads, threads, l2)) {
+        if (p->machine.streaming_pays < 0)
+            p->machine.streaming_pays = bn_streaming_measured_faster(l2);
+        p->stream = p->machine.streaming_pays > 0;
+        p->stream_measured = 1;
+    }
+    p->stream = p->stream && bn_kernels_can_stream();
     p->k = bn_kernels_for(d.dtype, p->stream);
     if (!p->k) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
     if (d.layout == BN_CHANNELS_LAST) {
@@ -149,10 +165,16 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                         (long long)p->run);
     if (used >= 0 && (size_t)used < size)
         snprintf(buf + used, size - (size_t)used,
-                 " stream=%s (output %lld bytes, from %lld: %s%s) cache-budget=%lld (L2 / 2)"
+                 " stream=%s (output %lld bytes, from %lld: %s%s%s) cache-budget=%lld (L2 / 2)"
                  " l2=%lld l3=%lld (as reported; the L3 is not used) kernels=%s",
                  p->stream ? "yes" : "no", (long long)(p->elements * (int64_t)p->es),
                  (long long)p->stream_threshold, p->stream_rule,
+                 !p->stream_measured ? ""
+                 : p->machine.streaming_pays > 0
+                     ? "; below that, where a thread's inputs fit its L2 but not beside its output, "
+                       "as here, streaming stores were measured faster on this machine"
+                     : "; below that, where a thread's inputs fit its L2 but not beside its output, "
+                       "as here, streaming stores were measured no faster on this machine",
                  bn_kernels_can_stream() ? "" : "; this CPU or build has no streaming stores",
                  (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3,
                  bn_kernels_isa());

@@ -67,6 +67,8 @@ typedef struct {
     bn_machine machine;    /* the caches it was given */
     int64_t budget;        /* cache bytes a thread may keep between two passes: half the L2 */
     int64_t stream_threshold; /* output bytes from which stores stream */
+    int stream_measured;      /* below it, where bn_inputs_fit_l2_alone: whether stores stream
+                               * was measured (machine.streaming_pays, calibrate.h) */
     const char *stream_rule;  /* where that threshold comes from, in words */
 } bn_plan;
 
@@ -122,6 +124,12 @@ bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels, int threads);
  * well). */
 int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_size,
                        int64_t budget, int threads);
+
+/* Whether a thread's share of the inputs of a pass over `bytes` of tensor (x, or dy and x: reads
+ * arrays, at least one) fits in an L2 of l2 bytes, but not beside its share of the output. There
+ * streaming stores keep the inputs in the L2 from one call to the next, where plain ones push
+ * them out: whether that pays is measured (calibrate.h). */
+int bn_inputs_fit_l2_alone(int64_t bytes, int reads, int threads, int64_t l2);
 
 /* Whether channel-by-channel passes should overlap: each channel's second pass (normalize, or
  * dx) made while the next channel's first pass (statistics, or sums) reads it, so that one

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_SUITES = 64 };
+enum { MAX_SUITES = 128 };
 static struct { const char *name; check_suite_fn fn; } suites[MAX_SUITES];
 static int n_suites;
 static int n_passed, n_failed;

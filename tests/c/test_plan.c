@@ -6,6 +6,7 @@
 #include "check.h"
 #include "testutil.h"
 
+#include "calibrate.h"
 #include "kernels.h"
 #include "machine.h"
 #include "plan.h"
@@ -49,11 +50,11 @@ BN_SUITE(suite_plan_ignores_the_l3) {
                         const int64_t l2_bytes = l2 ? 2 * MIB : MIB;
                         const bn_plan base = plan_of(grid[g][0], grid[g][1], grid[g][2],
                                                      (bn_layout)lay, reads,
-                                                     (bn_machine){l2_bytes, 0}, threads);
+                                                     (bn_machine){l2_bytes, 0, 0}, threads);
                         for (size_t q = 0; q < sizeof l3s / sizeof l3s[0]; q++) {
                             const bn_plan p = plan_of(grid[g][0], grid[g][1], grid[g][2],
                                                       (bn_layout)lay, reads,
-                                                      (bn_machine){l2_bytes, l3s[q]}, threads);
+                                                      (bn_machine){l2_bytes, l3s[q], 0}, threads);
                             CHECK_MSG(same_decisions(&base, &p),
                                       "shape %zu layout %d reads %d: an L3 of %lld changed the plan",
                                       g, lay, reads, (long long)l3s[q]);
@@ -122,7 +123,7 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
         }
     }
     /* a machine that reports no L2 is planned as one with 1 MiB */
-    const bn_plan unknown = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, (bn_machine){0, 0}, 1);
+    const bn_plan unknown = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, (bn_machine){0, 0, 0}, 1);
     const bn_plan known = plan_of(32, 64, 3136, BN_CHANNELS_FIRST, 2, epyc, 1);
     CHECK(same_decisions(&unknown, &known));
 }
@@ -172,4 +173,71 @@ BN_SUITE(suite_plan_describes_its_reasons) {
     char small[16];
     bn_plan_describe(&p, small, sizeof small); /* cut to size, still a string */
     CHECK(strlen(small) == sizeof small - 1);
+}
+
+/* Where a thread's inputs fit its L2 but not beside its output, stores stream when the machine
+ * measured that faster (streaming_pays), and only there; elsewhere the size rules alone decide.
+ * 32x512x7x7 (3.2 MB an array): on two threads of the Xeon each thread's x is 1.6 MB of its
+ * 2 MiB (dy and x of backward, 3.2 MB, are not); on one thread x is the whole 3.2 MB, and on
+ * the EPYC's 1 MiB it does not fit either way.
+ * (256, 1024) (1 MiB an array) on one Xeon thread: x and y just fit (no), dy and x do but not
+ * beside dx (backward: yes). */
+BN_SUITE(suite_plan_streams_where_measured) {
+    const int can = bn_kernels_can_stream();
+    CHECK(bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 2, 2 * MIB));
+    CHECK(!bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 1, 2 * MIB));
+    CHECK(!bn_inputs_fit_l2_alone(MIB, 0, 1, 2 * MIB) && bn_inputs_fit_l2_alone(MIB, 2, 1, 2 * MIB));
+    CHECK(!bn_inputs_fit_l2_alone(0, 1, 1, 2 * MIB) && !bn_inputs_fit_l2_alone(MIB, 0, 0, 0));
+    for (int pays = 0; pays < 2; pays++) {
+        const bn_machine xeon_m = {.l2 = 2 * MIB, .l3 = 300 * MIB, .streaming_pays = pays};
+        const bn_machine epyc_m = {.l2 = MIB, .l3 = 32 * MIB, .streaming_pays = pays};
+        for (int reads = 0; reads <= 2; reads++) {
+            const bn_plan two = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, xeon_m, 2);
+            /* backward's dy and x are 3.2 MB a thread: beyond the L2 either way */
+            CHECK_MSG(two.stream == (reads < 2 && pays && can) && two.stream_measured == (reads < 2),
+                      "reads %d pays %d: stream %d", reads, pays, two.stream);
+            CHECK(two.machine.streaming_pays == pays);
+            const bn_plan one = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, xeon_m, 1);
+            CHECK(!one.stream && !one.stream_measured);
+            CHECK(!plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, epyc_m, 2).stream);
+            /* the size rules first: 25.7 MB streams whatever was measured */
+            CHECK(plan_of(32, 64, 3136, BN_CHANNELS_LAST, reads, xeon_m, 2).stream == can);
+        }
+        CHECK(!plan_of(256, 1024, 1, BN_CHANNELS_LAST, 0, xeon_m, 1).stream);
+        CHECK(plan_of(256, 1024, 1, BN_CHANNELS_LAST, 2, xeon_m, 1).stream == (pays && can));
+        char text[1024];
+        const bn_plan two = plan_of(32, 512, 49, BN_CHANNELS_FIRST, 0, xeon_m, 2);
+        bn_plan_describe(&two, text, sizeof text);
+        CHECK_MSG(strstr(text, pays ? "streaming stores were measured faster on this machine"
+                                    : "streaming stores were measured no faster on this machine"),
+                  "%s", text);
+    }
+}
+
+/* This machine's plan measures whether streaming pays the first time it needs to know, once:
+ * afterwards the verdict and its timings stay. Where there are no streaming stores there is
+ * nothing to measure. */
+BN_SUITE(suite_plan_measures_streaming_once) {
+    const bn_machine m = bn_machine_this();
+    CHECK(m.streaming_pays == -1);
+    const int64_t l2 = m.l2 > 0 ? m.l2 : MIB;
+    /* a (rows, 256) float32 eval whose x fits a thread's L2, and not beside y, on one thread */
+    const int64_t rows = l2 / 5 * 4 / 1024;
+    const bn_desc d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
+    bn_plan p;
+    CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK);
+    CHECK(p.stream_measured);
+    const int verdict = bn_streaming_measured_faster(l2);
+    CHECK(verdict == 0 || verdict == 1);
+    CHECK(p.machine.streaming_pays == (bn_kernels_can_stream() ? verdict : -1));
+    CHECK(p.stream == (verdict && bn_kernels_can_stream()));
+    CHECK(bn_streaming_measured_faster(l2) == verdict);
+    int64_t plain_ns, streaming_ns;
+    bn_streaming_measurement(&plain_ns, &streaming_ns);
+    if (bn_kernels_can_stream())
+        CHECK_MSG(plain_ns > 0 && streaming_ns > 0 && verdict == (streaming_ns * 10 < plain_ns * 9),
+                  "plain %lld ns, streaming %lld ns, verdict %d", (long long)plain_ns,
+                  (long long)streaming_ns, verdict);
+    else
+        CHECK(verdict == 0);
 }

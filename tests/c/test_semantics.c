@@ -285,3 +285,47 @@ BN_SUITE(suite_semantics_layouts) {
         free(y_f), free(y_l), free(dx_f), free(yf), free(yl);
     }
 }
+
+/* Eval is element-wise: the same bits in either layout, whatever the length of the rows
+ * (channels-first rows under BN_SHORT values go 16 channels at a time, the last group short
+ * where C is not a multiple of 16), with weights, biases and running statistics, and in place. */
+BN_SUITE(suite_semantics_eval_layouts_same_bits) {
+    static const int64_t shapes[][3] = {{3, 37, 49}, {17, 16, 49}, {2, 5, 7}, {40, 3, 1},
+                                        {2, 21, 64}, {1, 33, 63}, {9, 40, 14 * 14}};
+    for (int dt = 0; dt < 2; dt++)
+        for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++) {
+            bn_desc cf = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], (bn_dtype)dt,
+                                 BN_CHANNELS_FIRST);
+            bn_desc cl = cf;
+            cl.layout = BN_CHANNELS_LAST;
+            const int64_t count = tu_numel(&cf), C = cf.c;
+            tu_rng r = tu_rng_new(500 + q);
+            double *v = tu_randn(&r, count, 3, 4), *vl = malloc(sizeof(double) * (size_t)count);
+            for (int64_t i = 0; i < cf.n; i++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t j = 0; j < cf.s; j++)
+                        vl[bn_ref_index(&cl, i, c, j)] = v[bn_ref_index(&cf, i, c, j)];
+            double *rm = tu_randn(&r, C, 3, 1), *rv = tu_randn(&r, C, 0, 1);
+            double *w = tu_randn(&r, C, 1, 0.5), *b = tu_randn(&r, C, 0, 1);
+            for (int64_t c = 0; c < C; c++) rv[c] = 0.1 + rv[c] * rv[c];
+            void *x_f = tu_to_dtype(v, count, cf.dtype), *x_l = tu_to_dtype(vl, count, cf.dtype);
+            void *y_f = tu_to_dtype(v, count, cf.dtype), *y_l = tu_to_dtype(v, count, cf.dtype);
+            void *rm_t = tu_to_dtype(rm, C, cf.dtype), *rv_t = tu_to_dtype(rv, C, cf.dtype);
+            void *w_t = tu_to_dtype(w, C, cf.dtype), *b_t = tu_to_dtype(b, C, cf.dtype);
+            CHECK_STATUS(bn_forward_eval(y_f, x_f, rm_t, rv_t, w_t, b_t, &cf, 1e-5), BN_OK);
+            CHECK_STATUS(bn_forward_eval(y_l, x_l, rm_t, rv_t, w_t, b_t, &cl, 1e-5), BN_OK);
+            double *yf = tu_to_double(y_f, count, cf.dtype), *yl = tu_to_double(y_l, count, cf.dtype);
+            int64_t differ = 0;
+            for (int64_t i = 0; i < cf.n; i++)
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t j = 0; j < cf.s; j++)
+                        differ += memcmp(&yf[bn_ref_index(&cf, i, c, j)],
+                                         &yl[bn_ref_index(&cl, i, c, j)], sizeof(double)) != 0;
+            CHECK_MSG(differ == 0, "dtype %d shape %zu: %lld values differ between layouts", dt, q,
+                      (long long)differ);
+            CHECK_STATUS(bn_forward_eval(x_f, x_f, rm_t, rv_t, w_t, b_t, &cf, 1e-5), BN_OK);
+            CHECK(memcmp(x_f, y_f, (size_t)count * (dt ? 8 : 4)) == 0);
+            free(v), free(vl), free(rm), free(rv), free(w), free(b), free(x_f), free(x_l);
+            free(y_f), free(y_l), free(rm_t), free(rv_t), free(w_t), free(b_t), free(yf), free(yl);
+        }
+}
