@@ -16,6 +16,15 @@ static void second_piece(const void *args, int64_t k) {
     p->cl_second(p, &t);
 }
 
+/* Item k: the merge and finish of channels [k * FINISH_CHANNELS, (k + 1) * FINISH_CHANNELS). */
+enum { FINISH_CHANNELS = 64 };
+
+static void finish_range(const void *args, int64_t k) {
+    const bn_pass *p = args;
+    const int64_t C = p->plan->d.c, c0 = k * FINISH_CHANNELS;
+    p->cl_finish(p, c0, C - c0 < FINISH_CHANNELS ? C : c0 + FINISH_CHANNELS);
+}
+
 /* Item k: a chunk of channels whose rows fit in cache: the parts' first passes, their merge and
  * finish, and the second pass, while the chunk is still in cache. The same operations in the
  * same order as tile by tile, so the same bits. */
@@ -42,14 +51,20 @@ void bn_run_channels_last(const bn_pass *p) {
         bn_parallel_for((C + plan->chunk - 1) / plan->chunk, plan->elements, chunk, p);
         return;
     }
-    if (p->first) bn_parallel_for(plan->tiles.parts * plan->tiles.chunks, plan->elements, first_tile, p);
-    p->cl_finish(p, 0, C);
-    /* after a first pass that read beyond the core's caches (plan.prefetch), from the end: the
-     * rows it read last are the ones still in some cache. Measured on the AMD EPYC, paired, 5
-     * rounds, NHWC 32x64x56x56: training 0.88x the time on 1 thread, 0.98x on 2; backward 0.95x
-     * and 0.90x. (256, 1024), in cache, took 1.01x (its pieces of 16 KiB, walked backwards,
-     * each start a new stream), so not there */
+    /* the three stages on one team, the finish split by channels (on the Intel Xeon, 2 threads,
+     * (256, 1024) training spent a fifth of its time in the finish on one thread, with the other
+     * waiting); the second pass, after a first pass that read beyond the core's caches
+     * (plan.prefetch), from the end: the rows it read last are the ones still in some cache.
+     * Measured on the AMD EPYC, paired, 5 rounds, NHWC 32x64x56x56: training 0.88x the time on 1
+     * thread, 0.98x on 2; backward 0.95x and 0.90x. (256, 1024), in cache, took 1.01x (its
+     * pieces of 16 KiB, walked backwards, each start a new stream), so not there */
+    bn_phase phases[3];
+    int count = 0;
+    if (p->first)
+        phases[count++] = (bn_phase){plan->tiles.parts * plan->tiles.chunks, first_tile, 0};
+    phases[count++] = (bn_phase){(C + FINISH_CHANNELS - 1) / FINISH_CHANNELS, finish_range, 0};
     if (p->second)
-        (p->first && plan->prefetch ? bn_parallel_for_reverse : bn_parallel_for)(
-            plan->pieces.parts * plan->pieces.chunks, plan->elements, second_piece, p);
+        phases[count++] = (bn_phase){plan->pieces.parts * plan->pieces.chunks, second_piece,
+                                     p->first && plan->prefetch};
+    bn_parallel_phases(count, phases, plan->elements, p);
 }

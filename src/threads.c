@@ -61,6 +61,39 @@ static void parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const v
 #endif
 }
 
+void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, const void *args) {
+    int64_t most = 0;
+    for (int k = 0; k < count; k++)
+        if (phases[k].items > most) most = phases[k].items;
+    int threads = 1;
+    if (elements >= BN_PARALLEL_MIN_ELEMENTS && most > 1) {
+        threads = bn_get_num_threads();
+        if (most < threads) threads = (int)most;
+    }
+    if (threads == 1) {
+        last_team = 1;
+        for (int k = 0; k < count; k++)
+            run_share(phases[k].items, 0, 1, phases[k].fn, args, phases[k].reverse);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        if (t == 0) last_team = n;
+        for (int k = 0; k < count; k++) {
+            if (k > 0) {
+#pragma omp barrier
+            }
+            run_share(phases[k].items, t, n, phases[k].fn, args, phases[k].reverse);
+        }
+    }
+#else
+    for (int k = 0; k < count; k++)
+        run_share(phases[k].items, 0, 1, phases[k].fn, args, phases[k].reverse);
+#endif
+}
+
 void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
     parallel_for(items, elements, fn, args, 0);
 }

@@ -22,6 +22,17 @@ void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void 
  * that one ended, on what is still in cache. */
 void bn_parallel_for_reverse(int64_t items, int64_t elements, bn_item_fn fn, const void *args);
 
+/* Loops one after the other on one team of threads, each as bn_parallel_for (or _reverse) would
+ * share its items, with a barrier between two: a pass whose stages depend on each other (the
+ * first pass, the finish of every channel, the second pass) starts its threads once. The team is
+ * as large as the loop with the most items needs. */
+typedef struct {
+    int64_t items;
+    bn_item_fn fn;
+    int reverse;
+} bn_phase;
+void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, const void *args);
+
 /* For tests: how many threads the calling thread's last bn_parallel_for ran on (1 without a
  * parallel region). Per calling thread, so concurrent callers each see their own. */
 int bn_parallel_last_team(void);

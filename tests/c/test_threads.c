@@ -394,3 +394,80 @@ BN_SUITE(suite_threads_reverse) {
     release(&one);
     free_inputs(&in);
 }
+
+/* bn_parallel_phases: each phase's items once each, shared among the threads as bn_parallel_for
+ * (or _reverse) shares them, and no item of a phase before every item of the one before it is
+ * done (the barrier): phase 2 reads what phase 1 wrote, phase 3 what phase 2 wrote. */
+typedef struct {
+    int64_t n1, n2, n3;
+    int first[64], second[64], third[64];
+    int second_saw[64], third_saw[64];
+    walk order[3];
+} staged;
+
+static void stage_one(const void *args, int64_t k) {
+    staged *s = (staged *)args;
+    s->first[k]++;
+    note_item(&s->order[0], k);
+}
+
+static void stage_two(const void *args, int64_t k) {
+    staged *s = (staged *)args;
+    int done = 0;
+    for (int64_t j = 0; j < s->n1; j++) done += s->first[j];
+    s->second_saw[k] = done;
+    s->second[k]++;
+    note_item(&s->order[1], k);
+}
+
+static void stage_three(const void *args, int64_t k) {
+    staged *s = (staged *)args;
+    int done = 0;
+    for (int64_t j = 0; j < s->n2; j++) done += s->second[j];
+    s->third_saw[k] = done;
+    s->third[k]++;
+    note_item(&s->order[2], k);
+}
+
+BN_SUITE(suite_threads_phases) {
+    const int64_t elements = 4 * BN_PARALLEL_MIN_ELEMENTS;
+    for (int t = 1; t <= 4; t++)
+        for (int64_t n1 = 1; n1 <= 64; n1 += 21)
+            for (int64_t n2 = 1; n2 <= 64; n2 += 31) {
+                staged *s = calloc(1, sizeof *s);
+                s->n1 = n1, s->n2 = n2, s->n3 = 40;
+                bn_set_num_threads(t);
+                const bn_phase phases[3] = {{n1, stage_one, 0}, {n2, stage_two, 0},
+                                            {s->n3, stage_three, 1}};
+                bn_parallel_phases(3, phases, elements, s);
+                const int64_t most = n1 > n2 ? (n1 > 40 ? n1 : 40) : (n2 > 40 ? n2 : 40);
+                CHECK(bn_parallel_last_team() == (t < most ? t : (int)most));
+                for (int64_t k = 0; k < n1; k++) CHECK(s->first[k] == 1);
+                for (int64_t k = 0; k < n2; k++)
+                    CHECK_MSG(s->second[k] == 1 && s->second_saw[k] == n1,
+                              "%d threads: phase 2 item %lld saw %d of %lld phase 1 items", t,
+                              (long long)k, s->second_saw[k], (long long)n1);
+                for (int64_t k = 0; k < s->n3; k++)
+                    CHECK(s->third[k] == 1 && s->third_saw[k] == n2);
+                /* the shares of bn_parallel_for, the third walked from each share's end */
+                walk fwd;
+                memset(&fwd, 0, sizeof fwd);
+                bn_parallel_for(s->n3, elements, note_item, &fwd);
+                for (int64_t k = 0; k < s->n3; k++) {
+                    CHECK(s->order[2].thread[k] == fwd.thread[k]);
+                    if (k > 0 && fwd.thread[k] == fwd.thread[k - 1])
+                        CHECK(s->order[2].place[k] == s->order[2].place[k - 1] - 1);
+                }
+                free(s);
+            }
+    bn_set_num_threads(0);
+    /* a small call stays on the calling thread, the phases in order */
+    staged *s = calloc(1, sizeof *s);
+    s->n1 = 5, s->n2 = 7, s->n3 = 3;
+    bn_set_num_threads(2);
+    const bn_phase phases[3] = {{5, stage_one, 0}, {7, stage_two, 0}, {3, stage_three, 0}};
+    bn_parallel_phases(3, phases, 100, s);
+    CHECK(bn_parallel_last_team() == 1 && s->second_saw[6] == 5 && s->third_saw[2] == 7);
+    bn_set_num_threads(0);
+    free(s);
+}
