@@ -392,8 +392,27 @@ typedef struct {
     const bn_plan *plan;
     void *y;
     const void *x;
-    const void *coef; /* (BN_COEF_COUNT, C) in the compute type */
+    void *coef; /* (BN_COEF_COUNT, C) in the compute type */
+    const void *rm, *rv, *w, *b;
+    double eps;
 } eval_pass;
+
+/* Item k: the coefficients of channels [k * EVAL_COEF_CHANNELS, (k + 1) * EVAL_COEF_CHANNELS):
+ * on the pass's team, so that no thread waits while one makes them all (Intel Xeon, paired,
+ * (256, 1024) eval on 2 threads: 0.89x the time). */
+enum { EVAL_COEF_CHANNELS = 64 };
+
+static void eval_coef_range(const void *args, int64_t k) {
+    const eval_pass *e = args;
+    const bn_plan *p = e->plan;
+    const int64_t C = p->d.c, c0 = k * EVAL_COEF_CHANNELS;
+    const int64_t n = C - c0 < EVAL_COEF_CHANNELS ? C - c0 : EVAL_COEF_CHANNELS;
+    const int64_t es = (int64_t)p->es;
+    p->k->eval_coefs((char *)e->coef + c0 * (int64_t)p->k->coef_size, C, n,
+                     (const char *)e->rm + c0 * es, (const char *)e->rv + c0 * es,
+                     e->w ? (const char *)e->w + c0 * es : NULL,
+                     e->b ? (const char *)e->b + c0 * es : NULL, e->eps);
+}
 
 /* Channels-first: item k is sample k / chunks, its channel chunk k % chunks. Eval has no
  * statistics to gather, so it streams through memory in order, as a copy would. */
@@ -461,17 +480,26 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     void *coef;
     const size_t bytes = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
     if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
-    plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
-    const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef};
+    const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef, .rm = running_mean,
+                         .rv = running_var, .w = weight, .b = bias, .eps = eps};
+    bn_phase pass;
     if (plan.d.layout == BN_CHANNELS_LAST)
-        bn_parallel_for(plan.pieces.parts * plan.pieces.chunks, plan.elements, eval_piece, &e);
+        pass = (bn_phase){plan.pieces.parts * plan.pieces.chunks, eval_piece, 0};
     else if (plan.d.s < BN_SHORT)
-        bn_parallel_for((C + BN_GROUP - 1) / BN_GROUP *
-                            ((plan.d.n + eval_group_samples(&plan) - 1) / eval_group_samples(&plan)),
-                        plan.elements, eval_group, &e);
+        pass = (bn_phase){(C + BN_GROUP - 1) / BN_GROUP *
+                              ((plan.d.n + eval_group_samples(&plan) - 1) / eval_group_samples(&plan)),
+                          eval_group, 0};
     else
-        bn_parallel_for(plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
-                        plan.elements, eval_sample_chunk, &e);
+        pass = (bn_phase){plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
+                          eval_sample_chunk, 0};
+    if (plan.elements < BN_PARALLEL_MIN_ELEMENTS) { /* one thread: no phases to pay for */
+        plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
+        bn_parallel_for(pass.items, plan.elements, pass.fn, &e);
+    } else {
+        const bn_phase phases[2] = {
+            {(C + EVAL_COEF_CHANNELS - 1) / EVAL_COEF_CHANNELS, eval_coef_range, 0}, pass};
+        bn_parallel_phases(2, phases, plan.elements, &e);
+    }
     bn_scratch_release(&scratch);
     return BN_OK;
 }
