@@ -12,7 +12,7 @@
 
 enum { CAL_CHANNELS = 256, CAL_ROUNDS = 2 };
 
-static atomic_int verdict = -1; /* -1 until measured */
+static atomic_int verdict = -1; /* -1 until measured, -2 while one thread measures */
 static atomic_llong plain_best, streaming_best;
 
 static int64_t now_ns(void) {
@@ -37,14 +37,20 @@ int bn_streaming_measured_faster(int64_t l2) {
     const bn_kernels *plain = bn_kernels_for(BN_FLOAT32, 0);
     const bn_kernels *streaming = bn_kernels_streaming(BN_FLOAT32);
     if (!streaming || l2 <= 0) return 0;
+    /* one thread measures; one that needs the verdict meanwhile takes plain stores */
+    int unmeasured = -1;
+    if (!atomic_compare_exchange_strong(&verdict, &unmeasured, -2))
+        return unmeasured >= 0 ? unmeasured : 0;
     /* input and output of 0.7 L2 each: the input fits, the two do not */
     const int64_t rows = (l2 / 10 * 7) / (CAL_CHANNELS * (int64_t)sizeof(float));
     const size_t bytes = (size_t)rows * CAL_CHANNELS * sizeof(float);
-    float *x = rows > 0 ? aligned_alloc(64, bytes) : NULL, *y = rows > 0 ? aligned_alloc(64, bytes) : NULL;
+    float *x = rows > 0 ? aligned_alloc(64, bytes) : NULL;
+    float *y = rows > 0 ? aligned_alloc(64, bytes) : NULL;
     float *coef = calloc((size_t)BN_COEF_COUNT * CAL_CHANNELS, sizeof(float));
     if (!x || !y || !coef) {
         free(x), free(y), free(coef);
-        return 0; /* not kept: the next need measures again */
+        atomic_store(&verdict, -1); /* not kept: the next need measures again */
+        return 0;
     }
     for (int64_t i = 0; i < rows * CAL_CHANNELS; i++) x[i] = 1.0f;
     memset(y, 0, bytes);

@@ -16,8 +16,9 @@
  * (two rounds of the float32 channels-last normalize over 0.7 L2 of input and as much output,
  * each kind of store timed right after an untimed call of the same kind: 2.2-2.7 ms on the Xeon
  * with its 2 MiB L2, half of it the first touch of the buffers' pages); 0 without
- * measuring where this CPU or build has no streaming stores. Never changes a bit of a result:
- * both kinds of store write the same values. */
+ * measuring where this CPU or build has no streaming stores, and 0 for a thread that needs it
+ * while another measures. Never changes a bit of a result: both kinds of store write the same
+ * values. */
 int bn_streaming_measured_faster(int64_t l2);
 
 /* What the measurement took: the best time of one call with plain stores and with streaming

@@ -485,10 +485,11 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     bn_phase pass;
     if (plan.d.layout == BN_CHANNELS_LAST)
         pass = (bn_phase){plan.pieces.parts * plan.pieces.chunks, eval_piece, 0};
-    else if (plan.d.s < BN_SHORT)
-        pass = (bn_phase){(C + BN_GROUP - 1) / BN_GROUP *
-                              ((plan.d.n + eval_group_samples(&plan) - 1) / eval_group_samples(&plan)),
-                          eval_group, 0};
+    else if (plan.d.s < BN_SHORT) {
+        const int64_t per = eval_group_samples(&plan);
+        pass = (bn_phase){(C + BN_GROUP - 1) / BN_GROUP * ((plan.d.n + per - 1) / per), eval_group,
+                          0};
+    }
     else
         pass = (bn_phase){plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
                           eval_sample_chunk, 0};

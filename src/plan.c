@@ -94,7 +94,8 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
     const int64_t bytes = p->elements * (int64_t)p->es;
     p->stream = bytes >= p->stream_threshold;
     p->stream_measured = 0;
-    if (!p->stream && bn_kernels_can_stream() && bn_inputs_fit_l2_alone(bytes, reads, threads, l2)) {
+    if (!p->stream && bn_kernels_can_stream() &&
+        bn_inputs_fit_l2_alone(bytes, reads, threads, l2)) {
         if (p->machine.streaming_pays < 0)
             p->machine.streaming_pays = bn_streaming_measured_faster(l2);
         p->stream = p->machine.streaming_pays > 0;
@@ -171,10 +172,10 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                  (long long)p->stream_threshold, p->stream_rule,
                  !p->stream_measured ? ""
                  : p->machine.streaming_pays > 0
-                     ? "; below that, where a thread's inputs fit its L2 but not beside its output, "
-                       "as here, streaming stores were measured faster on this machine"
-                     : "; below that, where a thread's inputs fit its L2 but not beside its output, "
-                       "as here, streaming stores were measured no faster on this machine",
+                     ? "; below that, where a thread's inputs fit its L2 but not beside its "
+                       "output, as here, streaming stores were measured faster on this machine"
+                     : "; below that, where a thread's inputs fit its L2 but not beside its "
+                       "output, as here, streaming stores were measured no faster on this machine",
                  bn_kernels_can_stream() ? "" : "; this CPU or build has no streaming stores",
                  (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3,
                  bn_kernels_isa());

@@ -186,7 +186,8 @@ BN_SUITE(suite_plan_streams_where_measured) {
     const int can = bn_kernels_can_stream();
     CHECK(bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 2, 2 * MIB));
     CHECK(!bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 1, 2 * MIB));
-    CHECK(!bn_inputs_fit_l2_alone(MIB, 0, 1, 2 * MIB) && bn_inputs_fit_l2_alone(MIB, 2, 1, 2 * MIB));
+    CHECK(!bn_inputs_fit_l2_alone(MIB, 0, 1, 2 * MIB));
+    CHECK(bn_inputs_fit_l2_alone(MIB, 2, 1, 2 * MIB));
     CHECK(!bn_inputs_fit_l2_alone(0, 1, 1, 2 * MIB) && !bn_inputs_fit_l2_alone(MIB, 0, 0, 0));
     for (int pays = 0; pays < 2; pays++) {
         const bn_machine xeon_m = {.l2 = 2 * MIB, .l3 = 300 * MIB, .streaming_pays = pays};
@@ -210,8 +211,8 @@ BN_SUITE(suite_plan_streams_where_measured) {
         const bn_plan two = plan_of(32, 512, 49, BN_CHANNELS_FIRST, 0, xeon_m, 2);
         bn_plan_describe(&two, text, sizeof text);
         if (can) /* a build or CPU without streaming stores never measures */
-            CHECK_MSG(strstr(text, pays ? "streaming stores were measured faster on this machine"
-                                        : "streaming stores were measured no faster on this machine"),
+            CHECK_MSG(strstr(text, pays ? "streaming stores were measured faster"
+                                        : "streaming stores were measured no faster"),
                       "%s", text);
     }
 }
