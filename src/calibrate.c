@@ -41,8 +41,10 @@ int bn_streaming_measured_faster(int64_t l2) {
     int unmeasured = -1;
     if (!atomic_compare_exchange_strong(&verdict, &unmeasured, -2))
         return unmeasured >= 0 ? unmeasured : 0;
-    /* input and output of 0.7 L2 each: the input fits, the two do not */
-    const int64_t rows = (l2 / 10 * 7) / (CAL_CHANNELS * (int64_t)sizeof(float));
+    /* input and output of 0.7 L2 each: the input fits, the two do not (at most 4 MiB each,
+     * whatever L2 a machine reports) */
+    const int64_t each = l2 < (INT64_C(6) << 20) ? l2 / 10 * 7 : INT64_C(4) << 20;
+    const int64_t rows = each / (CAL_CHANNELS * (int64_t)sizeof(float));
     const size_t bytes = (size_t)rows * CAL_CHANNELS * sizeof(float);
     float *x = rows > 0 ? aligned_alloc(64, bytes) : NULL;
     float *y = rows > 0 ? aligned_alloc(64, bytes) : NULL;
