@@ -37,30 +37,6 @@ static void run_share(int64_t items, int t, int n, bn_item_fn fn, const void *ar
         for (int64_t k = lo; k < hi; k++) fn(args, k);
 }
 
-static void parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args,
-                         int reverse) {
-    int threads = 1;
-    if (elements >= BN_PARALLEL_MIN_ELEMENTS && items > 1) {
-        threads = bn_get_num_threads();
-        if (items < threads) threads = (int)items;
-    }
-    if (threads == 1) { /* no parallel region at all: small calls pay nothing for threads */
-        last_team = 1;
-        run_share(items, 0, 1, fn, args, reverse);
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-    {
-        const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        if (t == 0) last_team = n; /* the caller's */
-        run_share(items, t, n, fn, args, reverse);
-    }
-#else
-    run_share(items, 0, 1, fn, args, reverse);
-#endif
-}
-
 void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, const void *args) {
     int64_t most = 0;
     for (int k = 0; k < count; k++)
@@ -70,7 +46,7 @@ void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, con
         threads = bn_get_num_threads();
         if (most < threads) threads = (int)most;
     }
-    if (threads == 1) {
+    if (threads == 1) { /* no parallel region at all: small calls pay nothing for threads */
         last_team = 1;
         for (int k = 0; k < count; k++)
             run_share(phases[k].items, 0, 1, phases[k].fn, args, phases[k].reverse);
@@ -80,7 +56,7 @@ void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, con
 #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        if (t == 0) last_team = n;
+        if (t == 0) last_team = n; /* the caller's */
         for (int k = 0; k < count; k++) {
             if (k > 0) {
 #pragma omp barrier
@@ -88,10 +64,20 @@ void bn_parallel_phases(int count, const bn_phase *phases, int64_t elements, con
             run_share(phases[k].items, t, n, phases[k].fn, args, phases[k].reverse);
         }
     }
-#else
-    for (int k = 0; k < count; k++)
-        run_share(phases[k].items, 0, 1, phases[k].fn, args, phases[k].reverse);
-#endif
+#endif /* without OpenMP bn_get_num_threads is 1: the loop above ran them all */
+}
+
+/* One phase; a call too small for threads goes straight to its items (a few ns of the loop over
+ * phases, which calls of (20, 2) feel). */
+static inline void parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args,
+                                int reverse) {
+    if (elements < BN_PARALLEL_MIN_ELEMENTS || items <= 1) {
+        last_team = 1;
+        run_share(items, 0, 1, fn, args, reverse);
+        return;
+    }
+    const bn_phase one = {items, fn, reverse};
+    bn_parallel_phases(1, &one, elements, args);
 }
 
 void bn_parallel_for(int64_t items, int64_t elements, bn_item_fn fn, const void *args) {
