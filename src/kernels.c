@@ -91,18 +91,22 @@ int bn_kernels_can_stream(void) {
     return current()->f32_stream != NULL && !atomic_load(&plain_stores_only);
 }
 
-const bn_kernels *bn_kernels_streaming(bn_dtype dtype) {
-    if (!bn_kernels_can_stream()) return NULL;
-    return dtype == BN_FLOAT32 ? current()->f32_stream : dtype == BN_FLOAT64 ? current()->f64_stream : NULL;
-}
-
-const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
+/* The table of dtype in the current set, streaming or plain: NULL for a dtype without kernels. */
+static const bn_kernels *table_of(bn_dtype dtype, int stream) {
     const isa_tables *t = current();
-    stream = stream && bn_kernels_can_stream();
-    if (stream) atomic_fetch_add(&stream_tables, 1);
     switch (dtype) {
     case BN_FLOAT32: return stream ? t->f32_stream : t->f32;
     case BN_FLOAT64: return stream ? t->f64_stream : t->f64;
     default: return NULL;
     }
+}
+
+const bn_kernels *bn_kernels_streaming(bn_dtype dtype) {
+    return bn_kernels_can_stream() ? table_of(dtype, 1) : NULL;
+}
+
+const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
+    stream = stream && bn_kernels_can_stream();
+    if (stream) atomic_fetch_add(&stream_tables, 1);
+    return table_of(dtype, stream);
 }
