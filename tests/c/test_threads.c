@@ -399,35 +399,22 @@ BN_SUITE(suite_threads_reverse) {
  * (or _reverse) shares them, and no item of a phase before every item of the one before it is
  * done (the barrier): phase 2 reads what phase 1 wrote, phase 3 what phase 2 wrote. */
 typedef struct {
-    int64_t n1, n2, n3;
-    int first[64], second[64], third[64];
-    int second_saw[64], third_saw[64];
+    int64_t n[3];
+    int done[3][64]; /* the times each item of each phase ran */
+    int saw[3][64];  /* the items of the phase before that had run when this one did */
     walk order[3];
 } staged;
 
-static void stage_one(const void *args, int64_t k) {
-    staged *s = (staged *)args;
-    s->first[k]++;
-    note_item(&s->order[0], k);
+static void stage(staged *s, int q, int64_t k) {
+    int before = 0;
+    for (int64_t j = 0; q > 0 && j < s->n[q - 1]; j++) before += s->done[q - 1][j];
+    s->saw[q][k] = before;
+    s->done[q][k]++;
+    note_item(&s->order[q], k);
 }
-
-static void stage_two(const void *args, int64_t k) {
-    staged *s = (staged *)args;
-    int done = 0;
-    for (int64_t j = 0; j < s->n1; j++) done += s->first[j];
-    s->second_saw[k] = done;
-    s->second[k]++;
-    note_item(&s->order[1], k);
-}
-
-static void stage_three(const void *args, int64_t k) {
-    staged *s = (staged *)args;
-    int done = 0;
-    for (int64_t j = 0; j < s->n2; j++) done += s->second[j];
-    s->third_saw[k] = done;
-    s->third[k]++;
-    note_item(&s->order[2], k);
-}
+static void stage_one(const void *args, int64_t k) { stage((staged *)args, 0, k); }
+static void stage_two(const void *args, int64_t k) { stage((staged *)args, 1, k); }
+static void stage_three(const void *args, int64_t k) { stage((staged *)args, 2, k); }
 
 BN_SUITE(suite_threads_phases) {
     const int64_t elements = 4 * BN_PARALLEL_MIN_ELEMENTS;
@@ -435,25 +422,24 @@ BN_SUITE(suite_threads_phases) {
         for (int64_t n1 = 1; n1 <= 64; n1 += 21)
             for (int64_t n2 = 1; n2 <= 64; n2 += 31) {
                 staged *s = calloc(1, sizeof *s);
-                s->n1 = n1, s->n2 = n2, s->n3 = 40;
+                s->n[0] = n1, s->n[1] = n2, s->n[2] = 40;
                 bn_set_num_threads(t);
                 const bn_phase phases[3] = {{n1, stage_one, 0}, {n2, stage_two, 0},
-                                            {s->n3, stage_three, 1}};
+                                            {s->n[2], stage_three, 1}};
                 bn_parallel_phases(3, phases, elements, s);
                 const int64_t most = n1 > n2 ? (n1 > 40 ? n1 : 40) : (n2 > 40 ? n2 : 40);
                 CHECK(bn_parallel_last_team() == (t < most ? t : (int)most));
-                for (int64_t k = 0; k < n1; k++) CHECK(s->first[k] == 1);
-                for (int64_t k = 0; k < n2; k++)
-                    CHECK_MSG(s->second[k] == 1 && s->second_saw[k] == n1,
-                              "%d threads: phase 2 item %lld saw %d of %lld phase 1 items", t,
-                              (long long)k, s->second_saw[k], (long long)n1);
-                for (int64_t k = 0; k < s->n3; k++)
-                    CHECK(s->third[k] == 1 && s->third_saw[k] == n2);
+                for (int64_t k = 0; k < n1; k++) CHECK(s->done[0][k] == 1);
+                for (int q = 1; q < 3; q++)
+                    for (int64_t k = 0; k < s->n[q]; k++)
+                        CHECK_MSG(s->done[q][k] == 1 && s->saw[q][k] == s->n[q - 1],
+                                  "%d threads: phase %d item %lld saw %d of %lld items before", t,
+                                  q + 1, (long long)k, s->saw[q][k], (long long)s->n[q - 1]);
                 /* the shares of bn_parallel_for, the third walked from each share's end */
                 walk fwd;
                 memset(&fwd, 0, sizeof fwd);
-                bn_parallel_for(s->n3, elements, note_item, &fwd);
-                for (int64_t k = 0; k < s->n3; k++) {
+                bn_parallel_for(s->n[2], elements, note_item, &fwd);
+                for (int64_t k = 0; k < s->n[2]; k++) {
                     CHECK(s->order[2].thread[k] == fwd.thread[k]);
                     if (k > 0 && fwd.thread[k] == fwd.thread[k - 1])
                         CHECK(s->order[2].place[k] == s->order[2].place[k - 1] - 1);
@@ -463,11 +449,11 @@ BN_SUITE(suite_threads_phases) {
     bn_set_num_threads(0);
     /* a small call stays on the calling thread, the phases in order */
     staged *s = calloc(1, sizeof *s);
-    s->n1 = 5, s->n2 = 7, s->n3 = 3;
+    s->n[0] = 5, s->n[1] = 7, s->n[2] = 3;
     bn_set_num_threads(2);
     const bn_phase phases[3] = {{5, stage_one, 0}, {7, stage_two, 0}, {3, stage_three, 0}};
     bn_parallel_phases(3, phases, 100, s);
-    CHECK(bn_parallel_last_team() == 1 && s->second_saw[6] == 5 && s->third_saw[2] == 7);
+    CHECK(bn_parallel_last_team() == 1 && s->saw[1][6] == 5 && s->saw[2][2] == 7);
     bn_set_num_threads(0);
     free(s);
 }
