@@ -12,17 +12,18 @@
 #include <stdint.h>
 
 /* 1 when streaming stores were measured faster than plain ones on this machine, in the case
- * above for a core with an L2 of l2 bytes, else 0. Measured once per process, on first need
- * (two rounds of the float32 channels-last normalize over 0.7 L2 of input and as much output,
- * each kind of store timed right after an untimed call of the same kind: 2.2-2.7 ms on the Xeon
- * with its 2 MiB L2, half of it the first touch of the buffers' pages); 0 without
- * measuring where this CPU or build has no streaming stores, and 0 for a thread that needs it
- * while another measures. Never changes a bit of a result: both kinds of store write the same
- * values. */
+ * above for a core with an L2 of l2 bytes, else 0. Measured once per process, on first need:
+ * two rounds of the float32 channels-last normalize over 0.7 L2 of input and as much output,
+ * each kind of store timed right after an untimed call of the same kind (`bnorm bench` prints
+ * how long it took: 2.1-2.8 ms on the Xeon with its 2 MiB L2, about half of it the first touch
+ * of the buffers' pages). 0 without measuring where this CPU or build has no streaming stores,
+ * and 0 for a thread that needs it while another measures. Never changes a bit of a result:
+ * both kinds of store write the same values. */
 int bn_streaming_measured_faster(int64_t l2);
 
-/* What the measurement took: the best time of one call with plain stores and with streaming
- * ones, in ns; both 0 until it has run. */
-void bn_streaming_measurement(int64_t *plain_ns, int64_t *streaming_ns);
+/* What the measurement found: the best time of one call with plain stores and with streaming
+ * ones, and how long the whole measurement took (buffers included), in ns; all 0 until it has
+ * run. */
+void bn_streaming_measurement(int64_t *plain_ns, int64_t *streaming_ns, int64_t *took_ns);
 
 #endif

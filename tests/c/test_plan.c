@@ -235,10 +235,11 @@ BN_SUITE(suite_plan_measures_streaming_once) {
     CHECK(p.machine.streaming_pays == (bn_kernels_can_stream() ? verdict : -1));
     CHECK(p.stream == (verdict && bn_kernels_can_stream()));
     CHECK(bn_streaming_measured_faster(l2) == verdict);
-    int64_t plain_ns, streaming_ns;
-    bn_streaming_measurement(&plain_ns, &streaming_ns);
+    int64_t plain_ns, streaming_ns, took_ns;
+    bn_streaming_measurement(&plain_ns, &streaming_ns, &took_ns);
     if (bn_kernels_can_stream())
-        CHECK_MSG(plain_ns > 0 && streaming_ns > 0 && verdict == (streaming_ns * 10 < plain_ns * 9),
+        CHECK_MSG(plain_ns > 0 && streaming_ns > 0 && took_ns >= 2 * (plain_ns + streaming_ns) &&
+                      verdict == (streaming_ns * 10 < plain_ns * 9),
                   "plain %lld ns, streaming %lld ns, verdict %d", (long long)plain_ns,
                   (long long)streaming_ns, verdict);
     else

@@ -314,7 +314,8 @@ BN_SUITE(suite_semantics_eval_layouts_same_bits) {
             void *w_t = tu_to_dtype(w, C, cf.dtype), *b_t = tu_to_dtype(b, C, cf.dtype);
             CHECK_STATUS(bn_forward_eval(y_f, x_f, rm_t, rv_t, w_t, b_t, &cf, 1e-5), BN_OK);
             CHECK_STATUS(bn_forward_eval(y_l, x_l, rm_t, rv_t, w_t, b_t, &cl, 1e-5), BN_OK);
-            double *yf = tu_to_double(y_f, count, cf.dtype), *yl = tu_to_double(y_l, count, cf.dtype);
+            double *yf = tu_to_double(y_f, count, cf.dtype);
+            double *yl = tu_to_double(y_l, count, cf.dtype);
             int64_t differ = 0;
             for (int64_t i = 0; i < cf.n; i++)
                 for (int64_t c = 0; c < C; c++)
