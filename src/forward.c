@@ -464,9 +464,9 @@ static void eval_piece(const void *args, int64_t k) {
                        (const char *)e->coef + t.c0 * (int64_t)p->k->coef_size);
 }
 
-/* Channels-last with at most this many channels: each thread of the team makes all the
- * coefficients itself, in a slot of its own, then normalizes its share of the pieces, with no
- * barrier between (a thread that made half of them waited at one for the other half). Measured
+/* With at most this many channels, each thread of the team makes all the coefficients
+ * itself, in a slot of its own, then normalizes its share of the pass's items, with no barrier
+ * between (a thread that made half of them waited at one for the other half). Measured
  * (Intel Xeon, 2 threads, mean time of a call): (256, 1024) 17.2 -> 15.4 us, (64, 4096) 32.1 ->
  * 29.1 us, (128, 2048) 23.2 -> 20.7 us; from (64, 8192) making them twice costs more than the
  * barrier (73.1 -> 77.1 us), and those keep the team's split. */
@@ -474,12 +474,13 @@ enum { EVAL_OWN_COEF_CHANNELS = 4096 };
 
 typedef struct {
     const eval_pass *e;
-    int64_t pieces, shares; /* share t: pieces [pieces * t / shares, pieces * (t + 1) / shares) */
+    bn_phase pass;  /* share t: its items [items * t / shares, items * (t + 1) / shares) */
+    int64_t shares;
     size_t slot;            /* bytes of one thread's coefficients */
     char *slots;            /* (shares) of them */
 } eval_shares;
 
-/* Item t: share t's coefficients, then its pieces. The coefficients are a function of each
+/* Item t: share t's coefficients, then its items of the pass. The coefficients are a function of each
  * channel's stored values alone, so every slot holds the same bits. */
 static void eval_share(const void *args, int64_t t) {
     const eval_shares *sh = args;
@@ -487,8 +488,9 @@ static void eval_share(const void *args, int64_t t) {
     const bn_plan *p = e.plan;
     e.coef = sh->slots + t * (int64_t)sh->slot;
     p->k->eval_coefs(e.coef, p->d.c, p->d.c, e.rm, e.rv, e.w, e.b, e.eps);
-    for (int64_t k = sh->pieces * t / sh->shares; k < sh->pieces * (t + 1) / sh->shares; k++)
-        eval_piece(&e, k);
+    const int64_t items = sh->pass.items;
+    for (int64_t k = items * t / sh->shares; k < items * (t + 1) / sh->shares; k++)
+        sh->pass.fn(&e, k);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -503,8 +505,8 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 0));
     if (plan.elements == 0) return BN_OK;
     const int64_t C = plan.d.c;
-    const int own = plan.d.layout == BN_CHANNELS_LAST && plan.threads > 1 &&
-                    plan.elements >= BN_PARALLEL_MIN_ELEMENTS && C <= EVAL_OWN_COEF_CHANNELS;
+    const int own = plan.threads > 1 && plan.elements >= BN_PARALLEL_MIN_ELEMENTS &&
+                    C <= EVAL_OWN_COEF_CHANNELS;
     bn_scratch scratch;
     void *coef;
     const size_t slot = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
@@ -524,7 +526,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
         pass = (bn_phase){plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
                           eval_sample_chunk, 0};
     if (own) {
-        const eval_shares sh = {&e, pass.items, plan.threads, (slot + 63) / 64 * 64, coef};
+        const eval_shares sh = {&e, pass, plan.threads, (slot + 63) / 64 * 64, coef};
         bn_parallel_for(sh.shares, plan.elements, eval_share, &sh);
     } else if (plan.elements < BN_PARALLEL_MIN_ELEMENTS) { /* one thread: no phases to pay for */
         plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
