@@ -430,10 +430,14 @@ static void eval_sample_chunk(const void *args, int64_t k) {
 /* Channels-first rows shorter than BN_SHORT: groups of BN_GROUP channels, whose rows in a
  * sample are g * s contiguous values (whole vectors for 16 channels: 7x7 rows of 16 channels
  * are 49 of them), normalized with coefficients per position; each group's samples cut into
- * blocks of at least EVAL_GROUP_SAMPLES, so that there are items for every thread. Measured
- * (Intel Xeon, `bnorm bench`, 32x512x7x7): 219 us on one thread against 230 us row by row, and
- * on two threads, with streaming stores, 85-89 us against 127-138 us. */
-enum { EVAL_GROUP_SAMPLES = 8, EVAL_GROUP_ITEMS = 64 };
+ * blocks of at least EVAL_GROUP_SAMPLES, only as many as make EVAL_GROUP_ITEMS items, so that
+ * there are items for every thread. Measured (Intel Xeon, `bnorm bench`, 32x512x7x7): 219 us on
+ * one thread against 230 us row by row, and on two threads, with streaming stores, 85-89 us
+ * against 127-138 us. Each item spreads its group's coefficients per position again: at 64
+ * items 32x512x7x7 cut each group in two, and whole groups (32 items) took 0.94x the time on
+ * two threads, 0.98x on one (paired; 8x512x7x7, 128x512x7x7, 32x128x7x7 and 32x2048x4x4
+ * 1.00x). */
+enum { EVAL_GROUP_SAMPLES = 8, EVAL_GROUP_ITEMS = 32 };
 
 static int64_t eval_group_samples(const bn_plan *p) {
     const int64_t groups = (p->d.c + BN_GROUP - 1) / BN_GROUP;
