@@ -478,23 +478,20 @@ enum { EVAL_OWN_COEF_CHANNELS = 4096 };
 
 typedef struct {
     const eval_pass *e;
-    bn_phase pass;  /* share t: its items [items * t / shares, items * (t + 1) / shares) */
-    int64_t shares;
-    size_t slot;            /* bytes of one thread's coefficients */
-    char *slots;            /* (shares) of them */
+    bn_phase pass; /* share t of plan.threads: items [items * t / threads, items * (t + 1) / ...) */
+    size_t slot;   /* bytes of one share's coefficients; e->coef holds plan.threads of them */
 } eval_shares;
 
-/* Item t: share t's coefficients, then its items of the pass. The coefficients are a function of each
- * channel's stored values alone, so every slot holds the same bits. */
+/* Item t: share t's coefficients, then its items of the pass. The coefficients are a function
+ * of each channel's stored values alone, so every slot holds the same bits. */
 static void eval_share(const void *args, int64_t t) {
     const eval_shares *sh = args;
     eval_pass e = *sh->e;
     const bn_plan *p = e.plan;
-    e.coef = sh->slots + t * (int64_t)sh->slot;
+    const int64_t items = sh->pass.items, shares = p->threads;
+    e.coef = (char *)e.coef + t * (int64_t)sh->slot;
     p->k->eval_coefs(e.coef, p->d.c, p->d.c, e.rm, e.rv, e.w, e.b, e.eps);
-    const int64_t items = sh->pass.items;
-    for (int64_t k = items * t / sh->shares; k < items * (t + 1) / sh->shares; k++)
-        sh->pass.fn(&e, k);
+    for (int64_t k = items * t / shares; k < items * (t + 1) / shares; k++) sh->pass.fn(&e, k);
 }
 
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
@@ -513,8 +510,10 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                     C <= EVAL_OWN_COEF_CHANNELS;
     bn_scratch scratch;
     void *coef;
+    /* one slot, or (own) one a thread, each a whole number of cache lines (C is small there) */
     const size_t slot = bn_bytes(BN_COEF_COUNT * C, plan.k->coef_size);
-    const size_t bytes = own ? bn_bytes(plan.threads, (slot + 63) / 64 * 64) : slot;
+    const size_t padded = own ? (slot + 63) / 64 * 64 : slot;
+    const size_t bytes = own ? bn_bytes(plan.threads, padded) : slot;
     if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
     const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef, .rm = running_mean,
                          .rv = running_var, .w = weight, .b = bias, .eps = eps};
@@ -530,8 +529,8 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
         pass = (bn_phase){plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
                           eval_sample_chunk, 0};
     if (own) {
-        const eval_shares sh = {&e, pass, plan.threads, (slot + 63) / 64 * 64, coef};
-        bn_parallel_for(sh.shares, plan.elements, eval_share, &sh);
+        const eval_shares sh = {&e, pass, padded};
+        bn_parallel_for(plan.threads, plan.elements, eval_share, &sh);
     } else if (plan.elements < BN_PARALLEL_MIN_ELEMENTS) { /* one thread: no phases to pay for */
         plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
         bn_parallel_for(pass.items, plan.elements, pass.fn, &e);

@@ -62,8 +62,8 @@ static inline bn_pivot_bound bn_pivot_bound_for(int64_t count) {
  * and M2 they give (meaningless where not). Without a branch, so that a loop over lanes
  * vectorizes. The test is the one above multiplied through by M2 (> 0 where it can pass):
  *   e1 sqrt(M2 / n) + (error of M2) / 2 <= budget M2,
- * one division (the mean's) and two square roots a channel; divided, it took five
- * ((256, 1024) training: 3.7 us of its moments' 22 us). */
+ * one division (the mean's) and two square roots a channel; as a sum of quotients it took four
+ * divisions and two roots ((256, 1024) training: 3.7 us of its moments' 22 us). */
 static inline int bn_pivot_keep(const bn_pivot_bound *b, double p, double s1, double s2,
                                 double *mean, double *m2) {
     const double q = s1 / b->n, m = s2 - s1 * q;
