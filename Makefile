@@ -74,6 +74,17 @@ CLI_OBJ_COMM := $(BUILD)/cli/comm_single.o
 endif
 HEADERS  += include/bnorm_mpi.h
 
+# bnorm.torch's ordinary call in C++ (python/bnorm/_torch_native.cpp, a Python extension over
+# libtorch) is built when torch's C++ headers and Python's are found (Debian's libtorch-dev puts
+# them in /usr/include, with python3-dev's; TORCH_INCLUDE names another place); without
+# it bnorm.torch takes the same route through ctypes, at a higher cost per call.
+CXX      ?= g++
+TORCH_INCLUDE ?= /usr/include
+PY_INCLUDE := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
+TORCH_INCLUDES := -I$(TORCH_INCLUDE)/torch/csrc/api/include -I$(PY_INCLUDE)
+HAVE_TORCH_EXT := $(and $(wildcard $(TORCH_INCLUDE)/torch/extension.h),$(wildcard $(PY_INCLUDE)/Python.h))
+TORCH_EXT := $(if $(HAVE_TORCH_EXT),$(BUILD)/_torch_native.so)
+
 # What the probes found, in a file rewritten only when it changes: the objects and the command
 # whose build depends on it are rebuilt once cJSON or MPI arrives (or goes).
 CONFIG := cjson=$(if $(HAVE_CJSON),yes,no) mpi=$(if $(HAVE_MPI),yes,no)
@@ -93,13 +104,20 @@ $(BUILD)/objects: FORCE
 probes:
 	@echo "cjson/cJSON.h: $(if $(HAVE_CJSON),yes,no)"
 	@echo "mpicc: $(if $(HAVE_MPI),yes,no)"
+	@echo "torch/extension.h: $(if $(HAVE_TORCH_EXT),yes,no)"
 	$(if $(HEADER),@echo "$(HEADER): $(if $(call have_header,$(HEADER)),yes,no)")
 
 .PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
         probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm \
-     $(BUILD)/test_bnorm $(BUILD)/bench_ab $(MPI_TARGETS)
+     $(BUILD)/test_bnorm $(BUILD)/bench_ab $(MPI_TARGETS) $(TORCH_EXT)
+
+# the C library's functions reach it as addresses from the libbnorm.so bnorm._lib loaded
+$(BUILD)/_torch_native.so: python/bnorm/_torch_native.cpp include/bnorm.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra -Werror -fPIC -shared -Iinclude $(TORCH_INCLUDES) $< \
+	  -o $@ -ltorch_python -ltorch -ltorch_cpu -lc10
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -395,6 +413,7 @@ endif
 ifneq ($(PYTHON_SITE),)
 	install -d $(DESTDIR)$(PYTHON_SITE)/bnorm
 	install -m 644 python/bnorm/*.py $(DESTDIR)$(PYTHON_SITE)/bnorm/
+	$(if $(TORCH_EXT),install -m 644 $(TORCH_EXT) $(DESTDIR)$(PYTHON_SITE)/bnorm/)
 	echo 'LIBDIR = "$(PREFIX)/lib"  # written by make install: where libbnorm.so is' \
 	  > $(DESTDIR)$(PYTHON_SITE)/bnorm/_installed.py
 endif

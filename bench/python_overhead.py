@@ -2,6 +2,10 @@
 """The per-call cost of bnorm.torch against torch.nn, on a layer small enough that the Python
 path is all there is to time: BatchNorm2d on an (8, 3, 4, 4) float32 tensor, 1 thread.
 
+Contenders: torch.nn.BatchNorm2d, bnorm.torch.BatchNorm2d (its ordinary call through the C++
+module bnorm._torch_native where make built it) and the same module through ctypes and its
+Python autograd Function (the path without the C++ module; the "ctypes" column).
+
 Cases: training forward + backward (y.backward(dy) with a fixed upstream gradient, input and
 parameters requiring grad), training forward alone under no_grad, eval forward (parameters
 requiring grad, so autograd records it), and eval forward under no_grad (inference). Each round
@@ -28,6 +32,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import bnorm.torch as bt  # noqa: E402
+from bnorm import _functional  # noqa: E402
 
 SHAPE = (8, 3, 4, 4)
 
@@ -80,6 +85,16 @@ def time_calls(call, calls):
     return (time.perf_counter_ns() - start) / calls
 
 
+def time_ctypes(call, calls):
+    """time_calls with bnorm.torch's native module left out."""
+    native = _functional._native_batch_norm
+    _functional._native_batch_norm = None
+    try:
+        return time_calls(call, calls)
+    finally:
+        _functional._native_batch_norm = native
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
@@ -92,29 +107,36 @@ def main():
     rows = []
     for case in cases:
         calls = {"torch": make_case(case, nn.BatchNorm2d(3)),
-                 "bnorm": make_case(case, bt.BatchNorm2d(3))}
-        for call in calls.values():  # warm up: first-use set-up, allocator, caches
-            time_calls(call, max(args.calls // 10, 1))
-        times = {"torch": [], "bnorm": []}
+                 "bnorm": make_case(case, bt.BatchNorm2d(3)),
+                 "ctypes": make_case(case, bt.BatchNorm2d(3))}
+        timer = {"torch": time_calls, "bnorm": time_calls, "ctypes": time_ctypes}
+        for who, call in calls.items():  # warm up: first-use set-up, allocator, caches
+            timer[who](call, max(args.calls // 10, 1))
+        times = {who: [] for who in calls}
         for r in range(args.rounds):
-            order = ("torch", "bnorm") if r % 2 == 0 else ("bnorm", "torch")
+            order = list(calls) if r % 2 == 0 else list(reversed(list(calls)))
             for who in order:
-                times[who].append(time_calls(calls[who], args.calls))
+                times[who].append(timer[who](calls[who], args.calls))
         med = {who: statistics.median(v) for who, v in times.items()}
         rows.append({"case": case, "torch_ns": med["torch"], "bnorm_ns": med["bnorm"],
-                     "ratio": med["bnorm"] / med["torch"]})
+                     "ratio": med["bnorm"] / med["torch"], "ctypes_ns": med["ctypes"],
+                     "ctypes_ratio": med["ctypes"] / med["torch"]})
     result = {"cpu": cpu_model(), "shape": list(SHAPE), "threads": 1, "rounds": args.rounds,
-              "calls_per_round": args.calls, "torch": torch.__version__, "cases": rows}
+              "calls_per_round": args.calls, "torch": torch.__version__,
+              "native": _functional.NATIVE is not None, "cases": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "overhead.json").write_text(json.dumps(result, indent=1) + "\n")
     print("per-call time, BatchNorm2d on %s float32, 1 thread, %s (median of %d rounds of %d "
           "calls)" % ("x".join(map(str, SHAPE)), result["cpu"], args.rounds, args.calls))
-    print("| case | torch.nn | bnorm.torch | bnorm / torch |")
-    print("|---|--:|--:|--:|")
+    if not result["native"]:
+        print("(bnorm._torch_native is not built: both bnorm columns go through ctypes)")
+    print("| case | torch.nn | bnorm.torch | bnorm / torch | through ctypes | ctypes / torch |")
+    print("|---|--:|--:|--:|--:|--:|")
     for row in rows:
-        print("| %s | %.1f us | %.1f us | %.2f |" % (row["case"], row["torch_ns"] / 1e3,
-                                                  row["bnorm_ns"] / 1e3, row["ratio"]))
+        print("| %s | %.1f us | %.1f us | %.2f | %.1f us | %.2f |" % (
+            row["case"], row["torch_ns"] / 1e3, row["bnorm_ns"] / 1e3, row["ratio"],
+            row["ctypes_ns"] / 1e3, row["ctypes_ratio"]))
     return 0
 
 

@@ -1,8 +1,10 @@
 """bnorm.torch.batch_norm: torch.nn.functional.batch_norm computed by bnorm.
 
 Where a call goes (_route; bnorm/torch.py's doc has the rules for users):
-  - the C library, through _BatchNormFunction, on the tensors' own memory (data_ptr(), no copy):
-    float32 and float64 CPU tensors with storage, at least one element;
+  - the C library on the tensors' own memory (data_ptr(), no copy): float32 and float64 CPU
+    tensors with storage, at least one element. The native module (_torch_native.cpp, where
+    it was built: NATIVE) takes these calls first, from C++; what it declines, and every call
+    where it is missing, goes through ctypes and _BatchNormFunction;
   - the formula in torch operations of _composite.py, for float32 and float64 tensors the C
     library cannot take as they are (no storage: functorch's wrappers; odd eps or momentum;
     running statistics that are not contiguous) and for an empty input;
@@ -22,8 +24,11 @@ differentiate again. Forward-mode AD has its jvp. _layout and _verify_batch_size
 SyncBatchNorm (_sync.py).
 """
 
+import ctypes
+import importlib.util
 import math
 import numbers
+import os
 from typing import List
 
 import torch as _torch
@@ -190,6 +195,15 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     return y, x, desc, running_mean, running_var
 
 
+def composite_backward(training, grad_output, input, weight, stat_a, stat_b, eps):
+    """(dx, dweight, dbias) by _composite's formula, from what the forward pass saved (stat_a,
+    stat_b: see _forward): the backward pass autograd can differentiate again."""
+    if training:
+        mean, invstd = stat_a
+        return _composite.backward_train(grad_output, input, weight, mean, invstd, eps)
+    return _composite.backward_eval(grad_output, input, weight, stat_a, stat_b, eps)
+
+
 def _records_graph(input, weight, bias):
     """Whether autograd (backward or forward mode) needs a node for this call."""
     if _forward_ad._current_level >= 0:  # inside a dual_level: inputs may carry tangents
@@ -226,15 +240,11 @@ class _BatchNormFunction(_torch.autograd.Function):
             return None, None, None, None, None, None, None, None
         # (vmap's batched gradient has no storage)
         dy_at = 0 if _torch.is_grad_enabled() else _readable_address(grad_output)
-        if not dy_at:
+        if not dy_at or grad_output.is_neg():
             # create_graph, or vmap's batched gradient: a backward autograd can see through
-            if ctx.training:
-                mean, invstd = stat_a
-                grads = _composite.backward_train(grad_output, input, weight, mean, invstd,
-                                                  ctx.eps)
-            else:
-                grads = _composite.backward_eval(grad_output, input, weight, stat_a, stat_b,
-                                                 ctx.eps)
+            # (and a negative view, whose memory holds the negations)
+            grads = composite_backward(ctx.training, grad_output, input, weight, stat_a, stat_b,
+                                       ctx.eps)
             dx, dweight, dbias = (g if need else None
                                   for g, need in zip(grads, (need_x, need_weight, need_bias)))
             return dx, dweight, dbias, None, None, None, None, None
@@ -298,9 +308,46 @@ def _without_tangents(input, running_mean, running_var, weight, bias):
     return stats
 
 
+def _load_native():
+    """The module _torch_native.cpp builds (the C library's route without Python in between),
+    bound to the library _lib loaded; None where it was not built (make builds it where
+    libtorch-dev is installed). Installed beside the package by make install, else in the source
+    tree's build/."""
+    try:
+        from . import _torch_native as native
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(os.path.dirname(os.path.dirname(here)), "build", "_torch_native.so")
+        if not os.path.exists(path):
+            return None
+        spec = importlib.util.spec_from_file_location(__package__ + "._torch_native", path)
+        native = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(native)
+    names = ("bn_desc_from_dims", "bn_forward_train", "bn_forward_eval", "bn_backward_train",
+             "bn_backward_eval", "bn_status_string")
+    native.bind({name: ctypes.cast(getattr(_lib.lib, name), ctypes.c_void_p).value
+                 for name in names}, _lib.check, composite_backward)
+    return native
+
+
+NATIVE = _load_native()
+_native_batch_norm = None if NATIVE is None else NATIVE.batch_norm
+
+
+def kernel(input, running_mean, running_var, weight, bias, training, momentum, eps):
+    """The kernel of the operator bnorm::batch_norm (_ops.py): the native module's call where
+    it takes it, else compute()."""
+    if _native_batch_norm is not None and _forward_ad._current_level < 0:
+        y = _native_batch_norm(input, running_mean, running_var, weight, bias, training,
+                               momentum, eps)
+        if y is not None:
+            return y
+    return compute(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
 def compute(input, running_mean, running_var, weight, bias, training, momentum, eps):
     """batch_norm's work once its arguments are checked for torch's function protocol and the
-    batch size; also the kernel of the operator bnorm::batch_norm (_ops.py)."""
+    batch size, where the native module did not take the call."""
     route = _route(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if route != _TORCH and _forward_ad._current_level >= 0:
         running_mean, running_var = _without_tangents(input, running_mean, running_var, weight,
@@ -328,6 +375,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True normalizes with the batch statistics and blends them into running_mean /
     running_var in place when those are given; training=False uses the running statistics.
     """
+    # the ordinary call, checked and computed in C++ (it declines overrides of the torch
+    # function protocol, one value per channel in training and tracing: they go on below)
+    if _native_batch_norm is not None and _forward_ad._current_level < 0:
+        y = _native_batch_norm(input, running_mean, running_var, weight, bias, training,
+                               momentum, eps)
+        if y is not None:
+            return y
     if _torch.overrides.has_torch_function_variadic(input, running_mean, running_var, weight,
                                                     bias):
         return _torch.overrides.handle_torch_function(

@@ -8,7 +8,7 @@ training. torch.jit.trace records this operator (bnorm.torch.batch_norm calls it
 and torch.jit.script compiles the modules' forward to it (batch_norm_scripted), so that traced
 and scripted models run bnorm, and torch.jit.save'd ones load wherever bnorm.torch is imported.
 
-Both kernels are _functional.compute: the Autograd one (it builds the graph itself, through
+Both kernels are _functional.kernel (the native module's call, else compute): the Autograd one (it builds the graph itself, through
 _BatchNormFunction, so it never redispatches below autograd) and the CPU one (reached directly
 only where autograd is off, as under torch.inference_mode).
 """
@@ -26,8 +26,8 @@ _LIBRARY = _torch.library.Library("bnorm", "DEF")  # kept alive: the registratio
 _LIBRARY.define(
     "batch_norm(Tensor input, Tensor(a!)? running_mean, Tensor(b!)? running_var, "
     "Tensor? weight, Tensor? bias, bool training, float momentum, float eps) -> Tensor")
-_LIBRARY.impl("batch_norm", _functional.compute, "Autograd")
-_LIBRARY.impl("batch_norm", _functional.compute, "CPU")
+_LIBRARY.impl("batch_norm", _functional.kernel, "Autograd")
+_LIBRARY.impl("batch_norm", _functional.kernel, "CPU")
 
 
 def batch_norm_scripted(input: Tensor, running_mean: Optional[Tensor],

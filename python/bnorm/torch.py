@@ -18,7 +18,11 @@ instead of F.batch_norm.
 batch_norm() has F.batch_norm's signature. For float32 and float64 CPU tensors bnorm computes:
   - the C library, on the tensors' own memory (data_ptr(), no copy), for ordinary calls: at
     least one element; weight, bias and running statistics None or 1-d tensors of C elements of
-    the input's dtype, the running statistics contiguous; 0 <= eps < inf, 0 <= momentum <= 1;
+    the input's dtype, the running statistics contiguous; 0 <= eps < inf, 0 <= momentum <= 1.
+    Where `make` found libtorch's headers it built bnorm._torch_native, which makes these calls
+    from C++ with an autograd node of its own (bnorm::BatchNormBackward), so that a small
+    layer costs no more than torch.nn's; without it the same calls go through ctypes and a
+    Python autograd Function;
   - a formula in torch operations (_composite.py; never torch's batch norm) for the rest: an
     empty input (torch's result: a copy, linked to weight and bias), odd eps or momentum,
     running statistics that are not contiguous, and tensors without storage (functorch's).

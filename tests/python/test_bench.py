@@ -187,7 +187,9 @@ def test_python_overhead_bench_runs(tmp_path):
     assert result["cpu"] and result["rounds"] == 3 and result["calls_per_round"] == 5
     assert [c["case"] for c in result["cases"]] == ["train fwd+bwd", "train fwd (no_grad)",
                                                     "eval fwd", "eval fwd (no_grad)"]
+    assert result["native"] is True  # make test builds the C++ module
     for c in result["cases"]:
-        assert c["torch_ns"] > 0 and c["bnorm_ns"] > 0
+        assert c["torch_ns"] > 0 and c["bnorm_ns"] > 0 and c["ctypes_ns"] > 0
         assert abs(c["ratio"] - c["bnorm_ns"] / c["torch_ns"]) < 1e-9
+        assert abs(c["ctypes_ratio"] - c["ctypes_ns"] / c["torch_ns"]) < 1e-9
     assert "| train fwd+bwd |" in r.stdout

@@ -20,6 +20,7 @@ from torch.autograd import forward_ad
 from torch.autograd.functional import jacobian
 
 import bnorm.torch as bt
+from c_path import computed_by_c
 from bnorm import _functional
 
 BNORM_OP = "bnorm::batch_norm"
@@ -258,7 +259,7 @@ def test_patched_functional_serves_torch_modules(monkeypatch):
     monkeypatch.setattr(F, "batch_norm", bt.batch_norm)
     x = torch.randn(4, 3, 5, requires_grad=True)
     y = nn.BatchNorm1d(3)(x)  # torch's module, now calling bnorm
-    assert type(y.grad_fn).__name__ == "_BatchNormFunctionBackward"
+    assert computed_by_c(y)
     # the hand-overs reach torch's own function, not the patched name (no recursion)
     bf = nn.BatchNorm1d(3).bfloat16()
     assert bf(x.detach().bfloat16()).dtype == torch.bfloat16
