@@ -29,6 +29,7 @@ import importlib.util
 import math
 import numbers
 import os
+import warnings
 from typing import List
 
 import torch as _torch
@@ -312,17 +313,22 @@ def _load_native():
     """The module _torch_native.cpp builds (the C library's route without Python in between),
     bound to the library _lib loaded; None where it was not built (make builds it where
     libtorch-dev is installed). Installed beside the package by make install, else in the source
-    tree's build/."""
-    try:
-        from . import _torch_native as native
-    except ImportError:
-        here = os.path.dirname(os.path.abspath(__file__))
+    tree's build/. One that is there but does not load (built against another torch) is
+    reported with a RuntimeWarning, and the ctypes route serves."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "_torch_native.so")
+    if not os.path.exists(path):
         path = os.path.join(os.path.dirname(os.path.dirname(here)), "build", "_torch_native.so")
         if not os.path.exists(path):
             return None
+    try:
         spec = importlib.util.spec_from_file_location(__package__ + "._torch_native", path)
         native = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(native)
+    except ImportError as e:
+        warnings.warn("bnorm: %s does not load (%s); bnorm.torch goes through ctypes, at a higher "
+                      "cost per call (rebuild it with make)" % (path, e), RuntimeWarning)
+        return None
     names = ("bn_desc_from_dims", "bn_forward_train", "bn_forward_eval", "bn_backward_train",
              "bn_backward_eval", "bn_status_string")
     native.bind({name: ctypes.cast(getattr(_lib.lib, name), ctypes.c_void_p).value

@@ -186,10 +186,13 @@ def test_forward_mode_ad_does_not_reach_the_native_module(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("path", ["native", "ctypes"])
 @pytest.mark.parametrize("training", [True, False])
-def test_backward_through_the_formula_where_the_c_library_cannot(training):
-    """create_graph (double backward), a negative view as the upstream gradient: the native
-    node's backward gives torch's gradients."""
+def test_backward_through_the_formula_where_the_c_library_cannot(training, path, monkeypatch):
+    """create_graph (double backward), a negative view as the upstream gradient: the backward
+    of either path gives torch's gradients."""
+    if path == "ctypes":
+        use_ctypes_path(monkeypatch)
     for upstream in ("create_graph", "negative view"):
         grads = []
         for f in (bt.batch_norm, F.batch_norm):
@@ -245,3 +248,34 @@ def test_gradients_of_every_subset_of_inputs_equal_torch():
             grads.append(torch.autograd.grad(y, inputs, torch.cos(y.detach())))
         for ours, ref in zip(*grads):
             assert torch.allclose(ours, ref, rtol=1e-10, atol=1e-10), need
+
+
+def test_a_native_module_that_does_not_load_is_reported_and_ctypes_serves(tmp_path):
+    """A _torch_native.so beside the package that is not a loadable module (as one built
+    against another torch would be): import warns, names it, and the calls go through ctypes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    package = Path(_functional.__file__).parent
+    copy = tmp_path / "bnorm"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    (copy / "_torch_native.so").write_bytes(b"not a shared object")
+    script = ("import warnings, torch\n"
+              "with warnings.catch_warnings(record=True) as w:\n"
+              "    warnings.simplefilter('always')\n"
+              "    import bnorm.torch as bt\n"
+              "from bnorm import _functional\n"
+              "print(_functional.NATIVE)\n"
+              "print([str(m.message) for m in w if m.category is RuntimeWarning])\n"
+              "x = torch.randn(4, 3, requires_grad=True)\n"
+              "print(type(bt.BatchNorm1d(3)(x).grad_fn).__name__)\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(tmp_path),
+               BNORM_LIBRARY=str(bt._lib.path))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    native, warned, node = r.stdout.splitlines()
+    assert native == "None"
+    assert "_torch_native.so does not load" in warned and "ctypes" in warned
+    assert node == "_BatchNormFunctionBackward"
