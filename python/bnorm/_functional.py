@@ -312,15 +312,17 @@ def _without_tangents(input, running_mean, running_var, weight, bias):
 def _load_native():
     """The module _torch_native.cpp builds (the C library's route without Python in between),
     bound to the library _lib loaded; None where it was not built (make builds it where
-    libtorch-dev is installed). Installed beside the package by make install, else in the source
-    tree's build/. One that is there but does not load (built against another torch) is
-    reported with a RuntimeWarning, and the ctypes route serves."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "_torch_native.so")
-    if not os.path.exists(path):
-        path = os.path.join(os.path.dirname(os.path.dirname(here)), "build", "_torch_native.so")
-        if not os.path.exists(path):
-            return None
+    libtorch-dev is installed). Installed beside the package by make install, else built beside
+    the libbnorm.so _lib loaded (the build directory). One that is there but does not load
+    (built against another torch) is reported with a RuntimeWarning, and the ctypes route
+    serves."""
+    places = [os.path.dirname(os.path.abspath(__file__))]
+    if os.path.isabs(_lib.path):  # (not a bare name that find_library gave)
+        places.append(os.path.dirname(_lib.path))
+    found = [p for p in (os.path.join(d, "_torch_native.so") for d in places) if os.path.exists(p)]
+    if not found:
+        return None
+    path = found[0]
     try:
         spec = importlib.util.spec_from_file_location(__package__ + "._torch_native", path)
         native = importlib.util.module_from_spec(spec)
