@@ -75,14 +75,16 @@ endif
 HEADERS  += include/bnorm_mpi.h
 
 # bnorm.torch's ordinary call in C++ (python/bnorm/_torch_native.cpp, a Python extension over
-# libtorch) is built when torch's C++ headers and Python's are found (Debian's libtorch-dev puts
-# them in /usr/include, with python3-dev's; TORCH_INCLUDE names another place); without
+# libtorch) is built when torch's C++ headers, pybind11's and Python's are found (Debian's
+# libtorch-dev and pybind11-dev put them in /usr/include, with python3-dev's; TORCH_INCLUDE
+# names another place); without
 # it bnorm.torch takes the same route through ctypes, at a higher cost per call.
 CXX      ?= g++
 TORCH_INCLUDE ?= /usr/include
 PY_INCLUDE := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null)
 TORCH_INCLUDES := -I$(TORCH_INCLUDE)/torch/csrc/api/include -I$(PY_INCLUDE)
-HAVE_TORCH_EXT := $(and $(wildcard $(TORCH_INCLUDE)/torch/extension.h),$(wildcard $(PY_INCLUDE)/Python.h))
+HAVE_TORCH_EXT := $(and $(wildcard $(TORCH_INCLUDE)/torch/extension.h),\
+                    $(wildcard $(TORCH_INCLUDE)/pybind11/pybind11.h),$(wildcard $(PY_INCLUDE)/Python.h))
 TORCH_EXT := $(if $(HAVE_TORCH_EXT),$(BUILD)/_torch_native.so)
 
 # What the probes found, in a file rewritten only when it changes: the objects and the command

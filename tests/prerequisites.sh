@@ -26,8 +26,10 @@ missing() {
     has_command mpirun || m="$m openmpi-bin"
     has_command mpicc || m="$m libopenmpi-dev"     # libbnorm_mpi and its tests
     has_header cjson/cJSON.h || m="$m libcjson-dev" # safetensors files of fit and apply
-    # bnorm.torch's C++ path (with python3-dev, which it pulls in)
+    # bnorm.torch's C++ path: torch's headers (with python3-dev, which libtorch-dev pulls in)
+    # and pybind11's, which it does not
     [ -f /usr/include/torch/extension.h ] || m="$m libtorch-dev"
+    [ -f /usr/include/pybind11/pybind11.h ] || m="$m pybind11-dev"
     has_command pkg-config || m="$m pkgconf"       # the installed bnorm.pc
     has_command strace || m="$m strace"            # how outputs are written
     has_command setpriv || m="$m util-linux"       # permission tests, run as nobody when root
