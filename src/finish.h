@@ -68,6 +68,21 @@ static inline double bn_stored_invstd(double rv, double eps) {
     return 1.0 / sqrt(rv + eps);
 }
 
+/* Where a float is what the invstd becomes (eval's scale for float32): 1/sqrt(v) from float's
+ * correctly rounded square root and division (16 lanes a vector, and a faster divider than
+ * double's 8), refined by one Newton step in double. Float's estimate is within 2^-22 of the
+ * exact value, so the step leaves it within 2e-14 of it, and its rounding to float is that of
+ * 1/sqrt(v) but where the exact value lies that close to a rounding boundary. Basic operations
+ * only: the same bits on every instruction set. For v in [BN_REFINED_MIN, BN_REFINED_MAX],
+ * where float holds v to its precision; outside (0, subnormal, inf, NaN, an eps beyond float's
+ * range) bn_stored_invstd's value is the one to take. */
+#define BN_REFINED_MIN 0x1p-100
+#define BN_REFINED_MAX 0x1p100
+static inline double bn_refined_invstd(double v) {
+    const double r = (double)(1.0f / sqrtf((float)v));
+    return r * (1.5 - 0.5 * v * r * r);
+}
+
 /* Backward, one channel, from its sums: sum dy * 2^e_dy and sum dy * xhat * 2^e_xhat (exponents
  * other than 0 where they were formed scaled, having overflowed), its invstd and weight w, over
  * count values; train: batch statistics (else stored ones, constants of the input). Gives

@@ -3,6 +3,7 @@
 #include "check.h"
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -89,4 +90,38 @@ BN_SUITE(suite_accuracy_folded_form_fails) {
     for (int64_t k = 0; k < count; k++) worst = tu_worst(worst, fabsf(x[k] * a + b - (float)yref[k]));
     CHECK_MSG(worst > 1e-3, "folded form error %g", worst);
     free(v), free(x), free(xr), free(yref);
+}
+
+/* Float32 eval's scale is 1/sqrt(rv + eps) rounded once to float: with x = 1, mean 0, weight 1
+ * and bias 0, y is the scale itself, for variances across float's whole range (subnormals
+ * too), eps 0, 1e-5 and beyond float's range, and the special values (0 + 0: inf, inf: 0, NaN,
+ * a negative variance: NaN). The kernel takes float's square root and division and a Newton
+ * step in double where the sum is in range, double's otherwise; either must give this float. */
+BN_SUITE(suite_accuracy_eval_scale) {
+    enum { C = 4096 };
+    const double epses[] = {0, 1e-5, 1e-300, 1e60};
+    bn_desc d = tu_desc(2, C, 1, BN_FLOAT32, BN_CHANNELS_FIRST);
+    float *x = malloc(sizeof(float) * 2 * C), *y = malloc(sizeof(float) * 2 * C);
+    float *rm = calloc(C, sizeof(float)), *rv = malloc(sizeof(float) * C);
+    tu_rng r = tu_rng_new(77);
+    for (int64_t k = 0; k < 2 * C; k++) x[k] = 1;
+    for (size_t e = 0; e < sizeof epses / sizeof epses[0]; e++) {
+        for (int64_t c = 0; c < C; c++) /* log-uniform over [2^-149, 2^128) */
+            rv[c] = (float)ldexp(1 + tu_uniform(&r), (int)(tu_uniform(&r) * 277) - 150);
+        rv[0] = 0, rv[1] = INFINITY, rv[2] = NAN, rv[3] = -1, rv[4] = FLT_MAX, rv[5] = 0x1p-149f;
+        rv[6] = 0x1p-100f, rv[7] = 0x1.fffffep99f, rv[8] = 0x1p100f, rv[9] = 1;
+        CHECK_STATUS(bn_forward_eval(y, x, rm, rv, NULL, NULL, &d, epses[e]), BN_OK);
+        int64_t wrong = 0, first = -1;
+        for (int64_t c = 0; c < C; c++) {
+            const float want = (float)(1.0 / sqrt((double)rv[c] + epses[e]));
+            const int same = (isnan(want) && isnan(y[c])) || want == y[c];
+            const int same2 = (isnan(want) && isnan(y[C + c])) || want == y[C + c];
+            if (!same || !same2) wrong++, first = first < 0 ? c : first;
+        }
+        CHECK_MSG(wrong == 0, "eps %g: %lld scales not 1/sqrt(rv + eps) rounded, first channel "
+                  "%lld (rv %a: %a, want %a)", epses[e], (long long)wrong, (long long)first,
+                  first < 0 ? 0.0 : (double)rv[first], first < 0 ? 0.0 : (double)y[first],
+                  first < 0 ? 0.0 : 1.0 / sqrt((double)rv[first] + epses[e]));
+    }
+    free(x), free(y), free(rm), free(rv);
 }
