@@ -279,3 +279,33 @@ def test_a_native_module_that_does_not_load_is_reported_and_ctypes_serves(tmp_pa
     assert native == "None"
     assert "_torch_native.so does not load" in warned and "ctypes" in warned
     assert node == "_BatchNormFunctionBackward"
+
+
+def test_python_threads_share_the_native_path():
+    """The native call lets go of the GIL while the C library runs: Python threads calling
+    bnorm.torch at once each get the results of a call made alone, bit for bit."""
+    import threading
+    shapes = [(8, 3, 6, 6), (16, 5, 4), (32, 7)]
+    want, got = {}, {}
+
+    def run(k):
+        x, rm, rv, w, b = make_args(shapes[k % 3], torch.float32, seed=k)
+        for t in (x, w, b):
+            t.requires_grad_()
+        out = []
+        for _ in range(30):
+            y = bt.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
+            (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+            out.append((y.detach(), dx))
+        return out
+
+    for k in range(6):
+        want[k] = run(k)
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, run(k))) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(6):
+        for (y, dx), (y0, dx0) in zip(got[k], want[k]):
+            assert torch.equal(y, y0) and torch.equal(dx, dx0)
