@@ -3,9 +3,9 @@
  * timing: both kernels warmed up, then timed alternately, each timed batch right after one
  * untimed call of the same kernel. */
 #include "bench.h"
-#include "calibrate.h"
 #include "machine.h" /* the library's machine facts and plan: the bench reports them */
 #include "plan.h"
+#include "store_trial.h"
 #include "cli.h"
 
 #include <math.h>
@@ -193,19 +193,10 @@ void bench_machine(char *buf, size_t size) {
     }
     if (f) fclose(f);
     const bn_machine m = bn_machine_this();
-    const int pays = bn_streaming_measured_faster(m.l2 > 0 ? m.l2 : INT64_C(1) << 20);
-    int64_t plain_ns, streaming_ns, took_ns;
-    bn_streaming_measurement(&plain_ns, &streaming_ns, &took_ns);
-    int used = snprintf(buf, size, "%s; caches as Linux reports them: L2 %lld KiB, L3 %lld KiB "
-                        "(the plan uses the L2 only)", model, (long long)(m.l2 >> 10),
-                        (long long)(m.l3 >> 10));
-    if (used >= 0 && (size_t)used < size && plain_ns > 0)
-        snprintf(buf + used, size - (size_t)used,
-                 "; measured on one core, 0.7 L2 of input and as much output: streaming stores "
-                 "%.1f us, plain %.1f us, so stores %s where a thread's inputs fit its L2 "
-                 "but not beside its output (the measurement took %.1f ms, once)",
-                 (double)streaming_ns / 1e3, (double)plain_ns / 1e3,
-                 pays ? "stream" : "do not stream", (double)took_ns / 1e6);
+    snprintf(buf, size, "%s; caches as Linux reports them: L2 %lld KiB, L3 %lld KiB (the plan uses "
+             "the L2 only; where its size rules leave the store kind open, each case's first %d "
+             "calls time both kinds)", model, (long long)(m.l2 >> 10), (long long)(m.l3 >> 10),
+             BN_TRIAL_CALLS);
 }
 
 int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
@@ -257,7 +248,6 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     memset(c.dbias, 0, cc * esize);
 
     bn_set_num_threads(bc->threads);
-    bench_plan(bc, res->plan, sizeof res->plan);
     if (backward) {
         /* the saved statistics of one training forward pass (out serves as its y) */
         st = bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL, c.x, c.weight,
@@ -268,6 +258,7 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
         }
     }
     status = measure(&c, repeat, res, name);
+    bench_plan(bc, res->plan, sizeof res->plan); /* after the calls: an open case decided */
     res->tensor_bytes = (double)nbytes;
     res->bytes = (double)nbytes * (backward ? 3 : 2);
 done:

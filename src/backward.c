@@ -205,6 +205,7 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 2));
     const int64_t C = plan.d.c;
     const int cl = plan.d.layout == BN_CHANNELS_LAST, given = call->given_sum_dy != NULL;
+    if (call->dx) bn_plan_try_stores(&plan, (given ? 0 : 1) | 2);
     const int64_t parts = cl && !given ? plan.tiles.parts : 0;
     bn_scratch scratch;
     void *arrays[3];
@@ -240,7 +241,9 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
     if (given)
         for (int64_t c = 0; c < C; c++)
             b.sums[c] = call->given_sum_dy[c], b.sums[C + c] = call->given_sum_dy_xhat[c];
+    const int64_t start = bn_plan_trial_start(&plan);
     bn_run_pass(&b.pass);
+    bn_plan_trial_end(&plan, start);
     if (b.sums_only) {
         for (int64_t c = 0; c < C; c++) {
             double sum_dy = b.sums[c], sum_dy_xc = b.sums[C + c];

@@ -168,7 +168,9 @@ bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call) {
         for (int64_t c = 0; c < C; c++)
             doubles[8 * C + c] = bn_stored_invstd(doubles[8 * C + c], call->eps);
     }
+    const int64_t start = bn_plan_trial_start(plan);
     bn_run_pass(&f.pass);
+    bn_plan_trial_end(plan, start);
     if (call->mom_out)
         for (int64_t c = 0; c < C; c++) call->mom_out[c] = f.mom[c];
     bn_scratch_release(&scratch);
@@ -248,6 +250,7 @@ static bn_status train_whole(const bn_train_args *a, const bn_desc *desc, const 
                              const bn_train_plan *t, const bn_renorm_finish *renorm) {
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
+    bn_plan_try_stores(&plan, (a->stats ? 0 : 1) | 2);
     const int track = t->tracking;
     const bn_train_call call = {
         .y = a->y, .x = a->x, .weight = opt->flags & BN_FIX_GAMMA ? NULL : a->weight,
@@ -505,6 +508,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 0));
     if (plan.elements == 0) return BN_OK;
+    bn_plan_try_stores(&plan, 2);
     const int64_t C = plan.d.c;
     const int own = plan.threads > 1 && plan.elements >= BN_PARALLEL_MIN_ELEMENTS &&
                     C <= EVAL_OWN_COEF_CHANNELS;
@@ -528,6 +532,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     else
         pass = (bn_phase){plan.d.n * ((C + BN_TILE_CHANNELS - 1) / BN_TILE_CHANNELS),
                           eval_sample_chunk, 0};
+    const int64_t start = bn_plan_trial_start(&plan);
     if (own) {
         const eval_shares sh = {&e, pass, padded};
         bn_parallel_for(plan.threads, plan.elements, eval_share, &sh);
@@ -539,6 +544,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
             {(C + EVAL_COEF_CHANNELS - 1) / EVAL_COEF_CHANNELS, eval_coef_range, 0}, pass};
         bn_parallel_phases(2, phases, plan.elements, &e);
     }
+    bn_plan_trial_end(&plan, start);
     bn_scratch_release(&scratch);
     return BN_OK;
 }

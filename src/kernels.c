@@ -101,10 +101,6 @@ static const bn_kernels *table_of(bn_dtype dtype, int stream) {
     }
 }
 
-const bn_kernels *bn_kernels_streaming(bn_dtype dtype) {
-    return bn_kernels_can_stream() ? table_of(dtype, 1) : NULL;
-}
-
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
     stream = stream && bn_kernels_can_stream();
     if (stream) atomic_fetch_add(&stream_tables, 1);

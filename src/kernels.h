@@ -145,10 +145,6 @@ const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream);
 /* Whether this machine's kernels can stream stores (any x86-64, in a build with run-time sets). */
 int bn_kernels_can_stream(void);
 
-/* The streaming table of dtype without counting it (bn_kernel_stream_count), NULL where this CPU
- * or build has none: for the measurement of calibrate.c. */
-const bn_kernels *bn_kernels_streaming(bn_dtype dtype);
-
 /* The instruction set whose kernels run: "avx512f", "avx2" or "x86-64" (the best this CPU has),
  * or "portable" (a build for one set only). */
 const char *bn_kernels_isa(void);

@@ -8,8 +8,8 @@
 #include <stdint.h>
 
 /* The caches of one core, in bytes: 0 where the system reports none; and whether streaming
- * stores pay where a thread's inputs fit its L2 but not beside its output (calibrate.h): 1 or 0,
- * or -1 where not measured yet (the plan then measures it, the first time it needs it). */
+ * stores pay where the plan's size rules leave the store kind open (plan.h): 1 or 0 (tests give
+ * either), or -1: each such case's own first calls decide it (store_trial.h). */
 typedef struct {
     int64_t l2, l3;
     int streaming_pays;

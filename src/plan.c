@@ -1,11 +1,13 @@
 /* plan.c - the decisions of a call (plan.h), from the shape, the thread count and the machine. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include "plan.h"
 
-#include "calibrate.h"
 #include "machine.h"
+#include "store_trial.h"
 #include "validate.h"
 
 #include <stdio.h>
+#include <time.h>
 
 bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads) {
     int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
@@ -52,15 +54,26 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
     return chunk;
 }
 
-int bn_inputs_fit_l2_alone(int64_t bytes, int reads, int threads, int64_t l2) {
+int bn_share_exceeds_l2(int64_t bytes, int reads, int threads, int64_t l2) {
     const int64_t share = bytes / (threads > 1 ? threads : 1);
     const int64_t inputs = (reads > 1 ? reads : 1) * share;
-    return inputs <= l2 && inputs + share > l2;
+    return inputs + share > l2;
 }
 
 int bn_cache_overlap(int64_t bytes, int64_t budget) {
     return bytes <= budget || bytes >= 2 * budget;
 }
+
+/* The trial case of a plan whose passes are `passes` (store_trial.h). */
+static bn_trial_case trial_case(const bn_plan *p, int passes) {
+    const bn_trial_case k = {p->d.n, p->d.c, p->d.s, (int)p->d.layout, (int)p->d.dtype,
+                             p->reads, p->threads, passes};
+    return k;
+}
+
+/* The passes of a whole call of this plan (store_trial.h's bits): a first one unless there is
+ * none, and the second. */
+static int plan_passes(const bn_plan *p) { return p->reads > 0 ? 3 : 2; }
 
 bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine machine,
                       int threads) {
@@ -92,16 +105,17 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
         p->stream_rule = "16 MiB";
     }
     const int64_t bytes = p->elements * (int64_t)p->es;
-    p->stream = bytes >= p->stream_threshold;
-    p->stream_measured = 0;
-    if (!p->stream && bn_kernels_can_stream() &&
-        bn_inputs_fit_l2_alone(bytes, reads, threads, l2)) {
-        if (p->machine.streaming_pays < 0)
-            p->machine.streaming_pays = bn_streaming_measured_faster(l2);
+    p->stream = bytes >= p->stream_threshold && bn_kernels_can_stream();
+    p->stream_open = !p->stream && bn_kernels_can_stream() &&
+                     bn_share_exceeds_l2(bytes, reads, threads, l2);
+    p->trial = 0;
+    if (p->stream_open && p->machine.streaming_pays < 0) { /* what the trial has decided */
+        int64_t plain_ns, streaming_ns;
+        const bn_trial_case k = trial_case(p, plan_passes(p));
+        p->stream = bn_store_trial_verdict(&k, &plain_ns, &streaming_ns) > 0;
+    } else if (p->stream_open) {
         p->stream = p->machine.streaming_pays > 0;
-        p->stream_measured = 1;
     }
-    p->stream = p->stream && bn_kernels_can_stream();
     p->k = bn_kernels_for(d.dtype, p->stream);
     if (!p->k) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
     if (d.layout == BN_CHANNELS_LAST) {
@@ -127,6 +141,25 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
     return bn_plan_for(p, desc, reads, bn_machine_this(), bn_get_num_threads());
 }
 
+void bn_plan_try_stores(bn_plan *p, int passes) {
+    if (!p->stream_open || p->machine.streaming_pays >= 0) return;
+    const bn_trial_case k = trial_case(p, passes);
+    p->stream = bn_store_trial_kind(&k, &p->trial);
+    p->k = bn_kernels_for(p->d.dtype, p->stream);
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+int64_t bn_plan_trial_start(const bn_plan *p) { return p->trial ? now_ns() : 0; }
+
+void bn_plan_trial_end(const bn_plan *p, int64_t start) {
+    if (p->trial) bn_store_trial_report(p->trial, p->stream, now_ns() - start);
+}
+
 /* Why channels-first passes overlap or not (bn_cache_overlap), in words. */
 static const char *overlap_reason(const bn_plan *p) {
     const int64_t bytes = p->reads * p->count * (int64_t)p->es * p->group;
@@ -136,7 +169,32 @@ static const char *overlap_reason(const bn_plan *p) {
     return "one group fits in the L2 but two do not: its second pass reads it from there";
 }
 
+/* Why an open case's stores stream or not (bn_plan_try_stores), in words, into buf. */
+static void open_reason(const bn_plan *p, char *buf, size_t size) {
+    buf[0] = '\0';
+    if (!p->stream_open) return;
+    const char *where = "; below that, where a thread's share of the inputs and the output is "
+                        "more than its L2, as here, ";
+    if (p->machine.streaming_pays >= 0) {
+        snprintf(buf, size, "%sthe machine given says %s", where,
+                 p->machine.streaming_pays ? "streaming pays" : "plain stores");
+        return;
+    }
+    int64_t plain_ns, streaming_ns;
+    const bn_trial_case k = trial_case(p, plan_passes(p));
+    const int verdict = bn_store_trial_verdict(&k, &plain_ns, &streaming_ns);
+    if (verdict < 0)
+        snprintf(buf, size, "%sthe case's first %d calls time both kinds of store (not decided "
+                 "yet: plain meanwhile)", where, BN_TRIAL_CALLS);
+    else
+        snprintf(buf, size, "%sthe case's first %d calls timed both: streaming %.1f us, plain "
+                 "%.1f us, so stores %s", where, BN_TRIAL_CALLS, (double)streaming_ns / 1e3,
+                 (double)plain_ns / 1e3, verdict ? "stream" : "do not stream");
+}
+
 void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
+    char open[400];
+    open_reason(p, open, sizeof open);
     const char *dtype = p->d.dtype == BN_FLOAT32 ? "f32" : p->d.dtype == BN_FLOAT64 ? "f64" : "?";
     int used;
     if (p->d.layout == BN_CHANNELS_LAST)
@@ -170,12 +228,7 @@ void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
                  " l2=%lld l3=%lld (as reported; the L3 is not used) kernels=%s",
                  p->stream ? "yes" : "no", (long long)(p->elements * (int64_t)p->es),
                  (long long)p->stream_threshold, p->stream_rule,
-                 !p->stream_measured ? ""
-                 : p->machine.streaming_pays > 0
-                     ? "; below that, where a thread's inputs fit its L2 but not beside its "
-                       "output, as here, streaming stores were measured faster on this machine"
-                     : "; below that, where a thread's inputs fit its L2 but not beside its "
-                       "output, as here, streaming stores were measured no faster on this machine",
+                 open,
                  bn_kernels_can_stream() ? "" : "; this CPU or build has no streaming stores",
                  (long long)p->budget, (long long)p->machine.l2, (long long)p->machine.l3,
                  bn_kernels_isa());

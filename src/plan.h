@@ -64,11 +64,13 @@ typedef struct {
     int prefetch;          /* the statistics or gradient sums ask for rows ahead: what they
                             * read is more than BN_PREFETCH_L2S L2s */
     /* what the plan was made of */
-    bn_machine machine;    /* the caches it was given */
+    bn_machine machine;    /* the caches it was given, and the store verdict of an open case */
     int64_t budget;        /* cache bytes a thread may keep between two passes: half the L2 */
     int64_t stream_threshold; /* output bytes from which stores stream */
-    int stream_measured;      /* below it, where bn_inputs_fit_l2_alone: whether stores stream
-                               * was measured (machine.streaming_pays, calibrate.h) */
+    int stream_open;          /* below it, where bn_share_exceeds_l2: the size rules leave the
+                               * store kind to machine.streaming_pays, or to the case's trial
+                               * (store_trial.h, bn_plan_try_stores) */
+    int trial;                /* this call is timed for its case's trial: its slot, else 0 */
     const char *stream_rule;  /* where that threshold comes from, in words */
 } bn_plan;
 
@@ -126,10 +128,23 @@ int64_t bn_cache_chunk(int64_t rows, int64_t channels, int streams, size_t elem_
                        int64_t budget, int threads);
 
 /* Whether a thread's share of the inputs of a pass over `bytes` of tensor (x, or dy and x: reads
- * arrays, at least one) fits in an L2 of l2 bytes, but not beside its share of the output. There
- * streaming stores keep the inputs in the L2 from one call to the next, where plain ones push
- * them out: whether that pays is measured (calibrate.h). */
-int bn_inputs_fit_l2_alone(int64_t bytes, int reads, int threads, int64_t l2);
+ * arrays, at least one) and its share of the output are more than an L2 of l2 bytes holds. Plain
+ * stores then bring the output's lines into the L2 and push inputs out; streaming ones do not,
+ * but send the output to memory: which pays is measured (store_trial.h). */
+int bn_share_exceeds_l2(int64_t bytes, int reads, int threads, int64_t l2);
+
+/* Where the plan's rules leave the store kind open (plan->stream_open) and its machine has no
+ * verdict (streaming_pays -1), the kind of this call, which runs `passes` (store_trial.h's bits),
+ * from its case's trial: plan->stream, plan->k and plan->trial set. A call that writes an output
+ * asks, once, after bn_plan_make; then it times itself with bn_plan_trial_start and
+ * bn_plan_trial_end. (bn_plan_for, with a machine whose streaming_pays is -1, takes the trial's
+ * verdict where there is one, and plain stores where not.) */
+void bn_plan_try_stores(bn_plan *plan, int passes);
+
+/* The clock (ns) at the start of a call whose plan is timed for a trial, else 0; and its time
+ * reported at the end (nothing when not timed). */
+int64_t bn_plan_trial_start(const bn_plan *plan);
+void bn_plan_trial_end(const bn_plan *plan, int64_t start);
 
 /* Whether channel-by-channel passes should overlap: each channel's second pass (normalize, or
  * dx) made while the next channel's first pass (statistics, or sums) reads it, so that one

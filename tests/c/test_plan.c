@@ -6,12 +6,13 @@
 #include "check.h"
 #include "testutil.h"
 
-#include "calibrate.h"
 #include "kernels.h"
 #include "machine.h"
 #include "plan.h"
+#include "store_trial.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MIB (INT64_C(1) << 20)
@@ -175,73 +176,144 @@ BN_SUITE(suite_plan_describes_its_reasons) {
     CHECK(strlen(small) == sizeof small - 1);
 }
 
-/* Where a thread's inputs fit its L2 but not beside its output, stores stream when the machine
- * measured that faster (streaming_pays), and only there; elsewhere the size rules alone decide.
- * 32x512x7x7 (3.2 MB an array): on two threads of the Xeon each thread's x is 1.6 MB of its
- * 2 MiB (dy and x of backward, 3.2 MB, are not); on one thread x is the whole 3.2 MB, and on
- * the EPYC's 1 MiB it does not fit either way.
- * (256, 1024) (1 MiB an array) on one Xeon thread: x and y just fit (no), dy and x do but not
- * beside dx (backward: yes). */
-BN_SUITE(suite_plan_streams_where_measured) {
+/* Where a thread's share of the inputs and the output is more than its L2 and the output is below
+ * the size rules' threshold, the store kind is open: the machine's verdict decides it
+ * (streaming_pays), and only there; elsewhere the size rules alone decide. 32x512x7x7 (3.2 MB an
+ * array) is open on both machines, on one thread and on two, in every pass; (256, 1024) (1 MiB
+ * an array) on one Xeon thread is not in eval (x and y just fit) and is in backward. */
+BN_SUITE(suite_plan_streams_where_open) {
     const int can = bn_kernels_can_stream();
-    CHECK(bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 2, 2 * MIB));
-    CHECK(!bn_inputs_fit_l2_alone(3 * MIB + MIB / 5, 0, 1, 2 * MIB));
-    CHECK(!bn_inputs_fit_l2_alone(MIB, 0, 1, 2 * MIB));
-    CHECK(bn_inputs_fit_l2_alone(MIB, 2, 1, 2 * MIB));
-    CHECK(!bn_inputs_fit_l2_alone(0, 1, 1, 2 * MIB) && !bn_inputs_fit_l2_alone(MIB, 0, 0, 0));
+    CHECK(bn_share_exceeds_l2(3 * MIB + MIB / 5, 0, 2, 2 * MIB));
+    CHECK(bn_share_exceeds_l2(3 * MIB + MIB / 5, 0, 1, 2 * MIB));
+    CHECK(bn_share_exceeds_l2(3 * MIB + MIB / 5, 2, 2, 2 * MIB));
+    CHECK(!bn_share_exceeds_l2(MIB, 0, 1, 2 * MIB));
+    CHECK(bn_share_exceeds_l2(MIB, 2, 1, 2 * MIB));
+    CHECK(!bn_share_exceeds_l2(MIB, 1, 2, 2 * MIB));
+    CHECK(!bn_share_exceeds_l2(0, 1, 1, 2 * MIB));
     for (int pays = 0; pays < 2; pays++) {
         const bn_machine xeon_m = {.l2 = 2 * MIB, .l3 = 300 * MIB, .streaming_pays = pays};
         const bn_machine epyc_m = {.l2 = MIB, .l3 = 32 * MIB, .streaming_pays = pays};
-        for (int reads = 0; reads <= 2; reads++) {
-            const bn_plan two = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, xeon_m, 2);
-            /* backward's dy and x are 3.2 MB a thread: beyond the L2 either way */
-            CHECK_MSG(two.stream == (reads < 2 && pays && can) &&
-                          two.stream_measured == (reads < 2 && can),
-                      "reads %d pays %d: stream %d", reads, pays, two.stream);
-            CHECK(two.machine.streaming_pays == pays);
-            const bn_plan one = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, xeon_m, 1);
-            CHECK(!one.stream && !one.stream_measured);
-            CHECK(!plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, epyc_m, 2).stream);
-            /* the size rules first: 25.7 MB streams whatever was measured */
-            CHECK(plan_of(32, 64, 3136, BN_CHANNELS_LAST, reads, xeon_m, 2).stream == can);
-        }
-        CHECK(!plan_of(256, 1024, 1, BN_CHANNELS_LAST, 0, xeon_m, 1).stream);
+        for (int reads = 0; reads <= 2; reads++)
+            for (int threads = 1; threads <= 2; threads++) {
+                const bn_plan x = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, xeon_m, threads);
+                const bn_plan e = plan_of(32, 512, 49, BN_CHANNELS_FIRST, reads, epyc_m, threads);
+                CHECK_MSG(x.stream == (pays && can) && x.stream_open == can && !x.trial,
+                          "reads %d threads %d pays %d: stream %d", reads, threads, pays,
+                          x.stream);
+                CHECK(e.stream == (pays && can) && e.stream_open == can);
+                CHECK(x.machine.streaming_pays == pays);
+                /* the size rules first: 25.7 MB streams whatever the verdict */
+                const bn_plan big = plan_of(32, 64, 3136, BN_CHANNELS_LAST, reads, xeon_m, threads);
+                CHECK(big.stream == can && !big.stream_open);
+            }
+        const bn_plan fits = plan_of(256, 1024, 1, BN_CHANNELS_LAST, 0, xeon_m, 1);
+        CHECK(!fits.stream && !fits.stream_open);
         CHECK(plan_of(256, 1024, 1, BN_CHANNELS_LAST, 2, xeon_m, 1).stream == (pays && can));
         char text[1024];
         const bn_plan two = plan_of(32, 512, 49, BN_CHANNELS_FIRST, 0, xeon_m, 2);
         bn_plan_describe(&two, text, sizeof text);
-        if (can) /* a build or CPU without streaming stores never measures */
-            CHECK_MSG(strstr(text, pays ? "streaming stores were measured faster"
-                                        : "streaming stores were measured no faster"),
+        if (can) /* a build or CPU without streaming stores has nothing open */
+            CHECK_MSG(strstr(text, pays ? "the machine given says streaming pays"
+                                        : "the machine given says plain stores"),
                       "%s", text);
     }
 }
 
-/* This machine's plan measures whether streaming pays the first time it needs to know, once:
- * afterwards the verdict and its timings stay. Where there are no streaming stores there is
- * nothing to measure. */
-BN_SUITE(suite_plan_measures_streaming_once) {
+/* A case's trial: its first BN_TRIAL_CALLS calls take runs of BN_TRIAL_RUN plain, then
+ * streaming, then plain ... stores, the second half of each run timed; decided when both kinds
+ * have BN_TRIAL_TIMED times, streaming only where its median is 10% below plain's; later calls
+ * take the verdict, untimed. Cases of their own (n = -1, -2, ...: no call's), so the library's
+ * calls in other suites do not meet them. */
+BN_SUITE(suite_store_trial_decides_from_timed_calls) {
+    const bn_trial_case fast = {-1, 3, 5, 0, 0, 1, 2, 3}, slow = {-2, 3, 5, 0, 0, 1, 2, 3};
+    int64_t plain_ns, streaming_ns;
+    CHECK(bn_store_trial_verdict(&fast, &plain_ns, &streaming_ns) == -1);
+    CHECK(plain_ns == 0 && streaming_ns == 0);
+    /* the times reported, in order, per kind: fast's streaming median 55 against 100 (one
+     * outlier each way), slow's 91 against 100: not 10% */
+    const int64_t fast_ns[2][BN_TRIAL_TIMED] = {{100, 90, 400, 100}, {50, 60, 1, 70}};
+    const int64_t slow_ns[2][BN_TRIAL_TIMED] = {{100, 100, 100, 100}, {91, 91, 91, 91}};
+    int reported[2] = {0, 0};
+    for (int j = 0; j < BN_TRIAL_CALLS; j++) {
+        int slot_f, slot_s;
+        const int kind = (j / BN_TRIAL_RUN) & 1, timed = j % BN_TRIAL_RUN >= BN_TRIAL_RUN / 2;
+        CHECK_MSG(bn_store_trial_kind(&fast, &slot_f) == kind, "call %d", j);
+        CHECK_MSG(bn_store_trial_kind(&slow, &slot_s) == kind, "call %d", j);
+        CHECK_MSG(timed ? slot_f > 0 && slot_s > 0 && slot_f != slot_s : !slot_f && !slot_s,
+                  "call %d: slots %d %d", j, slot_f, slot_s);
+        if (!timed) continue;
+        bn_store_trial_report(slot_f, kind, fast_ns[kind][reported[kind]]);
+        bn_store_trial_report(slot_s, kind, slow_ns[kind][reported[kind]]);
+        reported[kind]++;
+        if (j < BN_TRIAL_CALLS - 1) /* not decided until the last one */
+            CHECK(bn_store_trial_verdict(&fast, &plain_ns, &streaming_ns) == -1);
+    }
+    CHECK(bn_store_trial_verdict(&fast, &plain_ns, &streaming_ns) == 1);
+    CHECK_MSG(plain_ns == 100 && streaming_ns == 55, "%lld %lld", (long long)plain_ns,
+              (long long)streaming_ns);
+    CHECK(bn_store_trial_verdict(&slow, &plain_ns, &streaming_ns) == 0);
+    CHECK(plain_ns == 100 && streaming_ns == 91);
+    for (int j = 0; j < 3; j++) {
+        int slot;
+        CHECK(bn_store_trial_kind(&fast, &slot) == 1 && slot == 0);
+        CHECK(bn_store_trial_kind(&slow, &slot) == 0 && slot == 0);
+    }
+    bn_store_trial_report(0, 1, 1); /* no slot: nothing */
+    CHECK(bn_store_trial_verdict(&fast, &plain_ns, &streaming_ns) == 1 && streaming_ns == 55);
+    /* a trial whose timed calls have not reported: plain and untimed for the calls past it */
+    const bn_trial_case pending = {-3, 3, 5, 0, 0, 1, 2, 3};
+    for (int j = 0; j < BN_TRIAL_CALLS; j++) {
+        int slot;
+        (void)bn_store_trial_kind(&pending, &slot);
+    }
+    int slot;
+    CHECK(bn_store_trial_kind(&pending, &slot) == 0 && slot == 0);
+    CHECK(bn_store_trial_verdict(&pending, &plain_ns, &streaming_ns) == -1);
+}
+
+/* This machine's calls of an open case decide it, with the same bits from every call: a (rows,
+ * 256) float32 eval whose x is 0.8 of a thread's L2, on one thread (x and y are more than the
+ * L2). Its plan names the trial, undecided and then decided. */
+BN_SUITE(suite_store_trial_on_this_machine) {
     const bn_machine m = bn_machine_this();
     CHECK(m.streaming_pays == -1);
     const int64_t l2 = m.l2 > 0 ? m.l2 : MIB;
-    /* a (rows, 256) float32 eval whose x fits a thread's L2, and not beside y, on one thread */
-    const int64_t rows = l2 / 5 * 4 / 1024;
+    const int64_t rows = l2 / 5 * 4 / 1024 + 3; /* + 3: a shape no other suite times */
     const bn_desc d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
+    const int threads = bn_get_num_threads();
+    bn_set_num_threads(1);
     bn_plan p;
     CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK);
-    CHECK(p.stream_measured == bn_kernels_can_stream());
-    const int verdict = bn_streaming_measured_faster(l2);
-    CHECK(verdict == 0 || verdict == 1);
-    CHECK(p.machine.streaming_pays == (bn_kernels_can_stream() ? verdict : -1));
-    CHECK(p.stream == (verdict && bn_kernels_can_stream()));
-    CHECK(bn_streaming_measured_faster(l2) == verdict);
-    int64_t plain_ns, streaming_ns, took_ns;
-    bn_streaming_measurement(&plain_ns, &streaming_ns, &took_ns);
-    if (bn_kernels_can_stream())
-        CHECK_MSG(plain_ns > 0 && streaming_ns > 0 && took_ns >= 2 * (plain_ns + streaming_ns) &&
+    CHECK(p.stream_open == bn_kernels_can_stream() && !p.stream);
+    char text[1024];
+    bn_plan_describe(&p, text, sizeof text);
+    if (p.stream_open)
+        CHECK_MSG(strstr(text, "time both kinds of store (not decided yet"), "%s", text);
+    const size_t count = (size_t)rows * 256;
+    float *x = malloc(count * sizeof(float)), *y = malloc(count * sizeof(float));
+    float *first = malloc(count * sizeof(float));
+    CHECK(x && y && first);
+    float rm[256], rv[256];
+    for (size_t i = 0; i < count; i++) x[i] = (float)((int)(i % 1013) - 500) / 37.0f;
+    for (int c = 0; c < 256; c++) rm[c] = (float)c / 100.0f, rv[c] = 0.5f + (float)c / 64.0f;
+    for (int call = 0; call < BN_TRIAL_CALLS + 2; call++) {
+        CHECK_STATUS(bn_forward_eval(call ? y : first, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+        if (call) CHECK(!memcmp(y, first, count * sizeof(float)));
+    }
+    const bn_trial_case k = {d.n, d.c, d.s, (int)d.layout, (int)d.dtype, 0, 1, 2};
+    int64_t plain_ns, streaming_ns;
+    const int verdict = bn_store_trial_verdict(&k, &plain_ns, &streaming_ns);
+    if (bn_kernels_can_stream()) {
+        CHECK_MSG(verdict >= 0 && plain_ns > 0 && streaming_ns > 0 &&
                       verdict == (streaming_ns * 10 < plain_ns * 9),
-                  "plain %lld ns, streaming %lld ns, verdict %d", (long long)plain_ns,
-                  (long long)streaming_ns, verdict);
-    else
-        CHECK(verdict == 0);
+                  "verdict %d: plain %lld ns, streaming %lld ns", verdict, (long long)plain_ns,
+                  (long long)streaming_ns);
+        CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK && p.stream == verdict);
+        bn_plan_describe(&p, text, sizeof text);
+        CHECK_MSG(strstr(text, "calls timed both"), "%s", text);
+    } else {
+        CHECK(verdict == -1);
+    }
+    bn_set_num_threads(threads);
+    free(x), free(y), free(first);
 }
