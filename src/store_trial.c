@@ -29,15 +29,27 @@ static int same(const bn_trial_case *a, const bn_trial_case *b) {
            a->passes == b->passes;
 }
 
-/* The slot of k, a new one if there is room (create), or NULL. Under the lock. */
+/* Where a search for k starts: a hash of its fields (FNV-1a over their values). */
+static unsigned start_of(const bn_trial_case *k) {
+    const int64_t fields[8] = {k->n, k->c, k->s, k->layout, k->dtype, k->reads, k->threads,
+                               k->passes};
+    uint64_t h = 1469598103934665603u;
+    for (int i = 0; i < 8; i++) h = (h ^ (uint64_t)fields[i]) * 1099511628211u;
+    return (unsigned)(h % BN_TRIAL_CASES);
+}
+
+/* The slot of k, a new one if there is room (create), or NULL: open addressing from start_of,
+ * slots never freed. Under the lock. */
 static trial *find(const bn_trial_case *k, int create) {
-    for (int i = 0; i < BN_TRIAL_CASES; i++) {
-        if (trials[i].used && same(&trials[i].key, k)) return &trials[i];
-        if (!trials[i].used) {
+    const unsigned first = start_of(k);
+    for (unsigned probe = 0; probe < BN_TRIAL_CASES; probe++) {
+        trial *t = &trials[(first + probe) % BN_TRIAL_CASES];
+        if (t->used && same(&t->key, k)) return t;
+        if (!t->used) {
             if (!create) return NULL;
-            memset(&trials[i], 0, sizeof trials[i]);
-            trials[i].key = *k, trials[i].used = 1, trials[i].verdict = -1;
-            return &trials[i];
+            memset(t, 0, sizeof *t);
+            t->key = *k, t->used = 1, t->verdict = -1;
+            return t;
         }
     }
     return NULL;
@@ -90,4 +102,10 @@ int bn_store_trial_verdict(const bn_trial_case *k, int64_t *plain_ns, int64_t *s
     *streaming_ns = t ? median(t, 1) : 0;
     give();
     return verdict;
+}
+
+void bn_store_trial_reset(void) {
+    take();
+    memset(trials, 0, sizeof trials);
+    give();
 }

@@ -25,7 +25,7 @@
 #define BN_TRIAL_RUN 4   /* calls of one kind in a row, the second half of them timed */
 #define BN_TRIAL_TIMED 4 /* timed calls of each kind in a trial */
 #define BN_TRIAL_CALLS (4 * BN_TRIAL_TIMED) /* calls of a case that take part in its trial */
-#define BN_TRIAL_CASES 64 /* cases a process keeps; past them, plain stores without a trial */
+#define BN_TRIAL_CASES 256 /* cases a process keeps; past them, plain stores without a trial */
 
 /* A case: what a call's time depends on, besides the store kind. passes: 1 with a first pass
  * (statistics, sums), 2 with a second (normalize, dx), 3 with both. */
@@ -46,5 +46,8 @@ void bn_store_trial_report(int slot, int stream, int64_t ns);
 /* What the trial of case k has found: 1 streaming, 0 plain, -1 not decided (or not seen); and
  * the best time of each kind so far (0 before one), in ns. Changes nothing. */
 int bn_store_trial_verdict(const bn_trial_case *k, int64_t *plain_ns, int64_t *streaming_ns);
+
+/* For tests: forget every case, as a new process would. */
+void bn_store_trial_reset(void);
 
 #endif

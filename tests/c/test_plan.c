@@ -271,6 +271,44 @@ BN_SUITE(suite_store_trial_decides_from_timed_calls) {
     CHECK(bn_store_trial_verdict(&pending, &plain_ns, &streaming_ns) == -1);
 }
 
+/* One case's whole trial, streaming reported twice as fast: whether it was decided. */
+static int run_trial(const bn_trial_case *k) {
+    for (int j = 0; j < BN_TRIAL_CALLS; j++) {
+        int slot;
+        const int kind = bn_store_trial_kind(k, &slot);
+        bn_store_trial_report(slot, kind, kind ? 50 : 100);
+    }
+    int64_t plain_ns, streaming_ns;
+    return bn_store_trial_verdict(k, &plain_ns, &streaming_ns) == 1;
+}
+
+/* The process keeps BN_TRIAL_CASES cases; past them, calls take plain stores, untimed, and the
+ * cases it keeps are still found (open addressing wraps around). */
+BN_SUITE(suite_store_trial_keeps_a_bounded_table) {
+    bn_store_trial_reset();
+    int decided = 0;
+    for (int i = 0; i < BN_TRIAL_CASES; i++) {
+        const bn_trial_case k = {-100 - i, 7, 9, 1, 0, 2, i % 3, 3};
+        decided += run_trial(&k);
+    }
+    CHECK(decided == BN_TRIAL_CASES);
+    for (int i = 0; i < 5; i++) {
+        const bn_trial_case k = {-10000 - i, 7, 9, 1, 0, 2, 1, 3};
+        CHECK(!run_trial(&k));
+        int slot;
+        CHECK(bn_store_trial_kind(&k, &slot) == 0 && slot == 0);
+    }
+    for (int i = 0; i < BN_TRIAL_CASES; i++) {
+        const bn_trial_case k = {-100 - i, 7, 9, 1, 0, 2, i % 3, 3};
+        int slot;
+        CHECK(bn_store_trial_kind(&k, &slot) == 1 && slot == 0);
+    }
+    bn_store_trial_reset(); /* the suites after this one find room */
+    const bn_trial_case k = {-10000, 7, 9, 1, 0, 2, 1, 3};
+    CHECK(run_trial(&k));
+    bn_store_trial_reset();
+}
+
 /* This machine's calls of an open case decide it, with the same bits from every call: a (rows,
  * 256) float32 eval whose x is 0.8 of a thread's L2, on one thread (x and y are more than the
  * L2). Its plan names the trial, undecided and then decided. */
