@@ -9,7 +9,12 @@
  * repetition r times a batch of calls of one build, then a batch of the other, the one that goes
  * first alternating from repetition to repetition, and each timed batch right after one untimed
  * call of the same build (its data back where that build leaves it). The machine's noise and the
- * pages the tensors landed on are shared by both, which separate processes cannot give.
+ * pages the tensors landed on are shared by both, which separate processes cannot give. Where
+ * the two builds write with different kinds of store, the pairing misleads: each build's calls
+ * find the cache the other left (32x512x7x7 training on one thread: a plain build took 349 us
+ * beside a streaming one and 246 us alone). Each library decides an open case's store kind by
+ * its own trial (src/store_trial.h), so two builds may differ there; compare them in separate
+ * processes (`bnorm bench`) when they do.
  * Prints one JSON line: each build's median and minimum ns per call, and the median over the
  * repetitions of the ratio new/base of the two batches timed side by side.
  * Exit: 0, 1 when a library cannot be opened or a call fails, 2 on a usage error. */
