@@ -11,19 +11,20 @@
  * 6.4-12.8 MB tensors took up to 1.96x the time on two threads.
  *
  * So each such case (shape, layout, dtype, threads, passes) is decided by its own first calls:
- * BN_TRIAL_CALLS of them take plain, plain, streaming, streaming, plain, plain, streaming,
- * streaming stores, and the second call of each pair is timed (right after a call of its own
- * kind, as a call repeated on the same tensors finds its data). Streaming is kept where its best
- * time is at least 10% below plain's; every later call of the case takes the verdict. No
- * buffers of its own, no time but the calls': the user's calls are the measurement. Never
- * changes a bit of a result: both kinds of store write the same values. */
+ * BN_TRIAL_CALLS of them, in runs of BN_TRIAL_RUN plain, BN_TRIAL_RUN streaming, plain again,
+ * ..., the second half of each run timed (calls after calls of their own kind, as a call
+ * repeated on the same tensors finds its data: a plain call right after streaming ones took
+ * 1.4x its time). Streaming is kept where the median of its times is at least 5% below plain's;
+ * every later call of the case takes the verdict. No buffers of its own, no time but the calls':
+ * the user's calls are the measurement. Never changes a bit of a result: both kinds of store
+ * write the same values. */
 #ifndef BN_STORE_TRIAL_H
 #define BN_STORE_TRIAL_H
 
 #include <stdint.h>
 
 #define BN_TRIAL_RUN 4   /* calls of one kind in a row, the second half of them timed */
-#define BN_TRIAL_TIMED 4 /* timed calls of each kind in a trial */
+#define BN_TRIAL_TIMED 8 /* timed calls of each kind in a trial */
 #define BN_TRIAL_CALLS (4 * BN_TRIAL_TIMED) /* calls of a case that take part in its trial */
 #define BN_TRIAL_CASES 256 /* cases a process keeps; past them, plain stores without a trial */
 

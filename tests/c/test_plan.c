@@ -221,7 +221,7 @@ BN_SUITE(suite_plan_streams_where_open) {
 
 /* A case's trial: its first BN_TRIAL_CALLS calls take runs of BN_TRIAL_RUN plain, then
  * streaming, then plain ... stores, the second half of each run timed; decided when both kinds
- * have BN_TRIAL_TIMED times, streaming only where its median is 10% below plain's; later calls
+ * have BN_TRIAL_TIMED times, streaming only where its median is 5% below plain's; later calls
  * take the verdict, untimed. Cases of their own (n = -1, -2, ...: no call's), so the library's
  * calls in other suites do not meet them. */
 BN_SUITE(suite_store_trial_decides_from_timed_calls) {
@@ -229,10 +229,14 @@ BN_SUITE(suite_store_trial_decides_from_timed_calls) {
     int64_t plain_ns, streaming_ns;
     CHECK(bn_store_trial_verdict(&fast, &plain_ns, &streaming_ns) == -1);
     CHECK(plain_ns == 0 && streaming_ns == 0);
-    /* the times reported, in order, per kind: fast's streaming median 55 against 100 (one
-     * outlier each way), slow's 91 against 100: not 10% */
-    const int64_t fast_ns[2][BN_TRIAL_TIMED] = {{100, 90, 400, 100}, {50, 60, 1, 70}};
-    const int64_t slow_ns[2][BN_TRIAL_TIMED] = {{100, 100, 100, 100}, {91, 91, 91, 91}};
+    /* the times reported, in order, per kind: fast's streaming median 55 against 100 (an
+     * outlier each way), slow's 96 against 100: not 5% */
+    int64_t fast_ns[2][BN_TRIAL_TIMED], slow_ns[2][BN_TRIAL_TIMED];
+    for (int i = 0; i < BN_TRIAL_TIMED; i++) {
+        fast_ns[0][i] = i == 2 ? 400 : i == 1 ? 90 : 100;
+        fast_ns[1][i] = i == 2 ? 1 : i == 3 ? 300 : 55;
+        slow_ns[0][i] = 100, slow_ns[1][i] = 96;
+    }
     int reported[2] = {0, 0};
     for (int j = 0; j < BN_TRIAL_CALLS; j++) {
         int slot_f, slot_s;
@@ -252,7 +256,7 @@ BN_SUITE(suite_store_trial_decides_from_timed_calls) {
     CHECK_MSG(plain_ns == 100 && streaming_ns == 55, "%lld %lld", (long long)plain_ns,
               (long long)streaming_ns);
     CHECK(bn_store_trial_verdict(&slow, &plain_ns, &streaming_ns) == 0);
-    CHECK(plain_ns == 100 && streaming_ns == 91);
+    CHECK(plain_ns == 100 && streaming_ns == 96);
     for (int j = 0; j < 3; j++) {
         int slot;
         CHECK(bn_store_trial_kind(&fast, &slot) == 1 && slot == 0);
@@ -343,7 +347,7 @@ BN_SUITE(suite_store_trial_on_this_machine) {
     const int verdict = bn_store_trial_verdict(&k, &plain_ns, &streaming_ns);
     if (bn_kernels_can_stream()) {
         CHECK_MSG(verdict >= 0 && plain_ns > 0 && streaming_ns > 0 &&
-                      verdict == (streaming_ns * 10 < plain_ns * 9),
+                      verdict == (streaming_ns * 20 < plain_ns * 19),
                   "verdict %d: plain %lld ns, streaming %lld ns", verdict, (long long)plain_ns,
                   (long long)streaming_ns);
         CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK && p.stream == verdict);
