@@ -7,7 +7,11 @@
  *
  *   cc -O2 -std=c11 -mavx512f -mavx512dq -fopenmp bench/experiments/short_row_overlap.c \
  *      -o /tmp/sro
- *   /tmp/sro THREADS [SPACING]   # SPACING: floats between the ride's coefficient arrays (784)
+ *   /tmp/sro THREADS [SPACING [SETUP]]
+ *     SPACING  floats between the ride's coefficient arrays (784)
+ *     SETUP    per-group work besides the passes: 1, the ride's per-position coefficients made
+ *              one value at a time; 2, each channel's pivot sampled from 8 runs of 8 values;
+ *              3, both; 0, neither (the default)
  *
  * It prints the median time of each form, the forms interleaved call by call, each timed call
  * right after an untimed one of its form:
@@ -21,7 +25,8 @@
  * Intel Xeon (family 6 model 167), three runs, 2 threads / 1 thread: ride alone 73.9-77.1 /
  * 214.8-216.3 us; kernel, after 104.5-110.7 / 236.2-238.4 us (the library's 32x512x7x7 training
  * takes 110-118 / 243-257 us); kernel, mixed 94.1-101.2 / 227.8-230.2 us, 0.90-0.91x / 0.96-0.97x
- * of "after". Spacings 1024 (the kernel's) and 1040 gave the same as 784 on 2 threads. */
+ * of "after". Spacings 1024 (the kernel's) and 1040 gave the same as 784 on 2 threads. SETUP 1
+ * added about 16 us to both kernel forms on 2 threads, SETUP 2 about 11 us. */
 #define _POSIX_C_SOURCE 199309L
 #include <immintrin.h>
 #include <omp.h>
@@ -97,9 +102,11 @@ static inline void tree(__m512d acc[4], const float *x, __m512 pivot) {
 
 /* One thread's channels [c0, c1) in one form: each group's statistics read while the group
  * before it is normalized. Returns a sum so that nothing is optimized away. */
+static int setup_mode; /* SETUP */
 static double pass(float *y, const float *x, int c0, int c1, int form, const float *coef,
                    long spacing) {
-    const float *hi = coef, *lo = coef + spacing, *sc = coef + 2 * spacing, *sh = coef + 3 * spacing;
+    const float *hi = coef, *lo = coef + spacing, *sc = coef + 2 * spacing;
+    const float *sh = coef + 3 * spacing;
     const __m512 pivot = _mm512_set1_ps(0.5f);
     const int light = form == LIGHT_AFTER || form == LIGHT_MIXED;
     const int mixed = form == LIGHT_MIXED || form == KERNEL_MIXED;
@@ -108,6 +115,28 @@ static double pass(float *y, const float *x, int c0, int c1, int form, const flo
         const float *xg = x + (long)g * S, *next = x + (long)(g + G) * S;
         float *yg = y + (long)g * S;
         cursor c = {0, 0};
+        if (setup_mode & 1) { /* the ride's coefficients made per group: 4 stores a position */
+            float *h = (float *)hi, *l = (float *)lo, *s_ = (float *)sc, *b_ = (float *)sh;
+            for (int q = 0; q < G; q++) {
+                const float hv = 1.0f + q * 1e-3f, lv = 1e-8f, sv = 0.9f, bv = 0.1f;
+                for (int j = 0; j < S; j++)
+                    h[q * S + j] = hv, l[q * S + j] = lv, s_[q * S + j] = sv, b_[q * S + j] = bv;
+            }
+        }
+        __m512 pv = pivot;
+        if ((setup_mode & 2) && g + G < c1) { /* each channel's pivot: 8 runs of 8 values */
+            float pf = 0;
+            for (int q = 0; q < G; q++) {
+                double rs[8] = {0};
+                for (int k = 0; k < 8; k++) {
+                    const float *run = next + k * N / 8 * STRIDE + q * S + k * (S - 8) / 8;
+                    for (int j = 0; j < 8; j++) rs[k] += run[j];
+                }
+                pf += (float)(((rs[0] + rs[1]) + (rs[2] + rs[3])) +
+                              ((rs[4] + rs[5]) + (rs[6] + rs[7])));
+            }
+            pv = _mm512_set1_ps(pf * 1e-9f + 0.5f);
+        }
         if (form != RIDE_ALONE && g + G < c1)
             for (int v = 0; v < V; v++) {
                 __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
@@ -124,7 +153,7 @@ static double pass(float *y, const float *x, int c0, int c1, int form, const flo
                         acc[0] = _mm512_add_pd(acc[0], _mm512_cvtps_pd(_mm512_castps512_ps256(
                                                            _mm512_add_ps(t1, t2))));
                     } else {
-                        tree(acc, next + r * STRIDE + v * 16, pivot);
+                        tree(acc, next + r * STRIDE + v * 16, pv);
                     }
                     if (mixed) c = ride(yg, xg, c, 8, light, hi, lo, sc, sh);
                 }
@@ -140,12 +169,14 @@ static double pass(float *y, const float *x, int c0, int c1, int form, const flo
 int main(int argc, char **argv) {
     const int threads = argc > 1 ? atoi(argv[1]) : 2;
     const long spacing = argc > 2 ? atol(argv[2]) : W;
-    if (threads < 1 || threads > 2 || spacing < W) {
-        fprintf(stderr, "usage: %s THREADS(1 or 2) [SPACING >= %d]\n", argv[0], W);
+    setup_mode = argc > 3 ? atoi(argv[3]) : 0;
+    if (threads < 1 || threads > 2 || spacing < W || setup_mode < 0 || setup_mode > 3) {
+        fprintf(stderr, "usage: %s THREADS(1 or 2) [SPACING >= %d [SETUP 0-3]]\n", argv[0], W);
         return 2;
     }
     const long count = (long)N * C * S;
-    float *x = aligned_alloc(64, count * sizeof(float)), *y = aligned_alloc(64, count * sizeof(float));
+    float *x = aligned_alloc(64, count * sizeof(float));
+    float *y = aligned_alloc(64, count * sizeof(float));
     float *coef[2];
     for (int t = 0; t < 2; t++) {
         coef[t] = aligned_alloc(64, (4 * spacing + 16) * sizeof(float));
