@@ -144,8 +144,10 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
 void bn_plan_try_stores(bn_plan *p, int passes) {
     if (!p->stream_open || p->machine.streaming_pays >= 0) return;
     const bn_trial_case k = trial_case(p, passes);
-    p->stream = bn_store_trial_kind(&k, &p->trial);
-    p->k = bn_kernels_for(p->d.dtype, p->stream);
+    const int stream = bn_store_trial_kind(&k, &p->trial);
+    if (stream == p->stream) return; /* bn_plan_for already took these kernels */
+    p->stream = stream;
+    p->k = bn_kernels_for(p->d.dtype, stream);
 }
 
 static int64_t now_ns(void) {

@@ -23,18 +23,25 @@ static void take(void) {
 }
 static void give(void) { atomic_flag_clear_explicit(&lock, memory_order_release); }
 
+/* A case's fields, in one order: what identifies it and what its hash is of. */
+enum { FIELDS = 8 };
+static void fields_of(const bn_trial_case *k, int64_t f[FIELDS]) {
+    f[0] = k->n, f[1] = k->c, f[2] = k->s, f[3] = k->layout, f[4] = k->dtype, f[5] = k->reads;
+    f[6] = k->threads, f[7] = k->passes;
+}
+
 static int same(const bn_trial_case *a, const bn_trial_case *b) {
-    return a->n == b->n && a->c == b->c && a->s == b->s && a->layout == b->layout &&
-           a->dtype == b->dtype && a->reads == b->reads && a->threads == b->threads &&
-           a->passes == b->passes;
+    int64_t fa[FIELDS], fb[FIELDS];
+    fields_of(a, fa), fields_of(b, fb);
+    return !memcmp(fa, fb, sizeof fa);
 }
 
 /* Where a search for k starts: a hash of its fields (FNV-1a over their values). */
 static unsigned start_of(const bn_trial_case *k) {
-    const int64_t fields[8] = {k->n, k->c, k->s, k->layout, k->dtype, k->reads, k->threads,
-                               k->passes};
+    int64_t f[FIELDS];
+    fields_of(k, f);
     uint64_t h = 1469598103934665603u;
-    for (int i = 0; i < 8; i++) h = (h ^ (uint64_t)fields[i]) * 1099511628211u;
+    for (int i = 0; i < FIELDS; i++) h = (h ^ (uint64_t)f[i]) * 1099511628211u;
     return (unsigned)(h % BN_TRIAL_CASES);
 }
 

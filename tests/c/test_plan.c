@@ -313,6 +313,41 @@ BN_SUITE(suite_store_trial_keeps_a_bounded_table) {
     bn_store_trial_reset();
 }
 
+/* A call of a case decided for streaming takes the streaming kernels once (bn_plan_for takes
+ * them from the verdict; bn_plan_try_stores does not take them again), and gives the bits of a
+ * plain call. The case is decided through the trial's own API, with streaming reported twice
+ * as fast, so that the verdict does not depend on this machine. */
+BN_SUITE(suite_store_trial_decided_call_takes_kernels_once) {
+    const bn_machine m = bn_machine_this();
+    const int64_t l2 = m.l2 > 0 ? m.l2 : MIB;
+    const int64_t rows = l2 / 5 * 4 / 1024 + 5; /* a shape no other suite times */
+    const bn_desc d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
+    const int threads = bn_get_num_threads();
+    bn_set_num_threads(1);
+    const size_t count = (size_t)rows * 256;
+    float *x = malloc(count * sizeof(float)), *y = malloc(count * sizeof(float));
+    float *plain = malloc(count * sizeof(float));
+    CHECK(x && y && plain);
+    float rm[256], rv[256];
+    for (size_t i = 0; i < count; i++) x[i] = (float)((int)(i % 997) - 400) / 29.0f;
+    for (int c = 0; c < 256; c++) rm[c] = (float)c / 50.0f, rv[c] = 1.0f + (float)c / 32.0f;
+    bn_kernel_force_plain_stores(1);
+    CHECK_STATUS(bn_forward_eval(plain, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+    bn_kernel_force_plain_stores(0);
+    const bn_trial_case k = {d.n, d.c, d.s, (int)d.layout, (int)d.dtype, 0, 1, 2};
+    CHECK(run_trial(&k));
+    const int can = bn_kernels_can_stream();
+    for (int call = 0; call < 3; call++) {
+        const int64_t before = bn_kernel_stream_count();
+        CHECK_STATUS(bn_forward_eval(y, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+        const int64_t taken = bn_kernel_stream_count() - before;
+        CHECK_MSG(taken == can, "call %d: %lld streaming tables", call, (long long)taken);
+        CHECK(!memcmp(y, plain, count * sizeof(float)));
+    }
+    bn_set_num_threads(threads);
+    free(x), free(y), free(plain);
+}
+
 /* This machine's calls of an open case decide it, with the same bits from every call: a (rows,
  * 256) float32 eval whose x is 0.8 of a thread's L2, on one thread (x and y are more than the
  * L2). Its plan names the trial, undecided and then decided. */
@@ -351,6 +386,7 @@ BN_SUITE(suite_store_trial_on_this_machine) {
                   "verdict %d: plain %lld ns, streaming %lld ns", verdict, (long long)plain_ns,
                   (long long)streaming_ns);
         CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK && p.stream == verdict);
+
         bn_plan_describe(&p, text, sizeof text);
         CHECK_MSG(strstr(text, "calls timed both"), "%s", text);
     } else {
