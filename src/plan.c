@@ -9,10 +9,10 @@
 #include <stdio.h>
 #include <time.h>
 
-bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads) {
+bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads, int64_t part_rows) {
     int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
-    per = (per + BN_ROWS - 1) / BN_ROWS * BN_ROWS;
-    if (per < BN_ROWS) per = BN_ROWS;
+    per = (per + part_rows - 1) / part_rows * part_rows;
+    if (per < part_rows) per = part_rows;
     const int64_t parts = (rows + per - 1) / per;
     /* the chunks of channels that give each thread a tile, in multiples of 16 channels */
     const int64_t chunks = threads > parts && parts > 0 ? (threads + parts - 1) / parts : 1;
@@ -24,7 +24,7 @@ bn_tiles bn_tiles_of(int64_t rows, int64_t channels, int threads) {
 }
 
 bn_tiles bn_tiles_elementwise(int64_t rows, int64_t channels, int threads) {
-    if (rows < BN_MAX_PARTS) return bn_tiles_of(rows, channels, threads);
+    if (rows < BN_MAX_PARTS) return bn_tiles_of(rows, channels, threads, BN_ROWS);
     const int64_t per = (rows + BN_MAX_PARTS - 1) / BN_MAX_PARTS;
     bn_tiles t = {rows, per, (rows + per - 1) / per, channels, 1, channels};
     return t;
@@ -122,7 +122,7 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
             p->prefetch = reads * p->elements * (int64_t)p->es > BN_PREFETCH_L2S * l2;
-            p->tiles = bn_tiles_of(rows, d.c, threads);
+            p->tiles = bn_tiles_of(rows, d.c, threads, reads == 2 ? BN_GRAD_ROWS : BN_ROWS);
             p->chunk = bn_cache_chunk(rows, d.c, reads + 1, p->es, p->budget, threads);
         }
         if (!p->chunk) p->pieces = bn_tiles_elementwise(rows, d.c, threads);

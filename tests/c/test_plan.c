@@ -133,26 +133,36 @@ BN_SUITE(suite_plan_on_epyc_and_xeon) {
  * one for each thread, from BN_TILE_CHANNELS (or all the channels) to BN_TILE_CHANNELS_MAX
  * channels, in multiples of 16. */
 BN_SUITE(suite_plan_tiles) {
-    const bn_tiles one = bn_tiles_of(256, 1024, 1), two = bn_tiles_of(256, 1024, 2);
+    const bn_tiles one = bn_tiles_of(256, 1024, 1, BN_ROWS);
+    const bn_tiles two = bn_tiles_of(256, 1024, 2, BN_ROWS);
     CHECK(one.parts == 1 && one.chunks == 1 && one.width == 1024);
     CHECK(two.parts == 1 && two.chunks == 2 && two.width == 512);
-    const bn_tiles three = bn_tiles_of(256, 1024, 3);
+    const bn_tiles three = bn_tiles_of(256, 1024, 3, BN_ROWS);
     CHECK(three.chunks == 3 && three.width == 352);
     /* many parts: one chunk; few channels or many threads: BN_TILE_CHANNELS wide */
-    const bn_tiles nhwc = bn_tiles_of(100352, 64, 2);
+    const bn_tiles nhwc = bn_tiles_of(100352, 64, 2, BN_ROWS);
     CHECK(nhwc.parts > 2 && nhwc.chunks == 1 && nhwc.width == BN_TILE_CHANNELS);
-    CHECK(bn_tiles_of(256, 1024, 8).width == BN_TILE_CHANNELS);
-    CHECK(bn_tiles_of(256, 1000, 2).width == 512 && bn_tiles_of(256, 1000, 2).chunks == 2);
+    CHECK(bn_tiles_of(256, 1024, 8, BN_ROWS).width == BN_TILE_CHANNELS);
+    CHECK(bn_tiles_of(256, 1000, 2, BN_ROWS).width == 512);
+    CHECK(bn_tiles_of(256, 1000, 2, BN_ROWS).chunks == 2);
     /* at most BN_TILE_CHANNELS_MAX wide */
-    const bn_tiles wide = bn_tiles_of(64, 4096, 1);
+    const bn_tiles wide = bn_tiles_of(64, 4096, 1, BN_ROWS);
     CHECK(wide.width == BN_TILE_CHANNELS_MAX && wide.chunks == 4);
     /* the parts do not depend on the threads */
     for (int t = 1; t <= 4; t++) {
-        const bn_tiles a = bn_tiles_of(5000, 300, t);
-        CHECK(a.parts == bn_tiles_of(5000, 300, 1).parts && a.per == bn_tiles_of(5000, 300, 1).per);
+        const bn_tiles a = bn_tiles_of(5000, 300, t, BN_ROWS);
+        const bn_tiles b = bn_tiles_of(5000, 300, 1, BN_ROWS);
+        CHECK(a.parts == b.parts && a.per == b.per);
     }
+    /* the gradient sums' parts: multiples of BN_GRAD_ROWS rows, whatever the threads; two
+     * threads take a part each of (256, 1024) */
+    const bn_tiles grad = bn_tiles_of(256, 1024, 2, BN_GRAD_ROWS);
+    CHECK(grad.parts == 2 && grad.per == 128 && grad.chunks == 1 && grad.width == 1024);
+    CHECK(bn_tiles_of(256, 1024, 1, BN_GRAD_ROWS).parts == 2);
+    CHECK(bn_tiles_of(100, 1024, 2, BN_GRAD_ROWS).parts == 1);
+    CHECK(bn_tiles_of(100352, 64, 2, BN_GRAD_ROWS).per % BN_GRAD_ROWS == 0);
     /* no rows or no channels: no tiles to walk, and no division by zero */
-    CHECK(bn_tiles_of(0, 16, 2).parts == 0 && bn_tiles_of(16, 0, 2).chunks == 0);
+    CHECK(bn_tiles_of(0, 16, 2, BN_ROWS).parts == 0 && bn_tiles_of(16, 0, 2, BN_ROWS).chunks == 0);
 }
 
 /* The printed plan names the caches it was given and why its stores stream or not. */
