@@ -1,7 +1,7 @@
 /* bench_case.c - one case of `bnorm bench`: its buffers (64-byte aligned, filled with random
  * values, every output page touched before timing), the library's call for its mode, and the
- * timing: both kernels warmed up, then timed alternately, each timed batch right after one
- * untimed call of the same kernel. */
+ * timing: both kernels warmed up, then timed alternately, each timed batch right after
+ * UNTIMED_CALLS untimed calls of the same kernel. */
 #include "bench.h"
 #include "machine.h" /* the library's machine facts and plan: the bench reports them */
 #include "plan.h"
@@ -97,6 +97,13 @@ static double warm_up(bench_ctx *c, int which, bn_status *st) {
 }
 
 enum { SAMPLE_TARGET_NS = 100000 };     /* a batch of short calls lasts about 100 us */
+/* Calls of a kernel before each of its timed batches, after the other kernel's. With one, a
+ * library call with plain stores sometimes still found the cache the roofline's streaming
+ * stores had left: 32x512x7x7 eval on one thread (Intel Xeon, 2 MiB L2) had medians of 264, 265
+ * and 218 us in three runs, its minimum 210-217 us; with two, 217-219 us in every run, and the
+ * roofline's time did not move (208-214 us). PyTorch's and oneDNN's calls are timed one after
+ * another, with no other kernel between them. */
+enum { UNTIMED_CALLS = 2 };
 #define CASE_TARGET_NS 4e8               /* the automatic repeat aims at 0.4 s per case */
 
 static int batch_size(double per_call_ns) {
@@ -125,7 +132,7 @@ static int measure(bench_ctx *c, int repeat, bench_result *res, const char *name
     (void)warm_up(c, 1, &st); /* the chosen one's data back in the caches */
     int inner = batch_size(t_ours), roof_inner = batch_size(t_roof);
     if (repeat == 0) {
-        double per_rep = (inner + 1) * t_ours + (roof_inner + 1) * t_roof;
+        double per_rep = (inner + UNTIMED_CALLS) * t_ours + (roof_inner + UNTIMED_CALLS) * t_roof;
         double r = ceil(CASE_TARGET_NS / (per_rep > 1 ? per_rep : 1));
         repeat = r < 5 ? 5 : r > 100000 ? 100000 : (int)r;
     }
@@ -138,12 +145,13 @@ static int measure(bench_ctx *c, int repeat, bench_result *res, const char *name
     }
     for (int r = 0; r < repeat; r++) {
         /* Alternate which goes first, so neither always runs right after the other. Each timed
-         * batch follows one untimed call of the same kernel: the other kernel splits the work
-         * over the threads differently, and its cache lines would otherwise sit in the wrong
-         * core's cache, a state no program calling one kernel repeatedly is in. */
+         * batch follows untimed calls of the same kernel: the other kernel splits the work over
+         * the threads differently and stores in its own way, and its cache lines would
+         * otherwise sit in the wrong core's cache, a state no program calling one kernel
+         * repeatedly is in. */
         for (int half = 0; half < 2; half++) {
             int which = (r + half) % 2;
-            if (time_calls(c, which, 1, &st) < 0) break;
+            if (time_calls(c, which, UNTIMED_CALLS, &st) < 0) break;
             double t = time_calls(c, which, which ? roof_inner : inner, &st);
             if (which) roof[r] = t;
             else ours[r] = t;
