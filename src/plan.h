@@ -18,8 +18,8 @@
  * BN_ROWS: a part of the plain double sums costs nothing to merge, and with parts of 128 rows
  * two threads each sum the rows whose dx they form, so each reads its rows from its own L2. The
  * statistics' parts keep BN_ROWS: each part samples its own pivots. Measured on the Intel Xeon
- * (2 MiB L2), separate processes: (256, 1024) backward on 2 threads 75-76 -> 50-54 us; training
- * with parts of 128 rows 32 -> 40-42 us, so not there. Fixed, as the parts must be, by the shape
+ * (2 MiB L2), separate processes: (256, 1024) backward on 2 threads 76.5-80.7 -> 54.5-55.9 us;
+ * training with parts of 128 rows 32 -> 40-42 us, so not there. Fixed, as the parts must be, by the shape
  * alone. */
 #define BN_GRAD_ROWS 128
 /* Channels in a channels-last tile: at least BN_TILE_CHANNELS (or all of them), at most

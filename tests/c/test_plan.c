@@ -323,71 +323,83 @@ BN_SUITE(suite_store_trial_keeps_a_bounded_table) {
     bn_store_trial_reset();
 }
 
+/* An open case for the trial's suites: a (rows, 256) float32 channels-last eval whose x is 0.8
+ * of a thread's L2, on one thread (x and y are more than the L2); `extra` rows make a shape no
+ * other suite times. x is filled, y and ref are buffers for two outputs. */
+typedef struct {
+    bn_desc d;
+    size_t count;
+    float *x, *y, *ref;
+    float rm[256], rv[256];
+} open_eval;
+
+static int open_eval_make(open_eval *e, int64_t extra) {
+    const bn_machine m = bn_machine_this();
+    const int64_t rows = (m.l2 > 0 ? m.l2 : MIB) / 5 * 4 / 1024 + extra;
+    e->d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
+    e->count = (size_t)rows * 256;
+    e->x = malloc(e->count * sizeof(float));
+    e->y = malloc(e->count * sizeof(float));
+    e->ref = malloc(e->count * sizeof(float));
+    if (!e->x || !e->y || !e->ref) return 0;
+    for (size_t i = 0; i < e->count; i++) e->x[i] = (float)((int)(i % 1013) - 500) / 37.0f;
+    for (int c = 0; c < 256; c++) e->rm[c] = (float)c / 100.0f, e->rv[c] = 0.5f + (float)c / 64.0f;
+    return 1;
+}
+
+static bn_status open_eval_call(open_eval *e, float *out) {
+    return bn_forward_eval(out, e->x, e->rm, e->rv, NULL, NULL, &e->d, 1e-5);
+}
+
+static void open_eval_free(open_eval *e) { free(e->x), free(e->y), free(e->ref); }
+
 /* A call of a case decided for streaming takes the streaming kernels once (bn_plan_for takes
  * them from the verdict; bn_plan_try_stores does not take them again), and gives the bits of a
  * plain call. The case is decided through the trial's own API, with streaming reported twice
  * as fast, so that the verdict does not depend on this machine. */
 BN_SUITE(suite_store_trial_decided_call_takes_kernels_once) {
-    const bn_machine m = bn_machine_this();
-    const int64_t l2 = m.l2 > 0 ? m.l2 : MIB;
-    const int64_t rows = l2 / 5 * 4 / 1024 + 5; /* a shape no other suite times */
-    const bn_desc d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
     const int threads = bn_get_num_threads();
     bn_set_num_threads(1);
-    const size_t count = (size_t)rows * 256;
-    float *x = malloc(count * sizeof(float)), *y = malloc(count * sizeof(float));
-    float *plain = malloc(count * sizeof(float));
-    CHECK(x && y && plain);
-    float rm[256], rv[256];
-    for (size_t i = 0; i < count; i++) x[i] = (float)((int)(i % 997) - 400) / 29.0f;
-    for (int c = 0; c < 256; c++) rm[c] = (float)c / 50.0f, rv[c] = 1.0f + (float)c / 32.0f;
+    open_eval e;
+    CHECK(open_eval_make(&e, 5));
     bn_kernel_force_plain_stores(1);
-    CHECK_STATUS(bn_forward_eval(plain, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+    CHECK_STATUS(open_eval_call(&e, e.ref), BN_OK);
     bn_kernel_force_plain_stores(0);
-    const bn_trial_case k = {d.n, d.c, d.s, (int)d.layout, (int)d.dtype, 0, 1, 2};
+    const bn_trial_case k = {e.d.n, e.d.c, e.d.s, (int)e.d.layout, (int)e.d.dtype, 0, 1, 2};
     CHECK(run_trial(&k));
     const int can = bn_kernels_can_stream();
     for (int call = 0; call < 3; call++) {
         const int64_t before = bn_kernel_stream_count();
-        CHECK_STATUS(bn_forward_eval(y, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
+        CHECK_STATUS(open_eval_call(&e, e.y), BN_OK);
         const int64_t taken = bn_kernel_stream_count() - before;
         CHECK_MSG(taken == can, "call %d: %lld streaming tables", call, (long long)taken);
-        CHECK(!memcmp(y, plain, count * sizeof(float)));
+        CHECK(!memcmp(e.y, e.ref, e.count * sizeof(float)));
     }
     bn_set_num_threads(threads);
-    free(x), free(y), free(plain);
+    open_eval_free(&e);
 }
 
-/* This machine's calls of an open case decide it, with the same bits from every call: a (rows,
- * 256) float32 eval whose x is 0.8 of a thread's L2, on one thread (x and y are more than the
- * L2). Its plan names the trial, undecided and then decided. */
+/* This machine's calls of an open case decide it, with the same bits from every call. Its plan
+ * names the trial, undecided and then decided. */
 BN_SUITE(suite_store_trial_on_this_machine) {
     const bn_machine m = bn_machine_this();
     CHECK(m.streaming_pays == -1);
-    const int64_t l2 = m.l2 > 0 ? m.l2 : MIB;
-    const int64_t rows = l2 / 5 * 4 / 1024 + 3; /* + 3: a shape no other suite times */
-    const bn_desc d = tu_desc(rows, 256, 1, BN_FLOAT32, BN_CHANNELS_LAST);
     const int threads = bn_get_num_threads();
     bn_set_num_threads(1);
+    open_eval e;
+    CHECK(open_eval_make(&e, 3));
     bn_plan p;
-    CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK);
+    CHECK(bn_plan_for(&p, &e.d, 0, m, 1) == BN_OK);
     CHECK(p.stream_open == bn_kernels_can_stream() && !p.stream);
     char text[1024];
     bn_plan_describe(&p, text, sizeof text);
     if (p.stream_open)
         CHECK_MSG(strstr(text, "time both kinds of store (not decided yet"), "%s", text);
-    const size_t count = (size_t)rows * 256;
-    float *x = malloc(count * sizeof(float)), *y = malloc(count * sizeof(float));
-    float *first = malloc(count * sizeof(float));
-    CHECK(x && y && first);
-    float rm[256], rv[256];
-    for (size_t i = 0; i < count; i++) x[i] = (float)((int)(i % 1013) - 500) / 37.0f;
-    for (int c = 0; c < 256; c++) rm[c] = (float)c / 100.0f, rv[c] = 0.5f + (float)c / 64.0f;
     for (int call = 0; call < BN_TRIAL_CALLS + 2; call++) {
-        CHECK_STATUS(bn_forward_eval(call ? y : first, x, rm, rv, NULL, NULL, &d, 1e-5), BN_OK);
-        if (call) CHECK(!memcmp(y, first, count * sizeof(float)));
+        CHECK_STATUS(open_eval_call(&e, call ? e.y : e.ref), BN_OK);
+        if (call) CHECK(!memcmp(e.y, e.ref, e.count * sizeof(float)));
     }
-    const bn_trial_case k = {d.n, d.c, d.s, (int)d.layout, (int)d.dtype, 0, 1, 2};
+    const bn_trial_case k = {e.d.n, e.d.c, e.d.s, (int)e.d.layout, (int)e.d.dtype, 0, 1, 2};
     int64_t plain_ns, streaming_ns;
     const int verdict = bn_store_trial_verdict(&k, &plain_ns, &streaming_ns);
     if (bn_kernels_can_stream()) {
@@ -395,13 +407,12 @@ BN_SUITE(suite_store_trial_on_this_machine) {
                       verdict == (streaming_ns * 20 < plain_ns * 19),
                   "verdict %d: plain %lld ns, streaming %lld ns", verdict, (long long)plain_ns,
                   (long long)streaming_ns);
-        CHECK(bn_plan_for(&p, &d, 0, m, 1) == BN_OK && p.stream == verdict);
-
+        CHECK(bn_plan_for(&p, &e.d, 0, m, 1) == BN_OK && p.stream == verdict);
         bn_plan_describe(&p, text, sizeof text);
         CHECK_MSG(strstr(text, "calls timed both"), "%s", text);
     } else {
         CHECK(verdict == -1);
     }
     bn_set_num_threads(threads);
-    free(x), free(y), free(first);
+    open_eval_free(&e);
 }
