@@ -214,7 +214,10 @@ typedef enum bn_status {
     BN_ERR_NOT_FINITE = -10   /* bn_check_finite found a NaN or an infinity */
 } bn_status;
 
-typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1 } bn_dtype;
+/* Element types. BN_BFLOAT16 and BN_FLOAT16 are storage types that bn_convert() reads and
+ * writes; the descriptors and passes take only BN_FLOAT32 and BN_FLOAT64 (the others give
+ * BN_ERR_UNSUPPORTED). */
+typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1, BN_BFLOAT16 = 2, BN_FLOAT16 = 3 } bn_dtype;
 
 typedef enum bn_layout { BN_CHANNELS_FIRST = 0, BN_CHANNELS_LAST = 1 } bn_layout;
 
@@ -541,6 +544,24 @@ BN_API bn_status bn_backward_train_sums(void *dx, const void *dy, const void *x,
                                         const void *weight, const double *sum_dy,
                                         const double *sum_dy_xhat, int64_t count,
                                         const bn_desc *desc);
+
+/*
+ * Converts count values of src_dtype at src to dst_dtype at dst, any of the four types to any.
+ * Widening is exact (a float16 NaN comes out quiet, its payload kept, as F16C gives it).
+ * Narrowing rounds once, to nearest with ties to even: subnormals are kept, values beyond the
+ * largest finite one by half its last place or more become infinite, and a NaN becomes 0x7FC0
+ * in bfloat16 and sign | 0x7E00 in float16 (PyTorch's scalar conversions' NaNs; float32 and
+ * float64 as the C conversion gives). Double to bfloat16 or float16
+ * rounds the double itself, not a float rounded from it (PyTorch rounds twice). The bytes are
+ * native order; dst and src must not overlap, unless they are the same pointer and the two
+ * types the same size (the conversion is then done in place).
+ * @return BN_OK (count 0: nothing is read or written, pointers may be NULL); BN_ERR_SHAPE
+ *         (count < 0); BN_ERR_NULL_POINTER; BN_ERR_UNSUPPORTED (a dtype); BN_ERR_TOO_LARGE
+ *         (the bytes overflow PTRDIFF_MAX); BN_ERR_ARGUMENT (the buffers overlap otherwise).
+ *         On failure nothing is written.
+ */
+BN_API bn_status bn_convert(void *dst, bn_dtype dst_dtype, const void *src, bn_dtype src_dtype,
+                            int64_t count);
 
 /*
  * Looks for NaN and infinite values in x, which the passes above take like any other value and

@@ -25,11 +25,12 @@ from ._env import LIBRARY_VAR
 __all__ = [
     "lib", "path", "BnormError", "check", "make_desc", "make_options", "status_string",
     "version_string", "bn_dtype", "ptr", "BnDesc", "BnOptions", "BnMoments",
-    "BN_FLOAT32", "BN_FLOAT64", "BN_CHANNELS_FIRST", "BN_CHANNELS_LAST", "STATUS_NAMES",
+    "BN_FLOAT32", "BN_FLOAT64", "BN_BFLOAT16", "BN_FLOAT16", "BN_CHANNELS_FIRST",
+    "BN_CHANNELS_LAST", "STATUS_NAMES",
 ]
 
 # Values pinned by include/bnorm.h.
-BN_FLOAT32, BN_FLOAT64 = 0, 1
+BN_FLOAT32, BN_FLOAT64, BN_BFLOAT16, BN_FLOAT16 = 0, 1, 2, 3  # the last two: bn_convert only
 BN_CHANNELS_FIRST, BN_CHANNELS_LAST = 0, 1
 STATUS_NAMES = {
     0: "BN_OK",
@@ -188,6 +189,8 @@ _SIGNATURES = [
     ("bn_backward_sums", ctypes.c_int, [_vp] * 6 + [_desc_p]),
     # dx, dy, x, save_mean, save_invstd, weight, sum_dy, sum_dy_xhat, count, desc
     ("bn_backward_train_sums", ctypes.c_int, [_vp] * 8 + [ctypes.c_int64, _desc_p]),
+    # dst, dst_dtype, src, src_dtype, count
+    ("bn_convert", ctypes.c_int, [_vp, ctypes.c_int, _vp, ctypes.c_int, ctypes.c_int64]),
     # channel, index, x, desc
     ("bn_check_finite", ctypes.c_int,
      [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), _vp, _desc_p]),
