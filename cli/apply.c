@@ -22,8 +22,9 @@ static const char help[] =
     "Eval-mode batch normalization, as a torch BatchNorm in eval() computes it:\n"
     "    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias\n"
     "with running_mean and running_var (and weight and bias, when the file has them) read\n"
-    "from STATS, a safetensors file such as `bnorm fit` writes. IN holds a float32 or float64\n"
-    "(N, C, ...) array; OUT gets the same dtype and shape.\n"
+    "from STATS, a safetensors file such as `bnorm fit` writes. IN holds a float16, float32\n"
+    "or float64 (N, C, ...) array; OUT gets the same dtype and shape (float16 is computed in\n"
+    "float32 and the output rounded once, to nearest even).\n"
     "\n"
     "options:\n"
     "  --stats STATS.safetensors  the statistics\n"
@@ -90,6 +91,8 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
     if (st != BN_OK) return cli_fail(a->stats, "%s", err);
     st = bn_npy_read(x, a->in, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->in, "%s", err);
+    const bn_dtype stored = x->dtype; /* float16: computed in float32 */
+    if (cli_widen_half(x) != BN_OK) return cli_fail(a->in, "out of memory");
     bn_npy_shape_string(shape, sizeof shape, x->ndim, x->dims);
     /* the library takes the dims in logical order (N, C, ...) whatever the layout */
     int64_t dims[BN_NPY_MAX_NDIM];
@@ -121,7 +124,7 @@ static int run(const apply_args *a, bn_npy *x, cli_st_file *f, void **params) {
                          a->eps);
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
     cli_note_stale_temporary(a->out);
-    st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
+    st = cli_npy_write_stored(a->out, stored, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;
 }

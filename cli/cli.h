@@ -93,6 +93,24 @@ double cli_load(const void *data, bn_dtype dtype, int64_t k);
 /* Stores v as element k of data (of dtype; to float32 rounded to nearest). */
 void cli_store(void *data, bn_dtype dtype, int64_t k, double v);
 
+/* ---- half.c: float16 files, computed in float32 ---- */
+
+struct bn_npy;
+
+/* The dtype a command computes an array of dtype stored in: float32 for float16 (whose values
+ * float32 holds exactly), else stored itself. */
+bn_dtype cli_compute_dtype(bn_dtype stored);
+
+/* A float16 array read from a file, its data replaced by the same values in float32 (exact);
+ * any other array is left alone. @return BN_OK, or BN_ERR_NO_MEMORY (the array unchanged). */
+bn_status cli_widen_half(struct bn_npy *arr);
+
+/* bn_npy_write of data (count = the product of dims values of cli_compute_dtype(stored)) as a
+ * file of dtype stored: float32 results of a float16 input are rounded once to nearest even
+ * (bn_convert). @return as bn_npy_write, or BN_ERR_NO_MEMORY. */
+bn_status cli_npy_write_stored(const char *path, bn_dtype stored, int ndim, const int64_t *dims,
+                               const void *data, char *err, size_t errlen);
+
 /* ---- layout.c ---- */
 
 /*

@@ -32,12 +32,12 @@ static const char help[] =
     "                 [--estimator population|batch-mean] [--prefix NAME] [--channels-last]\n"
     "                 [--check-finite]\n"
     "\n"
-    "Per-channel statistics of the samples of every FILE (float32 or float64 arrays of shape\n"
-    "(N, C, ...) with the same C and sizes after it, taken one after the other as one dataset),\n"
-    "read B samples at a time, in pieces of at most 2^18 values: memory does not grow with the\n"
-    "files or their samples, only with C. Writes a safetensors file with running_mean,\n"
+    "Per-channel statistics of the samples of every FILE (float16, float32 or float64 arrays\n"
+    "of shape (N, C, ...) with the same C and sizes after it, taken one after the other as one\n"
+    "dataset), read B samples at a time, in pieces of at most 2^18 values: memory does not grow\n"
+    "with the files or their samples, only with C. Writes a safetensors file with running_mean,\n"
     "running_var and num_batches_tracked (the number of batches), loadable into a torch\n"
-    "BatchNorm's state_dict.\n"
+    "BatchNorm's state_dict: float64 where every FILE is float64, else float32.\n"
     "\n"
     "options:\n"
     "  --out STATS.safetensors  where to write; replaced atomically, left as it was on failure\n"
@@ -147,7 +147,7 @@ static void describe_file(int64_t *w, const bn_npy_stream *in) {
 }
 
 static const char *dtype_name(int64_t dtype) {
-    return dtype == BN_FLOAT32 ? "float32" : "float64";
+    return dtype == BN_FLOAT16 ? "float16" : dtype == BN_FLOAT32 ? "float32" : "float64";
 }
 
 /* Collective, after every rank has opened its files: CLI_OK when every rank has the options and
@@ -222,12 +222,14 @@ static void progress_show(progress *p, int final) {
     fflush(stderr);
 }
 
-/* What the batches are read with: a buffer of PIECE_VALUES values of the widest dtype, the
- * moments of a piece and those of the batch so far. */
+/* What the batches are read with: a buffer of PIECE_VALUES values of the widest dtype the
+ * files are computed in, another of PIECE_VALUES float16 values (a float16 piece is read there
+ * and widened into the first), the moments of a piece and those of the batch so far. */
 typedef struct reader {
     const fit_args *a;
     dataset *d;
     void *buf;
+    void *half;
     bn_moments *part;  /* (min(C, PIECE_VALUES)) */
     bn_moments *batch; /* (C) */
     bn_moments *total; /* (C): the rank's so far */
@@ -287,13 +289,19 @@ static bn_status piece_moments(bn_moments *part, void *buf, const bn_desc *desc,
 /* One piece: the values [first, first + count) of file f, described by desc (count = n * c * s)
  * and holding the channels [k0, k0 + desc->c); read, checked (--check-finite), and their
  * moments merged into those of the batch. */
-static int take_piece(reader *r, int f, int64_t first, int64_t k0, const bn_desc *desc) {
+static int take_piece(reader *r, int f, int64_t first, int64_t k0, const bn_desc *stored) {
     const char *file = r->a->files[f];
     bn_npy_stream *in = &r->d->in[f];
     char err[512];
-    bn_status st = bn_npy_stream_read(in, r->buf, first, desc->n * desc->c * desc->s, err,
-                                      sizeof err);
+    const int64_t count = stored->n * stored->c * stored->s;
+    const int half = stored->dtype == BN_FLOAT16;
+    bn_status st = bn_npy_stream_read(in, half ? r->half : r->buf, first, count, err, sizeof err);
     if (st != BN_OK) return cli_fail(file, "%s", err);
+    bn_desc computed = *stored;
+    computed.dtype = cli_compute_dtype(stored->dtype);
+    if (half && (st = bn_convert(r->buf, BN_FLOAT32, r->half, BN_FLOAT16, count)) != BN_OK)
+        return cli_fail(file, "%s", bn_status_string(st));
+    const bn_desc *desc = &computed;
     if (r->a->check_finite && cli_refuse_nonfinite(file, NULL, r->buf, desc, first, k0, in->ndim,
                                                    in->dims) != CLI_OK)
         return CLI_RUNTIME_ERROR;
@@ -345,9 +353,11 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
     const int64_t per_piece = per_sample ? PIECE_VALUES / per_sample : a->batch;
     const bn_dtype widest = d->any_f64 ? BN_FLOAT64 : BN_FLOAT32;
     reader r = {a, d, malloc((size_t)PIECE_VALUES * cli_dtype_size(widest)),
-                malloc(sizeof(bn_moments) * (size_t)(part_c + C)), NULL, total, scaled};
-    if (!r.buf || !r.part) {
+                malloc((size_t)PIECE_VALUES * 2), malloc(sizeof(bn_moments) * (size_t)(part_c + C)),
+                NULL, total, scaled};
+    if (!r.buf || !r.half || !r.part) {
         free(r.buf);
+        free(r.half);
         free(r.part);
         return cli_fail(a->files[0], "out of memory for the statistics of %lld channels",
                         (long long)C);
@@ -398,6 +408,7 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
         }
     }
     free(r.buf);
+    free(r.half);
     free(r.part);
     return status;
 }

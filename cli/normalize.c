@@ -22,8 +22,10 @@ static const char help[] =
     "weight, bias, training=True, eps=E): every channel is normalized with the mean and the\n"
     "biased variance of its values over the batch and the spatial positions,\n"
     "    y = (x - mean) / sqrt(var + eps) * weight + bias.\n"
-    "IN holds a float32 or float64 array of shape (N, C, ...) with at least 2 dimensions, in\n"
-    "either byte order and in C or Fortran order; OUT gets the same dtype and shape.\n"
+    "IN holds a float16, float32 or float64 array of shape (N, C, ...) with at least 2\n"
+    "dimensions, in either byte order and in C or Fortran order; OUT gets the same dtype and\n"
+    "shape. float16 is computed in float32 (which holds its values exactly) and the output\n"
+    "rounded once, to nearest even.\n"
     "\n"
     "options:\n"
     "  -o, --output OUT.npy  where to write the result; replaced atomically, and left as it was\n"
@@ -37,7 +39,8 @@ static const char help[] =
     "                        naming the first one's index and channel); by default they\n"
     "                        propagate as in PyTorch: such a channel's output is NaN\n"
     "  -h, --help            show this help\n"
-    "W and B may be float32 or float64 whatever IN's dtype; they are converted to it.\n";
+    "W and B may be float16, float32 or float64 whatever IN's dtype; they are converted to\n"
+    "the dtype IN is computed in.\n";
 
 /* The values of the command line. */
 typedef struct normalize_args {
@@ -71,6 +74,10 @@ static int read_param(bn_npy *p, const char *path, const char *what, int64_t c, 
     char err[512], shape[512];
     bn_status st = bn_npy_read(p, path, err, sizeof err);
     if (st != BN_OK) return cli_fail(path, "%s", err);
+    if (cli_widen_half(p) != BN_OK) {
+        bn_npy_free(p);
+        return cli_fail(path, "out of memory");
+    }
     if (p->ndim != 1 || p->dims[0] != c) {
         cli_fail(path, "%s has shape %s, but %s has %lld channels: expected (%lld,)", what,
                  bn_npy_shape_string(shape, sizeof shape, p->ndim, p->dims), in, (long long)c,
@@ -102,6 +109,8 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
     char err[512], shape[512];
     bn_status st = bn_npy_read(x, a->in, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->in, "%s", err);
+    const bn_dtype stored = x->dtype; /* float16: computed in float32 */
+    if (cli_widen_half(x) != BN_OK) return cli_fail(a->in, "out of memory");
     bn_npy_shape_string(shape, sizeof shape, x->ndim, x->dims);
     if (x->ndim < 2)
         return cli_fail(a->in, "shape %s has %d dimension%s; batch normalization needs (N, C, ...) "
@@ -137,7 +146,7 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
     if (st != BN_OK) return cli_fail(a->in, "%s (shape %s)", bn_status_string(st), shape);
 
     cli_note_stale_temporary(a->out);
-    st = bn_npy_write(a->out, x->dtype, x->ndim, x->dims, x->data, err, sizeof err);
+    st = cli_npy_write_stored(a->out, stored, x->ndim, x->dims, x->data, err, sizeof err);
     if (st != BN_OK) return cli_fail(a->out, "%s", err);
     return CLI_OK;
 }

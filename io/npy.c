@@ -30,6 +30,7 @@ static int host_is_little_endian(void) {
 
 static size_t dtype_size(bn_dtype dtype) {
     switch (dtype) {
+    case BN_FLOAT16: return 2;
     case BN_FLOAT32: return 4;
     case BN_FLOAT64: return 8;
     default: return 0;
@@ -37,7 +38,7 @@ static size_t dtype_size(bn_dtype dtype) {
 }
 
 static const char *dtype_name(bn_dtype dtype) {
-    return dtype == BN_FLOAT32 ? "float32" : "float64";
+    return dtype == BN_FLOAT16 ? "float16" : dtype == BN_FLOAT32 ? "float32" : "float64";
 }
 
 /* *out = a * b for a, b >= 0; returns 0 on overflow of int64_t. */
@@ -235,12 +236,15 @@ static const char *kind_name(char kind) {
     }
 }
 
-/* 'descr': "<f4", ">f8", "=f4", "f8", "float32", "float64"; any other type is refused. */
+/* 'descr': "<f4", ">f8", "=f2", "f8", "float16", "float32", "float64"; any other type is
+ * refused. */
 static bn_status parse_descr(npy_header *h, const char *descr, char *err, size_t errlen) {
-    static const char supported[] = "only float32 and float64 arrays ('<f4', '<f8') are supported";
+    static const char supported[] =
+        "only float16, float32 and float64 arrays ('<f2', '<f4', '<f8') are supported";
     int little = host_is_little_endian();
-    if (strcmp(descr, "float32") == 0 || strcmp(descr, "float64") == 0) {
-        h->dtype = descr[5] == '3' ? BN_FLOAT32 : BN_FLOAT64;
+    if (strcmp(descr, "float16") == 0 || strcmp(descr, "float32") == 0 ||
+        strcmp(descr, "float64") == 0) {
+        h->dtype = descr[5] == '1' ? BN_FLOAT16 : descr[5] == '3' ? BN_FLOAT32 : BN_FLOAT64;
         h->swap = 0;
         return BN_OK;
     }
@@ -252,13 +256,13 @@ static bn_status parse_descr(npy_header *h, const char *descr, char *err, size_t
     long size = 0;
     while (*q >= '0' && *q <= '9' && size < 100000) size = size * 10 + (*q++ - '0');
     int plain = q != digits && *q == '\0'; /* kind letter, then only digits */
-    if (kind == 'f' && plain && (size == 4 || size == 8)) {
+    if (kind == 'f' && plain && (size == 2 || size == 4 || size == 8)) {
         if (order == '|') {
             bn_io_set_err(err, errlen, "dtype '%s' has no byte order, which a %ld-byte float needs",
                           descr, size);
             return BN_ERR_FORMAT;
         }
-        h->dtype = size == 4 ? BN_FLOAT32 : BN_FLOAT64;
+        h->dtype = size == 2 ? BN_FLOAT16 : size == 4 ? BN_FLOAT32 : BN_FLOAT64;
         h->swap = (order == '<' && !little) || (order == '>' && little);
         return BN_OK;
     }
@@ -734,7 +738,7 @@ static size_t format_header(char *out, size_t outlen, bn_dtype dtype, int ndim,
                             const int64_t *dims) {
     char shape[BN_NPY_MAX_NDIM * 22 + 8];
     bn_npy_shape_string(shape, sizeof shape, ndim, dims);
-    char descr[4] = {host_is_little_endian() ? '<' : '>', 'f', dtype == BN_FLOAT32 ? '4' : '8'};
+    char descr[4] = {host_is_little_endian() ? '<' : '>', 'f', (char)('0' + dtype_size(dtype))};
     int dict = snprintf(out + 10, outlen - 10,
                         "{'descr': '%s', 'fortran_order': False, 'shape': %s, }", descr, shape);
     size_t total = 10 + (size_t)dict + 1; /* + '\n' */

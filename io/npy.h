@@ -1,5 +1,6 @@
 /*
- * npy.h - reading and writing NumPy .npy files of float32 and float64 arrays (internal).
+ * npy.h - reading and writing NumPy .npy files of float16, float32 and float64 arrays
+ * (internal).
  *
  * The format: the magic "\x93NUMPY", a major and a minor version byte, the header length
  * (2 bytes little-endian in version 1.0, 4 bytes in 2.0 and 3.0), then the header: a Python
@@ -8,20 +9,20 @@
  *
  * Reading accepts versions 1.0, 2.0 and 3.0; keys in any order, any whitespace, a trailing
  * comma, single or double quotes, shape tuples of any length including () and (5,), and
- * Python 2's long suffix (3L,). The dtype must be a float32 or float64 in either byte order
- * ('<f4', '>f4', '=f4', 'f4', and the same with f8); the data comes back in the machine's byte
- * order and in C order: a fortran_order array is transposed (element (i0, ..., ik) of the
- * result is element (i0, ..., ik) of the stored array, the shape is unchanged).
+ * Python 2's long suffix (3L,). The dtype must be a float16, float32 or float64 in either byte
+ * order ('<f4', '>f4', '=f4', 'f4', and the same with f2 and f8); the data comes back in the
+ * machine's byte order and in C order: a fortran_order array is transposed (element (i0, ...,
+ * ik) of the result is element (i0, ..., ik) of the stored array, the shape is unchanged).
  *
  * Status codes, the same for both directions:
  *   BN_ERR_IO           the operating system refused (open, read, write, rename ...); the
  *                       message ends with strerror(errno)
  *   BN_ERR_FORMAT       the file is not a well-formed .npy file: bad magic, truncated, a header
  *                       that does not parse, a data size that does not match the shape
- *   BN_ERR_UNSUPPORTED  a well-formed file we do not handle: a dtype other than float32 or
- *                       float64 (structured dtypes included), a format version other than
- *                       1, 2 or 3, more than BN_NPY_MAX_NDIM dimensions; (writer) a dtype
- *                       other than BN_FLOAT32 or BN_FLOAT64
+ *   BN_ERR_UNSUPPORTED  a well-formed file we do not handle: a dtype other than float16,
+ *                       float32 or float64 (structured dtypes included), a format version
+ *                       other than 1, 2 or 3, more than BN_NPY_MAX_NDIM dimensions; (writer)
+ *                       a dtype other than BN_FLOAT16, BN_FLOAT32 or BN_FLOAT64
  *   BN_ERR_TOO_LARGE    a size or the byte count overflows 64 bits or size_t, or memory for
  *                       the data cannot be allocated
  *   BN_ERR_NULL_POINTER a required argument is NULL
@@ -46,7 +47,7 @@
 
 /* An array read from a file. */
 typedef struct bn_npy {
-    bn_dtype dtype;                 /* BN_FLOAT32 or BN_FLOAT64 */
+    bn_dtype dtype;                 /* BN_FLOAT16, BN_FLOAT32 or BN_FLOAT64 */
     int ndim;                       /* 0 .. BN_NPY_MAX_NDIM */
     int64_t dims[BN_NPY_MAX_NDIM];  /* dims[0 .. ndim-1], each >= 0; the rest 0 */
     int64_t count;                  /* number of elements: the product of dims (1 when ndim = 0) */

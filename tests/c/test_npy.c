@@ -115,12 +115,13 @@ static void expect_bad_header(const char *what, const char *header, size_t nbyte
 /* ------------------------------------------------------------------------------------------ */
 
 static void round_trip(bn_dtype dtype, int ndim, const int64_t *dims) {
-    size_t size = dtype == BN_FLOAT32 ? 4 : 8;
+    size_t size = dtype == BN_FLOAT16 ? 2 : dtype == BN_FLOAT32 ? 4 : 8;
     int64_t count = 1;
     for (int i = 0; i < ndim; i++) count *= dims[i];
     unsigned char *data = malloc((size_t)count * size + 1);
     for (int64_t i = 0; i < count; i++) {
-        if (dtype == BN_FLOAT32) ((float *)data)[i] = (float)i * 0.25f - 3.0f;
+        if (dtype == BN_FLOAT16) ((uint16_t *)data)[i] = (uint16_t)(i * 0x1357 & 0xffff);
+        else if (dtype == BN_FLOAT32) ((float *)data)[i] = (float)i * 0.25f - 3.0f;
         else ((double *)data)[i] = (double)i / 3.0 - 1e300 * (i % 2);
     }
     char shape[256];
@@ -159,8 +160,8 @@ static void round_trip(bn_dtype dtype, int ndim, const int64_t *dims) {
 static void test_round_trips(void) {
     static const int64_t d0[1] = {0}, d1[1] = {7}, d1e[1] = {0}, d2[2] = {3, 4}, d2e[2] = {0, 5},
                          d3e[3] = {2, 0, 3}, d5[5] = {2, 3, 4, 5, 6}, d4[4] = {1, 1, 1, 1};
-    for (int t = 0; t < 2; t++) {
-        bn_dtype dt = t ? BN_FLOAT64 : BN_FLOAT32;
+    for (int t = 0; t < 3; t++) {
+        bn_dtype dt = t == 2 ? BN_FLOAT16 : t ? BN_FLOAT64 : BN_FLOAT32;
         round_trip(dt, 0, d0);
         round_trip(dt, 1, d1);
         round_trip(dt, 1, d1e);
@@ -264,6 +265,18 @@ static void test_big_endian(void) {
         CHECK(a.dtype == BN_FLOAT32 && memcmp(a.data, f, sizeof f) == 0);
         bn_npy_free(&a);
     }
+    const uint16_t h[4] = {0x3c00, 0xc000, 0x0001, 0x7bff}; /* float16 1, -2, 2^-24, 65504 */
+    for (int i = 0; i < 4; i++) data[2 * i] = (unsigned char)(h[i] >> 8), data[2 * i + 1] = (unsigned char)h[i];
+    len = make_npy(buf, 1, HDR("'>f2'", "(4,)"), data, 8);
+    if (CHECK(bn_npy_parse(&a, buf, len, err, sizeof err) == BN_OK)) {
+        CHECK(a.dtype == BN_FLOAT16 && a.nbytes == 8 && memcmp(a.data, h, sizeof h) == 0);
+        bn_npy_free(&a);
+    }
+    len = make_npy(buf, 1, HDR("'float16'", "(4,)"), h, 8); /* a dtype name: native order */
+    if (CHECK(bn_npy_parse(&a, buf, len, err, sizeof err) == BN_OK)) {
+        CHECK(a.dtype == BN_FLOAT16 && memcmp(a.data, h, sizeof h) == 0);
+        bn_npy_free(&a);
+    }
     for (int i = 0; i < 4; i++) {
         uint64_t u;
         memcpy(&u, &d[i], 8);
@@ -365,7 +378,8 @@ static void test_malformed_files(void) {
     expect_bad_header("int dtype", HDR("'<i8'", "(3,)"), 24, BN_ERR_UNSUPPORTED,
                       "'<i8' (signed integer) is not supported");
     expect_bad_header("bool dtype", HDR("'|b1'", "(3,)"), 3, BN_ERR_UNSUPPORTED, "boolean");
-    expect_bad_header("float16", HDR("'<f2'", "(3,)"), 6, BN_ERR_UNSUPPORTED, "float16");
+    expect_bad_header("float128", HDR("'<f16'", "(3,)"), 48, BN_ERR_UNSUPPORTED,
+                      "'<f16' (float128) is not supported: only float16, float32 and float64");
     expect_bad_header("complex", HDR("'<c8'", "(3,)"), 24, BN_ERR_UNSUPPORTED, "complex");
     expect_bad_header("structured", HDR("[('a', '<f4')]", "(3,)"), 12, BN_ERR_UNSUPPORTED,
                       "structured");
@@ -482,6 +496,7 @@ static void test_write_errors(void) {
     CHECK_STATUS(bn_npy_write(path, BN_FLOAT32, 33, dims, v, err, sizeof err), BN_ERR_SHAPE);
     CHECK_STATUS(bn_npy_write(path, BN_FLOAT32, -1, dims, v, err, sizeof err), BN_ERR_SHAPE);
     CHECK_STATUS(bn_npy_write(path, (bn_dtype)7, 2, dims, v, err, sizeof err), BN_ERR_UNSUPPORTED);
+    CHECK_STATUS(bn_npy_write(path, BN_BFLOAT16, 2, dims, v, err, sizeof err), BN_ERR_UNSUPPORTED);
     CHECK_STATUS(bn_npy_write(path, BN_FLOAT32, 2, dims, NULL, err, sizeof err),
                  BN_ERR_NULL_POINTER);
     CHECK_STATUS(bn_npy_write(NULL, BN_FLOAT32, 2, dims, v, err, sizeof err), BN_ERR_NULL_POINTER);

@@ -363,8 +363,8 @@ def test_bad_magic(tmp_path):
 def test_int_dtype(tmp_path):
     np.save(tmp_path / "int.npy", np.arange(12).reshape(4, 3))
     expect_failure(tmp_path, tmp_path / "int.npy", "(signed integer) is not supported")
-    np.save(tmp_path / "half.npy", np.ones((4, 3), np.float16))
-    expect_failure(tmp_path, tmp_path / "half.npy", "float16")
+    np.save(tmp_path / "quad.npy", np.ones((4, 3), np.longdouble))
+    expect_failure(tmp_path, tmp_path / "quad.npy", "(float128) is not supported")
 
 
 def test_one_dimensional_input(tmp_path):
@@ -555,3 +555,72 @@ def test_mpi_launcher_variables_are_the_same_in_the_command_and_in_python():
     for name in ("comm_mpi.c", "comm_single.c"):
         text = (REPO / "cli" / name).read_text()
         assert "cli_launched_by_mpi()" in text and "getenv" not in text, name
+
+
+# --- float16 files: computed in float32, the output rounded once -----------------------------
+
+def test_float16_normalize_is_float32_rounded_once(tmp_path):
+    x = sample((16, 3, 4, 4), np.float16, offset=3, scale=2)
+    w, b = sample((3,), np.float16, seed=1) + 1, sample((3,), np.float16, seed=2)
+    np.save(tmp_path / "w.npy", w)
+    np.save(tmp_path / "b.npy", b)
+    opts = ("--weight", tmp_path / "w.npy", "--bias", tmp_path / "b.npy")
+    y = normalize(tmp_path, x, *opts)
+    assert y.dtype == np.float16
+    # the same as the float32 file of the same (exactly widened) values, rounded to float16
+    y32 = normalize(tmp_path, x.astype(np.float32), *opts, name="x32.npy")
+    assert np.array_equal(y.view(np.uint16), y32.astype(np.float16).view(np.uint16))
+    # so within one rounding of float64 on the same values: equal to the float64 result
+    # rounded, but where that lies within float32's error of a float16 tie
+    ref = reference(x, w, b)
+    exact = ref.astype(np.float16)
+    off = y != exact
+    tie = (y[off].astype(np.float64) + exact[off].astype(np.float64)) / 2
+    assert np.all(np.abs(ref[off] - tie) <= 1e-6 * np.maximum(1, np.abs(ref[off])))
+    assert off.mean() < 1e-3
+
+
+def test_float16_channels_last(tmp_path):
+    x = sample((6, 5, 5, 4), np.float16, offset=-7, scale=0.5)
+    y = normalize(tmp_path, x, "--channels-last")
+    y32 = normalize(tmp_path, x.astype(np.float32), "--channels-last", name="x32.npy")
+    assert y.dtype == np.float16
+    assert np.array_equal(y.view(np.uint16), y32.astype(np.float16).view(np.uint16))
+
+
+def test_float16_fit_and_apply_are_float32s(tmp_path):
+    x = sample((40, 3, 6), np.float16, offset=2, scale=3)
+    np.save(tmp_path / "x16.npy", x)
+    np.save(tmp_path / "x32.npy", x.astype(np.float32))
+    for name in ("x16", "x32"):
+        r = run("fit", tmp_path / f"{name}.npy", "--out", tmp_path / f"{name}.safetensors",
+                "--batch", "16")
+        assert r.returncode == 0, r.stderr
+    # the statistics of the float16 file are float32, and those of the same values in float32
+    stats16 = (tmp_path / "x16.safetensors").read_bytes()
+    assert stats16 == (tmp_path / "x32.safetensors").read_bytes()
+    assert b'"F32"' in stats16
+    for name in ("x16", "x32"):
+        r = run("apply", "--stats", tmp_path / "x16.safetensors", tmp_path / f"{name}.npy", "-o",
+                tmp_path / f"y{name}.npy")
+        assert r.returncode == 0, r.stderr
+    y16, y32 = np.load(tmp_path / "yx16.npy"), np.load(tmp_path / "yx32.npy")
+    assert y16.dtype == np.float16 and y32.dtype == np.float32
+    assert np.array_equal(y16.view(np.uint16), y32.astype(np.float16).view(np.uint16))
+
+
+def test_float16_overflow_and_subnormal_outputs(tmp_path):
+    # a weight of 7e4 takes |y| past float16's 65504: infinity; one of 1e-6 gives subnormal
+    # float16 outputs (below 2^-14), kept, not flushed to zero
+    x = np.array([[-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], np.float16)
+    for weight in ([7e4, 1.0], [1e-6, 3e4]):
+        w = np.array(weight, np.float32)
+        np.save(tmp_path / "w.npy", w)
+        y = normalize(tmp_path, x, "--weight", tmp_path / "w.npy")
+        with np.errstate(over="ignore"):
+            want = reference(x, w).astype(np.float16)
+        assert np.array_equal(y.view(np.uint16), want.view(np.uint16))
+        if weight[0] > 65504:
+            assert np.all(np.isinf(y[:, 0])) and np.all(y[:, 1] == 0)
+        else:
+            assert np.all((np.abs(y[:, 0]) > 0) & (np.abs(y[:, 0]) < 2.0 ** -14))
