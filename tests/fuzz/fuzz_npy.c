@@ -21,13 +21,17 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 static volatile unsigned char sink;
 
+static size_t element_size(bn_dtype dtype) {
+    return dtype == BN_FLOAT16 ? 2 : dtype == BN_FLOAT32 ? 4 : 8;
+}
+
 static int is_zeroed(const bn_npy *a) {
     static const bn_npy zero;
     return memcmp(a, &zero, sizeof zero) == 0;
 }
 
 static void check_success(const bn_npy *a) {
-    if (a->dtype != BN_FLOAT32 && a->dtype != BN_FLOAT64) die("dtype");
+    if (a->dtype != BN_FLOAT16 && a->dtype != BN_FLOAT32 && a->dtype != BN_FLOAT64) die("dtype");
     if (a->ndim < 0 || a->ndim > BN_NPY_MAX_NDIM) die("ndim");
     int64_t count = 1;
     int zero = 0;
@@ -40,7 +44,7 @@ static void check_success(const bn_npy *a) {
         if (a->dims[i] != 0) die("dims past ndim not zero");
     if (zero) count = 0;
     if (a->count != count) die("count is not the product of dims");
-    if (a->nbytes != (size_t)count * (a->dtype == BN_FLOAT32 ? 4 : 8)) die("nbytes");
+    if (a->nbytes != (size_t)count * element_size(a->dtype)) die("nbytes");
     if (!a->data) die("data NULL after success");
     for (size_t k = 0; k < a->nbytes; k++) /* touch every byte: ASan catches a short buffer */
         sink ^= ((const unsigned char *)a->data)[k];
@@ -65,7 +69,7 @@ static void check_stream(bn_status whole, const bn_npy *b) {
         return;
     }
     if (s.count != b->count || s.ndim != b->ndim || s.dtype != b->dtype) die("stream header");
-    size_t size = b->dtype == BN_FLOAT32 ? 4 : 8;
+    size_t size = element_size(b->dtype);
     unsigned char *out = malloc(b->nbytes + 1);
     int64_t cut = b->count ? (int64_t)(((const unsigned char *)b->data)[0] % (b->count + 1)) : 0;
     if (bn_npy_stream_read(&s, out + cut * size, cut, b->count - cut, err, sizeof err) != BN_OK ||

@@ -55,6 +55,8 @@ def main():
         "i8_refused": npy_bytes(np.arange(3)),
         "f4_truncated": npy_bytes(x)[:-5],
         "f4_4d": npy_bytes(np.ones((2, 1, 2, 2), np.float32)),
+        "f2_2x3": npy_bytes(x.astype(np.float16)),
+        "f2_big_endian": npy_bytes(x.astype(">f2")),
     }
     for name, data in seeds.items():
         (npy / (name + ".npy")).write_bytes(data)
