@@ -1,6 +1,7 @@
 /* convert.c - bn_convert: values from one element type to another, by half.h's conversions
  * (between float32 and float64 by C's, which rounds to nearest even). A 16-bit value goes to
- * float32 bit for bit, NaN payloads too; to float64 through float32. */
+ * float32 exactly (a bfloat16 bit for bit, a float16 NaN made quiet), to float64 through
+ * float32. */
 #include "bnorm.h"
 #include "half.h"
 #include "validate.h"
