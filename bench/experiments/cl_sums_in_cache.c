@@ -26,7 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "timing.h"
 
 enum { R = 128, C = 1024, PANEL = 64 };
 enum { READ, SUMS_PANELS, SUMS_ROWS, DX, SUMS_THEN_DX, RIDE_256, RIDE_512, FORMS };
@@ -37,17 +37,6 @@ static const char *const names[FORMS] = {"read",  "sums, panels",  "sums, rows",
 static float *x, *dy, *dx, *coef; /* coef: hi, lo, mdy, k, scale, C each */
 static double sum_a[C], sum_b[C], mean[C];
 static volatile double sink;
-
-static double now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b) {
-    const double u = *(const double *)a, v = *(const double *)b;
-    return u < v ? -1 : u > v;
-}
 
 static void widen(__m512 v, __m512d *lo, __m512d *hi) {
     *lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));

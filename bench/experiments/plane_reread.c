@@ -34,23 +34,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "timing.h"
 
 enum { FLOOR, AFTER, RIDE, RIDE_BARE, FORMS };
 static const char *const names[FORMS] = {"floor", "after", "ride", "ride, no sums"};
 static long N = 8, C = 256, S = 16384; /* a channel: N rows of S values, C * S apart */
 static int backward;
-
-static double now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* The first pass's arithmetic on one vector of x (and dy): float sums for training, double
  * sums for backward (both halves widened, as the kernels do). */

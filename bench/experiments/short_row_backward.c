@@ -28,7 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include "timing.h"
 
 enum { N = 32, C = 512, S = 49, G = 16, W = G * S, GROUPS = C / G };
 enum { FLOOR, COPY_GROUP, COPY_ROW, EXACT_1, EXACT_8, EXACT_32, FORMS };
@@ -40,17 +40,6 @@ static const long ELEMENTS = (long)N * C * S;
 
 static float *x, *dy, *dx;
 static volatile double sink;
-
-static double now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b) {
-    const double u = *(const double *)a, v = *(const double *)b;
-    return u < v ? -1 : u > v;
-}
 
 /* One thread's lanes and coefficients (as the kernel keeps them, on its stack). */
 typedef struct {

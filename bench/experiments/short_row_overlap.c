@@ -32,24 +32,13 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
+#include "timing.h"
 
 enum { N = 32, C = 512, S = 49, G = 16, W = G * S, V = W / 16 }; /* V: vectors in a group row */
 enum { RIDE_ALONE, LIGHT_AFTER, LIGHT_MIXED, KERNEL_AFTER, KERNEL_MIXED, FORMS };
 static const char *const names[FORMS] = {"ride alone", "light, after", "light, mixed",
                                          "kernel, after", "kernel, mixed"};
 static const long STRIDE = (long)C * S; /* between one sample's rows and the next's */
-
-static double now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
-static int by_value(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* Where the ride of a group is: sample i, vector v of its row. */
 typedef struct {
