@@ -8,6 +8,7 @@
 #include "testutil.h"
 
 #include "finish.h"
+#include "half.h"
 #include "kernel_types.h"
 #include "reference/reference.h"
 
@@ -26,20 +27,11 @@
 #include "kernels.inc"
 
 /* bfloat16 storage computed in float, as issue 14 will add it: the bits of a float's upper half,
- * rounded to nearest even on the way out. Only the conversions are new. */
+ * rounded to nearest even on the way out (one value at a time by src/half.h, the
+ * specification; a vector at a time below, the same bits for finite values). Only the
+ * conversions are new. */
 typedef uint16_t bn_v16h_u __attribute__((vector_size(32), aligned(2), may_alias));
 typedef uint32_t bn_v16u __attribute__((vector_size(64)));
-static inline float bf16_to_float(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 #define SUF bf16
 #define S uint16_t
 #define COMPUTE 32
@@ -52,8 +44,8 @@ static inline uint16_t float_to_bf16(float f) {
         *(bn_v16h_u *)(p) = __builtin_convertvector((u_ + 0x7fffu + ((u_ >> 16) & 1u)) >> 16, \
                                                     bn_v16h_u);                               \
     } while (0)
-#define LD1(v) bf16_to_float(v)
-#define ST1(v) float_to_bf16(v)
+#define LD1(v) bn_bf16_to_float(v)
+#define ST1(v) bn_float_to_bf16(v)
 #include "kernels.inc"
 
 /* The reference (src/reference): the training forward pass of the float values, in long double,
@@ -185,13 +177,13 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
             float *w = malloc(sizeof(float) * (size_t)C), *b = malloc(sizeof(float) * (size_t)C);
             uint16_t *wh = malloc(2 * (size_t)C), *bh = malloc(2 * (size_t)C);
             for (int64_t i = 0; i < count; i++) {
-                x[i] = float_to_bf16((float)(3 + 2 * tu_normal(&r)));
-                xf[i] = bf16_to_float(x[i]);
+                x[i] = bn_float_to_bf16((float)(3 + 2 * tu_normal(&r)));
+                xf[i] = bn_bf16_to_float(x[i]);
             }
             for (int64_t c = 0; c < C; c++) {
-                wh[c] = float_to_bf16((float)(1 + 0.3 * tu_normal(&r)));
-                bh[c] = float_to_bf16((float)(0.5 * tu_normal(&r)));
-                w[c] = bf16_to_float(wh[c]), b[c] = bf16_to_float(bh[c]);
+                wh[c] = bn_float_to_bf16((float)(1 + 0.3 * tu_normal(&r)));
+                bh[c] = bn_float_to_bf16((float)(0.5 * tu_normal(&r)));
+                w[c] = bn_bf16_to_float(wh[c]), b[c] = bn_bf16_to_float(bh[c]);
             }
             bn_moments *mom = calloc((size_t)C, sizeof *mom);
             double *ws = calloc(7 * (size_t)C, sizeof(double));
@@ -233,7 +225,7 @@ BN_SUITE(suite_kernel_layer_bfloat16) {
                       fabs(mom[c].m2 - ref_mom[c].m2) <= 22 * 0x1p-24 * ref_mom[c].m2);
             }
             for (int64_t i = 0; i < count; i++)
-                if (!(fabs(bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i])))) bad++;
+                if (!(fabs(bn_bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i])))) bad++;
             free(xd), free(want), free(wd), free(bd), free(ref_mom);
             CHECK_MSG(bad == 0, "bfloat16 %lldx%lldx%lld layout %d: %lld values off",
                       (long long)d.n, (long long)C, (long long)d.s, lay, (long long)bad);
@@ -261,16 +253,16 @@ BN_SUITE(suite_kernel_layer_bfloat16_eval) {
                 double *xd = malloc(sizeof(double) * (size_t)count);
                 double *sd = malloc(sizeof(double) * 4 * (size_t)C);
                 for (int64_t i = 0; i < count; i++) {
-                    x[i] = float_to_bf16((float)(3 + 2 * tu_normal(&r)));
-                    xd[i] = bf16_to_float(x[i]);
+                    x[i] = bn_float_to_bf16((float)(3 + 2 * tu_normal(&r)));
+                    xd[i] = bn_bf16_to_float(x[i]);
                 }
                 for (int64_t c = 0; c < C; c++) {
                     const double v[4] = {3 + 0.5 * tu_normal(&r), 4 * (1 + tu_uniform(&r)),
                                          c == 1 ? 0.0 : 1 + 0.3 * tu_normal(&r),
                                          0.5 * tu_normal(&r)};
                     for (int j = 0; j < 4; j++) {
-                        st[j * C + c] = float_to_bf16((float)v[j]);
-                        sd[j * C + c] = bf16_to_float(st[j * C + c]);
+                        st[j * C + c] = bn_float_to_bf16((float)v[j]);
+                        sd[j * C + c] = bn_bf16_to_float(st[j * C + c]);
                     }
                 }
                 const uint16_t *w = affine ? st + 2 * C : NULL, *b = affine ? st + 3 * C : NULL;
@@ -287,16 +279,16 @@ BN_SUITE(suite_kernel_layer_bfloat16_eval) {
                                     affine ? sd + 3 * C : NULL, &d, 1e-5);
                 int64_t bad = 0;
                 for (int64_t i = 0; i < count; i++)
-                    if (!(fabs(bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i]))))
+                    if (!(fabs(bn_bf16_to_float(y[i]) - want[i]) <= 0x1p-8 * fmax(1, fabs(want[i]))))
                         bad++;
                 CHECK_MSG(bad == 0, "bfloat16 eval %lldx%lldx%lld layout %d affine %d: %lld off",
                           (long long)d.n, (long long)C, (long long)d.s, lay, affine,
                           (long long)bad);
                 if (affine) /* channel 1 has weight 0: every output is its bias */
                     for (int64_t i = 0; i < d.n; i++)
-                        CHECK(bf16_to_float(y[lay == BN_CHANNELS_LAST ? i * d.s * C + 1
+                        CHECK(bn_bf16_to_float(y[lay == BN_CHANNELS_LAST ? i * d.s * C + 1
                                                                       : (i * C + 1) * d.s]) ==
-                              bf16_to_float(st[3 * C + 1]));
+                              bn_bf16_to_float(st[3 * C + 1]));
                 free(x), free(y), free(st), free(xd), free(sd), free(coef), free(want);
             }
 }
