@@ -20,32 +20,20 @@ static size_t type_size(bn_dtype t) {
     }
 }
 
-/* Value i of src, of a type other than double, as a float: exact. */
-static float load_float(const void *src, bn_dtype t, int64_t i) {
-    switch (t) {
-    case BN_FLOAT32: return ((const float *)src)[i];
-    case BN_BFLOAT16: return bn_bf16_to_float(((const uint16_t *)src)[i]);
-    default: return bn_f16_to_float(((const uint16_t *)src)[i]);
-    }
-}
+/* The conversions half.h and C do not name as functions of one value: float16 <-> bfloat16
+ * through float (rounded once), the 16-bit types to double through float (exact), and C's. */
+static inline uint16_t f16_to_bf16(uint16_t h) { return bn_float_to_bf16(bn_f16_to_float(h)); }
+static inline uint16_t bf16_to_f16(uint16_t h) { return bn_float_to_f16(bn_bf16_to_float(h)); }
+static inline double f16_to_double(uint16_t h) { return bn_f16_to_float(h); }
+static inline double bf16_to_double(uint16_t h) { return bn_bf16_to_float(h); }
+static inline float double_to_float(double d) { return (float)d; }
+static inline double float_to_double(float f) { return f; }
 
-/* f stored as value i of dst, of a type other than float: rounded once, or widened. */
-static void store_float(void *dst, bn_dtype t, int64_t i, float f) {
-    switch (t) {
-    case BN_FLOAT64: ((double *)dst)[i] = f; break;
-    case BN_BFLOAT16: ((uint16_t *)dst)[i] = bn_float_to_bf16(f); break;
-    default: ((uint16_t *)dst)[i] = bn_float_to_f16(f); break;
-    }
-}
-
-/* d stored as value i of dst, of a type other than double: rounded once. */
-static void store_double(void *dst, bn_dtype t, int64_t i, double d) {
-    switch (t) {
-    case BN_FLOAT32: ((float *)dst)[i] = (float)d; break;
-    case BN_BFLOAT16: ((uint16_t *)dst)[i] = bn_double_to_bf16(d); break;
-    default: ((uint16_t *)dst)[i] = bn_double_to_f16(d); break;
-    }
-}
+/* dst[i] = f(src[i]) for the count values, the pair of types chosen once, outside the loop. */
+#define EACH(D, S, f)                                                                      \
+    do {                                                                                   \
+        for (int64_t i = 0; i < count; i++) ((D *)dst)[i] = f(((const S *)src)[i]);       \
+    } while (0)
 
 bn_status bn_convert(void *dst, bn_dtype dst_dtype, const void *src, bn_dtype src_dtype,
                      int64_t count) {
@@ -64,14 +52,20 @@ bn_status bn_convert(void *dst, bn_dtype dst_dtype, const void *src, bn_dtype sr
         if (!same) memcpy(dst, src, (size_t)count * dsize);
         return BN_OK;
     }
-    /* every value but a double is a float exactly: it rounds once from there */
-    if (src_dtype == BN_FLOAT64)
-        for (int64_t i = 0; i < count; i++)
-            store_double(dst, dst_dtype, i, ((const double *)src)[i]);
-    else if (dst_dtype == BN_FLOAT32)
-        for (int64_t i = 0; i < count; i++) ((float *)dst)[i] = load_float(src, src_dtype, i);
-    else
-        for (int64_t i = 0; i < count; i++)
-            store_float(dst, dst_dtype, i, load_float(src, src_dtype, i));
+    /* each conversion rounds at most once: every value but a double is a float exactly */
+    switch (src_dtype * 4 + dst_dtype) {
+    case BN_FLOAT32 * 4 + BN_FLOAT64: EACH(double, float, float_to_double); break;
+    case BN_FLOAT32 * 4 + BN_BFLOAT16: EACH(uint16_t, float, bn_float_to_bf16); break;
+    case BN_FLOAT32 * 4 + BN_FLOAT16: EACH(uint16_t, float, bn_float_to_f16); break;
+    case BN_FLOAT64 * 4 + BN_FLOAT32: EACH(float, double, double_to_float); break;
+    case BN_FLOAT64 * 4 + BN_BFLOAT16: EACH(uint16_t, double, bn_double_to_bf16); break;
+    case BN_FLOAT64 * 4 + BN_FLOAT16: EACH(uint16_t, double, bn_double_to_f16); break;
+    case BN_BFLOAT16 * 4 + BN_FLOAT32: EACH(float, uint16_t, bn_bf16_to_float); break;
+    case BN_BFLOAT16 * 4 + BN_FLOAT64: EACH(double, uint16_t, bf16_to_double); break;
+    case BN_BFLOAT16 * 4 + BN_FLOAT16: EACH(uint16_t, uint16_t, bf16_to_f16); break;
+    case BN_FLOAT16 * 4 + BN_FLOAT32: EACH(float, uint16_t, bn_f16_to_float); break;
+    case BN_FLOAT16 * 4 + BN_FLOAT64: EACH(double, uint16_t, f16_to_double); break;
+    default: EACH(uint16_t, uint16_t, f16_to_bf16); break; /* float16 -> bfloat16 */
+    }
     return BN_OK;
 }
