@@ -600,6 +600,13 @@ def test_float16_fit_and_apply_are_float32s(tmp_path):
     stats16 = (tmp_path / "x16.safetensors").read_bytes()
     assert stats16 == (tmp_path / "x32.safetensors").read_bytes()
     assert b'"F32"' in stats16
+    # a float16 file and a float32 one in the same dataset: as two float32 files
+    for files, out in (((tmp_path / "x16.npy", tmp_path / "x32.npy"), "mixed"),
+                       ((tmp_path / "x32.npy", tmp_path / "x32.npy"), "both32")):
+        r = run("fit", *files, "--out", tmp_path / f"{out}.safetensors", "--batch", "16")
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mixed.safetensors").read_bytes() == \
+        (tmp_path / "both32.safetensors").read_bytes()
     for name in ("x16", "x32"):
         r = run("apply", "--stats", tmp_path / "x16.safetensors", tmp_path / f"{name}.npy", "-o",
                 tmp_path / f"y{name}.npy")
@@ -624,3 +631,16 @@ def test_float16_overflow_and_subnormal_outputs(tmp_path):
             assert np.all(np.isinf(y[:, 0])) and np.all(y[:, 1] == 0)
         else:
             assert np.all((np.abs(y[:, 0]) > 0) & (np.abs(y[:, 0]) < 2.0 ** -14))
+
+
+def test_float16_check_finite_refuses_and_keeps_the_output(tmp_path):
+    x = sample((4, 3, 5), np.float16)
+    x[2, 1, 3] = np.inf
+    np.save(tmp_path / "x16.npy", x)
+    r = expect_failure(tmp_path, tmp_path / "x16.npy", "channel 1", "--check-finite")
+    assert "(2, 1, 3)" in r.stderr, r.stderr
+    x[2, 1, 3] = np.nan
+    np.save(tmp_path / "x16.npy", x)
+    r = run("fit", tmp_path / "x16.npy", "--out", tmp_path / "s.safetensors", "--check-finite")
+    assert r.returncode == 1 and "(2, 1, 3)" in r.stderr, r.stderr
+    assert not (tmp_path / "s.safetensors").exists()
