@@ -80,7 +80,7 @@ static int take(void *out, const cli_st_file *f, const apply_args *a, const char
                         "%s), but has %d dimension%s and %lld values", key, (long long)c, a->in,
                         t->ndim, t->ndim == 1 ? "" : "s", (long long)t->count);
     for (int64_t k = 0; k < c; k++) cli_store(out, dtype, k, cli_safetensors_value(t, k));
-    const bn_desc per_channel = {1, c, 1, dtype, BN_CHANNELS_FIRST};
+    const bn_desc per_channel = {1, c, 1, dtype, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR};
     return a->check_finite ? cli_refuse_nonfinite(a->stats, key, out, &per_channel, 0, 0, 1, &c)
                            : CLI_OK;
 }

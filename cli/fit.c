@@ -323,8 +323,8 @@ static int take_sample(reader *r, int f, int64_t sample) {
         const int64_t q = PIECE_VALUES / len;
         for (int64_t i = 0; i < rows && status == CLI_OK; i += q) {
             const int64_t m = q < rows - i ? q : rows - i;
-            const bn_desc desc = cf ? (bn_desc){1, m, len, dt, BN_CHANNELS_FIRST}  /* m channels */
-                                    : (bn_desc){1, len, m, dt, BN_CHANNELS_LAST}; /* m rows of C */
+            const bn_desc desc = cf ? (bn_desc){1, m, len, dt, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}  /* m channels */
+                                    : (bn_desc){1, len, m, dt, BN_CHANNELS_LAST, BN_PARAMS_AS_TENSOR}; /* m rows of C */
             status = take_piece(r, f, at + i * len, cf ? i : 0, &desc);
         }
         return status;
@@ -333,8 +333,8 @@ static int take_sample(reader *r, int f, int64_t sample) {
         for (int64_t j = 0; j < len && status == CLI_OK; j += PIECE_VALUES) {
             const int64_t m = PIECE_VALUES < len - j ? PIECE_VALUES : len - j;
             /* m values of channel i, or one value of each of the channels [j, j + m) */
-            const bn_desc desc = cf ? (bn_desc){1, 1, m, dt, BN_CHANNELS_FIRST}
-                                    : (bn_desc){1, m, 1, dt, BN_CHANNELS_FIRST};
+            const bn_desc desc = cf ? (bn_desc){1, 1, m, dt, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}
+                                    : (bn_desc){1, m, 1, dt, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR};
             status = take_piece(r, f, at + i * len + j, cf ? i : j, &desc);
         }
     return status;
@@ -377,7 +377,7 @@ static int run_batches(const fit_args *a, dataset *d, int64_t b0, int64_t b1, bn
                 status = take_sample(&r, f, g - d->start[f]);
             } else {
                 if (end - g > per_piece) end = g + per_piece;
-                const bn_desc desc = {end - g, C, d->s, d->in[f].dtype, d->layout};
+                const bn_desc desc = {end - g, C, d->s, d->in[f].dtype, d->layout, BN_PARAMS_AS_TENSOR};
                 status = take_piece(&r, f, (g - d->start[f]) * per_sample, 0, &desc);
             }
             p->done += end - g;

@@ -131,7 +131,7 @@ static int run(const normalize_args *a, bn_npy *x, bn_npy *weight, bn_npy *bias)
         return CLI_RUNTIME_ERROR;
 
     if (a->check_finite) {
-        const bn_desc per_channel = {1, desc.c, 1, desc.dtype, BN_CHANNELS_FIRST};
+        const bn_desc per_channel = {1, desc.c, 1, desc.dtype, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR};
         if (refuse_nonfinite(a->in, x, &desc) != CLI_OK ||
             (a->weight && refuse_nonfinite(a->weight, weight, &per_channel) != CLI_OK) ||
             (a->bias && refuse_nonfinite(a->bias, bias, &per_channel) != CLI_OK))

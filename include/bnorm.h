@@ -71,6 +71,11 @@
  *   precision). The normalization subtracts the mean before scaling, so float32 results are
  *   within 1e-6 * max(1, |y|) of a float64 computation at any offset and scale, and a constant
  *   channel normalizes to exactly 0 (before bias).
+ *   bfloat16 and float16 tensors are widened to float (exactly), their statistics formed as
+ *   float32's, and each output computed in float and rounded once to the tensor's type (to
+ *   nearest, ties to even, subnormals kept, past the largest finite value to infinity): within
+ *   one rounding of a float64 computation on the same values. Per-channel results of 16-bit
+ *   parameters (running statistics, dweight, dbias) are rounded once from double.
  *   The saved mean and invstd are double for every dtype, so the backward pass sees the same
  *   statistics the forward pass used.
  *
@@ -81,7 +86,8 @@
  *     BN_CHANNELS_LAST    x[(i*S + j)*C + c]   (N, S, C): NLC, NHWC, NDHWC (channels_last)
  *   For (N, C) both layouts are the same. bn_desc_from_dims() builds a bn_desc from the dims of an
  *   (N, C, ...) tensor and checks the size arithmetic for overflow. Per-channel arrays (weight,
- *   bias, running_mean, running_var) have C elements of the tensor's dtype; save_mean and
+ *   bias, running_mean, running_var, ...) have C elements of the parameters' type (bn_desc's
+ *   params: the tensor's dtype, or float32 beside a 16-bit tensor); save_mean and
  *   save_invstd have C doubles. A zero size (n = 0, or a spatial size of 0) is a valid, empty
  *   batch. Tensor pointers may be NULL when the tensor is empty (torch gives empty tensors none).
  *
@@ -187,7 +193,7 @@ extern "C" {
 #endif
 
 #define BN_VERSION_MAJOR 0
-#define BN_VERSION_MINOR 2
+#define BN_VERSION_MINOR 3
 #define BN_VERSION_PATCH 0
 #define BN_VERSION_NUMBER (BN_VERSION_MAJOR * 10000 + BN_VERSION_MINOR * 100 + BN_VERSION_PATCH)
 
@@ -214,20 +220,28 @@ typedef enum bn_status {
     BN_ERR_NOT_FINITE = -10   /* bn_check_finite found a NaN or an infinity */
 } bn_status;
 
-/* Element types. BN_BFLOAT16 and BN_FLOAT16 are storage types that bn_convert() reads and
- * writes; the descriptors and passes take only BN_FLOAT32 and BN_FLOAT64 (the others give
- * BN_ERR_UNSUPPORTED). */
+/* Element types. bfloat16 (the top half of a float32) and float16 (IEEE binary16) are storage
+ * types: their tensors are computed in float, their statistics formed exactly as float32's, and
+ * every output is rounded once to its type, to nearest with ties to even, subnormals kept. */
 typedef enum bn_dtype { BN_FLOAT32 = 0, BN_FLOAT64 = 1, BN_BFLOAT16 = 2, BN_FLOAT16 = 3 } bn_dtype;
 
 typedef enum bn_layout { BN_CHANNELS_FIRST = 0, BN_CHANNELS_LAST = 1 } bn_layout;
 
-/* A tensor's sizes, element type and memory layout. */
+/* The type of the per-channel arrays (weight, bias, running statistics, their gradients, the
+ * renorm arrays): the tensor's, or float32 beside a bfloat16 or float16 tensor (PyTorch's mixed
+ * precision, as autocast gives it: 16-bit activations, float32 parameters). float64 tensors
+ * take float64 parameters only (BN_PARAMS_FLOAT32 with them is BN_ERR_UNSUPPORTED). */
+typedef enum bn_params { BN_PARAMS_AS_TENSOR = 0, BN_PARAMS_FLOAT32 = 1 } bn_params;
+
+/* A tensor's sizes, element type and memory layout, and its parameters' type. A descriptor
+ * zeroed, or filled by bn_desc_from_dims, has parameters of the tensor's dtype. */
 typedef struct bn_desc {
     int64_t n;        /* batch size, >= 0 */
     int64_t c;        /* channels, >= 1 */
     int64_t s;        /* spatial positions per sample and channel, >= 0 */
     bn_dtype dtype;
     bn_layout layout;
+    bn_params params;
 } bn_desc;
 
 /* What bn_options.flags may hold: conventions of other frameworks and the independent choices

@@ -230,14 +230,14 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
     if (call->save_mean) {
         for (int64_t c = 0; c < C; c++) mean[c] = call->save_mean[c], invstd[c] = call->save_invstd[c];
     } else {
-        plan.k->load(mean, call->running_mean, C, 0);
-        plan.k->load(invstd, call->running_var, C, 0);
+        plan.kp->load(mean, call->running_mean, C, 0);
+        plan.kp->load(invstd, call->running_var, C, 0);
         for (int64_t c = 0; c < C; c++) invstd[c] = bn_stored_invstd(invstd[c], call->eps);
     }
     if (call->w)
         for (int64_t c = 0; c < C; c++) w[c] = call->w[c];
     else if (call->weight)
-        plan.k->load(w, call->weight, C, 1.0);
+        plan.kp->load(w, call->weight, C, 1.0);
     if (given)
         for (int64_t c = 0; c < C; c++)
             b.sums[c] = call->given_sum_dy[c], b.sums[C + c] = call->given_sum_dy_xhat[c];
@@ -254,8 +254,8 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
             call->sum_dy_xhat_out[c] = ldexp(sum_dy_xc * invstd[c], e_xc);
         }
     } else {
-        if (call->dweight) plan.k->store(call->dweight, b.dweight, C);
-        if (call->dbias) plan.k->store(call->dbias, b.dbias, C);
+        if (call->dweight) plan.kp->store(call->dweight, b.dweight, C);
+        if (call->dbias) plan.kp->store(call->dbias, b.dbias, C);
         for (int64_t c = 0; c < C && call->dweight_d; c++) call->dweight_d[c] = b.dweight[c];
         for (int64_t c = 0; c < C && call->dbias_d; c++) call->dbias_d[c] = b.dbias[c];
     }
@@ -265,7 +265,7 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
 
 /* With no values, dweight and dbias are 0 and there is no dx. */
 static void store_zero_grads(const bn_desc *desc, void *dweight, void *dbias) {
-    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0);
     const double zero = 0;
     for (int64_t c = 0; c < desc->c; c++) {
         if (dweight) k->store((char *)dweight + c * (int64_t)k->elem_size, &zero, 1);
@@ -368,7 +368,7 @@ static bn_status backward_with(void *dx, void *dweight, void *dbias, const void 
     const size_t bytes = bn_bytes(3 * C, sizeof(double));
     if (!bn_scratch_take(&scratch, 1, &bytes, &array)) return BN_ERR_NO_MEMORY;
     double *w = array, *sum_dy_xhat = w + C, *sum_dy = w + 2 * C;
-    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0);
     k->load(w, fix ? NULL : weight, C, 1.0);
     for (int64_t c = 0; c < C && r; c++) w[c] *= r[c];
     bn_status st;

@@ -57,7 +57,7 @@ static bn_status check_fold(const void *weight_out, const void *bias_out, const 
                      __builtin_mul_overflow(count, (int64_t)sizeof(double), &bytes),
                  BN_ERR_TOO_LARGE);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
-    BN_RETURN_IF(bn_dtype_size(dtype) == 0, BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF(dtype != BN_FLOAT32 && dtype != BN_FLOAT64, BN_ERR_UNSUPPORTED); /* no 16-bit */
     return BN_OK;
 }
 

@@ -142,7 +142,7 @@ bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call) {
                  .cl_first = cl_moments, .cl_finish = cl_finish, .cl_second = cl_normalize,
                  .first = call->given == NULL, .second = call->y != NULL && plan->count > 0},
         .y = call->y, .x = call->x, .mom = arrays[0], .parts = arrays[2],
-        .fin = {.k = plan->k, .count = call->count, .eps = call->eps, .w_new = call->w_new,
+        .fin = {.k = plan->kp, .count = call->count, .eps = call->eps, .w_new = call->w_new,
                 .w_old = call->w_old, .var_divisor = call->var_divisor,
                 .w = has_w ? doubles : NULL, .b = has_b ? doubles + C : NULL,
                 .stored_mean = stored ? doubles + 7 * C : NULL,
@@ -157,14 +157,14 @@ bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call) {
     if (call->w)
         for (int64_t c = 0; c < C; c++) doubles[c] = call->w[c];
     else if (call->weight)
-        plan->k->load(doubles, call->weight, C, 1.0);
+        plan->kp->load(doubles, call->weight, C, 1.0);
     if (call->b)
         for (int64_t c = 0; c < C; c++) doubles[C + c] = call->b[c];
     else if (call->bias)
-        plan->k->load(doubles + C, call->bias, C, 0.0);
+        plan->kp->load(doubles + C, call->bias, C, 0.0);
     if (stored) { /* loaded before the pass blends them */
-        plan->k->load(doubles + 7 * C, call->stored_mean, C, 0.0);
-        plan->k->load(doubles + 8 * C, call->stored_var, C, 0.0);
+        plan->kp->load(doubles + 7 * C, call->stored_mean, C, 0.0);
+        plan->kp->load(doubles + 8 * C, call->stored_var, C, 0.0);
         for (int64_t c = 0; c < C; c++)
             doubles[8 * C + c] = bn_stored_invstd(doubles[8 * C + c], call->eps);
     }
@@ -269,7 +269,7 @@ static bn_status train_frozen(const bn_train_args *a, const bn_desc *desc,
     const void *weight = opt->flags & BN_FIX_GAMMA ? NULL : a->weight;
     BN_RETURN_IF_ERROR(bn_forward_eval(a->y, a->x, a->running_mean, a->running_var, weight,
                                        a->bias, desc, opt->eps));
-    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0);
     for (int64_t c = 0; c < desc->c; c++) {
         double mean, var;
         k->load(&mean, (const char *)a->running_mean + c * (int64_t)k->elem_size, 1, 0);
@@ -315,7 +315,7 @@ bn_status bn_train(const bn_train_args *a, const bn_desc *desc, const bn_options
 bn_renorm_finish bn_renorm_setup(const bn_train_args *a, const bn_desc *desc,
                                  const bn_options *opt, const bn_train_plan *t, double *doubles) {
     const int64_t C = desc->c;
-    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0);
     const int keep = !(opt->flags & BN_FREEZE_RUNNING);
     k->load(doubles, a->renorm_mean, C, 0);
     k->load(doubles + C, a->renorm_stddev, C, 1);
@@ -410,8 +410,8 @@ static void eval_coef_range(const void *args, int64_t k) {
     const bn_plan *p = e->plan;
     const int64_t C = p->d.c, c0 = k * EVAL_COEF_CHANNELS;
     const int64_t n = C - c0 < EVAL_COEF_CHANNELS ? C - c0 : EVAL_COEF_CHANNELS;
-    const int64_t es = (int64_t)p->es;
-    p->k->eval_coefs((char *)e->coef + c0 * (int64_t)p->k->coef_size, C, n,
+    const int64_t es = (int64_t)p->kp->elem_size;
+    p->kp->eval_coefs((char *)e->coef + c0 * (int64_t)p->k->coef_size, C, n,
                      (const char *)e->rm + c0 * es, (const char *)e->rv + c0 * es,
                      e->w ? (const char *)e->w + c0 * es : NULL,
                      e->b ? (const char *)e->b + c0 * es : NULL, e->eps);
@@ -493,7 +493,7 @@ static void eval_share(const void *args, int64_t t) {
     const bn_plan *p = e.plan;
     const int64_t items = sh->pass.items, shares = p->threads;
     e.coef = (char *)e.coef + t * (int64_t)sh->slot;
-    p->k->eval_coefs(e.coef, p->d.c, p->d.c, e.rm, e.rv, e.w, e.b, e.eps);
+    p->kp->eval_coefs(e.coef, p->d.c, p->d.c, e.rm, e.rv, e.w, e.b, e.eps);
     for (int64_t k = items * t / shares; k < items * (t + 1) / shares; k++) sh->pass.fn(&e, k);
 }
 
@@ -537,7 +537,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
         const eval_shares sh = {&e, pass, padded};
         bn_parallel_for(plan.threads, plan.elements, eval_share, &sh);
     } else if (plan.elements < BN_PARALLEL_MIN_ELEMENTS) { /* one thread: no phases to pay for */
-        plan.k->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
+        plan.kp->eval_coefs(coef, C, C, running_mean, running_var, weight, bias, eps);
         bn_parallel_for(pass.items, plan.elements, pass.fn, &e);
     } else {
         const bn_phase phases[2] = {

@@ -63,7 +63,7 @@ static bn_status ghost_moments(bn_moments *mom, const void *x, const bn_desc *de
 bn_status bn_train_ghosts(const bn_train_args *a, const bn_desc *desc, const bn_options *opt,
                           const bn_train_plan *t) {
     const int64_t C = desc->c, G = t->ghosts;
-    const bn_kernels *k = bn_kernels_for(desc->dtype, 0);
+    const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0); /* the per-channel arrays' */
     bn_scratch scratch;
     void *arrays[3];
     const size_t bytes[3] = {bn_bytes((G + 1) * C, sizeof(bn_moments)),

@@ -6,6 +6,7 @@
 #define BN_KERNEL_TYPES_H
 
 #include "finish.h" /* the per-channel arithmetic eval_coefs applies */
+#include "half_vec.h" /* the 16-bit storage types' conversions, a vector at a time */
 #include "pivot.h"  /* float statistics about a pivot, and their bound */
 #include "kernels.h"
 

@@ -15,28 +15,37 @@ void bn_pivot_counts(int64_t *again, int64_t *exact) {
     *exact = (int64_t)atomic_load(&pivot_exact);
 }
 
-/* One instruction set's tables: plain stores, then streaming ones (NULL where there are none). */
+/* One instruction set's tables, indexed by bn_dtype: plain stores, then streaming ones (NULL
+ * where there are none). */
+enum { DTYPES = 4 };
 typedef struct {
     const char *name;
-    const bn_kernels *f32, *f64, *f32_stream, *f64_stream;
+    const bn_kernels *plain[DTYPES], *stream[DTYPES];
 } isa_tables;
 
 #define ISA_TABLES(isa) \
-    extern const bn_kernels bn_kernels_f32_##isa, bn_kernels_f64_##isa, \
-        bn_kernels_f32_stream_##isa, bn_kernels_f64_stream_##isa;
+    extern const bn_kernels bn_kernels_f32_##isa, bn_kernels_f64_##isa, bn_kernels_bf16_##isa, \
+        bn_kernels_f16_##isa, bn_kernels_f32_stream_##isa, bn_kernels_f64_stream_##isa, \
+        bn_kernels_bf16_stream_##isa, bn_kernels_f16_stream_##isa;
 #ifdef BN_HAVE_STREAM
 ISA_TABLES(avx512)
 ISA_TABLES(avx2)
 ISA_TABLES(base)
 #define TABLES(name, isa) \
-    {name, &bn_kernels_f32_##isa, &bn_kernels_f64_##isa, &bn_kernels_f32_stream_##isa, \
-     &bn_kernels_f64_stream_##isa}
+    {name, \
+     {&bn_kernels_f32_##isa, &bn_kernels_f64_##isa, &bn_kernels_bf16_##isa, &bn_kernels_f16_##isa}, \
+     {&bn_kernels_f32_stream_##isa, &bn_kernels_f64_stream_##isa, &bn_kernels_bf16_stream_##isa, \
+      &bn_kernels_f16_stream_##isa}}
 /* best first */
 static const isa_tables sets[] = {TABLES("avx512f", avx512), TABLES("avx2", avx2),
                                   TABLES("x86-64", base)};
 #else
-extern const bn_kernels bn_kernels_f32_base, bn_kernels_f64_base;
-static const isa_tables sets[] = {{"portable", &bn_kernels_f32_base, &bn_kernels_f64_base, 0, 0}};
+extern const bn_kernels bn_kernels_f32_base, bn_kernels_f64_base, bn_kernels_bf16_base,
+    bn_kernels_f16_base;
+static const isa_tables sets[] = {{"portable",
+                                   {&bn_kernels_f32_base, &bn_kernels_f64_base,
+                                    &bn_kernels_bf16_base, &bn_kernels_f16_base},
+                                   {0, 0, 0, 0}}};
 #endif
 enum { SET_COUNT = sizeof sets / sizeof sets[0] };
 
@@ -88,21 +97,13 @@ void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on 
 int64_t bn_kernel_stream_count(void) { return (int64_t)atomic_load(&stream_tables); }
 
 int bn_kernels_can_stream(void) {
-    return current()->f32_stream != NULL && !atomic_load(&plain_stores_only);
-}
-
-/* The table of dtype in the current set, streaming or plain: NULL for a dtype without kernels. */
-static const bn_kernels *table_of(bn_dtype dtype, int stream) {
-    const isa_tables *t = current();
-    switch (dtype) {
-    case BN_FLOAT32: return stream ? t->f32_stream : t->f32;
-    case BN_FLOAT64: return stream ? t->f64_stream : t->f64;
-    default: return NULL;
-    }
+    return current()->stream[BN_FLOAT32] != NULL && !atomic_load(&plain_stores_only);
 }
 
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
+    if ((unsigned)dtype >= DTYPES) return NULL;
     stream = stream && bn_kernels_can_stream();
     if (stream) atomic_fetch_add(&stream_tables, 1);
-    return table_of(dtype, stream);
+    const isa_tables *t = current();
+    return stream ? t->stream[dtype] : t->plain[dtype];
 }

@@ -30,6 +30,23 @@
 #define EPILOGUE BN_EPILOGUE_NONE
 #include "kernels.inc"
 
+/* bfloat16 and float16: stored in 16 bits, computed in float (half_vec.h converts) */
+#define SUF BN_ISA_NAME(bf16_)
+#define S uint16_t
+#define HALF bf16
+#define COMPUTE 32
+#define STORE_KIND BN_STORE_PLAIN
+#define EPILOGUE BN_EPILOGUE_NONE
+#include "kernels.inc"
+
+#define SUF BN_ISA_NAME(f16_)
+#define S uint16_t
+#define HALF f16
+#define COMPUTE 32
+#define STORE_KIND BN_STORE_PLAIN
+#define EPILOGUE BN_EPILOGUE_NONE
+#include "kernels.inc"
+
 /* Large outputs are written with non-temporal (streaming) stores: they skip reading each
  * destination line into the cache first and do not evict the inputs, which saves a third of the
  * memory traffic of a pass that reads x and writes y. The output kernels again, with such stores;
@@ -48,6 +65,24 @@
 #define COMPUTE 64
 #define STORE_KIND BN_STORE_STREAM
 #define STATS_SUF BN_ISA_NAME(f64_)
+#define EPILOGUE BN_EPILOGUE_NONE
+#include "kernels.inc"
+
+#define SUF BN_ISA_NAME(bf16_stream_)
+#define S uint16_t
+#define HALF bf16
+#define COMPUTE 32
+#define STORE_KIND BN_STORE_STREAM
+#define STATS_SUF BN_ISA_NAME(bf16_)
+#define EPILOGUE BN_EPILOGUE_NONE
+#include "kernels.inc"
+
+#define SUF BN_ISA_NAME(f16_stream_)
+#define S uint16_t
+#define HALF f16
+#define COMPUTE 32
+#define STORE_KIND BN_STORE_STREAM
+#define STATS_SUF BN_ISA_NAME(f16_)
 #define EPILOGUE BN_EPILOGUE_NONE
 #include "kernels.inc"
 #endif

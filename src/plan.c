@@ -117,7 +117,8 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
         p->stream = p->machine.streaming_pays > 0;
     }
     p->k = bn_kernels_for(d.dtype, p->stream);
-    if (!p->k) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
+    p->kp = bn_kernels_for(bn_param_dtype(&d), 0);
+    if (!p->k || !p->kp) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
     if (d.layout == BN_CHANNELS_LAST) {
         const int64_t rows = d.n * d.s;
         if (reads > 0) {
@@ -197,7 +198,8 @@ static void open_reason(const bn_plan *p, char *buf, size_t size) {
 void bn_plan_describe(const bn_plan *p, char *buf, size_t size) {
     char open[400];
     open_reason(p, open, sizeof open);
-    const char *dtype = p->d.dtype == BN_FLOAT32 ? "f32" : p->d.dtype == BN_FLOAT64 ? "f64" : "?";
+    static const char *const names[] = {"f32", "f64", "bf16", "f16"};
+    const char *dtype = (unsigned)p->d.dtype < 4 ? names[p->d.dtype] : "?";
     int used;
     if (p->d.layout == BN_CHANNELS_LAST)
         used = snprintf(buf, size,

@@ -55,6 +55,8 @@ static inline bn_tile bn_tile_at(const bn_tiles *t, int64_t k) {
 typedef struct {
     bn_desc d;             /* the descriptor the kernels see (bn_kernel_desc) */
     const bn_kernels *k;   /* the kernels: the dtype's, streaming or plain */
+    const bn_kernels *kp;  /* the per-channel arrays' (load, store, blend, eval_coefs): the
+                            * parameters' dtype's, whose compute type is k's */
     size_t es;             /* bytes per stored value */
     int64_t count;         /* n * s: values per channel of this tensor */
     int64_t elements;      /* n * c * s */

@@ -8,6 +8,8 @@ size_t bn_dtype_size(bn_dtype dtype) {
     switch (dtype) {
     case BN_FLOAT32: return 4;
     case BN_FLOAT64: return 8;
+    case BN_BFLOAT16:
+    case BN_FLOAT16: return 2;
     default: return 0;
     }
 }
@@ -33,9 +35,17 @@ static bn_status check_kind(bn_dtype dtype, bn_layout layout) {
     return BN_OK;
 }
 
+bn_dtype bn_param_dtype(const bn_desc *desc) {
+    return desc->params == BN_PARAMS_FLOAT32 ? BN_FLOAT32 : desc->dtype;
+}
+
 bn_status bn_check_desc(const bn_desc *desc) {
     BN_RETURN_IF(!desc, BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(check_kind(desc->dtype, desc->layout));
+    BN_RETURN_IF(desc->params != BN_PARAMS_AS_TENSOR && desc->params != BN_PARAMS_FLOAT32,
+                 BN_ERR_UNSUPPORTED);
+    BN_RETURN_IF(desc->params == BN_PARAMS_FLOAT32 && desc->dtype == BN_FLOAT64,
+                 BN_ERR_UNSUPPORTED);
     BN_RETURN_IF(desc->n < 0 || desc->c < 1 || desc->s < 0, BN_ERR_SHAPE);
     return check_total(desc->n, desc->c, desc->s, desc->dtype);
 }
@@ -81,5 +91,6 @@ bn_status bn_desc_from_dims(bn_desc *desc, int ndim, const int64_t *dims, bn_dty
     desc->s = s;
     desc->dtype = dtype;
     desc->layout = layout;
+    desc->params = BN_PARAMS_AS_TENSOR;
     return BN_OK;
 }

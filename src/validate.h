@@ -18,7 +18,11 @@
 /* Bytes per element of a supported dtype, 0 for any other value. */
 size_t bn_dtype_size(bn_dtype dtype);
 
-/* Sizes non-negative, C >= 1, n*c*s and its byte count representable; dtype and layout known. */
+/* The dtype of desc's per-channel arrays (desc checked). */
+bn_dtype bn_param_dtype(const bn_desc *desc);
+
+/* Sizes non-negative, C >= 1, n*c*s and its byte count representable; dtype, layout and
+ * parameters' type known, and a pair the library has (no float32 parameters of float64). */
 bn_status bn_check_desc(const bn_desc *desc);
 
 /* eps finite and >= 0. */

@@ -68,13 +68,14 @@ def ptr(a):
 
 
 class BnDesc(ctypes.Structure):
-    """struct bn_desc: sizes (n, c, s), element type and memory layout."""
+    """struct bn_desc: sizes (n, c, s), element type, memory layout and the parameters' type."""
     _fields_ = [
         ("n", ctypes.c_int64),
         ("c", ctypes.c_int64),
         ("s", ctypes.c_int64),
         ("dtype", ctypes.c_int),   # enum bn_dtype
         ("layout", ctypes.c_int),  # enum bn_layout
+        ("params", ctypes.c_int),  # enum bn_params: 0 the tensor's dtype, 1 float32
     ]
 
 

@@ -22,9 +22,9 @@ static int64_t bits_of(double v) {
 }
 
 /* same[SAME_COUNT]: this rank's values of what must agree (0 where a call has none). */
-static void same_of(int64_t *same, int64_t c, bn_dtype dtype, const bn_options *opt) {
+static void same_of(int64_t *same, int64_t c, int types, const bn_options *opt) {
     same[SAME_C] = c;
-    same[SAME_DTYPE] = (int64_t)dtype;
+    same[SAME_DTYPE] = types; /* the tensor's dtype and the parameters' */
     same[SAME_EPS] = opt ? bits_of(opt->eps) : 0;
     /* the momentum is not used by a cumulative average */
     same[SAME_MOMENTUM] = opt && !opt->cumulative ? bits_of(opt->momentum) : 0;
@@ -103,7 +103,7 @@ bn_status bn_mpi_merge_moments(bn_moments *moments, int64_t c, MPI_Comm comm) {
     bn_moments *scratch = NULL;
     if (st == BN_OK) st = take_moments(&scratch, c, comm);
     int64_t agreed_c = st == BN_OK ? c : 0, same[SAME_COUNT];
-    same_of(same, agreed_c, BN_FLOAT32, NULL); /* moments have no dtype: the same on all */
+    same_of(same, agreed_c, 0, NULL); /* moments have no dtype: the same on all */
     bn_moments *merged = scratch, *gathered = scratch ? scratch + c : NULL;
     st = gather_and_merge(merged, st, moments, gathered, agreed_c, same, comm);
     if (st == BN_OK)
@@ -140,7 +140,7 @@ bn_status bn_mpi_forward_train(void *y, double *save_mean, double *save_invstd,
     bn_moments *gathered = scratch ? scratch + 2 * c : NULL;
     if (st == BN_OK) st = bn_compute_moments(mine, x, desc);
     int64_t same[SAME_COUNT] = {0};
-    if (st == BN_OK) same_of(same, c, desc->dtype, opt);
+    if (st == BN_OK) same_of(same, c, desc->dtype * 2 + (int)desc->params, opt);
     st = gather_and_merge(stats, st, mine, gathered, st == BN_OK ? c : 0, same, comm);
     /* the same merged moments on every rank: BN_ERR_COUNT is everyone's or no one's */
     if (st == BN_OK)
@@ -170,7 +170,7 @@ bn_status bn_mpi_backward_train(void *dx, void *dweight, void *dbias, const void
     if (st == BN_OK) st = bn_backward_sums(sums, sums + c, dy, x, save_mean, save_invstd, desc);
     const int64_t count = st == BN_OK ? bn_count(desc) : 0;
     int64_t same[SAME_COUNT] = {0};
-    if (st == BN_OK) same_of(same, c, desc->dtype, NULL);
+    if (st == BN_OK) same_of(same, c, desc->dtype * 2 + (int)desc->params, NULL);
     st = agree(st, same, comm);
     int64_t total = 0;
     double *batch = sums ? sums + 2 * c : NULL, *gathered = sums ? sums + 4 * c : NULL;
@@ -187,17 +187,11 @@ bn_status bn_mpi_backward_train(void *dx, void *dweight, void *dbias, const void
             st = bn_backward_train_sums(dx, dy, x, save_mean, save_invstd, weight, batch,
                                         batch + c, total, desc);
     }
-    if (st == BN_OK)
-        for (int64_t k = 0; k < c; k++) { /* this rank's share, rounded as bn_backward_train's */
-            if (dweight) {
-                if (desc->dtype == BN_FLOAT32) ((float *)dweight)[k] = (float)sums[c + k];
-                else ((double *)dweight)[k] = sums[c + k];
-            }
-            if (dbias) {
-                if (desc->dtype == BN_FLOAT32) ((float *)dbias)[k] = (float)sums[k];
-                else ((double *)dbias)[k] = sums[k];
-            }
-        }
+    if (st == BN_OK) { /* this rank's share, rounded once as bn_backward_train's */
+        const bn_dtype params = bn_param_dtype(desc);
+        if (dweight) bn_convert(dweight, params, sums + c, BN_FLOAT64, c);
+        if (dbias) bn_convert(dbias, params, sums, BN_FLOAT64, c);
+    }
     free(sums);
     return st;
 }

@@ -61,16 +61,16 @@ BN_SUITE(suite_errors_forward) {
 
     /* shapes */
     const bn_desc bad_shapes[] = {
-        {-1, C, S, BN_FLOAT32, BN_CHANNELS_FIRST}, {N, 0, S, BN_FLOAT32, BN_CHANNELS_FIRST},
-        {N, -3, S, BN_FLOAT32, BN_CHANNELS_FIRST}, {N, C, -1, BN_FLOAT32, BN_CHANNELS_LAST},
-        {INT64_MIN, C, S, BN_FLOAT64, BN_CHANNELS_FIRST}};
+        {-1, C, S, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}, {N, 0, S, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR},
+        {N, -3, S, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}, {N, C, -1, BN_FLOAT32, BN_CHANNELS_LAST, BN_PARAMS_AS_TENSOR},
+        {INT64_MIN, C, S, BN_FLOAT64, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}};
     for (size_t k = 0; k < sizeof bad_shapes / sizeof bad_shapes[0]; k++)
         EXPECT_FAIL(train(o, &bad_shapes[k], &opt, 1, 1), BN_ERR_SHAPE);
     const bn_desc too_large[] = {
-        {INT64_C(1) << 22, INT64_C(1) << 22, INT64_C(1) << 22, BN_FLOAT32, BN_CHANNELS_FIRST},
-        {INT64_C(1) << 31, INT64_C(1) << 31, 2, BN_FLOAT32, BN_CHANNELS_FIRST}, /* 2^63 elements */
-        {INT64_C(1) << 30, INT64_C(1) << 30, 4, BN_FLOAT64, BN_CHANNELS_FIRST}, /* 2^65 bytes */
-        {INT64_MAX, 2, 1, BN_FLOAT32, BN_CHANNELS_LAST}};
+        {INT64_C(1) << 22, INT64_C(1) << 22, INT64_C(1) << 22, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR},
+        {INT64_C(1) << 31, INT64_C(1) << 31, 2, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}, /* 2^63 elements */
+        {INT64_C(1) << 30, INT64_C(1) << 30, 4, BN_FLOAT64, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR}, /* 2^65 bytes */
+        {INT64_MAX, 2, 1, BN_FLOAT32, BN_CHANNELS_LAST, BN_PARAMS_AS_TENSOR}};
     for (size_t k = 0; k < sizeof too_large / sizeof too_large[0]; k++)
         EXPECT_FAIL(train(o, &too_large[k], &opt, 1, 1), BN_ERR_TOO_LARGE);
 
@@ -80,6 +80,14 @@ BN_SUITE(suite_errors_forward) {
     bad_layout.layout = (bn_layout)-1;
     EXPECT_FAIL(train(o, &bad_dtype, &opt, 1, 1), BN_ERR_UNSUPPORTED);
     EXPECT_FAIL(train(o, &bad_layout, &opt, 1, 1), BN_ERR_UNSUPPORTED);
+    /* the parameters' type: a value not defined, and float32 parameters of a float64 tensor */
+    bn_desc bad_params = good, f64_with_f32 = good;
+    bad_params.params = (bn_params)2;
+    f64_with_f32.dtype = BN_FLOAT64, f64_with_f32.params = BN_PARAMS_FLOAT32;
+    EXPECT_FAIL(train(o, &bad_params, &opt, 1, 1), BN_ERR_UNSUPPORTED);
+    EXPECT_FAIL(train(o, &f64_with_f32, &opt, 1, 1), BN_ERR_UNSUPPORTED);
+    EXPECT_FAIL(bn_forward_eval(o->y, x, rm, rv, NULL, NULL, &f64_with_f32, 1e-5),
+                BN_ERR_UNSUPPORTED);
 
     /* scalars */
     const double bad_eps[] = {-1e-5, NAN, INFINITY, -INFINITY};
@@ -120,9 +128,9 @@ BN_SUITE(suite_errors_forward) {
     }
 
     /* counts */
-    const bn_desc single = {1, C, 1, BN_FLOAT32, BN_CHANNELS_FIRST};
+    const bn_desc single = {1, C, 1, BN_FLOAT32, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR};
     EXPECT_FAIL(train(o, &single, &opt, 1, 1), BN_ERR_COUNT);
-    const bn_desc single_last = {1, C, 1, BN_FLOAT32, BN_CHANNELS_LAST};
+    const bn_desc single_last = {1, C, 1, BN_FLOAT32, BN_CHANNELS_LAST, BN_PARAMS_AS_TENSOR};
     EXPECT_FAIL(train(o, &single_last, &opt, 1, 1), BN_ERR_COUNT);
     {   /* the counter cannot overflow */
         outputs o;
@@ -166,7 +174,7 @@ BN_SUITE(suite_errors_backward) {
     EXPECT_FAIL(bn_backward_eval(o->dx, o->dweight, o->dbias, dy, x, rm, rv, NULL, &bad, 1e-5),
                 BN_ERR_SHAPE);
     bn_desc bad_dtype = good;
-    bad_dtype.dtype = (bn_dtype)2;
+    bad_dtype.dtype = (bn_dtype)4;
     EXPECT_FAIL(bn_backward_train(o->dx, o->dweight, o->dbias, dy, x, sm, si, NULL, &bad_dtype),
                 BN_ERR_UNSUPPORTED);
     /* every output is optional */
@@ -174,7 +182,7 @@ BN_SUITE(suite_errors_backward) {
 }
 
 BN_SUITE(suite_errors_desc) {
-    const bn_desc sentinel = {11, 22, 33, BN_FLOAT64, BN_CHANNELS_LAST};
+    const bn_desc sentinel = {11, 22, 33, BN_FLOAT64, BN_CHANNELS_LAST, BN_PARAMS_AS_TENSOR};
     struct { int ndim; int64_t dims[5]; bn_dtype dt; bn_layout lay; bn_status want; } cases[] = {
         {1, {4}, BN_FLOAT32, BN_CHANNELS_FIRST, BN_ERR_SHAPE},
         {0, {0}, BN_FLOAT32, BN_CHANNELS_FIRST, BN_ERR_SHAPE},

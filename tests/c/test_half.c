@@ -253,9 +253,12 @@ BN_SUITE(suite_convert_in_place_and_errors) {
     CHECK_STATUS(bn_convert((char *)f + 2, BN_BFLOAT16, f, BN_FLOAT32, 2), BN_ERR_ARGUMENT);
     CHECK(memcmp(f, keep, sizeof f) == 0);
     for (int i = 0; i < 4; i++) CHECK(out[i] == 0);
-    /* the descriptors do not take the 16-bit types yet */
+    /* the descriptors take the 16-bit types, with parameters of the tensor's type */
     bn_desc desc;
+    memset(&desc, 0xff, sizeof desc);
     const int64_t dims[2] = {4, 2};
-    CHECK_STATUS(bn_desc_from_dims(&desc, 2, dims, BN_BFLOAT16, BN_CHANNELS_FIRST), BN_ERR_UNSUPPORTED);
-    CHECK_STATUS(bn_desc_from_dims(&desc, 2, dims, BN_FLOAT16, BN_CHANNELS_LAST), BN_ERR_UNSUPPORTED);
+    CHECK_STATUS(bn_desc_from_dims(&desc, 2, dims, BN_BFLOAT16, BN_CHANNELS_FIRST), BN_OK);
+    CHECK(desc.dtype == BN_BFLOAT16 && desc.params == BN_PARAMS_AS_TENSOR);
+    CHECK_STATUS(bn_desc_from_dims(&desc, 2, dims, BN_FLOAT16, BN_CHANNELS_LAST), BN_OK);
+    CHECK(desc.dtype == BN_FLOAT16 && desc.params == BN_PARAMS_AS_TENSOR);
 }

@@ -34,7 +34,7 @@ bn_options tu_options(double eps, double momentum, int cumulative) {
 int64_t tu_numel(const bn_desc *d) { return d->n * d->c * d->s; }
 
 bn_desc tu_desc(int64_t n, int64_t c, int64_t s, bn_dtype dtype, bn_layout layout) {
-    bn_desc d = {n, c, s, dtype, layout};
+    bn_desc d = {n, c, s, dtype, layout, BN_PARAMS_AS_TENSOR};
     return d;
 }
 

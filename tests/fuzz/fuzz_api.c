@@ -549,7 +549,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int small = dst == BN_OK && d.c <= MAX_C && d.n <= MAX_ELEMS && d.s <= MAX_ELEMS &&
                 d.n * d.c * d.s <= MAX_ELEMS;
     tensors t;
-    bn_desc alloc_d = small ? d : (bn_desc){1, 2, 2, BN_FLOAT64, BN_CHANNELS_FIRST};
+    bn_desc alloc_d = small ? d : (bn_desc){1, 2, 2, BN_FLOAT64, BN_CHANNELS_FIRST, BN_PARAMS_AS_TENSOR};
     make_tensors(&t, &b, &alloc_d, finite);
     if (op < 4) {
         fuzz_call(&b, &t, &d, small, op);
