@@ -296,7 +296,7 @@ BN_SUITE(suite_kernel_layer_bfloat16_eval) {
 /* The kernel sets (kernels_isa.c, one per instruction set): the one running is named, a set is
  * chosen by name only where the CPU has it, and every set the CPU has gives the baseline's bits
  * in the passes that differ most between sets (the AVX2 set sweeps its sums lane by lane):
- * long and short channels-first rows, channels-last, training and backward, both dtypes. */
+ * long and short channels-first rows, channels-last, training and backward, all four dtypes. */
 BN_SUITE(suite_kernel_layer_sets) {
     const char *best = bn_kernels_isa();
     CHECK(!strcmp(best, "avx512f") || !strcmp(best, "avx2") || !strcmp(best, "x86-64") ||
@@ -308,11 +308,11 @@ BN_SUITE(suite_kernel_layer_sets) {
                                         {300, 70, 1, 1},  {4, 300, 30, 1}};
     static const char *const sets[] = {"avx512f", "avx2", "x86-64"};
     for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++)
-        for (int dt = 0; dt < 2; dt++) {
+        for (int dt = 0; dt < 4; dt++) { /* float32, float64, bfloat16, float16 */
             const bn_desc d = tu_desc(shapes[q][0], shapes[q][1], shapes[q][2], (bn_dtype)dt,
                                       (bn_layout)shapes[q][3]);
             const int64_t count = tu_numel(&d), C = d.c;
-            const size_t es = dt ? 8 : 4;
+            const size_t es = dt == BN_FLOAT64 ? 8 : dt == BN_FLOAT32 ? 4 : 2;
             tu_rng r = tu_rng_new(900 + q);
             double *xv = tu_randn(&r, count, 7, 2), *gv = tu_randn(&r, count, 0.1, 1);
             void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);

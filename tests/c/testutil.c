@@ -45,21 +45,15 @@ double *tu_randn(tu_rng *r, int64_t count, double offset, double scale) {
 }
 
 void *tu_to_dtype(const double *v, int64_t count, bn_dtype dtype) {
-    size_t n = (size_t)(count > 0 ? count : 1);
-    if (dtype == BN_FLOAT32) {
-        float *f = malloc(sizeof(float) * n);
-        for (int64_t k = 0; k < count; k++) f[k] = (float)v[k];
-        return f;
-    }
-    double *g = malloc(sizeof(double) * n);
-    for (int64_t k = 0; k < count; k++) g[k] = v[k];
-    return g;
+    const size_t size = dtype == BN_FLOAT64 ? 8 : dtype == BN_FLOAT32 ? 4 : 2;
+    void *out = malloc(size * (size_t)(count > 0 ? count : 1));
+    bn_convert(out, dtype, v, BN_FLOAT64, count); /* each value rounded once */
+    return out;
 }
 
 double *tu_to_double(const void *p, int64_t count, bn_dtype dtype) {
     double *v = malloc(sizeof(double) * (size_t)(count > 0 ? count : 1));
-    for (int64_t k = 0; k < count; k++)
-        v[k] = dtype == BN_FLOAT32 ? (double)((const float *)p)[k] : ((const double *)p)[k];
+    bn_convert(v, BN_FLOAT64, p, dtype, count); /* exact */
     return v;
 }
 

@@ -23,7 +23,7 @@ bn_desc tu_desc(int64_t n, int64_t c, int64_t s, bn_dtype dtype, bn_layout layou
 
 /* A double array of the tensor's size filled with offset + scale * N(0, 1). Caller frees. */
 double *tu_randn(tu_rng *r, int64_t count, double offset, double scale);
-/* The same values converted to desc's dtype (float32 rounds). Caller frees. */
+/* The same values converted to dtype (any of the four: each rounded once). Caller frees. */
 void *tu_to_dtype(const double *v, int64_t count, bn_dtype dtype);
 /* A double copy of count values of the given dtype. Caller frees. */
 double *tu_to_double(const void *p, int64_t count, bn_dtype dtype);

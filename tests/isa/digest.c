@@ -1,6 +1,8 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
  * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
- * two pieces, and the conventions (renorm with ghost batches, stored statistics). `make isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
+ * two pieces, and the conventions (renorm with ghost batches, stored statistics), for float32,
+ * float64, and bfloat16 and float16 with parameters of their own type and float32 ones. `make
+ * isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
  * x86-64 baseline) and builds it again for the baseline only (-DBN_NO_CLONES), and the listings
  * must be identical: the same bits on every machine, not only for every thread count. */
 #include "bnorm.h"
@@ -18,19 +20,33 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
+static size_t size_of(bn_dtype t) { return t == BN_FLOAT64 ? 8 : t == BN_FLOAT32 ? 4 : 2; }
+
+static bn_dtype param_dtype(const bn_desc *d) {
+    return d->params == BN_PARAMS_FLOAT32 ? BN_FLOAT32 : d->dtype;
+}
+
+/* "f32", "f64", "bf16", "f16", and " params f32" after a 16-bit type with float32 parameters. */
+static const char *type_name(const bn_desc *d) {
+    static const char *const names[2][4] = {{"f32", "f64", "bf16", "f16"},
+                                            {"f32", "f64", "bf16 params f32", "f16 params f32"}};
+    return names[d->params == BN_PARAMS_FLOAT32][d->dtype];
+}
+
 /* One case: x ~ N(5 * xscale, 3 * xscale), dy ~ N(0, dyscale); returns the calls' statuses. */
 static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double dyscale) {
     const bn_desc d = *dp;
     const int64_t count = tu_numel(&d), C = d.c;
-    const int dt = d.dtype == BN_FLOAT64;
-    const size_t es = dt ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
+    const bn_dtype pt = param_dtype(&d);
+    const size_t big = (size_t)count * size_of(d.dtype), small = (size_t)C * size_of(pt);
+    const size_t es = size_of(d.dtype); /* bytes per tensor value */
     tu_rng r = tu_rng_new(seed);
     double *xv = tu_randn(&r, count, 5 * xscale, 3 * xscale), *gv = tu_randn(&r, count, 0, dyscale);
     double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1);
     double *ones = tu_randn(&r, C, 1, 0);
     void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
-    void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
-    void *rm = calloc((size_t)C, es), *rv = tu_to_dtype(ones, C, d.dtype);
+    void *w = tu_to_dtype(wv, C, pt), *b = tu_to_dtype(bv, C, pt);
+    void *rm = calloc((size_t)C, size_of(pt)), *rv = tu_to_dtype(ones, C, pt);
     void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
     double *sm = malloc(sizeof(double) * (size_t)C), *si = malloc(sizeof(double) * (size_t)C);
     int64_t nbt = 0;
@@ -73,8 +89,8 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
                                  tu_numel(&d) / C, &second);
     h = fnv(h, dx, big);
     free(mom), free(part), free(sdy), free(sxh), free(pdy), free(pxh);
-    printf("%lldx%lldx%lld %s %s", (long long)d.n, (long long)C, (long long)d.s,
-           dt ? "f64" : "f32", d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first");
+    printf("%lldx%lldx%lld %s %s", (long long)d.n, (long long)C, (long long)d.s, type_name(&d),
+           d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first");
     if (xscale != 1 || dyscale != 1) printf(" x*%g dy*%g", xscale, dyscale);
     printf(" status %d digest %016llx\n", st, (unsigned long long)h);
     free(xv), free(gv), free(wv), free(bv), free(ones), free(x), free(dy), free(w), free(b);
@@ -87,16 +103,17 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
 static int digest_conventions(const bn_desc *dp, uint64_t seed) {
     const bn_desc d = *dp;
     const int64_t count = tu_numel(&d), C = d.c, G = d.n % 2 == 0 && d.n > 2 ? 2 : 1;
-    const size_t es = d.dtype == BN_FLOAT64 ? 8 : 4, big = (size_t)count * es, small = (size_t)C * es;
+    const bn_dtype pt = param_dtype(&d);
+    const size_t big = (size_t)count * size_of(d.dtype), small = (size_t)C * size_of(pt);
     const size_t saved = sizeof(double) * (size_t)(G * C);
     tu_rng r = tu_rng_new(seed);
     double *xv = tu_randn(&r, count, 2, 3), *gv = tu_randn(&r, count, 0, 1);
     double *wv = tu_randn(&r, C, 1, 0.2), *bv = tu_randn(&r, C, 0, 1), *sv = tu_randn(&r, C, 2, 0.3);
     void *x = tu_to_dtype(xv, count, d.dtype), *dy = tu_to_dtype(gv, count, d.dtype);
-    void *w = tu_to_dtype(wv, C, d.dtype), *b = tu_to_dtype(bv, C, d.dtype);
-    void *rm = tu_to_dtype(bv, C, d.dtype), *rv = tu_to_dtype(sv, C, d.dtype);
-    void *ms = tu_to_dtype(sv, C, d.dtype), *ren_m = tu_to_dtype(wv, C, d.dtype);
-    void *ren_s = tu_to_dtype(sv, C, d.dtype);
+    void *w = tu_to_dtype(wv, C, pt), *b = tu_to_dtype(bv, C, pt);
+    void *rm = tu_to_dtype(bv, C, pt), *rv = tu_to_dtype(sv, C, pt);
+    void *ms = tu_to_dtype(sv, C, pt), *ren_m = tu_to_dtype(wv, C, pt);
+    void *ren_s = tu_to_dtype(sv, C, pt);
     void *y = malloc(big), *dx = malloc(big), *dw = malloc(small), *db = malloc(small);
     double *sm = malloc(saved), *si = malloc(saved), *rr = malloc(saved), *dd = malloc(saved);
     bn_options opt = BN_OPTIONS_KERAS;
@@ -116,7 +133,7 @@ static int digest_conventions(const bn_desc *dp, uint64_t seed) {
     st |= bn_backward(dx, dw, db, dy, x, sm, si, w, &d, &onnx);
     h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
     printf("%lldx%lldx%lld %s %s conventions status %d digest %016llx\n", (long long)d.n,
-           (long long)C, (long long)d.s, d.dtype == BN_FLOAT64 ? "f64" : "f32",
+           (long long)C, (long long)d.s, type_name(&d),
            d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first", st,
            (unsigned long long)h);
     free(xv), free(gv), free(wv), free(bv), free(sv), free(x), free(dy), free(w), free(b);
@@ -138,9 +155,13 @@ int main(int argc, char **argv) {
                                         {32, 64, 49}, {4, 300, 30},  {2, 5, 524288}};
     int failures = 0;
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++)
-        for (int dt = 0; dt < 2; dt++)
+        for (int v = 0; v < 6; v++) /* f32, f64, then bf16 and f16 with their own parameters and
+                                     * with float32 ones */
             for (int lay = 0; lay < 2; lay++) {
-                bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], (bn_dtype)dt, (bn_layout)lay);
+                static const bn_dtype types[6] = {BN_FLOAT32, BN_FLOAT64, BN_BFLOAT16,
+                                                  BN_BFLOAT16, BN_FLOAT16, BN_FLOAT16};
+                bn_desc d = tu_desc(shapes[k][0], shapes[k][1], shapes[k][2], types[v], (bn_layout)lay);
+                d.params = v == 3 || v == 5 ? BN_PARAMS_FLOAT32 : BN_PARAMS_AS_TENSOR;
                 failures += digest_case(&d, 4242 + k, 1, 1) != 0;
                 if (shapes[k][2] < 100000) failures += digest_conventions(&d, 5252 + k) != 0;
             }
