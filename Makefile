@@ -129,7 +129,7 @@ $(BUILD)/%.o: %.c $(HEADERS)
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
 $(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
 $(BUILD)/src/kernels_avx512.o: ISA_FLAGS = -mavx512f
-$(BUILD)/src/kernels_avx2.o: ISA_FLAGS = -mavx2
+$(BUILD)/src/kernels_avx2.o: ISA_FLAGS = -mavx2 -mf16c
 $(KERNEL_OBJ): $(BUILD)/src/kernels_%.o: src/kernels_isa.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(VISIBILITY) $(INCLUDES) -O3 -fno-math-errno $(ISA_FLAGS) -DBN_ISA=$* \

@@ -10,12 +10,12 @@
 
 static const char usage[] =
     "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
-    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64]\n"
+    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16]\n"
     "                   [--repeat R]\n";
 
 static const char help[] =
     "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
-    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64]\n"
+    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16]\n"
     "                   [--repeat R]\n"
     "\n"
     "Times bn_forward_train (with running statistics), bn_forward_eval and bn_backward_train\n"
@@ -46,7 +46,8 @@ static const char help[] =
     "                  --layout, both (a 2-d shape has one layout, reported as nchw)\n"
     "  --mode M        train, eval or backward\n"
     "  --threads T     threads for the library and the roofline, 1 to 1024 (default: 1 and 2)\n"
-    "  --dtype D       f32 or f64 (default f32)\n"
+    "  --dtype D       f32, f64, bf16 or f16 (default f32); the 16-bit types have float32\n"
+    "                  weight, bias and running statistics, as under torch.autocast\n"
     "  --repeat R      timed repetitions, 1 to 1000000 (default: enough for about 0.4 s per\n"
     "                  case, at least 5). Calls shorter than 100 us are timed in batches;\n"
     "                  a repetition is one batch, and times are per call\n"
@@ -138,8 +139,10 @@ static int parse_args(bench_args *a, int argc, char **argv) {
     if (a->dtype_text) {
         if (strcmp(a->dtype_text, "f32") == 0) a->dtype = BN_FLOAT32;
         else if (strcmp(a->dtype_text, "f64") == 0) a->dtype = BN_FLOAT64;
+        else if (strcmp(a->dtype_text, "bf16") == 0) a->dtype = BN_BFLOAT16;
+        else if (strcmp(a->dtype_text, "f16") == 0) a->dtype = BN_FLOAT16;
         else
-            return cli_usage_error("bench", usage, "--dtype: '%s' is not f32 or f64",
+            return cli_usage_error("bench", usage, "--dtype: '%s' is not f32, f64, bf16 or f16",
                                    a->dtype_text);
     }
     a->repeat = 0;

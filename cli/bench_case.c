@@ -33,6 +33,8 @@ typedef struct bench_ctx {
     bn_desc desc;
     bn_options opt;
     ptrdiff_t count;
+    ptrdiff_t roof_count;               /* values of roof_dtype that move the case's bytes */
+    bn_dtype roof_dtype;                /* the roofline's: the case's, float32 for 16-bit */
     void *x, *out, *dy;                 /* out is y or dx */
     void *weight, *bias, *rmean, *rvar, *dweight, *dbias;
     double *save_mean, *save_invstd;
@@ -58,10 +60,11 @@ static bn_status call_ours(bench_ctx *c) {
 /* One call of the roofline kernel for the case's mode, on its threads. */
 static void call_roofline(bench_ctx *c) {
     if (c->bc.mode == BENCH_BACKWARD)
-        bench_roofline_backward(c->roof_kind, c->bc.dtype, c->out, c->dy, c->x, c->count,
+        bench_roofline_backward(c->roof_kind, c->roof_dtype, c->out, c->dy, c->x, c->roof_count,
                                 c->bc.threads);
     else
-        bench_roofline_forward(c->roof_kind, c->bc.dtype, c->out, c->x, c->count, c->bc.threads);
+        bench_roofline_forward(c->roof_kind, c->roof_dtype, c->out, c->x, c->roof_count,
+                               c->bc.threads);
 }
 
 /* Runs `inner` calls of ours (which = 0) or the roofline (which = 1).
@@ -221,22 +224,29 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     bn_status st = bn_desc_from_dims(&c.desc, bc->shape.ndim, bc->shape.dims, bc->dtype,
                                      bc->shape.layout);
     if (st != BN_OK) return cli_fail("bench", "%s: %s", name, bn_status_string(st));
-    size_t esize = cli_dtype_size(bc->dtype);
+    /* 16-bit tensors have float32 parameters (mixed precision, as torch.autocast runs them) */
+    const int half = bc->dtype == BN_BFLOAT16 || bc->dtype == BN_FLOAT16;
+    if (half) c.desc.params = BN_PARAMS_FLOAT32;
+    const bn_dtype pdt = half ? BN_FLOAT32 : bc->dtype;
+    size_t esize = cli_dtype_size(bc->dtype), psize = cli_dtype_size(pdt);
     size_t count = (size_t)(c.desc.n * c.desc.c * c.desc.s), cc = (size_t)c.desc.c;
     if (count > (size_t)PTRDIFF_MAX / esize) return cli_fail("bench", "%s: too large", name);
     c.count = (ptrdiff_t)count;
+    /* the floor moves the same bytes: 16-bit tensors as half as many float32 values */
+    c.roof_dtype = pdt;
+    c.roof_count = half ? (ptrdiff_t)((count + 1) / 2) : c.count;
     size_t nbytes = count * esize;
     int backward = bc->mode == BENCH_BACKWARD;
 
-    c.x = alloc64(nbytes);
-    c.out = alloc64(nbytes);
-    c.dy = backward ? alloc64(nbytes) : NULL;
-    c.weight = alloc64(cc * esize);
-    c.bias = alloc64(cc * esize);
-    c.rmean = alloc64(cc * esize);
-    c.rvar = alloc64(cc * esize);
-    c.dweight = alloc64(cc * esize);
-    c.dbias = alloc64(cc * esize);
+    c.x = alloc64(nbytes + 2);
+    c.out = alloc64(nbytes + 2);
+    c.dy = backward ? alloc64(nbytes + 2) : NULL;
+    c.weight = alloc64(cc * psize);
+    c.bias = alloc64(cc * psize);
+    c.rmean = alloc64(cc * psize);
+    c.rvar = alloc64(cc * psize);
+    c.dweight = alloc64(cc * psize);
+    c.dbias = alloc64(cc * psize);
     c.save_mean = alloc64(cc * sizeof(double));
     c.save_invstd = alloc64(cc * sizeof(double));
     int status = CLI_OK;
@@ -246,14 +256,15 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
         goto done;
     }
     fill(c.x, count, bc->dtype, -2.0, 3.0, 1);
-    if (backward) fill(c.dy, count, bc->dtype, -1.0, 1.0, 2);
-    fill(c.weight, cc, bc->dtype, 0.5, 1.5, 3);
-    fill(c.bias, cc, bc->dtype, -0.5, 0.5, 4);
-    fill(c.rmean, cc, bc->dtype, -0.5, 0.5, 5);
-    fill(c.rvar, cc, bc->dtype, 0.5, 2.0, 6);
-    memset(c.out, 0, nbytes); /* every output page is touched before timing */
-    memset(c.dweight, 0, cc * esize);
-    memset(c.dbias, 0, cc * esize);
+    memset((char *)c.x + nbytes, 0, 2); /* the roofline's last float of an odd 16-bit count */
+    if (backward) fill(c.dy, count, bc->dtype, -1.0, 1.0, 2), memset((char *)c.dy + nbytes, 0, 2);
+    fill(c.weight, cc, pdt, 0.5, 1.5, 3);
+    fill(c.bias, cc, pdt, -0.5, 0.5, 4);
+    fill(c.rmean, cc, pdt, -0.5, 0.5, 5);
+    fill(c.rvar, cc, pdt, 0.5, 2.0, 6);
+    memset(c.out, 0, nbytes + 2); /* every output page is touched before timing */
+    memset(c.dweight, 0, cc * psize);
+    memset(c.dbias, 0, cc * psize);
 
     bn_set_num_threads(bc->threads);
     if (backward) {

@@ -38,7 +38,8 @@ void bench_print_plan(const bench_case *bc, int json) {
     bench_shape_string(shape, sizeof shape, &bc->shape);
     bench_plan(bc, plan, sizeof plan);
     const char *layout = bc->shape.layout == BN_CHANNELS_LAST ? "nhwc" : "nchw";
-    const char *dtype = bc->dtype == BN_FLOAT32 ? "f32" : "f64";
+    static const char *const names[] = {"f32", "f64", "bf16", "f16"};
+    const char *dtype = names[bc->dtype];
     if (json)
         printf("{\"shape\": \"%s\", \"layout\": \"%s\", \"mode\": \"%s\", \"threads\": %d, "
                "\"dtype\": \"%s\", \"plan\": \"%s\"}\n",
@@ -52,7 +53,8 @@ void bench_print_result(const bench_case *bc, const bench_result *r, int json) {
     char shape[96], t1[32], t2[32], t3[32];
     bench_shape_string(shape, sizeof shape, &bc->shape);
     const char *layout = bc->shape.layout == BN_CHANNELS_LAST ? "nhwc" : "nchw";
-    const char *dtype = bc->dtype == BN_FLOAT32 ? "f32" : "f64";
+    static const char *const names[] = {"f32", "f64", "bf16", "f16"};
+    const char *dtype = names[bc->dtype];
     double gbps = r->bytes / r->median_ns, roof_gbps = r->bytes / r->roofline_ns;
     double pct = 100.0 * r->roofline_ns / r->median_ns;
     if (json) {

@@ -15,6 +15,9 @@
 #include "half.h"
 
 #include <stdint.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 typedef uint16_t bn_v16h __attribute__((vector_size(32)));
 typedef uint16_t bn_v16h_u __attribute__((vector_size(32), aligned(2), may_alias));
@@ -78,6 +81,83 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
                            (~big_ & ((small_ & sub_) | (~small_ & nrm_)));             \
         __builtin_convertvector(r_ | ((u_ >> 16) & 0x8000u), bn_v16h);                 \
     })
+
+/* ---- what the kernels call: loads of 16, 8 or 4 stored values as floats, and 16 floats
+ * narrowed. Where the instruction set has a faster form of the same bits, it is used:
+ *   AVX-512F: VPMOVZXWD and VPMOVDW move between 16- and 32-bit lanes (GCC 12 emulates a
+ *     generic conversion with packs and permutes); F16C's VCVTPH2PS widens float16 exactly as
+ *     half.h does (a NaN made quiet, its payload kept), and VCVTPS2PH narrows to nearest even
+ *     with subnormals kept, once each NaN lane is replaced by the quiet NaN of its sign
+ *     (VCVTPS2PH would keep a NaN's payload; half.h gives sign | 0x7E00);
+ *   AVX2 with F16C (the AVX2 set is built with -mf16c and runs where the CPU has both): the
+ *     same float16 conversions, 8 lanes at a time;
+ *   otherwise the generic forms above. ---- */
+#define BN_LOAD16_GENERIC(kind, p) \
+    BN_WIDEN_##kind(__builtin_convertvector(*(const bn_v16h_u *)(p), bn_v16u), bn_v16u, bn_v16f)
+#define BN_LOAD8_GENERIC(kind, p) \
+    BN_WIDEN_##kind(__builtin_convertvector(*(const bn_v8h_u *)(p), bn_v8u), bn_v8u, bn_v8f)
+#define BN_LOAD4_GENERIC(kind, p) \
+    BN_WIDEN_##kind(__builtin_convertvector(*(const bn_v4h_u *)(p), bn_v4u), bn_v4u, bn_v4f)
+
+#if defined(__AVX512F__)
+#define BN_LOAD16_bf16(p) \
+    ((bn_v16f)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
+#define BN_NARROW_bf16(v)                                                               \
+    __extension__({                                                                    \
+        const bn_v16u u_ = (bn_v16u)(v);                                               \
+        const bn_v16u nan_ = (bn_v16u)((u_ & 0x7fffffffu) > 0x7f800000u);              \
+        const bn_v16u r_ = (u_ + 0x7fffu + ((u_ >> 16) & 1u)) >> 16;                   \
+        (bn_v16h)_mm512_cvtepi32_epi16((__m512i)((r_ & ~nan_) | (nan_ & 0x7fc0u)));     \
+    })
+#else
+#define BN_LOAD16_bf16(p) BN_LOAD16_GENERIC(bf16, p)
+#define BN_NARROW_bf16(v) BN_NARROW16_bf16(v)
+#endif
+#define BN_LOAD8_bf16(p) BN_LOAD8_GENERIC(bf16, p)
+#define BN_LOAD4_bf16(p) BN_LOAD4_GENERIC(bf16, p)
+
+#if defined(__AVX512F__)
+#define BN_LOAD16_f16(p) ((bn_v16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))))
+#define BN_NARROW_f16(v)                                                                \
+    __extension__({                                                                    \
+        const __m512 v_ = (__m512)(v);                                                 \
+        const __mmask16 nan_ = _mm512_cmp_ps_mask(v_, v_, _CMP_UNORD_Q);               \
+        const __m512i q_ = _mm512_mask_ternarylogic_epi32(                             \
+            (__m512i)v_, nan_, _mm512_set1_epi32((int)0x80000000u),                    \
+            _mm512_set1_epi32(0x7fc00000), 0xea); /* (v & sign) | quiet NaN */         \
+        (bn_v16h)_mm512_cvtps_ph((__m512)q_, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
+    })
+#elif defined(__AVX2__) && defined(__F16C__)
+#define BN_F16C_LOAD8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define BN_LOAD16_f16(p)                                                               \
+    __extension__({                                                                    \
+        const union { __m256 h[2]; bn_v16f w; } l_ = {{BN_F16C_LOAD8(p),               \
+                                                      BN_F16C_LOAD8((const uint16_t *)(p) + 8)}}; \
+        l_.w;                                                                          \
+    })
+#define BN_F16C_NARROW8(v)                                                             \
+    _mm256_cvtps_ph(_mm256_blendv_ps((v), _mm256_or_ps(_mm256_and_ps((v), _mm256_set1_ps(-0.0f)), \
+                                                       _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000))), \
+                                     _mm256_cmp_ps((v), (v), _CMP_UNORD_Q)),               \
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define BN_NARROW_f16(v)                                                                \
+    __extension__({                                                                    \
+        const union { bn_v16f w; __m256 h[2]; } n_ = {(v)};                            \
+        const union { __m128i h[2]; bn_v16h w; } o_ = {{BN_F16C_NARROW8(n_.h[0]),      \
+                                                        BN_F16C_NARROW8(n_.h[1])}};    \
+        o_.w;                                                                          \
+    })
+#else
+#define BN_LOAD16_f16(p) BN_LOAD16_GENERIC(f16, p)
+#define BN_NARROW_f16(v) BN_NARROW16_f16(v)
+#endif
+#if defined(__F16C__)
+#define BN_LOAD8_f16(p) ((bn_v8f)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p))))
+#define BN_LOAD4_f16(p) ((bn_v4f)_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(p))))
+#else
+#define BN_LOAD8_f16(p) BN_LOAD8_GENERIC(f16, p)
+#define BN_LOAD4_f16(p) BN_LOAD4_GENERIC(f16, p)
+#endif
 
 /* One value, and a double rounded once (half.h). */
 #define BN_LD1_bf16(h) bn_bf16_to_float(h)

@@ -53,7 +53,7 @@ enum { SET_COUNT = sizeof sets / sizeof sets[0] };
 static int cpu_has(int i) {
 #ifdef BN_HAVE_STREAM
     if (i == 0) return __builtin_cpu_supports("avx512f");
-    if (i == 1) return __builtin_cpu_supports("avx2");
+    if (i == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
     return 1;
 #else
     return i == SET_COUNT - 1; /* the baseline only */
