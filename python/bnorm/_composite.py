@@ -11,7 +11,9 @@ see, because autograd must see through it.
 Every function reduces over all dimensions but the channel one (dim 1) of an (N, C, ...) tensor
 and keeps the input's memory format (element-wise operations follow their input's strides).
 None of them calls torch's batch norm. The plain forward and backward passes stay in the C
-library; the results here agree with it to the rounding of the input's dtype.
+library; the results here agree with it to the rounding of the input's dtype. bfloat16 and
+float16 tensors are computed in float32, as the C library computes them, and the results rounded
+to their dtypes (differentiably: autograd sees the casts).
 """
 
 import torch as _torch
@@ -33,10 +35,31 @@ def _mean(t, x):
     return _per_channel(t.mean(_dims(x)), x)
 
 
+_HALVES = (_torch.bfloat16, _torch.float16)
+
+
+def _float(t):
+    """t in float32 where it is 16-bit (differentiably), else t."""
+    return t.float() if t is not None and t.dtype in _HALVES else t
+
+
+def _rounded(t, like):
+    """t in the dtype of like (None: t as it is)."""
+    return t if like is None or t.dtype == like.dtype else t.to(like.dtype)
+
+
 def forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
     """F.batch_norm's forward, differentiable by autograd. In training the running statistics
     (when given) are blended in place with the batch mean and unbiased variance, outside the
     graph; in eval they normalize."""
+    if x.dtype in _HALVES:
+        y = _forward(x.float(), running_mean, running_var, _float(weight), _float(bias),
+                     training, momentum, eps)
+        return y.to(x.dtype)
+    return _forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
     if training:
         dims = _dims(x)
         mean = x.mean(dims)
@@ -47,15 +70,16 @@ def forward(x, running_mean, running_var, weight, bias, training, momentum, eps)
         with _torch.no_grad():
             blends = []
             if running_mean is not None:
-                blends.append((running_mean,
-                               running_mean * (1 - momentum) + mean.detach() * momentum))
+                blends.append((running_mean, _float(running_mean) * (1 - momentum)
+                               + mean.detach() * momentum))
             if running_var is not None:
                 unbiased = var.detach() * (count / (count - 1))
-                blends.append((running_var, running_var * (1 - momentum) + unbiased * momentum))
+                blends.append((running_var, _float(running_var) * (1 - momentum)
+                               + unbiased * momentum))
             for stat, value in blends:
                 stat.copy_(value)
     else:
-        mean, var = running_mean, running_var
+        mean, var = _float(running_mean), _float(running_var)
     y = (x - _per_channel(mean, x)) * _per_channel(_torch.rsqrt(var + eps), x)
     if weight is not None:
         y = y * _per_channel(weight, x)
@@ -87,6 +111,10 @@ def backward_train(dy, x, weight, save_mean, save_invstd, eps):
     The mean and inverse standard deviation take the values the forward pass saved (float64)
     and are differentiated as functions of x: dx's own gradient then has every term.
     """
+    if x.dtype in _HALVES:
+        dx, dw, db = backward_train(_float(dy), x.float(), _float(weight), save_mean,
+                                    save_invstd, eps)
+        return dx.to(x.dtype), _rounded(dw, weight), _rounded(db, weight)
     dims = _dims(x)
     mean_x = x.mean(dims)
     invstd_x = _torch.rsqrt((x - _per_channel(mean_x, x)).square().mean(dims) + eps)
@@ -100,6 +128,10 @@ def backward_train(dy, x, weight, save_mean, save_invstd, eps):
 
 def backward_eval(dy, x, weight, running_mean, running_var, eps):
     """(dx, dweight, dbias) of eval-mode batch norm (the statistics are constants)."""
+    if x.dtype in _HALVES:
+        dx, dw, db = backward_eval(_float(dy), x.float(), _float(weight), _float(running_mean),
+                                   _float(running_var), eps)
+        return dx.to(x.dtype), _rounded(dw, weight), _rounded(db, weight)
     dims = _dims(x)
     invstd = _per_channel(_torch.rsqrt(running_var + eps), x)
     xhat = (x - _per_channel(running_mean, x)) * invstd

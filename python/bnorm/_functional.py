@@ -87,7 +87,17 @@ def _intercepts_dispatch(t):
     """Whether t is a subclass that sees every aten operation (__torch_dispatch__: FakeTensor,
     wrapper subclasses): those are torch's to run, bnorm has no memory to read."""
     return type(t) not in _PLAIN and type(t).__torch_dispatch__ is not _NO_DISPATCH
-_ELEMENT_TYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64}
+_ELEMENT_TYPES = {_torch.float32: _lib.BN_FLOAT32, _torch.float64: _lib.BN_FLOAT64,
+                  _torch.bfloat16: _lib.BN_BFLOAT16, _torch.float16: _lib.BN_FLOAT16}
+_HALVES = (_torch.bfloat16, _torch.float16)
+
+
+def _param_dtype(running_mean, running_var, weight, bias):
+    """The dtype of the per-channel tensors given (None when none is)."""
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None:
+            return t.dtype
+    return None
 
 
 def _route(input, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -102,13 +112,19 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
         return _TORCH
     per_channel = (shape[1],)
     route = _C
+    # the per-channel tensors share one dtype: the input's, or float32 beside a 16-bit input
+    params = dtype
+    if dtype in _HALVES:
+        given = _param_dtype(running_mean, running_var, weight, bias)
+        if given is _torch.float32:
+            params = given
     for t in (running_mean, running_var, weight, bias):
         if t is None:
             continue
         if t.__class__ not in _PLAIN:
             if not isinstance(t, _TENSOR) or _intercepts_dispatch(t):
                 return _TORCH
-        if (t.dtype is not dtype or t.shape != per_channel or t.layout is not _STRIDED
+        if (t.dtype is not params or t.shape != per_channel or t.layout is not _STRIDED
                 or not t.is_cpu):
             return _TORCH
         if not t.is_contiguous() or t.is_neg() or not _readable_address(t):
@@ -135,17 +151,19 @@ def _route(input, running_mean, running_var, weight, bias, training, momentum, e
     return route
 
 
-_DESCS = {}  # (shape, dtype, layout) -> BnDesc: built once per shape (bn_desc_from_dims)
+_DESCS = {}  # (shape, dtype, layout, float32 parameters) -> BnDesc: built once per shape
 _OPTIONS = {}  # (eps, momentum) -> BnOptions
 
 
-def _desc(x, layout):
-    key = (x.shape, x.dtype, layout)
+def _desc(x, layout, f32_params):
+    key = (x.shape, x.dtype, layout, f32_params)
     desc = _DESCS.get(key)
     if desc is None:
         if len(_DESCS) >= 4096:  # a process that sees every shape: start over
             _DESCS.clear()
-        desc = _DESCS[key] = _lib.make_desc(x.shape, _ELEMENT_TYPES[x.dtype], layout)
+        desc = _lib.make_desc(x.shape, _ELEMENT_TYPES[x.dtype], layout)
+        desc.params = _lib.BN_PARAMS_FLOAT32 if f32_params else _lib.BN_PARAMS_AS_TENSOR
+        _DESCS[key] = desc
     return desc
 
 
@@ -171,8 +189,10 @@ def _forward(input, weight, bias, running_mean, running_var, training, momentum,
     else:
         x, layout = _layout(input)
     shape = x.shape
-    key = (shape, x.dtype, layout)
-    desc = _DESCS.get(key) or _desc(x, layout)
+    f32_params = x.dtype in _HALVES and _param_dtype(
+        running_mean, running_var, weight, bias) is _torch.float32
+    key = (shape, x.dtype, layout, f32_params)
+    desc = _DESCS.get(key) or _desc(x, layout, f32_params)
     y = _torch.empty_like(x)  # same strides as x: the output keeps the memory format
     w_at = None if weight is None else weight.data_ptr()
     b_at = None if bias is None else bias.data_ptr()
@@ -228,6 +248,7 @@ class _BatchNormFunction(_torch.autograd.Function):
             ctx.save_for_forward(input, weight, stat_a, stat_b)
             ctx.set_materialize_grads(False)  # None, not zeros, for inputs without tangents
         ctx.desc = desc
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.copied = x is not input
         ctx.training = training
         ctx.eps = eps
@@ -258,8 +279,9 @@ class _BatchNormFunction(_torch.autograd.Function):
             dy_at = dy.data_ptr()
         c = x.shape[1]
         dx = _torch.empty_like(x) if need_x else None
-        dweight = x.new_empty(c) if need_weight else None
-        dbias = x.new_empty(c) if need_bias else None
+        # (in the parameters' dtype: a gradient is asked for only of a tensor that is given)
+        dweight = weight.new_empty(c) if need_weight else None
+        dbias = x.new_empty(c, dtype=ctx.bias_dtype) if need_bias else None
         dx_at = None if dx is None else dx.data_ptr()
         dw_at = None if dweight is None else dweight.data_ptr()
         db_at = None if dbias is None else dbias.data_ptr()

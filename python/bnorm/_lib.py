@@ -26,11 +26,11 @@ __all__ = [
     "lib", "path", "BnormError", "check", "make_desc", "make_options", "status_string",
     "version_string", "bn_dtype", "ptr", "BnDesc", "BnOptions", "BnMoments",
     "BN_FLOAT32", "BN_FLOAT64", "BN_BFLOAT16", "BN_FLOAT16", "BN_CHANNELS_FIRST",
-    "BN_CHANNELS_LAST", "STATUS_NAMES",
+    "BN_CHANNELS_LAST", "BN_PARAMS_AS_TENSOR", "BN_PARAMS_FLOAT32", "STATUS_NAMES",
 ]
 
 # Values pinned by include/bnorm.h.
-BN_FLOAT32, BN_FLOAT64, BN_BFLOAT16, BN_FLOAT16 = 0, 1, 2, 3  # the last two: bn_convert only
+BN_FLOAT32, BN_FLOAT64, BN_BFLOAT16, BN_FLOAT16 = 0, 1, 2, 3
 BN_CHANNELS_FIRST, BN_CHANNELS_LAST = 0, 1
 STATUS_NAMES = {
     0: "BN_OK",
@@ -65,6 +65,9 @@ def ptr(a):
         return None
     data_ptr = getattr(a, "data_ptr", None)  # torch
     return data_ptr() if data_ptr is not None else a.ctypes.data
+
+
+BN_PARAMS_AS_TENSOR, BN_PARAMS_FLOAT32 = 0, 1  # enum bn_params
 
 
 class BnDesc(ctypes.Structure):
@@ -245,7 +248,9 @@ def check(status, function=None):
 def make_desc(dims, dtype, layout):
     """A BnDesc for a tensor of logical dims (N, C, ...) through bn_desc_from_dims.
 
-    dtype is BN_FLOAT32 or BN_FLOAT64, layout BN_CHANNELS_FIRST or BN_CHANNELS_LAST.
+    dtype is one of BN_FLOAT32, BN_FLOAT64, BN_BFLOAT16, BN_FLOAT16, layout BN_CHANNELS_FIRST
+    or BN_CHANNELS_LAST; the parameters are of the tensor's dtype (set desc.params to
+    BN_PARAMS_FLOAT32 for float32 ones beside a 16-bit tensor).
     """
     dims = [int(d) for d in dims]
     arr = (ctypes.c_int64 * max(len(dims), 1))(*dims)

@@ -1,5 +1,5 @@
-// bnorm.torch's ordinary call in C++: the C library's route of _functional.py (float32 and
-// float64 CPU tensors the library reads as they are) taken without Python in between, so that a
+// bnorm.torch's ordinary call in C++: the C library's route of _functional.py (float32,
+// float64, bfloat16 and float16 CPU tensors the library reads as they are) taken without Python in between, so that a
 // small layer costs no more than torch.nn's does. Through ctypes and a Python autograd Function
 // the same call costs 1.5-2.1x torch's (docs/performance.md).
 //
@@ -7,9 +7,10 @@
 //       F.batch_norm's arguments. The output, or None where this path does not take the call:
 //       then _functional routes it in Python as before. Taken: every tensor a plain CPU tensor
 //       with memory (no negative view, no functorch wrapper, no subclass that intercepts
-//       dispatch, no override of the torch function protocol), input float32 or float64 with
-//       at least 2 dimensions and one element, contiguous or channels_last / channels_last_3d;
-//       weight, bias and running statistics None or contiguous (C) tensors of its dtype;
+//       dispatch, no override of the torch function protocol), input float32, float64,
+//       bfloat16 or float16 with at least 2 dimensions and one element, contiguous or
+//       channels_last / channels_last_3d; weight, bias and running statistics None or
+//       contiguous (C) tensors of one dtype: the input's, or float32 beside a 16-bit input;
 //       running statistics given in eval and not requiring grad where grad is enabled; more
 //       than one value per channel in training; training a bool, momentum and eps floats (or
 //       ints), 0 <= eps < inf, 0 <= momentum <= 1 where running statistics are blended; not
@@ -64,7 +65,10 @@ struct Call {
   bool training = false;
   double momentum = 0, eps = 0;
   bn_layout layout = BN_CHANNELS_FIRST;
+  bn_params params = BN_PARAMS_AS_TENSOR;  // float32 per-channel tensors beside a 16-bit input
 };
+
+bool is_half(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
 // A tensor whose memory the C library reads as its values: CPU, strided, with storage, and no
 // dispatch key but those of every CPU tensor (a negative view, functorch's wrappers and
@@ -112,7 +116,8 @@ bool accept(py::handle input, py::handle running_mean, py::handle running_var,
     return false;
   const at::Tensor &x = call.x;
   const at::ScalarType dtype = x.scalar_type();
-  if ((dtype != at::kFloat && dtype != at::kDouble) || x.dim() < 2 || x.numel() == 0)
+  if ((dtype != at::kFloat && dtype != at::kDouble && !is_half(dtype)) || x.dim() < 2 ||
+      x.numel() == 0)
     return false;
   if (x.is_contiguous())
     call.layout = BN_CHANNELS_FIRST;
@@ -123,13 +128,19 @@ bool accept(py::handle input, py::handle running_mean, py::handle running_var,
     return false;
   const py::handle given[4] = {running_mean, running_var, weight, bias};
   at::Tensor *slot[4] = {&call.running_mean, &call.running_var, &call.weight, &call.bias};
+  bool first = true;
   for (int i = 0; i < 4; i++) {
     if (given[i].is_none()) continue;
     if (!tensor_of(given[i], *slot[i]) || torch::check_has_torch_function(given[i].ptr()))
       return false;
     const at::Tensor &t = *slot[i];
-    if (!plain(t) || t.scalar_type() != dtype || t.dim() != 1 || t.size(0) != x.size(1) ||
-        !t.is_contiguous())
+    // one dtype for all of them: the input's, or float32 beside a 16-bit input
+    const bool f32 = is_half(dtype) && t.scalar_type() == at::kFloat;
+    if (first) call.params = f32 ? BN_PARAMS_FLOAT32 : BN_PARAMS_AS_TENSOR;
+    first = false;
+    if (!plain(t) || !(t.scalar_type() == dtype || f32) ||
+        (f32 != (call.params == BN_PARAMS_FLOAT32)) || t.dim() != 1 ||
+        t.size(0) != x.size(1) || !t.is_contiguous())
       return false;
   }
   if (!PyBool_Check(training.ptr())) return false;
@@ -152,12 +163,17 @@ bool accept(py::handle input, py::handle running_mean, py::handle running_var,
   throw std::logic_error(std::string("bnorm: ") + function + " failed");
 }
 
-bn_desc desc_of(const at::Tensor &x, bn_layout layout) {
+bn_desc desc_of(const at::Tensor &x, bn_layout layout, bn_params params) {
   bn_desc desc;
-  const bn_dtype dtype = x.scalar_type() == at::kFloat ? BN_FLOAT32 : BN_FLOAT64;
+  const at::ScalarType t = x.scalar_type();
+  const bn_dtype dtype = t == at::kFloat      ? BN_FLOAT32
+                         : t == at::kDouble   ? BN_FLOAT64
+                         : t == at::kBFloat16 ? BN_BFLOAT16
+                                              : BN_FLOAT16;
   const bn_status status = lib.desc_from_dims(&desc, static_cast<int>(x.dim()), x.sizes().data(),
                                         dtype, layout);
   if (status != BN_OK) raise_status(status, "bn_desc_from_dims");
+  desc.params = params;
   return desc;
 }
 
@@ -169,7 +185,7 @@ struct Forward {
 
 Forward forward_pass(const Call &call) {
   const at::Tensor &x = call.x;
-  const bn_desc desc = desc_of(x, call.layout);
+  const bn_desc desc = desc_of(x, call.layout, call.params);
   Forward out;
   out.y = at::empty_like(x);  // x's strides: the output keeps the memory format
   bn_status status;
@@ -235,6 +251,7 @@ struct BatchNormBackward : public torch::autograd::Node {
   torch::autograd::SavedVariable input, weight, a, b;
   bool training = false;
   bn_layout layout = BN_CHANNELS_FIRST;
+  bn_params params = BN_PARAMS_AS_TENSOR;
   double eps = 0;
 
   std::string name() const override { return "bnorm::BatchNormBackward"; }
@@ -267,9 +284,12 @@ struct BatchNormBackward : public torch::autograd::Node {
     if (dy.strides() != x.strides()) dy = at::empty_like(x).copy_(grads[0]);
     const int64_t c = x.size(1);
     if (need[0]) out[0] = at::empty_like(x);
-    if (need[1]) out[1] = at::empty({c}, x.options());
-    if (need[2]) out[2] = at::empty({c}, x.options());
-    const bn_desc desc = desc_of(x, layout);
+    // dweight and dbias in the parameters' dtype
+    const at::TensorOptions per_channel =
+        params == BN_PARAMS_FLOAT32 ? x.options().dtype(at::kFloat) : x.options();
+    if (need[1]) out[1] = at::empty({c}, per_channel);
+    if (need[2]) out[2] = at::empty({c}, per_channel);
+    const bn_desc desc = desc_of(x, layout, params);
     bn_status status;
     if (training) {
       const double *mean = sa.data_ptr<double>();
@@ -308,6 +328,7 @@ at::Tensor forward_recorded(const Call &call) {
   node->b = torch::autograd::SavedVariable(f.b, false);
   node->training = call.training;
   node->layout = call.layout;
+  node->params = call.params;
   node->eps = call.eps;
   torch::autograd::set_history(f.y, node);
   return f.y;

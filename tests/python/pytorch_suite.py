@@ -17,7 +17,8 @@ after a first line {"captured": {place: module}} naming the module of what the t
            the configuration asks for check_eval), on the CPU.
   modules  the ModuleInfo entries of module_db for BatchNorm1d/2d/3d (1.13 has 2d and 3d),
            through the CPU tests of test/test_modules.py, float32 and float64, train and eval.
-  ops      the OpInfo entries of op_db for nn.functional.batch_norm that have CPU dtypes, through
+  ops      the OpInfo entries of op_db for nn.functional.batch_norm that have CPU dtypes (with
+           bnorm, float16 added to them: BNORM_EXTRA_CPU_DTYPES), through
            test/test_ops_gradients.py (gradcheck, gradgradcheck, forward AD, forward over
            reverse) and the CPU tests of test/test_ops.py that apply to an op with no out=, no
            method or in-place variant and no reference.
@@ -52,6 +53,7 @@ from unittest.mock import patch
 
 PARTS = ("nn", "modules", "ops")
 BN_NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+SWAPPED = []  # [True] once swap_in_bnorm has run
 
 
 # ---- the swap ------------------------------------------------------------------------------
@@ -85,6 +87,21 @@ def swap_in_bnorm():
             setattr(namespace, name, getattr(bt, name))
         getattr(torch.nn, "Lazy" + name).cls_to_become = getattr(bt, name)
     F.batch_norm = batch_norm
+    SWAPPED.append(True)
+
+
+# What bnorm computes beyond torch 1.13's CPU kernel: float16, forward and backward (torch
+# refuses it on the CPU). With bnorm swapped in, the OpInfo of nn.functional.batch_norm lists it
+# too, so that test_dtypes checks bnorm's claim as it checks torch's (and fails should float16
+# stop working, or should another dtype start).
+BNORM_EXTRA_CPU_DTYPES = ("float16",)
+
+
+def claim_bnorm_dtypes(op):
+    import torch
+    extra = {getattr(torch, name) for name in BNORM_EXTRA_CPU_DTYPES}
+    op.dtypes = set(op.dtypes) | extra
+    op.backward_dtypes = set(op.backward_dtypes) | extra
 
 
 def provide_expecttest():
@@ -557,6 +574,9 @@ def op_classes():
 
     bn_ops = [op for op in op_db
               if op.name == "nn.functional.batch_norm" and op.supported_dtypes("cpu")]
+    if SWAPPED:
+        for op in bn_ops:
+            claim_bnorm_dtypes(op)
     NO_FORWARD_AD = r"Trying to use forward AD with .* that does not support it"
     gradcheck_ops = partial(ops, dtypes=OpDTypes.supported,
                             allowed_dtypes=[torch.double, torch.cdouble])

@@ -313,9 +313,12 @@ def test_every_path_runs_bnorm(dtype, torch_kernels_raise):
 
 
 def test_hand_over_only_for_what_bnorm_does_not_compute(torch_kernels_raise):
-    """bfloat16 is torch's (until bnorm computes half precision): it reaches the guard."""
+    """bfloat16 and float16 are bnorm's (test_torch_half.py); a dtype bnorm does not compute,
+    such as an integer one, reaches the guard (torch's own error would follow)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        assert bt.BatchNorm1d(3).to(dtype)(torch.randn(4, 3).to(dtype)).dtype == dtype
     with pytest.raises(TorchBatchNormRan):
-        bt.BatchNorm1d(3).bfloat16()(torch.randn(4, 3).bfloat16())
+        bt.batch_norm(torch.ones(4, 3, dtype=torch.int32), None, None, training=True)
 
 
 def test_negative_views_are_read_as_their_values():
