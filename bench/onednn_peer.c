@@ -2,7 +2,7 @@
  * the way `bnorm bench` times bnorm, printed as JSON lines with the same keys (peer "onednn").
  *
  *   build/onednn_peer [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc|nchw16c]
- *                     [--mode train|eval|backward] [--threads T] [--dtype f32|f64] [--repeat R]
+ *                     [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
  *
  * Modes: train = forward training with scale and shift (batch statistics computed and written
  * to mean/variance; oneDNN keeps no running statistics), eval = forward inference with global
@@ -30,7 +30,7 @@
 
 static const char usage[] =
     "usage: onednn_peer [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc|nchw16c]\n"
-    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64] "
+    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] "
     "[--repeat R]\n";
 
 enum { MODE_TRAIN, MODE_EVAL, MODE_BACKWARD, MODE_COUNT };
@@ -82,6 +82,21 @@ static void fill(float *p, size_t n, double lo, double hi, uint64_t seed) {
     uint64_t s = seed;
     for (size_t i = 0; i < n; i++)
         p[i] = (float)(lo + (hi - lo) * (double)(splitmix64(&s) >> 11) * 0x1p-53);
+}
+
+/* The data's type: f32, or bf16 (--dtype bf16: src, dst, diff_dst and diff_src in bfloat16,
+ * mean, variance, scale and shift in f32, as oneDNN takes them). */
+static dnnl_data_type_t data_type = dnnl_f32;
+
+/* fill() of n bfloat16 values (each float's top half, rounded to nearest even). */
+static void fill_bf16(uint16_t *p, size_t n, double lo, double hi, uint64_t seed) {
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        const float f = (float)(lo + (hi - lo) * (double)(splitmix64(&s) >> 11) * 0x1p-53);
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        p[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
 }
 
 static int parse_u64(const char *text, uint64_t *out) {
@@ -170,9 +185,10 @@ static int new_memory(onednn_case *c, dnnl_memory_t *out, const dnnl_memory_desc
     c->mem[c->nmem++] = m;
     void *p;
     TRY(dnnl_memory_get_data_handle(m, &p));
-    size_t n = dnnl_memory_desc_get_size(md) / sizeof(float);
-    if (lo == hi) memset(p, 0, n * sizeof(float));
-    else fill(p, n, lo, hi, seed);
+    const size_t bytes = dnnl_memory_desc_get_size(md);
+    if (lo == hi) memset(p, 0, bytes);
+    else if (md->data_type == dnnl_bf16) fill_bf16(p, bytes / 2, lo, hi, seed);
+    else fill(p, bytes / sizeof(float), lo, hi, seed);
     *out = m;
     return 1;
 }
@@ -189,7 +205,7 @@ static int case_init(onednn_case *c, const shape *s, int layout, int mode, char 
     dnnl_memory_desc_t data_md, c_md;
     dnnl_dims_t dims, cdims = {s->dims[1]};
     for (int k = 0; k < s->ndim; k++) dims[k] = s->dims[k];
-    TRY(dnnl_memory_desc_init_by_tag(&data_md, s->ndim, dims, dnnl_f32,
+    TRY(dnnl_memory_desc_init_by_tag(&data_md, s->ndim, dims, data_type,
                                      layout_tag(layout, s->ndim)));
     TRY(dnnl_memory_desc_init_by_tag(&c_md, 1, cdims, dnnl_f32, dnnl_a));
     const float eps = 1e-5f;
@@ -275,8 +291,9 @@ static int run_case(const shape *s, int layout, int mode, int threads, int repea
     char sh[96], err[512] = "";
     shape_string(sh, sizeof sh, s);
     printf("{\"peer\": \"onednn\", \"shape\": \"%s\", \"layout\": \"%s\", \"mode\": \"%s\", "
-           "\"threads\": %d, \"dtype\": \"f32\", ",
-           sh, layout_names[layout], mode_names[mode], threads);
+           "\"threads\": %d, \"dtype\": \"%s\", ",
+           sh, layout_names[layout], mode_names[mode], threads,
+           data_type == dnnl_bf16 ? "bf16" : "f32");
     onednn_case c;
     memset(&c, 0, sizeof c);
     if (!case_init(&c, s, layout, mode, err, sizeof err)) {
@@ -311,7 +328,7 @@ static int run_case(const shape *s, int layout, int mode, int threads, int repea
     double med = repeat % 2 ? v[repeat / 2] : 0.5 * (v[repeat / 2 - 1] + v[repeat / 2]);
     double count = 1;
     for (int k = 0; k < s->ndim; k++) count *= (double)s->dims[k];
-    double bytes = count * 4 * (mode == MODE_BACKWARD ? 3 : 2);
+    double bytes = count * (data_type == dnnl_bf16 ? 2 : 4) * (mode == MODE_BACKWARD ? 3 : 2);
     const dnnl_version_t *ver = dnnl_version();
     printf("\"median_ns\": %.1f, \"min_ns\": %.1f, \"bytes\": %.0f, \"gbps\": %.3f, "
            "\"roofline_ns\": null, \"roofline_pct\": null, \"repeat\": %d, \"inner\": %d, "
@@ -373,8 +390,10 @@ int main(int argc, char **argv) {
             return usage_error("--repeat: '%s' is not an integer from 1 to 1000000", repeat_text);
         repeat = (int)v;
     }
-    if (dtype_text && strcmp(dtype_text, "f32") != 0 && strcmp(dtype_text, "f64") != 0)
-        return usage_error("--dtype: '%s' is not f32 or f64", dtype_text);
+    if (dtype_text && strcmp(dtype_text, "f32") != 0 && strcmp(dtype_text, "f64") != 0 &&
+        strcmp(dtype_text, "bf16") != 0)
+        return usage_error("--dtype: '%s' is not f32, f64 or bf16", dtype_text);
+    if (dtype_text && strcmp(dtype_text, "bf16") == 0) data_type = dnnl_bf16;
 
     const shape *shapes = shape_text ? &one : default_grid;
     size_t nshapes = shape_text ? 1 : sizeof default_grid / sizeof default_grid[0];

@@ -3,7 +3,7 @@
 times bnorm, one JSON line per case with the same keys (peer "torch").
 
     /usr/bin/python3 bench/torch_peer.py [--shape 32x64x56x56] [--layout nchw|nhwc]
-        [--mode train|eval|backward] [--threads T] [--dtype f32|f64] [--repeat R]
+        [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
     /usr/bin/python3 bench/torch_peer.py --serve     (what bench/run.py uses)
 
 train: torch.nn.functional.batch_norm(training=True) with running statistics; eval: the same
@@ -66,11 +66,17 @@ def uniform(shape, lo, hi, dtype, gen):
     return torch.rand(shape, dtype=dtype, generator=gen) * (hi - lo) + lo
 
 
+DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}
+SIZES = {"f32": 4, "f64": 8, "bf16": 2}
+
+
 def make_case(dims, layout, mode, dtype):
-    """The tensors and the call to time, or None when torch has no such layout."""
+    """The tensors and the call to time, or None when torch has no such layout. bfloat16 data
+    has float32 weight, bias and running statistics (as torch.autocast leaves them)."""
     gen = torch.Generator().manual_seed(1)
     c = dims[1]
     x = uniform(dims, -2.0, 3.0, dtype, gen)
+    data_dtype, dtype = dtype, torch.float32 if dtype is torch.bfloat16 else dtype
     if layout == "nhwc" and len(dims) > 2:
         if len(dims) == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -87,7 +93,7 @@ def make_case(dims, layout, mode, dtype):
         return lambda: F.batch_norm(x, rmean, rvar, weight, bias, True, MOMENTUM, EPS)
     if mode == "eval":
         return lambda: F.batch_norm(x, rmean, rvar, weight, bias, False, MOMENTUM, EPS)
-    dy = uniform(dims, -1.0, 1.0, dtype, gen)
+    dy = uniform(dims, -1.0, 1.0, data_dtype, gen)
     if layout == "nhwc" and len(dims) > 2:
         fmt = torch.channels_last if len(dims) == 4 else torch.channels_last_3d
         dy = dy.contiguous(memory_format=fmt)
@@ -127,7 +133,7 @@ def run_case(dims, layout, mode, threads, dtype_name, repeat=None):
         layout = "nchw"  # (N, C) has one layout
     out = {"peer": "torch", "shape": "x".join(map(str, dims)), "layout": layout, "mode": mode,
            "threads": threads, "dtype": dtype_name}
-    dtype = torch.float32 if dtype_name == "f32" else torch.float64
+    dtype = DTYPES[dtype_name]
     torch.set_num_threads(threads)
     with torch.no_grad():
         fn = make_case(dims, layout, mode, dtype)
@@ -138,7 +144,7 @@ def run_case(dims, layout, mode, threads, dtype_name, repeat=None):
     count = 1
     for d in dims:
         count *= d
-    nbytes = count * (4 if dtype_name == "f32" else 8) * (3 if mode == "backward" else 2)
+    nbytes = count * SIZES[dtype_name] * (3 if mode == "backward" else 2)
     out.update(median_ns=round(median, 1), min_ns=round(minimum, 1), bytes=nbytes,
                gbps=round(nbytes / median, 3), roofline_ns=None, roofline_pct=None,
                repeat=repeat, inner=inner, version=torch.__version__,
@@ -179,7 +185,7 @@ def main():
     p.add_argument("--layout", choices=("nchw", "nhwc"))
     p.add_argument("--mode", choices=MODES)
     p.add_argument("--threads", type=int)
-    p.add_argument("--dtype", choices=("f32", "f64"), default="f32")
+    p.add_argument("--dtype", choices=("f32", "f64", "bf16"), default="f32")
     p.add_argument("--repeat", type=int)
     a = p.parse_args()
     if a.serve:

@@ -55,9 +55,10 @@ class BnState(ctypes.Structure):
 
 
 class BnDesc(ctypes.Structure):
-    """struct bn_desc of bnorm.h."""
+    """struct bn_desc of bnorm.h (test_exports.py checks bnorm._lib's copy against the
+    header's size)."""
     _fields_ = [("n", ctypes.c_int64), ("c", ctypes.c_int64), ("s", ctypes.c_int64),
-                ("dtype", ctypes.c_int), ("layout", ctypes.c_int)]
+                ("dtype", ctypes.c_int), ("layout", ctypes.c_int), ("params", ctypes.c_int)]
 
 
 _vp, _cp, _sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
