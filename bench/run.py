@@ -8,6 +8,9 @@ run one after the other, in an order that rotates from round to round:
   torch   bench/torch_peer.py --serve, one long-lived process answering one case per request
   onednn  build/onednn_peer --json --shape S --mode M --threads T, with OMP_NUM_THREADS=T
           (all its layouts: nchw, nhwc and nChw16c for 4-d)
+The same run times bfloat16 on the tensors larger than the caches (HALF_GRID): bnorm and
+PyTorch with bfloat16 data and float32 parameters, oneDNN with bf16 data; its table puts each
+case beside bnorm's float32 time of it.
 Every contender reports the median of its repetitions; over the rounds, the median of those
 medians is what counts. Writes bench/results.json (every raw line, the aggregates, the
 machine), bench/chart.png and bench/table.md, and prints the table.
@@ -30,6 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GRID = [("20x2", ["nchw"]), ("256x1024", ["nchw"]), ("32x64x56x56", ["nchw", "nhwc"]),
         ("32x512x7x7", ["nchw"]), ("8x256x128x128", ["nchw"])]
+# bfloat16 (bnorm and PyTorch with float32 parameters, as under torch.autocast; oneDNN with bf16
+# data and f32 scale and shift), on the tensors larger than the caches, beside float32's
+HALF_GRID = [("32x64x56x56", ["nchw", "nhwc"]), ("8x256x128x128", ["nchw"])]
+HALF = "bf16"
+TARGET_HALF_SPEEDUP = 1.7  # bfloat16 at least 1.7x faster than bnorm's float32
 MODES = ["train", "eval", "backward"]
 THREADS = [1, 2]
 PEER_LAYOUTS = {"torch": ["nchw", "nhwc"], "onednn": ["nchw", "nhwc", "nchw16c"]}
@@ -77,8 +85,8 @@ class TorchWorker:
                  "bench: PyTorch is required for make bench: apt-get install python3-torch")
         self.hello = json.loads(line)
 
-    def run(self, shape, layout, mode, threads):
-        req = {"shape": shape, "layout": layout, "mode": mode, "threads": threads, "dtype": "f32"}
+    def run(self, shape, layout, mode, threads, dtype="f32"):
+        req = {"shape": shape, "layout": layout, "mode": mode, "threads": threads, "dtype": dtype}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -91,27 +99,28 @@ class TorchWorker:
         self.proc.wait(timeout=60)
 
 
-def run_ours(bnorm, shape, layout, mode, threads):
+def run_ours(bnorm, shape, layout, mode, threads, dtype="f32"):
     cmd = [str(bnorm), "bench", "--json", "--shape", shape, "--layout", layout, "--mode", mode,
-           "--threads", str(threads)]
+           "--threads", str(threads), "--dtype", dtype]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     if r.returncode != 0:
         return [{"peer": "bnorm", "shape": shape, "layout": layout, "mode": mode,
-                 "threads": threads, "dtype": "f32", "median_ns": None,
+                 "threads": threads, "dtype": dtype, "median_ns": None,
                  "error": r.stderr.strip() or f"exit status {r.returncode}"}]
     return json_lines(r.stdout)
 
 
-def run_onednn(peer, shape, mode, threads):
+def run_onednn(peer, shape, mode, threads, dtype="f32"):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("DNNL_VERBOSE", None)
     env.pop("ONEDNN_VERBOSE", None)
-    cmd = [str(peer), "--json", "--shape", shape, "--mode", mode, "--threads", str(threads)]
+    cmd = [str(peer), "--json", "--shape", shape, "--mode", mode, "--threads", str(threads),
+           "--dtype", dtype]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     lines = json_lines(r.stdout)
     if r.returncode != 0 and not lines:
         return [{"peer": "onednn", "shape": shape, "layout": "?", "mode": mode,
-                 "threads": threads, "dtype": "f32", "median_ns": None,
+                 "threads": threads, "dtype": dtype, "median_ns": None,
                  "error": r.stderr.strip() or f"exit status {r.returncode}"}]
     return lines
 
@@ -305,6 +314,48 @@ def make_table(rows, machine, rounds):
     return head + "\n\n" + "\n".join(out) + "\n"
 
 
+def half_met(row, f32_ns):
+    """bfloat16's verdict: at least TARGET_HALF_SPEEDUP times faster than bnorm's float32, and
+    the float32 yardstick (the best peer's bfloat16, or the floor of its bytes)."""
+    ours = row.get("bnorm_ns")
+    return (ours is not None and f32_ns is not None and f32_ns / ours >= TARGET_HALF_SPEEDUP
+            and target_met(row))
+
+
+def make_half_table(rows, f32_rows):
+    """The bfloat16 table: each case beside bnorm's float32 time of the same case."""
+    f32 = {(r["shape"], r["layout"], r["mode"], r["threads"]): r["bnorm_ns"] for r in f32_rows}
+    out = ["| case | threads | bnorm bf16 | PyTorch bf16 | oneDNN bf16 | bnorm / best peer | "
+           "floor | bnorm / floor | bnorm f32 | f32 / bf16 | target |",
+           "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|"]
+    met = 0
+    for r in rows:
+        f = f32.get((r["shape"], r["layout"], r["mode"], r["threads"]))
+        cells = [f"{r['shape']} {r['layout']} {r['mode']}", str(r["threads"]),
+                 fmt_ns(r["bnorm_ns"])]
+        for peer in ("torch", "onednn"):
+            b = r[peer + "_best"]
+            cells.append(f"{fmt_ns(b[1])} ({layout_label(peer, b[0])})" if b else "-")
+        bp = r["best_peer"]
+        cells.append(f"{r['ratio']:.2f}x ({PEER_NAMES[bp[0]]})" if r["ratio"] is not None else "-")
+        floor = floor_ns(r)
+        cells.append(fmt_ns(floor))
+        cells.append("-" if floor is None or r["bnorm_ns"] is None else
+                     f"{r['bnorm_ns'] / floor:.2f}x")
+        cells.append(fmt_ns(f))
+        cells.append("-" if f is None or not r["bnorm_ns"] else f"{f / r['bnorm_ns']:.2f}x")
+        ok = half_met(r, f)
+        met += ok
+        cells.append("met" if ok else "**no**")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(f"{met} of {len(rows)} bfloat16 cases met (at least {TARGET_HALF_SPEEDUP}x "
+               f"bnorm's float32, and at most {TARGET_PEER_RATIO}x the best peer's bfloat16 or "
+               f"{TARGET_FLOOR_RATIO}x the floor of the bytes moved: 4 per element forward, 6 "
+               "backward).")
+    return "\n".join(out) + "\n"
+
+
 def make_chart(rows, path, machine, rounds):
     import matplotlib
     matplotlib.use("Agg")
@@ -371,6 +422,8 @@ def main():
             saved = json.loads(Path(a.redraw).read_text())
             cases, machine, rounds = saved["cases"], saved["machine"], saved["rounds"]
             table = make_table(cases, machine, rounds)
+            if saved.get("cases_bf16"):
+                table += "\n" + make_half_table(saved["cases_bf16"], cases)
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"--redraw {a.redraw}: not a results.json that make bench wrote "
                  f"({type(e).__name__}: {e})")
@@ -400,8 +453,12 @@ def main():
         fail(f"no shape of the grid matches {a.shape}")
     modes = a.mode or MODES
     threads_list = a.threads or THREADS
-    groups = [(s, layouts, m, t) for s, layouts in grid for m in modes for t in threads_list]
-    cases = [(s, l, m, t) for s, layouts, m, t in groups for l in layouts]
+    groups = [(s, layouts, m, t, "f32") for s, layouts in grid for m in modes
+              for t in threads_list]
+    groups += [(s, layouts, m, t, HALF) for s, layouts in HALF_GRID if not a.shape or s in a.shape
+               for m in modes for t in threads_list]
+    cases = [(s, l, m, t) for s, layouts, m, t, d in groups for l in layouts if d == "f32"]
+    half_cases = [(s, l, m, t) for s, layouts, m, t, d in groups for l in layouts if d == HALF]
 
     worker = TorchWorker()
     machine = machine_info(bnorm, worker.hello)
@@ -410,18 +467,18 @@ def main():
     order = ["bnorm", "torch", "onednn"]
     for rnd in range(a.rounds):
         contenders = order[rnd % 3:] + order[:rnd % 3]
-        for gi, (shape, layouts, mode, threads) in enumerate(groups):
+        for gi, (shape, layouts, mode, threads, dtype) in enumerate(groups):
             got = []
             for who in contenders:
                 if who == "bnorm":
                     for layout in layouts:
-                        got += run_ours(bnorm, shape, layout, mode, threads)
+                        got += run_ours(bnorm, shape, layout, mode, threads, dtype)
                 elif who == "torch":
                     nd2 = shape.count("x") == 1
                     for layout in ["nchw"] if nd2 else PEER_LAYOUTS["torch"]:
-                        got += worker.run(shape, layout, mode, threads)
+                        got += worker.run(shape, layout, mode, threads, dtype)
                 else:
-                    got += run_onednn(peer, shape, mode, threads)
+                    got += run_onednn(peer, shape, mode, threads, dtype)
             for rec in got:
                 rec["round"] = rnd
                 if rec.get("error"):
@@ -431,16 +488,20 @@ def main():
             summary = ", ".join(f"{r['peer']} {r.get('layout', '?')} {fmt_ns(r.get('median_ns'))}"
                                 for r in got)
             print(f"[round {rnd + 1}/{a.rounds}, {gi + 1}/{len(groups)}, "
-                  f"{time.time() - start:.0f} s] {shape} {mode} T{threads}: {summary}",
+                  f"{time.time() - start:.0f} s] {shape} {dtype} {mode} T{threads}: {summary}",
                   file=sys.stderr, flush=True)
     worker.close()
 
     onednn_versions = {r.get("version") for r in raw if r["peer"] == "onednn" and r.get("version")}
     machine["onednn"] = ", ".join(sorted(onednn_versions)) or None
     machine["elapsed_s"] = round(time.time() - start, 1)
-    agg = aggregate(raw)
+    agg = aggregate([r for r in raw if r.get("dtype", "f32") == "f32"])
     rows = case_rows(agg, cases)
+    half_agg = aggregate([r for r in raw if r.get("dtype") == HALF])
+    half_rows = case_rows(half_agg, half_cases)
     table = make_table(rows, machine, a.rounds)
+    if half_rows:
+        table += "\n" + make_half_table(half_rows, rows)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -448,9 +509,11 @@ def main():
         "machine": machine, "rounds": a.rounds,
         "method": "per run: warm-up, then the median of repeated timed calls (batched below "
                   "100 us); per contender and case: the median over rounds of those medians",
-        "cases": rows,
+        "cases": rows, "cases_bf16": half_rows,
         "aggregated": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
                        for k, v in sorted(agg.items(), key=lambda kv: str(kv[0]))],
+        "aggregated_bf16": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
+                            for k, v in sorted(half_agg.items(), key=lambda kv: str(kv[0]))],
         "raw": raw,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

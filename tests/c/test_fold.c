@@ -132,6 +132,8 @@ BN_SUITE(suite_fold_errors_write_nothing) {
         {bn_fold_conv(w2, b2, w, NULL, rm, rv, NULL, NULL, C_OUT, 3, -1e-5, BN_FLOAT64), BN_ERR_ARGUMENT},
         {bn_fold_conv(w2, b2, w, NULL, rm, rv, NULL, NULL, C_OUT, 3, NAN, BN_FLOAT64), BN_ERR_ARGUMENT},
         {bn_fold_conv(w2, b2, w, NULL, rm, rv, NULL, NULL, C_OUT, 3, 1e-5, (bn_dtype)7), BN_ERR_UNSUPPORTED},
+        {bn_fold_conv(w2, b2, w, NULL, rm, rv, NULL, NULL, C_OUT, 3, 1e-5, BN_BFLOAT16), BN_ERR_UNSUPPORTED},
+        {bn_fold_conv_transpose(w2, b2, w, NULL, rm, rv, NULL, NULL, 2, C_OUT, 2, 1, 1e-5, BN_FLOAT16), BN_ERR_UNSUPPORTED},
         {bn_fold_conv_transpose(w2, b2, w, NULL, rm, rv, NULL, NULL, 3, C_OUT, 2, 1, 1e-5, BN_FLOAT64), BN_ERR_SHAPE},
         {bn_fold_conv_transpose(w2, b2, w, NULL, rm, rv, NULL, NULL, 2, C_OUT, 0, 1, 1e-5, BN_FLOAT64), BN_ERR_SHAPE},
         {bn_fold_conv_transpose(w2, b2, w, NULL, rm, rv, NULL, NULL, 2, C_OUT, 2, 0, 1e-5, BN_FLOAT64), BN_ERR_SHAPE},

@@ -44,7 +44,7 @@ def check_case(case, shape, layout, mode, threads, dtype="f32"):
     count = 1
     for d in dims:
         count *= d
-    per_elem = (12 if mode == "backward" else 8) * (2 if dtype == "f64" else 1)
+    per_elem = (12 if mode == "backward" else 8) * {"f64": 2, "f32": 1, "bf16": 0.5, "f16": 0.5}[dtype]
     assert case["bytes"] == count * per_elem
     for k in ("median_ns", "min_ns", "roofline_ns", "gbps", "roofline_pct"):
         assert isinstance(case[k], (int, float)) and case[k] > 0, (k, case[k])
@@ -72,6 +72,15 @@ def test_shape_without_layout_runs_both_layouts_and_f64():
     assert [c["layout"] for c in cases] == ["nchw", "nhwc"]
     for c in cases:
         check_case(c, "2x16x4x4", c["layout"], "eval", 1, "f64")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_16_bit_cases_move_half_the_bytes(dtype):
+    cases = bench_json("--shape", "4x16x8x8", "--threads", 1, "--dtype", dtype)
+    assert len(cases) == 6
+    for c in cases:
+        check_case(c, "4x16x8x8", c["layout"], c["mode"], 1, dtype)
+        assert f"dtype={dtype} " in c["plan"]
 
 
 def test_2d_shape_reports_one_layout_for_every_mode_and_thread_count():
@@ -157,7 +166,7 @@ def test_help():
     (["--threads", "-1"], "--threads"),
     (["--threads", "two"], "--threads"),
     (["--threads", "2.5"], "--threads"),
-    (["--dtype", "f16"], "--dtype"),
+    (["--dtype", "f8"], "--dtype"),
     (["--repeat", "0"], "--repeat"),
     (["--shape"], "needs a value"),
     (["--shape", "2x2", "--shape", "4x4"], "more than once"),

@@ -114,3 +114,31 @@ def test_redraw_refuses_what_is_not_a_results_file(tmp_path):
         assert r.stderr.startswith(f"bench: --redraw {path}: not a results.json"), r.stderr
         assert r.stderr.count("\n") == 1 and r.stdout == ""
         assert not (tmp_path / "table.md").exists()
+
+
+def half_row(ours, roofline, torch_ns, onednn_ns, f32_ns, mode="eval"):
+    shape, layout = "8x256x128x128", "nchw"
+    a = {("bnorm", shape, layout, mode, 1): {"median_ns": ours, "roofline_ns": roofline,
+                                              "tensor_bytes": 64 << 20},
+         ("torch", shape, "nchw", mode, 1): {"median_ns": torch_ns},
+         ("onednn", shape, "nchw", mode, 1): {"median_ns": onednn_ns}}
+    rows = bench_run.case_rows(a, [(shape, layout, mode, 1)])
+    f32_rows = [dict(rows[0], bnorm_ns=f32_ns)]
+    text = bench_run.make_half_table(rows, f32_rows)
+    line = [l for l in text.splitlines() if l.startswith(f"| {shape} {layout} {mode} ")][0]
+    return cells(line), text
+
+
+def test_half_table_needs_the_speedup_and_the_yardstick():
+    # 1.8x faster than float32 and within 1.15x of the floor: met
+    c, text = half_row(1000, 900, 5000, 5000, 1800)
+    assert c[-2] == "1.80x" and c[-1] == "met" and "1 of 1 bfloat16 cases met" in text
+    # within the floor but only 1.5x faster than float32: not met
+    c, _ = half_row(1000, 900, 5000, 5000, 1500)
+    assert c[-1] == "**no**"
+    # 2x faster than float32, at half the best peer's time (the floor far below): met
+    c, _ = half_row(1000, 500, 2000, 3000, 2000)
+    assert c[5].startswith("0.50x") and c[-1] == "met"
+    # 2x faster than float32 but neither yardstick: not met
+    c, _ = half_row(1000, 500, 1500, 3000, 2000)
+    assert c[-1] == "**no**"
