@@ -15,37 +15,41 @@ void bn_pivot_counts(int64_t *again, int64_t *exact) {
     *exact = (int64_t)atomic_load(&pivot_exact);
 }
 
-/* One instruction set's tables, indexed by bn_dtype: plain stores, then streaming ones (NULL
- * where there are none). */
-enum { DTYPES = 4 };
+/* One instruction set's tables, indexed by epilogue (BN_EPILOGUE_NONE, _RELU, _ADD_RELU) and
+ * bn_dtype: plain stores, then streaming ones (NULL where there are none). */
+enum { DTYPES = 4, EPILOGUES = 3 };
 typedef struct {
     const char *name;
-    const bn_kernels *plain[DTYPES], *stream[DTYPES];
+    const bn_kernels *plain[EPILOGUES][DTYPES], *stream[EPILOGUES][DTYPES];
 } isa_tables;
 
-#define ISA_TABLES(isa) \
-    extern const bn_kernels bn_kernels_f32_##isa, bn_kernels_f64_##isa, bn_kernels_bf16_##isa, \
-        bn_kernels_f16_##isa, bn_kernels_f32_stream_##isa, bn_kernels_f64_stream_##isa, \
-        bn_kernels_bf16_stream_##isa, bn_kernels_f16_stream_##isa;
+#define PLAIN_OF(t, isa) bn_kernels_##t##_##isa, bn_kernels_##t##_relu_##isa, \
+    bn_kernels_##t##_add_relu_##isa
+#define STREAM_OF(t, isa) bn_kernels_##t##_stream_##isa, bn_kernels_##t##_relu_stream_##isa, \
+    bn_kernels_##t##_add_relu_stream_##isa
+#define BY_TYPE(kind, isa) \
+    {&bn_kernels_f32_##kind##isa, &bn_kernels_f64_##kind##isa, &bn_kernels_bf16_##kind##isa, \
+     &bn_kernels_f16_##kind##isa}
 #ifdef BN_HAVE_STREAM
+#define ISA_TABLES(isa) \
+    extern const bn_kernels PLAIN_OF(f32, isa), PLAIN_OF(f64, isa), PLAIN_OF(bf16, isa), \
+        PLAIN_OF(f16, isa), STREAM_OF(f32, isa), STREAM_OF(f64, isa), STREAM_OF(bf16, isa), \
+        STREAM_OF(f16, isa);
 ISA_TABLES(avx512)
 ISA_TABLES(avx2)
 ISA_TABLES(base)
 #define TABLES(name, isa) \
     {name, \
-     {&bn_kernels_f32_##isa, &bn_kernels_f64_##isa, &bn_kernels_bf16_##isa, &bn_kernels_f16_##isa}, \
-     {&bn_kernels_f32_stream_##isa, &bn_kernels_f64_stream_##isa, &bn_kernels_bf16_stream_##isa, \
-      &bn_kernels_f16_stream_##isa}}
+     {BY_TYPE(, isa), BY_TYPE(relu_, isa), BY_TYPE(add_relu_, isa)}, \
+     {BY_TYPE(stream_, isa), BY_TYPE(relu_stream_, isa), BY_TYPE(add_relu_stream_, isa)}}
 /* best first */
 static const isa_tables sets[] = {TABLES("avx512f", avx512), TABLES("avx2", avx2),
                                   TABLES("x86-64", base)};
 #else
-extern const bn_kernels bn_kernels_f32_base, bn_kernels_f64_base, bn_kernels_bf16_base,
-    bn_kernels_f16_base;
-static const isa_tables sets[] = {{"portable",
-                                   {&bn_kernels_f32_base, &bn_kernels_f64_base,
-                                    &bn_kernels_bf16_base, &bn_kernels_f16_base},
-                                   {0, 0, 0, 0}}};
+extern const bn_kernels PLAIN_OF(f32, base), PLAIN_OF(f64, base), PLAIN_OF(bf16, base),
+    PLAIN_OF(f16, base);
+static const isa_tables sets[] = {
+    {"portable", {BY_TYPE(, base), BY_TYPE(relu_, base), BY_TYPE(add_relu_, base)}, {{0}}}};
 #endif
 enum { SET_COUNT = sizeof sets / sizeof sets[0] };
 
@@ -97,13 +101,17 @@ void bn_kernel_force_plain_stores(int on) { atomic_store(&plain_stores_only, on 
 int64_t bn_kernel_stream_count(void) { return (int64_t)atomic_load(&stream_tables); }
 
 int bn_kernels_can_stream(void) {
-    return current()->stream[BN_FLOAT32] != NULL && !atomic_load(&plain_stores_only);
+    return current()->stream[0][BN_FLOAT32] != NULL && !atomic_load(&plain_stores_only);
 }
 
-const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
-    if ((unsigned)dtype >= DTYPES) return NULL;
+const bn_kernels *bn_kernels_for_epilogue(bn_dtype dtype, int stream, int epilogue) {
+    if ((unsigned)dtype >= DTYPES || (unsigned)epilogue >= EPILOGUES) return NULL;
     stream = stream && bn_kernels_can_stream();
     if (stream) atomic_fetch_add(&stream_tables, 1);
     const isa_tables *t = current();
-    return stream ? t->stream[dtype] : t->plain[dtype];
+    return stream ? t->stream[epilogue][dtype] : t->plain[epilogue][dtype];
+}
+
+const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream) {
+    return bn_kernels_for_epilogue(dtype, stream, BN_EPILOGUE_NONE);
 }

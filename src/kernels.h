@@ -142,6 +142,11 @@ typedef struct bn_kernels {
  * (the callers return BN_ERR_UNSUPPORTED), and the plain ones where the machine cannot stream. */
 const bn_kernels *bn_kernels_for(bn_dtype dtype, int stream);
 
+/* bn_kernels_for of the tables whose forward output kernels end in an epilogue (kernel_types.h:
+ * BN_EPILOGUE_NONE, BN_EPILOGUE_RELU, BN_EPILOGUE_ADD_RELU); their other kernels are the plain
+ * table's. NULL for an unknown dtype or epilogue. */
+const bn_kernels *bn_kernels_for_epilogue(bn_dtype dtype, int stream, int epilogue);
+
 /* Whether this machine's kernels can stream stores (any x86-64, in a build with run-time sets). */
 int bn_kernels_can_stream(void);
 

@@ -20,6 +20,7 @@
 #define COMPUTE 64
 #define STORE_KIND BN_STORE_PLAIN
 #define EPILOGUE BN_EPILOGUE_ADD_RELU
+#define PRIMARY 1 /* every kernel: this instantiation has no twin */
 #define LOADW(p) __builtin_convertvector(*(const bn_v8f_u *)(p), bn_v8d)
 #define STORE_PLAIN(p, v) (*(bn_v8f_u *)(p) = __builtin_convertvector((v), bn_v8f))
 #define LD1(v) ((double)(v))
