@@ -411,6 +411,45 @@ BN_API bn_status bn_backward_eval(void *dx, void *dweight, void *dbias, const vo
                                   const void *weight, const bn_desc *desc, double eps);
 
 /*
+ * FUSED ACTIVATION: batch norm, then a ReLU (and a residual add before it), in one pass over
+ * memory (conv-BN-ReLU, and the residual block's BN-add-ReLU):
+ *   y = max(bn(x) + z, 0)       z NULL: y = max(bn(x), 0)
+ * bn(x) is bn_forward_train's or bn_forward_eval's, with the same arguments and options (ghost
+ * batches excepted: BN_ERR_ARGUMENT), each value computed as they compute it, z added and the
+ * ReLU taken in the compute type before the one rounding to the dtype; a NaN stays NaN.
+ *   z: in (N, C, S), desc's dtype and layout, or NULL; y may be the same buffer as x or z.
+ * @return as bn_forward_train / bn_forward_eval.
+ */
+BN_API bn_status bn_forward_train_relu(void *y, double *save_mean, double *save_invstd,
+                                       void *running_mean, void *running_var,
+                                       int64_t *num_batches_tracked, const void *x, const void *z,
+                                       const void *weight, const void *bias, const bn_desc *desc,
+                                       const bn_options *opt);
+BN_API bn_status bn_forward_eval_relu(void *y, const void *x, const void *z,
+                                      const void *running_mean, const void *running_var,
+                                      const void *weight, const void *bias, const bn_desc *desc,
+                                      double eps);
+
+/*
+ * The backward passes of the fused ones, from their output y: the gradient through the ReLU,
+ * g = dy where y > 0 (else 0: also for a NaN y, as torch's), is dz, the gradient of z (NULL to
+ * skip), and the batch norm's dy (bn_backward_train's or bn_backward_eval's, whose arguments the
+ * others are).
+ *   dx, dz, dweight, dbias: out, each NULL to skip; g is formed in dz, else in dx, so one of
+ *   them is required where dweight or dbias is asked for (BN_ERR_NULL_POINTER)
+ *   y: in (N, C, S), the fused forward pass's output
+ * dx and dz may be the same buffer as dy (not as each other).
+ */
+BN_API bn_status bn_backward_train_relu(void *dx, void *dz, void *dweight, void *dbias,
+                                        const void *dy, const void *y, const void *x,
+                                        const double *save_mean, const double *save_invstd,
+                                        const void *weight, const bn_desc *desc);
+BN_API bn_status bn_backward_eval_relu(void *dx, void *dz, void *dweight, void *dbias,
+                                       const void *dy, const void *y, const void *x,
+                                       const void *running_mean, const void *running_var,
+                                       const void *weight, const bn_desc *desc, double eps);
+
+/*
  * Training forward pass with batch renormalization (Ioffe 2017, as tf-keras does it): x is
  * normalized with its batch statistics, then corrected towards the renorm statistics,
  *   stddev = sqrt(var + eps),  s = max(renorm_stddev, sqrt(eps)),

@@ -216,12 +216,17 @@ bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call) {
     double *doubles = arrays[0];
     double *mean = doubles, *invstd = doubles + C, *w = doubles + 2 * C;
     const int train = call->train;
+    const void *dy = call->dy;
+    if (call->relu_y) { /* nothing can fail from here on: the mask is the first write */
+        bn_relu_mask(call->relu_g, dy, call->relu_y, plan.elements, plan.d.dtype);
+        dy = call->relu_g;
+    }
     backward b = {
         .pass = {.plan = &plan, .cf_first = cf_sums, .cf_finish = cf_finish, .cf_second = cf_dx,
                  .cf_second_next = train ? cf_dx_next : NULL, .cl_first = cl_sums,
                  .cl_finish = cl_finish, .cl_second = cl_dx, .first = !given,
                  .second = call->dx != NULL},
-        .dx = call->dx, .dy = call->dy, .x = call->x, .train = train, .given = given,
+        .dx = call->dx, .dy = dy, .x = call->x, .train = train, .given = given,
         .sums_only = call->sum_dy_out != NULL, .count = (double)call->count, .mean = mean,
         .invstd = invstd, .w = call->weight || call->w ? w : NULL, .sums = doubles + 3 * C,
         .part_sums = arrays[1], .dbias = doubles + 5 * C, .dweight = doubles + 6 * C,
@@ -296,6 +301,53 @@ bn_status bn_backward_train(void *dx, void *dweight, void *dbias, const void *dy
                                 .weight = weight, .save_mean = save_mean,
                                 .save_invstd = save_invstd, .count = bn_count(desc)};
     return bn_run_backward(desc, &call);
+}
+
+/* The backward of the fused forward passes: dy masked by y > 0 into dz (when asked for: add +
+ * ReLU's gradient of z) or dx, then the batch norm's backward of it. */
+static bn_status backward_relu(void *dx, void *dz, const void *y, const bn_desc *desc,
+                               bn_backward_call call) {
+    BN_RETURN_IF(bn_tensor_missing(y, desc), BN_ERR_NULL_POINTER);
+    /* the masked gradient needs a place: dz or dx */
+    BN_RETURN_IF(!dx && !dz && (call.dweight || call.dbias) && bn_count(desc) != 0,
+                 BN_ERR_NULL_POINTER);
+    if (bn_count(desc) == 0) {
+        store_zero_grads(desc, call.dweight, call.dbias);
+        return BN_OK;
+    }
+    if (!dx && !dz) return BN_OK; /* nothing asked for */
+    if (!dx && !call.dweight && !call.dbias) { /* dz alone: the mask is all */
+        bn_relu_mask(dz, call.dy, y, desc->n * desc->c * desc->s, desc->dtype);
+        return BN_OK;
+    }
+    call.relu_y = y;
+    call.relu_g = dz ? dz : dx;
+    call.dx = dx;
+    return bn_run_backward(desc, &call);
+}
+
+bn_status bn_backward_train_relu(void *dx, void *dz, void *dweight, void *dbias, const void *dy,
+                                 const void *y, const void *x, const double *save_mean,
+                                 const double *save_invstd, const void *weight,
+                                 const bn_desc *desc) {
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, save_mean, save_invstd));
+    const bn_backward_call call = {.train = 1, .dweight = dweight, .dbias = dbias, .dy = dy,
+                                   .x = x, .weight = weight, .save_mean = save_mean,
+                                   .save_invstd = save_invstd, .count = bn_count(desc)};
+    return backward_relu(dx, dz, y, desc, call);
+}
+
+bn_status bn_backward_eval_relu(void *dx, void *dz, void *dweight, void *dbias, const void *dy,
+                                const void *y, const void *x, const void *running_mean,
+                                const void *running_var, const void *weight,
+                                const bn_desc *desc, double eps) {
+    BN_RETURN_IF_ERROR(check_backward(desc, dy, x, running_mean, running_var));
+    BN_RETURN_IF_ERROR(bn_check_eps(eps));
+    const bn_backward_call call = {.dweight = dweight, .dbias = dbias, .dy = dy, .x = x,
+                                   .weight = weight, .running_mean = running_mean,
+                                   .running_var = running_var, .eps = eps,
+                                   .count = bn_count(desc)};
+    return backward_relu(dx, dz, y, desc, call);
 }
 
 bn_status bn_backward_sums(double *sum_dy, double *sum_dy_xhat, const void *dy, const void *x,

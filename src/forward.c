@@ -19,6 +19,7 @@ typedef struct {
     bn_pass pass; /* first: the skeletons see this */
     void *y;
     const void *x;
+    const void *z;     /* the epilogue's second input, or NULL */
     bn_moments *mom;   /* (C) each channel's moments: merged, or given */
     bn_moments *parts; /* (parts, C) channels-last: the moments of each part of the rows */
     bn_train_finish fin; /* the finish: its inputs, outputs and (C) arrays */
@@ -32,6 +33,10 @@ static inline const void *at_c(const bn_plan *p, const void *base, int64_t at) {
 }
 static inline void *at_v(const bn_plan *p, void *base, int64_t at) {
     return (char *)base + at * (int64_t)p->es;
+}
+/* The same of an optional tensor (the epilogue's z): NULL stays NULL. */
+static inline const void *at_z(const bn_plan *p, const void *base, int64_t at) {
+    return base ? at_c(p, base, at) : NULL;
 }
 
 /* ---- channels-first: channel c's rows start at c * S, C * S apart; channels [c0, c1) are one
@@ -60,14 +65,16 @@ static void cf_normalize(const bn_pass *p, int64_t c0, int64_t c1) {
     const bn_desc *d = &p->plan->d;
     if (p->plan->group > 1) {
         p->plan->k->cf_group_normalize_next(NULL, at_v(p->plan, f->y, c0 * d->s),
-                                            at_c(p->plan, f->x, c0 * d->s), NULL, NULL, c1 - c0,
+                                            at_c(p->plan, f->x, c0 * d->s),
+                                            at_z(p->plan, f->z, c0 * d->s), NULL, c1 - c0,
                                             0, d->n, d->s, d->c * d->s, f->fin.mean + c0,
                                             f->fin.scale + c0, f->fin.shift + c0);
         return;
     }
     for (int64_t c = c0; c < c1; c++)
         p->plan->k->cf_normalize(at_v(p->plan, f->y, c * d->s), at_c(p->plan, f->x, c * d->s),
-                                 NULL, d->n, d->s, d->c * d->s, f->fin.mean[c], f->fin.scale[c],
+                                 at_z(p->plan, f->z, c * d->s), d->n, d->s, d->c * d->s,
+                                 f->fin.mean[c], f->fin.scale[c],
                                  f->fin.shift[c]);
 }
 
@@ -77,15 +84,16 @@ static void cf_normalize_next(const bn_pass *p, int64_t c0, int64_t c1, int64_t 
     const bn_desc *d = &p->plan->d;
     if (p->plan->group > 1) {
         p->plan->k->cf_group_normalize_next(
-            f->mom + c1, at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
-            at_c(p->plan, f->x, c1 * d->s), c1 - c0, c2 - c1, d->n, d->s, d->c * d->s,
+            f->mom + c1, at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s),
+            at_z(p->plan, f->z, c0 * d->s), at_c(p->plan, f->x, c1 * d->s), c1 - c0, c2 - c1, d->n, d->s, d->c * d->s,
             f->fin.mean + c0, f->fin.scale + c0, f->fin.shift + c0);
         return;
     }
     /* single channels: c1 = c0 + 1, c2 = c1 + 1 */
     f->mom[c1] = p->plan->k->cf_normalize_next(
-        at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s), NULL,
-        at_c(p->plan, f->x, c1 * d->s), d->n, d->s, d->c * d->s, f->fin.mean[c0],
+        at_v(p->plan, f->y, c0 * d->s), at_c(p->plan, f->x, c0 * d->s),
+        at_z(p->plan, f->z, c0 * d->s), at_c(p->plan, f->x, c1 * d->s), d->n, d->s, d->c * d->s,
+        f->fin.mean[c0],
         f->fin.scale[c0], f->fin.shift[c0]);
     (void)c2;
 }
@@ -120,7 +128,8 @@ static void cl_finish(const bn_pass *p, int64_t c0, int64_t c1) {
 static void cl_normalize(const bn_pass *p, const bn_tile *t) {
     const forward *f = (const forward *)p;
     const int64_t C = p->plan->d.c, at = t->r0 * C + t->c0;
-    p->plan->k->cl_normalize(at_v(p->plan, f->y, at), at_c(p->plan, f->x, at), NULL, t->r1 - t->r0,
+    p->plan->k->cl_normalize(at_v(p->plan, f->y, at), at_c(p->plan, f->x, at),
+                             at_z(p->plan, f->z, at), t->r1 - t->r0,
                              C, t->c1 - t->c0, (const char *)f->coef + t->c0 * (int64_t)p->plan->k->coef_size);
 }
 
@@ -141,7 +150,7 @@ bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call) {
                  .cf_second = cf_normalize, .cf_second_next = cf_normalize_next,
                  .cl_first = cl_moments, .cl_finish = cl_finish, .cl_second = cl_normalize,
                  .first = call->given == NULL, .second = call->y != NULL && plan->count > 0},
-        .y = call->y, .x = call->x, .mom = arrays[0], .parts = arrays[2],
+        .y = call->y, .x = call->x, .z = call->z, .mom = arrays[0], .parts = arrays[2],
         .fin = {.k = plan->kp, .count = call->count, .eps = call->eps, .w_new = call->w_new,
                 .w_old = call->w_old, .var_divisor = call->var_divisor,
                 .w = has_w ? doubles : NULL, .b = has_b ? doubles + C : NULL,
@@ -213,7 +222,7 @@ bn_status bn_check_train(const bn_train_args *a, const bn_desc *desc, const bn_o
                  BN_ERR_NULL_POINTER);
     const int flags = opt->flags, stored = flags & BN_STORED_STATS;
     const int64_t ghost = opt->virtual_batch;
-    BN_RETURN_IF(ghost && (a->given || stored), BN_ERR_ARGUMENT);
+    BN_RETURN_IF(ghost && (a->given || stored || a->epilogue), BN_ERR_ARGUMENT);
     BN_RETURN_IF(ghost && desc->n % ghost != 0, BN_ERR_SHAPE);
     BN_RETURN_IF(stored && (a->renorm || a->given), BN_ERR_ARGUMENT);
     BN_RETURN_IF(stored && (!a->running_mean || !a->running_var), BN_ERR_NULL_POINTER);
@@ -250,6 +259,7 @@ static bn_status train_whole(const bn_train_args *a, const bn_desc *desc, const 
                              const bn_train_plan *t, const bn_renorm_finish *renorm) {
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 1));
+    if (a->epilogue) bn_plan_set_epilogue(&plan, a->epilogue);
     bn_plan_try_stores(&plan, (a->stats ? 0 : 1) | 2);
     const int track = t->tracking;
     const bn_train_call call = {
@@ -259,7 +269,8 @@ static bn_status train_whole(const bn_train_args *a, const bn_desc *desc, const 
         .running_var = track ? a->running_var : NULL,
         .stored_mean = opt->flags & BN_STORED_STATS ? a->running_mean : NULL,
         .stored_var = a->running_var, .renorm = renorm, .count = (double)t->m, .eps = opt->eps,
-        .w_new = t->w_new, .w_old = t->w_old, .var_divisor = bn_var_divisor(opt, t->m)};
+        .w_new = t->w_new, .w_old = t->w_old, .var_divisor = bn_var_divisor(opt, t->m),
+        .z = a->z};
     return bn_run_train(&plan, &call);
 }
 
@@ -267,8 +278,8 @@ static bn_status train_whole(const bn_train_args *a, const bn_desc *desc, const 
 static bn_status train_frozen(const bn_train_args *a, const bn_desc *desc,
                               const bn_options *opt) {
     const void *weight = opt->flags & BN_FIX_GAMMA ? NULL : a->weight;
-    BN_RETURN_IF_ERROR(bn_forward_eval(a->y, a->x, a->running_mean, a->running_var, weight,
-                                       a->bias, desc, opt->eps));
+    BN_RETURN_IF_ERROR(bn_eval(a->y, a->x, a->z, a->running_mean, a->running_var, weight, a->bias,
+                               desc, opt->eps, a->epilogue));
     const bn_kernels *k = bn_kernels_for(bn_param_dtype(desc), 0);
     for (int64_t c = 0; c < desc->c; c++) {
         double mean, var;
@@ -339,6 +350,19 @@ bn_status bn_forward_train(void *y, double *save_mean, double *save_invstd, void
     return bn_train(&a, desc, opt);
 }
 
+bn_status bn_forward_train_relu(void *y, double *save_mean, double *save_invstd,
+                                void *running_mean, void *running_var,
+                                int64_t *num_batches_tracked, const void *x, const void *z,
+                                const void *weight, const void *bias, const bn_desc *desc,
+                                const bn_options *opt) {
+    const bn_train_args a = {.y = y, .save_mean = save_mean, .save_invstd = save_invstd,
+                             .running_mean = running_mean, .running_var = running_var,
+                             .num_batches_tracked = num_batches_tracked, .x = x,
+                             .weight = weight, .bias = bias, .z = z,
+                             .epilogue = z ? BN_EPILOGUE_ADD_RELU : BN_EPILOGUE_RELU};
+    return bn_train(&a, desc, opt);
+}
+
 bn_status bn_forward_train_renorm(void *y, double *save_mean, double *save_invstd, double *r,
                                   double *d, void *running_mean, void *running_var,
                                   void *moving_stddev, void *renorm_mean, void *renorm_stddev,
@@ -395,6 +419,7 @@ typedef struct {
     const bn_plan *plan;
     void *y;
     const void *x;
+    const void *z; /* the epilogue's second input, or NULL */
     void *coef; /* (BN_COEF_COUNT, C) in the compute type */
     const void *rm, *rv, *w, *b;
     double eps;
@@ -426,7 +451,8 @@ static void eval_sample_chunk(const void *args, int64_t k) {
     const int64_t i = k / chunks, c0 = k % chunks * BN_TILE_CHANNELS;
     const int64_t c1 = c0 + BN_TILE_CHANNELS < C ? c0 + BN_TILE_CHANNELS : C;
     const int64_t at = (i * C + c0) * p->d.s;
-    p->k->cf_normalize_rows(at_v(p, e->y, at), at_c(p, e->x, at), NULL, c1 - c0, p->d.s,
+    p->k->cf_normalize_rows(at_v(p, e->y, at), at_c(p, e->x, at), at_z(p, e->z, at), c1 - c0,
+                            p->d.s,
                             (const char *)e->coef + c0 * (int64_t)p->k->coef_size, C);
 }
 
@@ -458,7 +484,8 @@ static void eval_group(const void *args, int64_t k) {
     const int64_t g = C - c0 < BN_GROUP ? C - c0 : BN_GROUP;
     const int64_t rows = p->d.n - i0 < per ? p->d.n - i0 : per;
     const int64_t at = (i0 * C + c0) * s;
-    p->k->cf_group_normalize(at_v(p, e->y, at), at_c(p, e->x, at), NULL, g, rows, s, C * s,
+    p->k->cf_group_normalize(at_v(p, e->y, at), at_c(p, e->x, at), at_z(p, e->z, at), g, rows, s,
+                             C * s,
                              (const char *)e->coef + c0 * (int64_t)p->k->coef_size, C);
 }
 
@@ -467,7 +494,8 @@ static void eval_piece(const void *args, int64_t k) {
     const bn_plan *p = e->plan;
     const bn_tile t = bn_tile_at(&p->pieces, k);
     const int64_t C = p->d.c, at = t.r0 * C + t.c0;
-    p->k->cl_normalize(at_v(p, e->y, at), at_c(p, e->x, at), NULL, t.r1 - t.r0, C, t.c1 - t.c0,
+    p->k->cl_normalize(at_v(p, e->y, at), at_c(p, e->x, at), at_z(p, e->z, at), t.r1 - t.r0, C,
+                       t.c1 - t.c0,
                        (const char *)e->coef + t.c0 * (int64_t)p->k->coef_size);
 }
 
@@ -500,14 +528,29 @@ static void eval_share(const void *args, int64_t t) {
 bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
                           const void *running_var, const void *weight, const void *bias,
                           const bn_desc *desc, double eps) {
+    return bn_eval(y, x, NULL, running_mean, running_var, weight, bias, desc, eps,
+                   BN_EPILOGUE_NONE);
+}
+
+bn_status bn_forward_eval_relu(void *y, const void *x, const void *z, const void *running_mean,
+                               const void *running_var, const void *weight, const void *bias,
+                               const bn_desc *desc, double eps) {
+    return bn_eval(y, x, z, running_mean, running_var, weight, bias, desc, eps,
+                   z ? BN_EPILOGUE_ADD_RELU : BN_EPILOGUE_RELU);
+}
+
+bn_status bn_eval(void *y, const void *x, const void *z, const void *running_mean,
+                  const void *running_var, const void *weight, const void *bias,
+                  const bn_desc *desc, double eps, int epilogue) {
     BN_RETURN_IF_ERROR(bn_check_desc(desc));
     BN_RETURN_IF(bn_tensor_missing(x, desc) || bn_tensor_missing(y, desc) || !running_mean ||
-                     !running_var,
+                     !running_var || (epilogue == BN_EPILOGUE_ADD_RELU && bn_tensor_missing(z, desc)),
                  BN_ERR_NULL_POINTER);
     BN_RETURN_IF_ERROR(bn_check_eps(eps));
     bn_plan plan;
     BN_RETURN_IF_ERROR(bn_plan_make(&plan, desc, 0));
     if (plan.elements == 0) return BN_OK;
+    if (epilogue) bn_plan_set_epilogue(&plan, epilogue);
     bn_plan_try_stores(&plan, 2);
     const int64_t C = plan.d.c;
     const int own = plan.threads > 1 && plan.elements >= BN_PARALLEL_MIN_ELEMENTS &&
@@ -519,7 +562,7 @@ bn_status bn_forward_eval(void *y, const void *x, const void *running_mean,
     const size_t padded = own ? (slot + 63) / 64 * 64 : slot;
     const size_t bytes = own ? bn_bytes(plan.threads, padded) : slot;
     if (!bn_scratch_take(&scratch, 1, &bytes, &coef)) return BN_ERR_NO_MEMORY;
-    const eval_pass e = {.plan = &plan, .y = y, .x = x, .coef = coef, .rm = running_mean,
+    const eval_pass e = {.plan = &plan, .y = y, .x = x, .z = z, .coef = coef, .rm = running_mean,
                          .rv = running_var, .w = weight, .b = bias, .eps = eps};
     bn_phase pass;
     if (plan.d.layout == BN_CHANNELS_LAST)

@@ -78,10 +78,6 @@ static inline double bn_centre(double mean, double factor) {
 void bn_note_pivot_again(void);
 void bn_note_pivot_exact(void);
 
-/* Epilogues: what an element-wise output pass does to each value before it stores it. */
-#define BN_EPILOGUE_NONE 0
-#define BN_EPILOGUE_RELU 1     /* y = max(y, 0) */
-#define BN_EPILOGUE_ADD_RELU 2 /* y = max(y + z, 0), z a second input of y's shape */
 /* Store kinds. */
 #define BN_STORE_PLAIN 0
 #define BN_STORE_STREAM 1 /* non-temporal, fenced at the end of each kernel */

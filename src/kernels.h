@@ -36,6 +36,12 @@
 enum { BN_COEF_HI, BN_COEF_LO, BN_COEF_SCALE, BN_COEF_SHIFT, BN_COEF_MEAN_DY, BN_COEF_K,
        BN_COEF_COUNT };
 
+/* Epilogues: what a forward output kernel does to each value before it stores it (the kernels
+ * take z, NULL where the epilogue reads none). */
+#define BN_EPILOGUE_NONE 0
+#define BN_EPILOGUE_RELU 1     /* y = max(y, 0), a NaN kept */
+#define BN_EPILOGUE_ADD_RELU 2 /* y = max(y + z, 0), z a second input of y's shape */
+
 /* The gradient sums of a channel formed again scaled, where they overflowed (float64): sum dy *
  * 2^-BN_GRAD_RESCALE and sum dy * (x - mean) * 2^-2 BN_GRAD_RESCALE. */
 #define BN_GRAD_RESCALE 548

@@ -118,6 +118,7 @@ bn_status bn_plan_for(bn_plan *p, const bn_desc *desc, int reads, bn_machine mac
     }
     p->k = bn_kernels_for(d.dtype, p->stream);
     p->kp = bn_kernels_for(bn_param_dtype(&d), 0);
+    p->epilogue = BN_EPILOGUE_NONE;
     if (!p->k || !p->kp) return BN_ERR_UNSUPPORTED; /* a dtype without kernels */
     if (d.layout == BN_CHANNELS_LAST) {
         const int64_t rows = d.n * d.s;
@@ -142,13 +143,18 @@ bn_status bn_plan_make(bn_plan *p, const bn_desc *desc, int reads) {
     return bn_plan_for(p, desc, reads, bn_machine_this(), bn_get_num_threads());
 }
 
+void bn_plan_set_epilogue(bn_plan *p, int epilogue) {
+    p->epilogue = epilogue;
+    p->k = bn_kernels_for_epilogue(p->d.dtype, p->stream, epilogue);
+}
+
 void bn_plan_try_stores(bn_plan *p, int passes) {
     if (!p->stream_open || p->machine.streaming_pays >= 0) return;
     const bn_trial_case k = trial_case(p, passes);
     const int stream = bn_store_trial_kind(&k, &p->trial);
     if (stream == p->stream) return; /* bn_plan_for already took these kernels */
     p->stream = stream;
-    p->k = bn_kernels_for(p->d.dtype, stream);
+    p->k = bn_kernels_for_epilogue(p->d.dtype, stream, p->epilogue);
 }
 
 static int64_t now_ns(void) {

@@ -57,6 +57,7 @@ typedef struct {
     const bn_kernels *k;   /* the kernels: the dtype's, streaming or plain */
     const bn_kernels *kp;  /* the per-channel arrays' (load, store, blend, eval_coefs): the
                             * parameters' dtype's, whose compute type is k's */
+    int epilogue;          /* of k's forward output kernels (BN_EPILOGUE_NONE unless set) */
     size_t es;             /* bytes per stored value */
     int64_t count;         /* n * s: values per channel of this tensor */
     int64_t elements;      /* n * c * s */
@@ -113,6 +114,9 @@ bn_status bn_plan_for(bn_plan *plan, const bn_desc *desc, int reads, bn_machine 
 
 /* bn_plan_for on this machine (bn_machine_this) and the library's thread count. */
 bn_status bn_plan_make(bn_plan *plan, const bn_desc *desc, int reads);
+
+/* The plan's kernels with this epilogue on their forward outputs (kernel_types.h). */
+void bn_plan_set_epilogue(bn_plan *plan, int epilogue);
 
 /* The plan in one line of text ("layout=channels-last dtype=f32 threads=2 ..."), with the
  * caches it was made for and why stores stream or not, cut to size. */

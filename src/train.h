@@ -20,6 +20,8 @@ typedef struct {
     const void *x, *weight, *bias;
     int given;                       /* bn_forward_train_stats: the batch's moments are stats */
     const bn_moments *stats;
+    int epilogue;                    /* bn_forward_train_relu: BN_EPILOGUE_RELU or _ADD_RELU */
+    const void *z;                   /* add + ReLU: the input added before the ReLU */
 } bn_train_args;
 
 /* What bn_check_train decided. */
@@ -69,6 +71,7 @@ typedef struct {
     const void *stored_mean, *stored_var;   /* normalize with these, or NULL */
     const bn_renorm_finish *renorm;
     double count, eps, w_new, w_old, var_divisor;
+    const void *z;             /* the epilogue's second input (the plan's epilogue), or NULL */
 } bn_train_call;
 
 bn_status bn_run_train(const bn_plan *plan, const bn_train_call *call);
@@ -90,7 +93,20 @@ typedef struct {
     double *sum_dy_out, *sum_dy_xhat_out;             /* bn_backward_sums */
     double *dweight_d, *dbias_d; /* (C) doubles out in place of dweight, dbias, or NULL */
     int64_t count;
+    /* the backward of a ReLU after the batch norm: dy is first masked by relu_y > 0 into
+     * relu_g (an output: dz, or dx), which is then the batch norm's dy; NULL: none */
+    const void *relu_y;
+    void *relu_g;
 } bn_backward_call;
+
+/* The eval forward pass with an epilogue (bn_forward_eval's arguments, z its second input). */
+bn_status bn_eval(void *y, const void *x, const void *z, const void *running_mean,
+                  const void *running_var, const void *weight, const void *bias,
+                  const bn_desc *desc, double eps, int epilogue);
+
+/* g = dy where y > 0, else 0 (a NaN y gives 0, as torch's threshold_backward), count values of
+ * dtype; g may be dy. Spread over the library's threads. */
+void bn_relu_mask(void *g, const void *dy, const void *y, int64_t count, bn_dtype dtype);
 
 bn_status bn_run_backward(const bn_desc *desc, const bn_backward_call *call);
 
