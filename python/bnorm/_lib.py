@@ -178,6 +178,15 @@ _SIGNATURES = [
     ("bn_backward_train", ctypes.c_int, [_vp] * 8 + [_desc_p]),
     # dx, dweight, dbias, dy, x, running_mean, running_var, weight, desc, eps
     ("bn_backward_eval", ctypes.c_int, [_vp] * 8 + [_desc_p, ctypes.c_double]),
+    # fused with a ReLU: y, save_mean, save_invstd, running_mean, running_var,
+    # num_batches_tracked, x, z, weight, bias, desc, opt
+    ("bn_forward_train_relu", ctypes.c_int, [_vp] * 10 + [_desc_p, _opt_p]),
+    # y, x, z, running_mean, running_var, weight, bias, desc, eps
+    ("bn_forward_eval_relu", ctypes.c_int, [_vp] * 7 + [_desc_p, ctypes.c_double]),
+    # dx, dz, dweight, dbias, dy, y, x, save_mean, save_invstd, weight, desc
+    ("bn_backward_train_relu", ctypes.c_int, [_vp] * 10 + [_desc_p]),
+    # dx, dz, dweight, dbias, dy, y, x, running_mean, running_var, weight, desc, eps
+    ("bn_backward_eval_relu", ctypes.c_int, [_vp] * 10 + [_desc_p, ctypes.c_double]),
     # dx, dweight, dbias, dy, x, save_mean, save_invstd, weight, desc, opt
     ("bn_backward", ctypes.c_int, [_vp] * 8 + [_desc_p, _opt_p]),
     # dx, dweight, dbias, dy, x, save_mean, save_invstd, r, d, weight, desc, opt

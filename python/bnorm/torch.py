@@ -61,14 +61,19 @@ import torch as _torch
 from . import _lib  # noqa: F401 (bnorm.torch._lib: the loaded library, as tests reach it)
 from . import _fusion
 from ._frozen import FrozenBatchNorm2d
+from typing import Optional as _Optional, Tuple as _Tuple
+
+from torch import Tensor as _Tensor
+
+from ._act import batch_norm_relu
 from ._functional import batch_norm
 from ._ops import batch_norm_scripted
 from ._sync import SyncBatchNorm
 from ._update_bn import update_bn
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d",
-           "LazyBatchNorm3d", "SyncBatchNorm", "FrozenBatchNorm2d", "batch_norm", "convert",
-           "update_bn"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormAct2d", "LazyBatchNorm1d",
+           "LazyBatchNorm2d", "LazyBatchNorm3d", "SyncBatchNorm", "FrozenBatchNorm2d",
+           "batch_norm", "batch_norm_relu", "convert", "update_bn"]
 
 
 class _BnormForward:
@@ -79,7 +84,16 @@ class _BnormForward:
             if isinstance(input, _torch.fx.Proxy):
                 return _fx_call_module(self, input)
         self._check_input_dim(input)
+        running_mean, running_var, bn_training, factor = self._call_arguments()
+        if _torch.jit.is_scripting():  # the same call, as TorchScript can compile it
+            return batch_norm_scripted(input, running_mean, running_var, self.weight, self.bias,
+                                       bn_training, factor, self.eps)
+        return batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training,
+                          factor, self.eps)
 
+    def _call_arguments(self) -> _Tuple[_Optional[_Tensor], _Optional[_Tensor], bool, float]:
+        """(running_mean, running_var, training, momentum) of the functional call, as torch's
+        forward() forms them (counting the batch first)."""
         # torch passes momentum as the factor, 0.0 when it is None and nothing is tracked
         if self.momentum is None:
             exponential_average_factor = 0.0
@@ -105,14 +119,10 @@ class _BnormForward:
         passed = not self.training or self.track_running_stats
         running_mean = self.running_mean if passed else None
         running_var = self.running_var if passed else None
-        if _torch.jit.is_scripting():  # the same call, as TorchScript can compile it
-            return batch_norm_scripted(input, running_mean, running_var, self.weight, self.bias,
-                                       bn_training, exponential_average_factor, self.eps)
-        return batch_norm(input, running_mean, running_var, self.weight, self.bias, bn_training,
-                          exponential_average_factor, self.eps)
+        return running_mean, running_var, bn_training, exponential_average_factor
 
 
-def _fx_call_module(module, input):
+def _fx_call_module(module, input, *more):
     """Under torch.fx.symbolic_trace: the module as one call_module node, as torch.nn's batch
     norms are (the tracer takes them as leaves), so that the GraphModule runs this module and
     follows its train() / eval()."""
@@ -122,7 +132,7 @@ def _fx_call_module(module, input):
         raise _torch.fx.proxy.TraceError(
             "bnorm: a batch norm module cannot be the root of torch.fx.symbolic_trace (its "
             "checks of the input's dimensions are control flow); trace a model that holds it")
-    return tracer.create_proxy("call_module", path, (input,), {})
+    return tracer.create_proxy("call_module", path, (input,) + more, {})
 
 
 class BatchNorm1d(_BnormForward, _torch.nn.BatchNorm1d):
@@ -135,6 +145,38 @@ class BatchNorm2d(_BnormForward, _torch.nn.BatchNorm2d):
 
 class BatchNorm3d(_BnormForward, _torch.nn.BatchNorm3d):
     """torch.nn.BatchNorm3d computed by bnorm: (N, C, D, H, W), contiguous or channels_last_3d."""
+
+
+class BatchNormAct2d(_BnormForward, _torch.nn.BatchNorm2d):
+    """BatchNorm2d followed by a ReLU, and a residual add before it, in one pass over memory:
+    forward(x, residual=None) is relu(bn(x) + residual) (relu(bn(x)) without one), a drop-in for
+    conv-BN-ReLU and for the residual block's BN-add-ReLU. Its parameters, buffers and
+    state_dict keys are a BatchNorm2d's (it is one); act is "relu", the one activation."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, act="relu"):
+        if act != "relu":
+            raise ValueError(f"bnorm: BatchNormAct2d's act must be 'relu', not {act!r}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.act = act
+
+    def extra_repr(self):
+        return super().extra_repr() + f", act={self.act!r}"
+
+    def forward(self, input, residual: _Optional[_Tensor] = None):
+        if not _torch.jit.is_scripting():
+            if isinstance(input, _torch.fx.Proxy):
+                return _fx_call_module(self, input, *(() if residual is None else (residual,)))
+        self._check_input_dim(input)
+        running_mean, running_var, bn_training, factor = self._call_arguments()
+        if _torch.jit.is_scripting():  # bnorm's operator, then the add and the relu
+            y = batch_norm_scripted(input, running_mean, running_var, self.weight, self.bias,
+                                    bn_training, factor, self.eps)
+            if residual is not None:
+                y = y + residual
+            return _torch.relu(y)
+        return batch_norm_relu(input, running_mean, running_var, self.weight, self.bias,
+                               bn_training, factor, self.eps, residual)
 
 
 class LazyBatchNorm1d(_BnormForward, _torch.nn.LazyBatchNorm1d):
@@ -168,13 +210,15 @@ _fusion.register({_torch.nn.BatchNorm1d: BatchNorm1d, _torch.nn.BatchNorm2d: Bat
                   _torch.nn.BatchNorm3d: BatchNorm3d})
 
 
-def convert(module):
+def convert(module, fuse=False):
     """Make every torch.nn.BatchNorm1d/2d/3d (and Lazy one) in module (itself included) a bnorm one, in place.
 
     Only the class changes: parameters, buffers and hooks are the same objects, so optimizers
     built before the call keep working. LazyBatchNorm1d/2d/3d become bnorm's Lazy modules and
     torchvision.ops.FrozenBatchNorm2d bnorm's FrozenBatchNorm2d (the same buffers); other
-    subclasses (SyncBatchNorm, user classes) are left alone. Returns module.
+    subclasses (SyncBatchNorm, user classes) are left alone. With fuse=True, a BatchNorm2d
+    followed by an nn.ReLU in an nn.Sequential becomes a BatchNormAct2d (the same parameters and
+    buffers: state_dict keys do not change) and the ReLU an nn.Identity. Returns module.
     """
     for m in module.modules():
         cls = _SWAP.get(type(m))
@@ -182,6 +226,15 @@ def convert(module):
             cls = FrozenBatchNorm2d
         if cls is not None:
             m.__class__ = cls
+    if fuse:
+        for seq in [m for m in module.modules() if isinstance(m, _torch.nn.Sequential)]:
+            names = list(seq._modules)
+            for first, second in zip(names, names[1:]):
+                bn, act = seq._modules[first], seq._modules[second]
+                if type(bn) is BatchNorm2d and type(act) is _torch.nn.ReLU:
+                    bn.__class__ = BatchNormAct2d
+                    bn.act = "relu"
+                    seq._modules[second] = _torch.nn.Identity()
     return module
 
 
