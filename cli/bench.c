@@ -11,12 +11,12 @@
 static const char usage[] =
     "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
     "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16]\n"
-    "                   [--repeat R]\n";
+    "                   [--fuse relu|add-relu] [--repeat R]\n";
 
 static const char help[] =
     "usage: bnorm bench [--json] [--plan] [--shape NxC[xHxW...]] [--layout nchw|nhwc]\n"
     "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16]\n"
-    "                   [--repeat R]\n"
+    "                   [--fuse relu|add-relu] [--repeat R]\n"
     "\n"
     "Times bn_forward_train (with running statistics), bn_forward_eval and bn_backward_train\n"
     "in this process, and next to each the memory roofline: a streaming kernel on the same\n"
@@ -48,6 +48,9 @@ static const char help[] =
     "  --threads T     threads for the library and the roofline, 1 to 1024 (default: 1 and 2)\n"
     "  --dtype D       f32, f64, bf16 or f16 (default f32); the 16-bit types have float32\n"
     "                  weight, bias and running statistics, as under torch.autocast\n"
+    "  --fuse F        relu or add-relu: the fused calls, y = relu(bn(x)) or relu(bn(x) + z),\n"
+    "                  and their backward from y (MB moved counts z, y, dz as they read or\n"
+    "                  write; the roofline stays the plain pass's)\n"
     "  --repeat R      timed repetitions, 1 to 1000000 (default: enough for about 0.4 s per\n"
     "                  case, at least 5). Calls shorter than 100 us are timed in batches;\n"
     "                  a repetition is one batch, and times are per call\n"
@@ -66,13 +69,15 @@ static const bench_shape default_grid[] = {
 
 /* The command line. */
 typedef struct bench_args {
-    const char *shape_text, *layout_text, *mode_text, *threads_text, *dtype_text, *repeat_text;
+    const char *shape_text, *layout_text, *mode_text, *threads_text, *dtype_text, *repeat_text,
+        *fuse_text;
     int json, plan;
     bench_shape shape;    /* valid when shape_text */
     int layout;           /* -1: any */
     int mode;             /* -1: all */
     int threads;          /* 0: 1 and 2 */
     bn_dtype dtype;
+    int fuse;             /* BENCH_FUSE_* */
     int repeat;           /* 0: automatic */
 } bench_args;
 
@@ -105,6 +110,7 @@ static int parse_args(bench_args *a, int argc, char **argv) {
         {NULL, "--shape", &a->shape_text, 0},     {NULL, "--layout", &a->layout_text, 0},
         {NULL, "--mode", &a->mode_text, 0},       {NULL, "--threads", &a->threads_text, 0},
         {NULL, "--dtype", &a->dtype_text, 0},     {NULL, "--repeat", &a->repeat_text, 0},
+        {NULL, "--fuse", &a->fuse_text, 0},
         {NULL, NULL, NULL, 0}};
     int nfiles = 0;
     int status = cli_parse_args(argc, argv, "bench", usage, help, flags, options, NULL, 0, &nfiles);
@@ -145,6 +151,14 @@ static int parse_args(bench_args *a, int argc, char **argv) {
             return cli_usage_error("bench", usage, "--dtype: '%s' is not f32, f64, bf16 or f16",
                                    a->dtype_text);
     }
+    a->fuse = BENCH_FUSE_NONE;
+    if (a->fuse_text) {
+        if (strcmp(a->fuse_text, "relu") == 0) a->fuse = BENCH_FUSE_RELU;
+        else if (strcmp(a->fuse_text, "add-relu") == 0) a->fuse = BENCH_FUSE_ADD_RELU;
+        else
+            return cli_usage_error("bench", usage, "--fuse: '%s' is not relu or add-relu",
+                                   a->fuse_text);
+    }
     a->repeat = 0;
     if (a->repeat_text) {
         uint64_t v;
@@ -182,7 +196,7 @@ static int run_shape(const bench_args *a, const bench_shape *g, int *header_done
         for (int t = 0; t < 2; t++) {
             int threads = a->threads ? a->threads : default_threads[t];
             if (a->threads && t > 0) break;
-            bench_case bc = {*g, m, threads, a->dtype};
+            bench_case bc = {*g, m, threads, a->dtype, a->fuse};
             if (a->plan) {
                 if (!a->json && !*header_done) {
                     char machine[640];

@@ -28,7 +28,11 @@ typedef struct bench_case {
     int mode;    /* BENCH_TRAIN, BENCH_EVAL or BENCH_BACKWARD */
     int threads;
     bn_dtype dtype;
+    int fuse;    /* BENCH_FUSE_NONE, BENCH_FUSE_RELU or BENCH_FUSE_ADD_RELU */
 } bench_case;
+
+/* --fuse: the fused calls (bn_forward_*_relu, bn_backward_*_relu), with z for add-relu */
+enum { BENCH_FUSE_NONE, BENCH_FUSE_RELU, BENCH_FUSE_ADD_RELU };
 
 /* What one case measured: times per call in ns. */
 typedef struct bench_result {

@@ -36,6 +36,7 @@ typedef struct bench_ctx {
     ptrdiff_t roof_count;               /* values of roof_dtype that move the case's bytes */
     bn_dtype roof_dtype;                /* the roofline's: the case's, float32 for 16-bit */
     void *x, *out, *dy;                 /* out is y or dx */
+    void *z, *y, *dz;                   /* --fuse: add-relu's z and dz, the backward's y */
     void *weight, *bias, *rmean, *rvar, *dweight, *dbias;
     double *save_mean, *save_invstd;
     int64_t tracked;
@@ -44,6 +45,20 @@ typedef struct bench_ctx {
 
 /* One call of the library for the case's mode. */
 static bn_status call_ours(bench_ctx *c) {
+    if (c->bc.fuse) {
+        switch (c->bc.mode) {
+        case BENCH_TRAIN:
+            return bn_forward_train_relu(c->out, c->save_mean, c->save_invstd, c->rmean, c->rvar,
+                                         &c->tracked, c->x, c->z, c->weight, c->bias, &c->desc,
+                                         &c->opt);
+        case BENCH_EVAL:
+            return bn_forward_eval_relu(c->out, c->x, c->z, c->rmean, c->rvar, c->weight,
+                                        c->bias, &c->desc, c->opt.eps);
+        default:
+            return bn_backward_train_relu(c->out, c->dz, c->dweight, c->dbias, c->dy, c->y, c->x,
+                                          c->save_mean, c->save_invstd, c->weight, &c->desc);
+        }
+    }
     switch (c->bc.mode) {
     case BENCH_TRAIN:
         return bn_forward_train(c->out, c->save_mean, c->save_invstd, c->rmean, c->rvar,
@@ -241,6 +256,10 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     c.x = alloc64(nbytes + 2);
     c.out = alloc64(nbytes + 2);
     c.dy = backward ? alloc64(nbytes + 2) : NULL;
+    const int add = bc->fuse == BENCH_FUSE_ADD_RELU;
+    c.z = add ? alloc64(nbytes) : NULL;
+    c.dz = add && backward ? alloc64(nbytes) : NULL;
+    c.y = bc->fuse && backward ? alloc64(nbytes) : NULL;
     c.weight = alloc64(cc * psize);
     c.bias = alloc64(cc * psize);
     c.rmean = alloc64(cc * psize);
@@ -251,7 +270,8 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     c.save_invstd = alloc64(cc * sizeof(double));
     int status = CLI_OK;
     if (!c.x || !c.out || (backward && !c.dy) || !c.weight || !c.bias || !c.rmean || !c.rvar ||
-        !c.dweight || !c.dbias || !c.save_mean || !c.save_invstd) {
+        !c.dweight || !c.dbias || !c.save_mean || !c.save_invstd || (add && !c.z) ||
+        (add && backward && !c.dz) || (bc->fuse && backward && !c.y)) {
         status = cli_fail("bench", "%s: out of memory (%zu bytes per tensor)", name, nbytes);
         goto done;
     }
@@ -262,6 +282,8 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     fill(c.bias, cc, pdt, -0.5, 0.5, 4);
     fill(c.rmean, cc, pdt, -0.5, 0.5, 5);
     fill(c.rvar, cc, pdt, 0.5, 2.0, 6);
+    if (add) fill(c.z, count, bc->dtype, -1.0, 1.0, 7);
+    if (c.dz) memset(c.dz, 0, nbytes);
     memset(c.out, 0, nbytes + 2); /* every output page is touched before timing */
     memset(c.dweight, 0, cc * psize);
     memset(c.dbias, 0, cc * psize);
@@ -269,8 +291,10 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     bn_set_num_threads(bc->threads);
     if (backward) {
         /* the saved statistics of one training forward pass (out serves as its y) */
-        st = bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL, c.x, c.weight,
-                              c.bias, &c.desc, &c.opt);
+        st = bc->fuse ? bn_forward_train_relu(c.y, c.save_mean, c.save_invstd, NULL, NULL, NULL,
+                                              c.x, c.z, c.weight, c.bias, &c.desc, &c.opt)
+                      : bn_forward_train(c.out, c.save_mean, c.save_invstd, NULL, NULL, NULL,
+                                         c.x, c.weight, c.bias, &c.desc, &c.opt);
         if (st != BN_OK) {
             status = cli_fail("bench", "%s: %s", name, bn_status_string(st));
             goto done;
@@ -279,11 +303,15 @@ int bench_run_case(const bench_case *bc, int repeat, bench_result *res) {
     status = measure(&c, repeat, res, name);
     bench_plan(bc, res->plan, sizeof res->plan); /* after the calls: an open case decided */
     res->tensor_bytes = (double)nbytes;
-    res->bytes = (double)nbytes * (backward ? 3 : 2);
+    /* tensors read and written: x, y (+ z); dy, x, dx (+ y for the mask, + dz) */
+    res->bytes = (double)nbytes * ((backward ? 3 : 2) + (bc->fuse && backward) + add);
 done:
     free(c.x);
     free(c.out);
     free(c.dy);
+    free(c.z);
+    free(c.dz);
+    free(c.y);
     free(c.weight);
     free(c.bias);
     free(c.rmean);

@@ -49,6 +49,10 @@ void bench_print_plan(const bench_case *bc, int json) {
                bc->threads, dtype, plan);
 }
 
+/* --fuse, by BENCH_FUSE_*: its name, and its JSON member (none without it). */
+static const char *const fuse_names[] = {"", "relu", "add-relu"};
+static const char *const fuse_json[] = {"", "\"fuse\": \"relu\", ", "\"fuse\": \"add-relu\", "};
+
 void bench_print_result(const bench_case *bc, const bench_result *r, int json) {
     char shape[96], t1[32], t2[32], t3[32];
     bench_shape_string(shape, sizeof shape, &bc->shape);
@@ -64,17 +68,18 @@ void bench_print_result(const bench_case *bc, const bench_result *r, int json) {
                "\"roofline_min_ns\": %.3f, \"roofline_gbps\": %.4f, \"roofline_pct\": %.3f, "
                "\"roofline_kind\": \"%s\", "
                "\"repeat\": %d, \"inner\": %d, \"roofline_inner\": %d, \"tensor_bytes\": %.0f, "
-               "\"lib_threads\": %d, \"version\": \"%s\", \"plan\": \"%s\"}\n",
+               "\"lib_threads\": %d, \"version\": \"%s\", %s\"plan\": \"%s\"}\n",
                shape, layout, bench_mode_names[bc->mode], bc->threads, dtype, r->median_ns,
                r->min_ns, r->bytes, gbps, r->roofline_ns, r->roofline_min_ns, roof_gbps, pct,
                r->roofline_kind, r->repeat, r->inner, r->roofline_inner, r->tensor_bytes,
-               bn_get_num_threads(), bn_version_string(), r->plan);
+               bn_get_num_threads(), bn_version_string(), fuse_json[bc->fuse], r->plan);
     } else {
         printf("%-16s %-6s %-9s %3d %-5s %11s %11s %10.2f %8.2f %11s %6.1f%%\n", shape, layout,
                bench_mode_names[bc->mode], bc->threads, dtype,
                fmt_time(t1, sizeof t1, r->median_ns), fmt_time(t2, sizeof t2, r->min_ns),
                r->bytes / 1e6, gbps, fmt_time(t3, sizeof t3, r->roofline_ns), pct);
         printf("  plan: %s\n", r->plan);
+        if (bc->fuse) printf("  fused: %s\n", fuse_names[bc->fuse]);
     }
     fflush(stdout);
 }

@@ -74,6 +74,17 @@ def test_shape_without_layout_runs_both_layouts_and_f64():
         check_case(c, "2x16x4x4", c["layout"], "eval", 1, "f64")
 
 
+@pytest.mark.parametrize("fuse,extra", [("relu", {"train": 0, "eval": 0, "backward": 1}),
+                                        ("add-relu", {"train": 1, "eval": 1, "backward": 2})])
+def test_fused_cases_count_the_tensors_they_move(fuse, extra):
+    cases = bench_json("--shape", "4x16x8x8", "--layout", "nchw", "--threads", 1, "--fuse", fuse)
+    assert [c["mode"] for c in cases] == ["train", "eval", "backward"]
+    for c in cases:
+        assert c["fuse"] == fuse and c["median_ns"] > 0
+        plain = 3 if c["mode"] == "backward" else 2
+        assert c["bytes"] == (plain + extra[c["mode"]]) * 4 * (4 * 16 * 8 * 8)  # float32
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 def test_16_bit_cases_move_half_the_bytes(dtype):
     cases = bench_json("--shape", "4x16x8x8", "--threads", 1, "--dtype", dtype)
@@ -167,6 +178,7 @@ def test_help():
     (["--threads", "two"], "--threads"),
     (["--threads", "2.5"], "--threads"),
     (["--dtype", "f8"], "--dtype"),
+    (["--fuse", "gelu"], "--fuse"),
     (["--repeat", "0"], "--repeat"),
     (["--shape"], "needs a value"),
     (["--shape", "2x2", "--shape", "4x4"], "more than once"),
