@@ -1,10 +1,11 @@
 /* digest.c - prints a hash of every output, statistic and gradient bnorm gives on a fixed grid
- * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split in
- * two pieces, and the conventions (renorm with ghost batches, stored statistics), for float32,
- * float64, and bfloat16 and float16 with parameters of their own type and float32 ones. `make
- * isa-check` runs it with each kernel set the CPU has (AVX-512, AVX2, the
- * x86-64 baseline) and builds it again for the baseline only (-DBN_NO_CLONES), and the listings
- * must be identical: the same bits on every machine, not only for every thread count. */
+ * of cases, one line per case: the fused calls, eval, backward and the stage API of a batch split
+ * in two pieces, batch norm with add + ReLU and with ReLU, and the conventions (renorm with ghost
+ * batches, stored statistics), for float32, float64, and bfloat16 and float16 with parameters of
+ * their own type and float32 ones. `make isa-check` runs it with each kernel set the CPU has
+ * (AVX-512, AVX2, the x86-64 baseline) and builds it again for the baseline only
+ * (-DBN_NO_CLONES), and the listings must be identical: the same bits on every machine, not only
+ * for every thread count. */
 #include "bnorm.h"
 #include "kernels.h"
 #include "testutil.h"
@@ -88,6 +89,13 @@ static int digest_case(const bn_desc *dp, uint64_t seed, double xscale, double d
     st |= bn_backward_train_sums((char *)dx + first_bytes, dy2, x2, sm, si, w, sdy, sxh,
                                  tu_numel(&d) / C, &second);
     h = fnv(h, dx, big);
+    /* fused with add + ReLU (z: dy's values), and the backward through its mask */
+    st |= bn_forward_train_relu(y, sm, si, NULL, NULL, NULL, x, dy, w, b, &d, &opt);
+    h = fnv(h, y, big);
+    st |= bn_backward_train_relu(dx, NULL, dw, db, dy, y, x, sm, si, w, &d);
+    h = fnv(fnv(fnv(h, dx, big), dw, small), db, small);
+    st |= bn_forward_eval_relu(y, x, NULL, rm, rv, w, b, &d, 1e-5);
+    h = fnv(h, y, big);
     free(mom), free(part), free(sdy), free(sxh), free(pdy), free(pxh);
     printf("%lldx%lldx%lld %s %s", (long long)d.n, (long long)C, (long long)d.s, type_name(&d),
            d.layout == BN_CHANNELS_LAST ? "channels-last" : "channels-first");
