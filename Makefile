@@ -128,6 +128,7 @@ $(BUILD)/%.o: %.c $(HEADERS)
 # The kernels' short fixed loops over vector halves must be unrolled into registers: -O3 there;
 # sqrt need not set errno (it changes no result), so loops with it vectorize.
 $(BUILD)/src/finish.o: EXTRA_CFLAGS = -O3 -fno-math-errno
+$(BUILD)/src/relu.o: EXTRA_CFLAGS = -O3 # (its masks vectorize)
 $(BUILD)/src/kernels_avx512.o: ISA_FLAGS = -mavx512f
 $(BUILD)/src/kernels_avx2.o: ISA_FLAGS = -mavx2 -mf16c
 $(KERNEL_OBJ): $(BUILD)/src/kernels_%.o: src/kernels_isa.c $(HEADERS)
