@@ -71,11 +71,24 @@ static void die(const char *what) {
 
 __extension__ typedef __int128 i128;
 
-static size_t esize(bn_dtype dt) { return dt == BN_FLOAT32 ? 4 : 8; }
+static size_t esize(bn_dtype dt) { return dt == BN_FLOAT64 ? 8 : dt == BN_FLOAT32 ? 4 : 2; }
+
+/* The four element types, and a fifth value none of them. */
+static int known_dtype(bn_dtype dt) { return (unsigned)dt <= BN_FLOAT16; }
+
+/* Element k of p (of dt) as a double, and a double stored there (rounded once). */
+static double load_value(const void *p, int64_t k, bn_dtype dt) {
+    double v;
+    bn_convert(&v, BN_FLOAT64, (const char *)p + k * (int64_t)esize(dt), dt, 1);
+    return v;
+}
+static void store_value(void *p, int64_t k, bn_dtype dt, double v) {
+    bn_convert((char *)p + k * (int64_t)esize(dt), dt, &v, BN_FLOAT64, 1);
+}
 
 /* The status a descriptor deserves, computed independently with 128-bit arithmetic. */
 static bn_status desc_oracle(int64_t n, int64_t c, int64_t s, bn_dtype dt, bn_layout lay) {
-    if ((dt != BN_FLOAT32 && dt != BN_FLOAT64) || (lay != BN_CHANNELS_FIRST && lay != BN_CHANNELS_LAST))
+    if (!known_dtype(dt) || (lay != BN_CHANNELS_FIRST && lay != BN_CHANNELS_LAST))
         return BN_ERR_UNSUPPORTED;
     if (n < 0 || c < 1 || s < 0) return BN_ERR_SHAPE;
     i128 elems = (i128)n * c;
@@ -88,7 +101,7 @@ static void fuzz_desc_from_dims(bytes *b) {
     int ndim = (int)(take(b, 1) % 9) - 2; /* -2 .. 6 */
     int64_t dims[6] = {0};
     for (int k = 0; k < 6; k++) dims[k] = take_size(b, 9);
-    bn_dtype dt = (bn_dtype)(take(b, 1) % 3);
+    bn_dtype dt = (bn_dtype)(take(b, 1) % 5);
     bn_layout lay = (bn_layout)(take(b, 1) % 3);
     bn_status want;
     int negative = 0, zero = 0, over = 0;
@@ -98,7 +111,7 @@ static void fuzz_desc_from_dims(bytes *b) {
     for (int k = 2; k < ndim && !negative && !zero && !over; k++)
         if ((s *= dims[k]) > INT64_MAX) over = 1;
     if (zero) s = 0;
-    if ((dt != BN_FLOAT32 && dt != BN_FLOAT64) || (lay != BN_CHANNELS_FIRST && lay != BN_CHANNELS_LAST))
+    if (!known_dtype(dt) || (lay != BN_CHANNELS_FIRST && lay != BN_CHANNELS_LAST))
         want = BN_ERR_UNSUPPORTED;
     else if (ndim < 2 || negative || dims[1] < 1) want = BN_ERR_SHAPE;
     else if (over) want = BN_ERR_TOO_LARGE;
@@ -147,14 +160,18 @@ static void fill_values(bytes *b, unsigned char *p, int64_t count, bn_dtype dt, 
                 float f;
                 memcpy(&f, &u, 4);
                 v = f;
-            } else {
+            } else if (dt == BN_FLOAT64) {
                 memcpy(&v, &bits, 8);
+            } else {
+                const uint16_t h = (uint16_t)bits;
+                v = load_value(&h, 0, dt);
             }
             if (finite && !(fabs(v) <= 1e6)) v = fmod(isfinite(v) ? v : 1.0, 1e6);
         }
         }
-        if (dt == BN_FLOAT32) ((float *)p)[k] = (float)v;
-        else ((double *)p)[k] = v;
+        /* float16's range ends at 65504: finite inputs of at most 2 keep every result finite */
+        if (finite && dt == BN_FLOAT16 && !(fabs(v) <= 2)) v = fmod(v, 2.0);
+        store_value(p, k, dt, v);
     }
 }
 
@@ -187,14 +204,13 @@ static void make_tensors(tensors *t, bytes *b, const bn_desc *d, int finite) {
     fill_values(b, t->rv, d->c, d->dtype, finite);
     if (finite) /* a variance is >= 0 */
         for (int64_t c = 0; c < d->c; c++) {
-            if (d->dtype == BN_FLOAT32) ((float *)t->rv)[c] = fabsf(((float *)t->rv)[c]);
-            else ((double *)t->rv)[c] = fabs(((double *)t->rv)[c]);
+            store_value(t->rv, c, d->dtype, fabs(load_value(t->rv, c, d->dtype)));
         }
 }
 
 static int all_finite(const void *p, int64_t count, bn_dtype dt) {
     for (int64_t k = 0; k < count; k++)
-        if (!isfinite(dt == BN_FLOAT32 ? (double)((const float *)p)[k] : ((const double *)p)[k]))
+        if (!isfinite(load_value(p, k, dt)))
             return 0;
     return 1;
 }
@@ -542,7 +558,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     d.c = odd ? take_size(&b, MAX_C) : (int64_t)(take(&b, 1) % MAX_C) + 1;
     d.s = odd ? take_size(&b, 16) : (int64_t)(take(&b, 1) % 17);
     uint8_t kind = (uint8_t)take(&b, 1);
-    d.dtype = (bn_dtype)(odd ? kind % 3 : kind % 2);
+    d.dtype = (bn_dtype)(odd ? kind % 5 : kind % 4);
+    d.params = BN_PARAMS_AS_TENSOR;
     d.layout = (bn_layout)(odd ? kind / 4 % 3 : kind / 4 % 2);
     int finite = op == 4 || (op == 5 && take(&b, 1) % 2); /* op 5: finite for the conventions */
     bn_status dst = desc_oracle(d.n, d.c, d.s, d.dtype, d.layout);
