@@ -269,6 +269,23 @@ def layout_label(peer, layout):
     return layout
 
 
+def case_cells(r):
+    """A row's cells up to the verdict: case, threads, bnorm, each peer's best layout, the ratio
+    to the best peer, the floor ("two reads" where it counts them) and bnorm / floor."""
+    cells = [f"{r['shape']} {r['layout']} {r['mode']}", str(r["threads"]), fmt_ns(r["bnorm_ns"])]
+    for peer in ("torch", "onednn"):
+        b = r[peer + "_best"]
+        cells.append(f"{fmt_ns(b[1])} ({layout_label(peer, b[0])})" if b else "-")
+    bp = r["best_peer"]
+    cells.append(f"{r['ratio']:.2f}x ({PEER_NAMES[bp[0]]})" if r["ratio"] is not None else "-")
+    floor = floor_ns(r)
+    two = floor is not None and r.get("roofline_ns") and floor > r["roofline_ns"]
+    cells.append("-" if floor is None else fmt_ns(floor) + (" (two reads)" if two else ""))
+    cells.append("-" if floor is None or r["bnorm_ns"] is None else
+                 f"{r['bnorm_ns'] / floor:.2f}x")
+    return cells
+
+
 def make_table(rows, machine, rounds):
     """The table of the grid (the verdicts computed again, so that --redraw applies the current
     yardstick to old results), and the count of cases met."""
@@ -278,18 +295,7 @@ def make_table(rows, machine, rounds):
     out.append("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
     met = 0
     for r in rows:
-        cells = [f"{r['shape']} {r['layout']} {r['mode']}", str(r["threads"]),
-                 fmt_ns(r["bnorm_ns"])]
-        for peer in ("torch", "onednn"):
-            b = r[peer + "_best"]
-            cells.append(f"{fmt_ns(b[1])} ({layout_label(peer, b[0])})" if b else "-")
-        bp = r["best_peer"]
-        cells.append(f"{r['ratio']:.2f}x ({PEER_NAMES[bp[0]]})" if r["ratio"] is not None else "-")
-        floor = floor_ns(r)
-        two = floor is not None and r.get("roofline_ns") and floor > r["roofline_ns"]
-        cells.append("-" if floor is None else fmt_ns(floor) + (" (two reads)" if two else ""))
-        cells.append("-" if floor is None or r["bnorm_ns"] is None else
-                     f"{r['bnorm_ns'] / floor:.2f}x")
+        cells = case_cells(r)
         ok = target_met(r)
         met += ok
         cells.append("met" if ok else "**no**")
@@ -331,17 +337,7 @@ def make_half_table(rows, f32_rows):
     met = 0
     for r in rows:
         f = f32.get((r["shape"], r["layout"], r["mode"], r["threads"]))
-        cells = [f"{r['shape']} {r['layout']} {r['mode']}", str(r["threads"]),
-                 fmt_ns(r["bnorm_ns"])]
-        for peer in ("torch", "onednn"):
-            b = r[peer + "_best"]
-            cells.append(f"{fmt_ns(b[1])} ({layout_label(peer, b[0])})" if b else "-")
-        bp = r["best_peer"]
-        cells.append(f"{r['ratio']:.2f}x ({PEER_NAMES[bp[0]]})" if r["ratio"] is not None else "-")
-        floor = floor_ns(r)
-        cells.append(fmt_ns(floor))
-        cells.append("-" if floor is None or r["bnorm_ns"] is None else
-                     f"{r['bnorm_ns'] / floor:.2f}x")
+        cells = case_cells(r)
         cells.append(fmt_ns(f))
         cells.append("-" if f is None or not r["bnorm_ns"] else f"{f / r['bnorm_ns']:.2f}x")
         ok = half_met(r, f)
