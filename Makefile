@@ -374,20 +374,22 @@ build-fuzz/fuzz_state: tests/fuzz/fuzz_state.c tests/fuzz/fuzz_files.h build-fuz
 	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -o $@ $< \
 	  build-fuzz/libbnorm_state.a -lcjson -lm
 
-# Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown.
-fuzz: fuzz-build
-	@for t in $(FUZZ_TARGETS); do \
-	  mkdir -p build-fuzz/corpus/$$t && \
-	  echo "fuzz_$$t: $(FUZZ_SECONDS) s" && \
-	  if build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
-	       -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/ \
-	       build-fuzz/corpus/$$t tests/fuzz/corpus/$$t > build-fuzz/fuzz_$$t.log 2>&1; then \
-	    grep -E '^#[0-9]+.*cov:' build-fuzz/fuzz_$$t.log | tail -n 1; \
-	    grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' build-fuzz/fuzz_$$t.log; \
-	  else \
-	    tail -n 60 build-fuzz/fuzz_$$t.log; echo "fuzz_$$t: FINDING (see build-fuzz/)" >&2; exit 1; \
-	  fi; \
-	done
+# Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown,
+# each line headed by its target. The runs are separate targets, so that make -j runs them side by
+# side (one core each).
+fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
+
+fuzz-run-%: fuzz-build
+	@mkdir -p build-fuzz/corpus/$* && \
+	if build-fuzz/fuzz_$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
+	     -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/$*- \
+	     build-fuzz/corpus/$* tests/fuzz/corpus/$* > build-fuzz/fuzz_$*.log 2>&1; then \
+	  { echo "$(FUZZ_SECONDS) s"; grep -E '^#[0-9]+.*cov:' build-fuzz/fuzz_$*.log | tail -n 1; \
+	    grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' build-fuzz/fuzz_$*.log; \
+	  } | sed 's/^/fuzz_$*: /'; \
+	else \
+	  tail -n 60 build-fuzz/fuzz_$*.log; echo "fuzz_$*: FINDING (see build-fuzz/)" >&2; exit 1; \
+	fi
 
 # The Python package goes to PREFIX's directory for PYTHON's packages: Debian's interpreters
 # look in PREFIX/lib/pythonX.Y/dist-packages (/usr/local/lib/python3.11/dist-packages for the

@@ -2,14 +2,17 @@
  * the way `bnorm bench` times bnorm, printed as JSON lines with the same keys (peer "onednn").
  *
  *   build/onednn_peer [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc|nchw16c]
- *                     [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
+ *                     [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16]
+ *                     [--fuse relu|add-relu] [--repeat R]
  *
  * Modes: train = forward training with scale and shift (batch statistics computed and written
  * to mean/variance; oneDNN keeps no running statistics), eval = forward inference with global
  * statistics, backward = prop_kind backward (diff_src, diff_scale, diff_shift) with the mean and
  * variance of one training pass. Layouts: plain nchw, nhwc (channels last) and the blocked
- * nChw16c (aBcd16b; 3-d to 5-d shapes only). oneDNN has no f64 batch normalization: such a case
- * prints a line with "unsupported". Threads: oneDNN runs on OpenMP; --threads T calls
+ * nChw16c (aBcd16b; 3-d to 5-d shapes only). --fuse relu: the batch normalization with
+ * dnnl_fuse_norm_relu, forward and backward (training keeps the ReLU's mask in oneDNN's
+ * workspace, which its backward reads). oneDNN has no f64 batch normalization, and 2.6 fuses no
+ * add (--fuse add-relu): such a case prints a line with "unsupported". Threads: oneDNN runs on OpenMP; --threads T calls
  * omp_set_num_threads(T) before any oneDNN call (the runner also sets OMP_NUM_THREADS).
  * Without --shape, the default grid of `bnorm bench` (4-d shapes in all three layouts).
  * Build: cc -O2 -fopenmp bench/onednn_peer.c -o build/onednn_peer -ldnnl
@@ -30,8 +33,8 @@
 
 static const char usage[] =
     "usage: onednn_peer [--json] [--shape NxC[xHxW...]] [--layout nchw|nhwc|nchw16c]\n"
-    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] "
-    "[--repeat R]\n";
+    "                   [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16]\n"
+    "                   [--fuse relu|add-relu] [--repeat R]\n";
 
 enum { MODE_TRAIN, MODE_EVAL, MODE_BACKWARD, MODE_COUNT };
 static const char *const mode_names[MODE_COUNT] = {"train", "eval", "backward"};
@@ -87,6 +90,9 @@ static void fill(float *p, size_t n, double lo, double hi, uint64_t seed) {
 /* The data's type: f32, or bf16 (--dtype bf16: src, dst, diff_dst and diff_src in bfloat16,
  * mean, variance, scale and shift in f32, as oneDNN takes them). */
 static dnnl_data_type_t data_type = dnnl_f32;
+
+/* --fuse: "relu" (dnnl_fuse_norm_relu in every primitive), or NULL */
+static const char *fuse_name;
 
 /* fill() of n bfloat16 values (each float's top half, rounded to nearest even). */
 static void fill_bf16(uint16_t *p, size_t n, double lo, double hi, uint64_t seed) {
@@ -209,7 +215,7 @@ static int case_init(onednn_case *c, const shape *s, int layout, int mode, char 
                                      layout_tag(layout, s->ndim)));
     TRY(dnnl_memory_desc_init_by_tag(&c_md, 1, cdims, dnnl_f32, dnnl_a));
     const float eps = 1e-5f;
-    unsigned ss = dnnl_use_scale | dnnl_use_shift;
+    unsigned ss = dnnl_use_scale | dnnl_use_shift | (fuse_name ? dnnl_fuse_norm_relu : 0u);
 
     /* the forward pass of the mode (training for train and backward) */
     dnnl_batch_normalization_desc_t fd;
@@ -294,6 +300,7 @@ static int run_case(const shape *s, int layout, int mode, int threads, int repea
            "\"threads\": %d, \"dtype\": \"%s\", ",
            sh, layout_names[layout], mode_names[mode], threads,
            data_type == dnnl_bf16 ? "bf16" : "f32");
+    if (fuse_name) printf("\"fuse\": \"%s\", ", fuse_name);
     onednn_case c;
     memset(&c, 0, sizeof c);
     if (!case_init(&c, s, layout, mode, err, sizeof err)) {
@@ -328,7 +335,10 @@ static int run_case(const shape *s, int layout, int mode, int threads, int repea
     double med = repeat % 2 ? v[repeat / 2] : 0.5 * (v[repeat / 2 - 1] + v[repeat / 2]);
     double count = 1;
     for (int k = 0; k < s->ndim; k++) count *= (double)s->dims[k];
-    double bytes = count * (data_type == dnnl_bf16 ? 2 : 4) * (mode == MODE_BACKWARD ? 3 : 2);
+    /* counted as `bnorm bench` counts its own: with a ReLU, the backward reads y too (oneDNN
+     * reads its workspace's mask instead) */
+    const int arrays = (mode == MODE_BACKWARD ? 3 : 2) + (fuse_name && mode == MODE_BACKWARD);
+    double bytes = count * (data_type == dnnl_bf16 ? 2 : 4) * arrays;
     const dnnl_version_t *ver = dnnl_version();
     printf("\"median_ns\": %.1f, \"min_ns\": %.1f, \"bytes\": %.0f, \"gbps\": %.3f, "
            "\"roofline_ns\": null, \"roofline_pct\": null, \"repeat\": %d, \"inner\": %d, "
@@ -349,7 +359,7 @@ static int run_case(const shape *s, int layout, int mode, int threads, int repea
 
 int main(int argc, char **argv) {
     const char *shape_text = NULL, *layout_text = NULL, *mode_text = NULL, *threads_text = NULL,
-               *dtype_text = NULL, *repeat_text = NULL;
+               *dtype_text = NULL, *repeat_text = NULL, *fuse_text = NULL;
     for (int i = 1; i < argc; i++) {
         const char **slot = NULL;
         if (strcmp(argv[i], "--json") == 0) continue; /* JSON is the only output */
@@ -363,6 +373,7 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--threads") == 0) slot = &threads_text;
         else if (strcmp(argv[i], "--dtype") == 0) slot = &dtype_text;
         else if (strcmp(argv[i], "--repeat") == 0) slot = &repeat_text;
+        else if (strcmp(argv[i], "--fuse") == 0) slot = &fuse_text;
         else return usage_error("unknown argument '%s'", argv[i]);
         if (i + 1 >= argc) return usage_error("%s needs a value", argv[i]);
         *slot = argv[++i];
@@ -399,8 +410,15 @@ int main(int argc, char **argv) {
     size_t nshapes = shape_text ? 1 : sizeof default_grid / sizeof default_grid[0];
     int thread_list[2] = {threads ? threads : 1, 2}, nthreads = threads ? 1 : 2;
 
-    if (dtype_text && strcmp(dtype_text, "f64") == 0) {
-        /* oneDNN's batch normalization has no f64: say so for every case asked for */
+    if (fuse_text && strcmp(fuse_text, "relu") != 0 && strcmp(fuse_text, "add-relu") != 0)
+        return usage_error("--fuse: '%s' is not relu or add-relu", fuse_text);
+    const int f64 = dtype_text && strcmp(dtype_text, "f64") == 0;
+    const int add = fuse_text && strcmp(fuse_text, "add-relu") == 0;
+    if (fuse_text && !add) fuse_name = "relu";
+    if (f64 || add) {
+        /* what oneDNN cannot do: say so for every case asked for */
+        const char *why = f64 ? "oneDNN has no f64 batch normalization"
+                              : "oneDNN 2.6 fuses a ReLU into batch normalization, not an add";
         for (size_t k = 0; k < nshapes; k++) {
             char sh[96];
             shape_string(sh, sizeof sh, &shapes[k]);
@@ -408,11 +426,12 @@ int main(int argc, char **argv) {
                 for (int t = 0; t < nthreads; t++)
                     if (mode < 0 || m == mode)
                         printf("{\"peer\": \"onednn\", \"shape\": \"%s\", \"layout\": \"%s\", "
-                               "\"mode\": \"%s\", \"threads\": %d, \"dtype\": \"f64\", "
-                               "\"median_ns\": null, \"unsupported\": \"oneDNN has no f64 batch "
-                               "normalization\"}\n",
+                               "\"mode\": \"%s\", \"threads\": %d, \"dtype\": \"%s\", %s%s%s"
+                               "\"median_ns\": null, \"unsupported\": \"%s\"}\n",
                                sh, layout >= 0 ? layout_names[layout] : "nchw", mode_names[m],
-                               thread_list[t]);
+                               thread_list[t], dtype_text ? dtype_text : "f32",
+                               fuse_text ? "\"fuse\": \"" : "", fuse_text ? fuse_text : "",
+                               fuse_text ? "\", " : "", why);
         }
         return 0;
     }

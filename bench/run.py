@@ -10,7 +10,10 @@ run one after the other, in an order that rotates from round to round:
           (all its layouts: nchw, nhwc and nChw16c for 4-d)
 The same run times bfloat16 on the tensors larger than the caches (HALF_GRID): bnorm and
 PyTorch with bfloat16 data and float32 parameters, oneDNN with bf16 data; its table puts each
-case beside bnorm's float32 time of it.
+case beside bnorm's float32 time of it. And the fused epilogues on one such tensor (FUSE_GRID),
+in float32: bnorm's --fuse relu and add-relu, PyTorch's batch norm followed by relu_ (and add_),
+oneDNN's dnnl_fuse_norm_relu (it fuses no add); their table puts each case beside bnorm's plain
+time of it.
 Every contender reports the median of its repetitions; over the rounds, the median of those
 medians is what counts. Writes bench/results.json (every raw line, the aggregates, the
 machine), bench/chart.png and bench/table.md, and prints the table.
@@ -38,6 +41,15 @@ GRID = [("20x2", ["nchw"]), ("256x1024", ["nchw"]), ("32x64x56x56", ["nchw", "nh
 HALF_GRID = [("32x64x56x56", ["nchw", "nhwc"]), ("8x256x128x128", ["nchw"])]
 HALF = "bf16"
 TARGET_HALF_SPEEDUP = 1.7  # bfloat16 at least 1.7x faster than bnorm's float32
+# the fused epilogues, float32, beside the plain passes of the same cases; each fused pass may
+# take FUSE_SLACK times the plain one's time scaled by the bytes it moves (ReLU: the same bytes,
+# forward and backward, the mask counted as free; add + ReLU: 12 bytes per element instead of 8
+# forward, 16 instead of 12 backward)
+FUSE_GRID = [("32x64x56x56", ["nchw", "nhwc"])]
+FUSES = ["relu", "add-relu"]
+FUSE_SLACK = 1.05
+FUSE_BYTES = {"relu": {"train": 1.0, "eval": 1.0, "backward": 1.0},
+              "add-relu": {"train": 12 / 8, "eval": 12 / 8, "backward": 16 / 12}}
 MODES = ["train", "eval", "backward"]
 THREADS = [1, 2]
 PEER_LAYOUTS = {"torch": ["nchw", "nhwc"], "onednn": ["nchw", "nhwc", "nchw16c"]}
@@ -85,8 +97,9 @@ class TorchWorker:
                  "bench: PyTorch is required for make bench: apt-get install python3-torch")
         self.hello = json.loads(line)
 
-    def run(self, shape, layout, mode, threads, dtype="f32"):
-        req = {"shape": shape, "layout": layout, "mode": mode, "threads": threads, "dtype": dtype}
+    def run(self, shape, layout, mode, threads, dtype="f32", fuse=None):
+        req = {"shape": shape, "layout": layout, "mode": mode, "threads": threads, "dtype": dtype,
+               "fuse": fuse}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
@@ -99,28 +112,28 @@ class TorchWorker:
         self.proc.wait(timeout=60)
 
 
-def run_ours(bnorm, shape, layout, mode, threads, dtype="f32"):
+def run_ours(bnorm, shape, layout, mode, threads, dtype="f32", fuse=None):
     cmd = [str(bnorm), "bench", "--json", "--shape", shape, "--layout", layout, "--mode", mode,
-           "--threads", str(threads), "--dtype", dtype]
+           "--threads", str(threads), "--dtype", dtype] + (["--fuse", fuse] if fuse else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     if r.returncode != 0:
         return [{"peer": "bnorm", "shape": shape, "layout": layout, "mode": mode,
-                 "threads": threads, "dtype": dtype, "median_ns": None,
+                 "threads": threads, "dtype": dtype, "fuse": fuse, "median_ns": None,
                  "error": r.stderr.strip() or f"exit status {r.returncode}"}]
     return json_lines(r.stdout)
 
 
-def run_onednn(peer, shape, mode, threads, dtype="f32"):
+def run_onednn(peer, shape, mode, threads, dtype="f32", fuse=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("DNNL_VERBOSE", None)
     env.pop("ONEDNN_VERBOSE", None)
     cmd = [str(peer), "--json", "--shape", shape, "--mode", mode, "--threads", str(threads),
-           "--dtype", dtype]
+           "--dtype", dtype] + (["--fuse", fuse] if fuse else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     lines = json_lines(r.stdout)
     if r.returncode != 0 and not lines:
         return [{"peer": "onednn", "shape": shape, "layout": "?", "mode": mode,
-                 "threads": threads, "dtype": dtype, "median_ns": None,
+                 "threads": threads, "dtype": dtype, "fuse": fuse, "median_ns": None,
                  "error": r.stderr.strip() or f"exit status {r.returncode}"}]
     return lines
 
@@ -352,6 +365,42 @@ def make_half_table(rows, f32_rows):
     return "\n".join(out) + "\n"
 
 
+def fuse_allowed(fuse, mode):
+    """The most a fused pass may take, as a multiple of the plain pass's time."""
+    return FUSE_SLACK * FUSE_BYTES[fuse][mode]
+
+
+def make_fuse_table(rows_by_fuse, f32_rows):
+    """The fused epilogues' table: each case beside bnorm's plain time of it; met where the
+    fused pass takes at most fuse_allowed times the plain one."""
+    plain = {(r["shape"], r["layout"], r["mode"], r["threads"]): r["bnorm_ns"] for r in f32_rows}
+    out = ["| case | threads | epilogue | bnorm fused | PyTorch | oneDNN | bnorm / best peer | "
+           "bnorm plain | fused / plain | allowed | target |",
+           "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|:-:|"]
+    met = total = 0
+    for fuse in FUSES:
+        for r in rows_by_fuse.get(fuse, []):
+            p = plain.get((r["shape"], r["layout"], r["mode"], r["threads"]))
+            ours = r["bnorm_ns"]
+            cells = case_cells(r)[:6]  # case, threads, bnorm, each peer, the ratio
+            cells.insert(2, fuse)
+            allowed = fuse_allowed(fuse, r["mode"])
+            ratio = ours / p if ours and p else None
+            cells += [fmt_ns(p), "-" if ratio is None else f"{ratio:.2f}x", f"{allowed:.2f}x"]
+            ok = ratio is not None and ratio <= allowed
+            met += ok
+            total += 1
+            cells.append("met" if ok else "**no**")
+            out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(f"{met} of {total} fused cases met (float32; at most {FUSE_SLACK}x bnorm's plain "
+               "pass, scaled by the bytes moved: ReLU the same bytes, add + ReLU 12 per element "
+               "instead of 8 forward and 16 instead of 12 backward). PyTorch: batch_norm, then "
+               "add_ and relu_ (backward: threshold_backward, then the batch norm's); oneDNN: "
+               "dnnl_fuse_norm_relu (no fused add in 2.6).")
+    return "\n".join(out) + "\n"
+
+
 def make_chart(rows, path, machine, rounds):
     import matplotlib
     matplotlib.use("Agg")
@@ -420,6 +469,8 @@ def main():
             table = make_table(cases, machine, rounds)
             if saved.get("cases_bf16"):
                 table += "\n" + make_half_table(saved["cases_bf16"], cases)
+            if saved.get("cases_fused"):
+                table += "\n" + make_fuse_table(saved["cases_fused"], cases)
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"--redraw {a.redraw}: not a results.json that make bench wrote "
                  f"({type(e).__name__}: {e})")
@@ -449,12 +500,18 @@ def main():
         fail(f"no shape of the grid matches {a.shape}")
     modes = a.mode or MODES
     threads_list = a.threads or THREADS
-    groups = [(s, layouts, m, t, "f32") for s, layouts in grid for m in modes
+    # (shape, layouts, mode, threads, dtype, fuse)
+    groups = [(s, layouts, m, t, "f32", None) for s, layouts in grid for m in modes
               for t in threads_list]
-    groups += [(s, layouts, m, t, HALF) for s, layouts in HALF_GRID if not a.shape or s in a.shape
-               for m in modes for t in threads_list]
-    cases = [(s, l, m, t) for s, layouts, m, t, d in groups for l in layouts if d == "f32"]
-    half_cases = [(s, l, m, t) for s, layouts, m, t, d in groups for l in layouts if d == HALF]
+    groups += [(s, layouts, m, t, HALF, None) for s, layouts in HALF_GRID
+               if not a.shape or s in a.shape for m in modes for t in threads_list]
+    groups += [(s, layouts, m, t, "f32", f) for s, layouts in FUSE_GRID
+               if not a.shape or s in a.shape for f in FUSES for m in modes for t in threads_list]
+    cases = [(s, l, m, t) for s, layouts, m, t, d, f in groups for l in layouts
+             if d == "f32" and not f]
+    half_cases = [(s, l, m, t) for s, layouts, m, t, d, f in groups for l in layouts if d == HALF]
+    fuse_cases = {fuse: [(s, l, m, t) for s, layouts, m, t, d, f in groups for l in layouts
+                         if f == fuse] for fuse in FUSES}
 
     worker = TorchWorker()
     machine = machine_info(bnorm, worker.hello)
@@ -463,18 +520,18 @@ def main():
     order = ["bnorm", "torch", "onednn"]
     for rnd in range(a.rounds):
         contenders = order[rnd % 3:] + order[:rnd % 3]
-        for gi, (shape, layouts, mode, threads, dtype) in enumerate(groups):
+        for gi, (shape, layouts, mode, threads, dtype, fuse) in enumerate(groups):
             got = []
             for who in contenders:
                 if who == "bnorm":
                     for layout in layouts:
-                        got += run_ours(bnorm, shape, layout, mode, threads, dtype)
+                        got += run_ours(bnorm, shape, layout, mode, threads, dtype, fuse)
                 elif who == "torch":
                     nd2 = shape.count("x") == 1
                     for layout in ["nchw"] if nd2 else PEER_LAYOUTS["torch"]:
-                        got += worker.run(shape, layout, mode, threads, dtype)
+                        got += worker.run(shape, layout, mode, threads, dtype, fuse)
                 else:
-                    got += run_onednn(peer, shape, mode, threads, dtype)
+                    got += run_onednn(peer, shape, mode, threads, dtype, fuse)
             for rec in got:
                 rec["round"] = rnd
                 if rec.get("error"):
@@ -484,20 +541,25 @@ def main():
             summary = ", ".join(f"{r['peer']} {r.get('layout', '?')} {fmt_ns(r.get('median_ns'))}"
                                 for r in got)
             print(f"[round {rnd + 1}/{a.rounds}, {gi + 1}/{len(groups)}, "
-                  f"{time.time() - start:.0f} s] {shape} {dtype} {mode} T{threads}: {summary}",
+                  f"{time.time() - start:.0f} s] {shape} {dtype}{' ' + fuse if fuse else ''} "
+                  f"{mode} T{threads}: {summary}",
                   file=sys.stderr, flush=True)
     worker.close()
 
     onednn_versions = {r.get("version") for r in raw if r["peer"] == "onednn" and r.get("version")}
     machine["onednn"] = ", ".join(sorted(onednn_versions)) or None
     machine["elapsed_s"] = round(time.time() - start, 1)
-    agg = aggregate([r for r in raw if r.get("dtype", "f32") == "f32"])
+    agg = aggregate([r for r in raw if r.get("dtype", "f32") == "f32" and not r.get("fuse")])
     rows = case_rows(agg, cases)
     half_agg = aggregate([r for r in raw if r.get("dtype") == HALF])
     half_rows = case_rows(half_agg, half_cases)
+    fuse_agg = {f: aggregate([r for r in raw if r.get("fuse") == f]) for f in FUSES}
+    fuse_rows = {f: case_rows(fuse_agg[f], fuse_cases[f]) for f in FUSES if fuse_cases[f]}
     table = make_table(rows, machine, a.rounds)
     if half_rows:
         table += "\n" + make_half_table(half_rows, rows)
+    if fuse_rows:
+        table += "\n" + make_fuse_table(fuse_rows, rows)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -505,11 +567,14 @@ def main():
         "machine": machine, "rounds": a.rounds,
         "method": "per run: warm-up, then the median of repeated timed calls (batched below "
                   "100 us); per contender and case: the median over rounds of those medians",
-        "cases": rows, "cases_bf16": half_rows,
+        "cases": rows, "cases_bf16": half_rows, "cases_fused": fuse_rows,
         "aggregated": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
                        for k, v in sorted(agg.items(), key=lambda kv: str(kv[0]))],
         "aggregated_bf16": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
                             for k, v in sorted(half_agg.items(), key=lambda kv: str(kv[0]))],
+        "aggregated_fused": {f: [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
+                                 for k, v in sorted(fa.items(), key=lambda kv: str(kv[0]))]
+                             for f, fa in fuse_agg.items()},
         "raw": raw,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -3,7 +3,8 @@
 times bnorm, one JSON line per case with the same keys (peer "torch").
 
     /usr/bin/python3 bench/torch_peer.py [--shape 32x64x56x56] [--layout nchw|nhwc]
-        [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
+        [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16]
+        [--fuse relu|add-relu] [--repeat R]
     /usr/bin/python3 bench/torch_peer.py --serve     (what bench/run.py uses)
 
 train: torch.nn.functional.batch_norm(training=True) with running statistics; eval: the same
@@ -13,6 +14,12 @@ torch.ops.aten.native_batch_norm. nhwc is a channels_last tensor (channels_last_
 3-d shapes have no channels-last format in torch and are skipped). torch.set_num_threads(T).
 Without --shape, the default grid of `bnorm bench`.
 
+--fuse relu | add-relu: the batch norm followed by a ReLU, or by the add of a second input z of
+x's shape and a ReLU, as a model writes them (torchvision's residual block: out += identity,
+then an in-place relu): the forward passes are batch_norm, then add_ and relu_ on its output;
+the backward is the ReLU's, threshold_backward(dy, y, 0) (which is also z's gradient), then the
+batch norm's backward of it, the two kernels autograd runs.
+
 torch allocates its outputs on every call. With glibc's default malloc, tensors above its mmap
 threshold (at most 32 MiB) come from fresh mmap()s, so every call pays for page faults on the
 whole output, and smaller ones do or do not depending on the allocator's history: the same case
@@ -21,7 +28,7 @@ timing, so this peer gets the same: it re-executes itself with MALLOC_MMAP_MAX_=
 MALLOC_TRIM_THRESHOLD_, so freed outputs stay mapped and are reused (--system-malloc: don't).
 
 --serve reads one JSON request per line on stdin ({"shape": "32x64x56x56", "layout": "nhwc",
-"mode": "train", "threads": 2, "dtype": "f32", "repeat": null}) and answers each with one JSON
+"mode": "train", "threads": 2, "dtype": "f32", "fuse": null, "repeat": null}) and answers each with one JSON
 line, so that one torch process serves a whole interleaved run. Its first line tells versions.
 Exit status: 0, 1 on a runtime error, 2 on a usage error.
 """
@@ -70,9 +77,10 @@ DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}
 SIZES = {"f32": 4, "f64": 8, "bf16": 2}
 
 
-def make_case(dims, layout, mode, dtype):
+def make_case(dims, layout, mode, dtype, fuse=None):
     """The tensors and the call to time, or None when torch has no such layout. bfloat16 data
-    has float32 weight, bias and running statistics (as torch.autocast leaves them)."""
+    has float32 weight, bias and running statistics (as torch.autocast leaves them). fuse: None,
+    "relu" or "add-relu" (the module docstring)."""
     gen = torch.Generator().manual_seed(1)
     c = dims[1]
     x = uniform(dims, -2.0, 3.0, dtype, gen)
@@ -89,18 +97,34 @@ def make_case(dims, layout, mode, dtype):
     rmean = uniform((c,), -0.5, 0.5, dtype, gen)
     rvar = uniform((c,), 0.5, 2.0, dtype, gen)
     F = torch.nn.functional
-    if mode == "train":
-        return lambda: F.batch_norm(x, rmean, rvar, weight, bias, True, MOMENTUM, EPS)
-    if mode == "eval":
-        return lambda: F.batch_norm(x, rmean, rvar, weight, bias, False, MOMENTUM, EPS)
-    dy = uniform(dims, -1.0, 1.0, data_dtype, gen)
-    if layout == "nhwc" and len(dims) > 2:
-        fmt = torch.channels_last if len(dims) == 4 else torch.channels_last_3d
-        dy = dy.contiguous(memory_format=fmt)
-    _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
+
+    def like_x(t):
+        if layout == "nhwc" and len(dims) > 2:
+            fmt = torch.channels_last if len(dims) == 4 else torch.channels_last_3d
+            return t.contiguous(memory_format=fmt)
+        return t
+
+    z = like_x(uniform(dims, -1.0, 1.0, data_dtype, gen)) if fuse == "add-relu" else None
+
+    def epilogue(y):
+        if z is not None:
+            y.add_(z)
+        return y.relu_() if fuse else y
+
+    if mode in ("train", "eval"):
+        training = mode == "train"
+        return lambda: epilogue(F.batch_norm(x, rmean, rvar, weight, bias, training, MOMENTUM,
+                                             EPS))
+    dy = like_x(uniform(dims, -1.0, 1.0, data_dtype, gen))
+    y, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
         x, weight, bias, rmean, rvar, True, MOMENTUM, EPS)
+    y = epilogue(y)
     bwd = torch.ops.aten.native_batch_norm_backward
     mask = [True, True, True]
+    if fuse:
+        relu_bwd = torch.ops.aten.threshold_backward
+        return lambda: bwd(relu_bwd(dy, y, 0), x, weight, rmean, rvar, save_mean, save_invstd,
+                           True, EPS, mask)
     return lambda: bwd(dy, x, weight, rmean, rvar, save_mean, save_invstd, True, EPS, mask)
 
 
@@ -128,15 +152,17 @@ def measure(fn, repeat=None):
     return median, samples[0], repeat, inner
 
 
-def run_case(dims, layout, mode, threads, dtype_name, repeat=None):
+def run_case(dims, layout, mode, threads, dtype_name, repeat=None, fuse=None):
     if len(dims) == 2:
         layout = "nchw"  # (N, C) has one layout
     out = {"peer": "torch", "shape": "x".join(map(str, dims)), "layout": layout, "mode": mode,
            "threads": threads, "dtype": dtype_name}
+    if fuse:
+        out["fuse"] = fuse
     dtype = DTYPES[dtype_name]
     torch.set_num_threads(threads)
     with torch.no_grad():
-        fn = make_case(dims, layout, mode, dtype)
+        fn = make_case(dims, layout, mode, dtype, fuse)
         if fn is None:
             out.update(median_ns=None, unsupported="torch has no channels-last format for 3-d")
             return out
@@ -144,7 +170,11 @@ def run_case(dims, layout, mode, threads, dtype_name, repeat=None):
     count = 1
     for d in dims:
         count *= d
-    nbytes = count * SIZES[dtype_name] * (3 if mode == "backward" else 2)
+    # the tensors the pass moves, counted as `bnorm bench` counts its own: with a ReLU, the
+    # backward reads y too; with add + ReLU, the forward reads z and the backward writes dz
+    backward = mode == "backward"
+    arrays = (3 if backward else 2) + (fuse is not None and backward) + (fuse == "add-relu")
+    nbytes = count * SIZES[dtype_name] * arrays
     out.update(median_ns=round(median, 1), min_ns=round(minimum, 1), bytes=nbytes,
                gbps=round(nbytes / median, 3), roofline_ns=None, roofline_pct=None,
                repeat=repeat, inner=inner, version=torch.__version__,
@@ -162,7 +192,8 @@ def serve():
         try:
             req = json.loads(line)
             res = run_case(parse_shape(req["shape"]), req.get("layout", "nchw"), req["mode"],
-                           int(req["threads"]), req.get("dtype", "f32"), req.get("repeat"))
+                           int(req["threads"]), req.get("dtype", "f32"), req.get("repeat"),
+                           req.get("fuse"))
         except Exception as e:  # answer every request, so the runner never hangs
             res = {"peer": "torch", "error": f"{type(e).__name__}: {e}", "request": line.strip()}
         print(json.dumps(res), flush=True)
@@ -186,6 +217,7 @@ def main():
     p.add_argument("--mode", choices=MODES)
     p.add_argument("--threads", type=int)
     p.add_argument("--dtype", choices=("f32", "f64", "bf16"), default="f32")
+    p.add_argument("--fuse", choices=("relu", "add-relu"))
     p.add_argument("--repeat", type=int)
     a = p.parse_args()
     if a.serve:
@@ -209,7 +241,8 @@ def main():
             if a.mode not in (None, mode):
                 continue
             for threads in ([a.threads] if a.threads else [1, 2]):
-                print(json.dumps(run_case(dims, layout, mode, threads, a.dtype, a.repeat)),
+                print(json.dumps(run_case(dims, layout, mode, threads, a.dtype, a.repeat,
+                                                  a.fuse)),
                       flush=True)
     return 0
 

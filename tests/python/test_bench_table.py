@@ -142,3 +142,34 @@ def test_half_table_needs_the_speedup_and_the_yardstick():
     # 2x faster than float32 but neither yardstick: not met
     c, _ = half_row(1000, 500, 1500, 3000, 2000)
     assert c[-1] == "**no**"
+
+
+def fuse_row(fuse, mode, ours, plain_ns, torch_ns=5000, onednn_ns=None):
+    shape, layout = "32x64x56x56", "nchw"
+    a = {("bnorm", shape, layout, mode, 1): {"median_ns": ours, "roofline_ns": 100,
+                                              "tensor_bytes": 48 << 20},
+         ("torch", shape, "nchw", mode, 1): {"median_ns": torch_ns}}
+    if onednn_ns:
+        a[("onednn", shape, "nchw", mode, 1)] = {"median_ns": onednn_ns}
+    rows = bench_run.case_rows(a, [(shape, layout, mode, 1)])
+    plain_rows = [dict(rows[0], bnorm_ns=plain_ns)]
+    text = bench_run.make_fuse_table({fuse: rows}, plain_rows)
+    line = [l for l in text.splitlines() if l.startswith(f"| {shape} {layout} {mode} ")][0]
+    return cells(line), text
+
+
+def test_fused_table_scales_the_plain_time_by_the_bytes_moved():
+    # ReLU: the plain pass's bytes, so 1.05x its time at most, in every pass
+    c, text = fuse_row("relu", "backward", 1050, 1000, onednn_ns=2100)
+    assert c[2] == "relu" and c[3] == "1.05 us" and c[6] == "0.50x (oneDNN)"
+    assert c[-4:] == ["1 us", "1.05x", "1.05x", "met"] and "1 of 1 fused cases met" in text
+    c, _ = fuse_row("relu", "eval", 1060, 1000)
+    assert c[-1] == "**no**"
+    # add + ReLU moves 12 bytes per element instead of 8 forward, 16 instead of 12 backward
+    c, _ = fuse_row("add-relu", "train", 1570, 1000)
+    assert c[-3:] == ["1.57x", "1.58x", "met"]  # 1.05 x 1.5 = 1.575
+    c, _ = fuse_row("add-relu", "backward", 1410, 1000)
+    assert c[-3:] == ["1.41x", "1.40x", "**no**"]
+    # a peer that cannot fuse the add leaves its cell empty
+    c, _ = fuse_row("add-relu", "eval", 1200, 1000, torch_ns=2400)
+    assert c[5] == "-" and c[6] == "0.50x (PyTorch)"
