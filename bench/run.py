@@ -12,8 +12,8 @@ The same run times bfloat16 on the tensors larger than the caches (HALF_GRID): b
 PyTorch with bfloat16 data and float32 parameters, oneDNN with bf16 data; its table puts each
 case beside bnorm's float32 time of it. And the fused epilogues on one such tensor (FUSE_GRID),
 in float32: bnorm's --fuse relu and add-relu, PyTorch's batch norm followed by relu_ (and add_),
-oneDNN's dnnl_fuse_norm_relu (it fuses no add); their table puts each case beside bnorm's plain
-time of it.
+oneDNN's dnnl_fuse_norm_relu (it fuses no add); bnorm's plain pass runs right before each fused
+one, in the same group, and the table puts each fused case beside that time.
 Every contender reports the median of its repetitions; over the rounds, the median of those
 medians is what counts. Writes bench/results.json (every raw line, the aggregates, the
 machine), bench/chart.png and bench/table.md, and prints the table.
@@ -370,17 +370,19 @@ def fuse_allowed(fuse, mode):
     return FUSE_SLACK * FUSE_BYTES[fuse][mode]
 
 
-def make_fuse_table(rows_by_fuse, f32_rows):
-    """The fused epilogues' table: each case beside bnorm's plain time of it; met where the
-    fused pass takes at most fuse_allowed times the plain one."""
-    plain = {(r["shape"], r["layout"], r["mode"], r["threads"]): r["bnorm_ns"] for r in f32_rows}
+def make_fuse_table(rows_by_fuse, plain_by_fuse):
+    """The fused epilogues' table: each case beside bnorm's plain time of it (the plain runs of
+    the same groups, plain_by_fuse); met where the fused pass takes at most fuse_allowed times
+    the plain one."""
+    plain = {(f, r["shape"], r["layout"], r["mode"], r["threads"]): r["bnorm_ns"]
+             for f, rows in plain_by_fuse.items() for r in rows}
     out = ["| case | threads | epilogue | bnorm fused | PyTorch | oneDNN | bnorm / best peer | "
            "bnorm plain | fused / plain | allowed | target |",
            "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|:-:|"]
     met = total = 0
     for fuse in FUSES:
         for r in rows_by_fuse.get(fuse, []):
-            p = plain.get((r["shape"], r["layout"], r["mode"], r["threads"]))
+            p = plain.get((fuse, r["shape"], r["layout"], r["mode"], r["threads"]))
             ours = r["bnorm_ns"]
             cells = case_cells(r)[:6]  # case, threads, bnorm, each peer, the ratio
             cells.insert(2, fuse)
@@ -470,7 +472,7 @@ def main():
             if saved.get("cases_bf16"):
                 table += "\n" + make_half_table(saved["cases_bf16"], cases)
             if saved.get("cases_fused"):
-                table += "\n" + make_fuse_table(saved["cases_fused"], cases)
+                table += "\n" + make_fuse_table(saved["cases_fused"], saved["cases_fused_plain"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"--redraw {a.redraw}: not a results.json that make bench wrote "
                  f"({type(e).__name__}: {e})")
@@ -525,6 +527,9 @@ def main():
             for who in contenders:
                 if who == "bnorm":
                     for layout in layouts:
+                        if fuse:  # the plain pass just before: the fused one's yardstick
+                            for rec in run_ours(bnorm, shape, layout, mode, threads, dtype):
+                                got.append(dict(rec, beside=fuse))
                         got += run_ours(bnorm, shape, layout, mode, threads, dtype, fuse)
                 elif who == "torch":
                     nd2 = shape.count("x") == 1
@@ -549,17 +554,20 @@ def main():
     onednn_versions = {r.get("version") for r in raw if r["peer"] == "onednn" and r.get("version")}
     machine["onednn"] = ", ".join(sorted(onednn_versions)) or None
     machine["elapsed_s"] = round(time.time() - start, 1)
-    agg = aggregate([r for r in raw if r.get("dtype", "f32") == "f32" and not r.get("fuse")])
+    agg = aggregate([r for r in raw if r.get("dtype", "f32") == "f32" and not r.get("fuse")
+                     and not r.get("beside")])
     rows = case_rows(agg, cases)
     half_agg = aggregate([r for r in raw if r.get("dtype") == HALF])
     half_rows = case_rows(half_agg, half_cases)
     fuse_agg = {f: aggregate([r for r in raw if r.get("fuse") == f]) for f in FUSES}
     fuse_rows = {f: case_rows(fuse_agg[f], fuse_cases[f]) for f in FUSES if fuse_cases[f]}
+    fuse_plain_rows = {f: case_rows(aggregate([r for r in raw if r.get("beside") == f]),
+                                    fuse_cases[f]) for f in fuse_rows}
     table = make_table(rows, machine, a.rounds)
     if half_rows:
         table += "\n" + make_half_table(half_rows, rows)
     if fuse_rows:
-        table += "\n" + make_fuse_table(fuse_rows, rows)
+        table += "\n" + make_fuse_table(fuse_rows, fuse_plain_rows)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -568,6 +576,7 @@ def main():
         "method": "per run: warm-up, then the median of repeated timed calls (batched below "
                   "100 us); per contender and case: the median over rounds of those medians",
         "cases": rows, "cases_bf16": half_rows, "cases_fused": fuse_rows,
+        "cases_fused_plain": fuse_plain_rows,
         "aggregated": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)
                        for k, v in sorted(agg.items(), key=lambda kv: str(kv[0]))],
         "aggregated_bf16": [dict(zip(("peer", "shape", "layout", "mode", "threads"), k), **v)

@@ -153,7 +153,7 @@ def fuse_row(fuse, mode, ours, plain_ns, torch_ns=5000, onednn_ns=None):
         a[("onednn", shape, "nchw", mode, 1)] = {"median_ns": onednn_ns}
     rows = bench_run.case_rows(a, [(shape, layout, mode, 1)])
     plain_rows = [dict(rows[0], bnorm_ns=plain_ns)]
-    text = bench_run.make_fuse_table({fuse: rows}, plain_rows)
+    text = bench_run.make_fuse_table({fuse: rows}, {fuse: plain_rows})
     line = [l for l in text.splitlines() if l.startswith(f"| {shape} {layout} {mode} ")][0]
     return cells(line), text
 
