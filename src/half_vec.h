@@ -157,7 +157,16 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
                                         _mm_and_si128(nan_, _mm_set1_epi32(0x7fc0)));  \
         _mm_srai_epi32(_mm_slli_epi32(b_, 16), 16);                                    \
     })
-#define BN_LOAD16_bf16(p) BN_LOAD16_GENERIC(bf16, p)
+#define BN_LOAD16_bf16(p)                                                              \
+    __extension__({                                                                    \
+        const __m128i a_ = _mm_loadu_si128((const __m128i *)(p));                      \
+        const __m128i b_ = _mm_loadu_si128((const __m128i *)(p) + 1);                  \
+        const __m128i z_ = _mm_setzero_si128();                                        \
+        const union { __m128i q[4]; bn_v16f w; } l_ = {                                \
+            {_mm_unpacklo_epi16(z_, a_), _mm_unpackhi_epi16(z_, a_),                    \
+             _mm_unpacklo_epi16(z_, b_), _mm_unpackhi_epi16(z_, b_)}};                  \
+        l_.w;                                                                          \
+    })
 #define BN_NARROW_bf16(v)                                                              \
     __extension__({                                                                    \
         const union { bn_v16f w; __m128 q[4]; } n_ = {(v)};                            \
@@ -170,8 +179,31 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
 #define BN_LOAD16_bf16(p) BN_LOAD16_GENERIC(bf16, p)
 #define BN_NARROW_bf16(v) BN_NARROW16_bf16(v)
 #endif
+#if defined(__AVX2__)
+/* bfloat16's bits are a float's top half (the generic forms are lowered to more moves: AMD
+ * EPYC, AVX2, 32x64x56x56 bf16 backward, 1 thread: 9.1 ms, float32's 6.3 ms). In AVX2, 8 lanes
+ * widened and shifted; in SSE2, interleaved below zeros, each 16-bit value lands in the top half
+ * of its 32-bit lane. (A union of two 16-byte halves as one 32-byte vector goes through the
+ * stack in AVX2 code.) */
+#define BN_LOAD8_bf16(p)                                                               \
+    ((bn_v8f)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define BN_LOAD4_bf16(p) \
+    ((bn_v4f)_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(p))))
+#elif defined(__SSE2__)
+#define BN_LOAD8_bf16(p)                                                               \
+    __extension__({                                                                    \
+        const __m128i h_ = _mm_loadu_si128((const __m128i *)(p));                      \
+        const union { __m128i q[2]; bn_v8f w; } l_ = {                                 \
+            {_mm_unpacklo_epi16(_mm_setzero_si128(), h_),                               \
+             _mm_unpackhi_epi16(_mm_setzero_si128(), h_)}};                             \
+        l_.w;                                                                          \
+    })
+#define BN_LOAD4_bf16(p) \
+    ((bn_v4f)_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(p))))
+#else
 #define BN_LOAD8_bf16(p) BN_LOAD8_GENERIC(bf16, p)
 #define BN_LOAD4_bf16(p) BN_LOAD4_GENERIC(bf16, p)
+#endif
 
 #if defined(__AVX512F__)
 #define BN_LOAD16_f16(p) ((bn_v16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p))))
