@@ -471,7 +471,7 @@ def main():
             table = make_table(cases, machine, rounds)
             if saved.get("cases_bf16"):
                 table += "\n" + make_half_table(saved["cases_bf16"], cases)
-            if saved.get("cases_fused"):
+            if saved.get("cases_fused_plain"):  # the fused table needs its plain runs
                 table += "\n" + make_fuse_table(saved["cases_fused"], saved["cases_fused_plain"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"--redraw {a.redraw}: not a results.json that make bench wrote "

@@ -32,7 +32,11 @@
 #endif
 
 /* Vector helpers are macros: clang refuses functions that pass 64-byte vectors in a clone
- * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. */
+ * without AVX-512, and GCC would lower a conversion in a helper for the baseline ISA. In the AVX2
+ * and SSE2 sets, GCC 12 splits 64-byte arithmetic and loads into native vectors well, but
+ * compares two 64-byte vectors one lane at a time with a branch each, and moves a union of
+ * narrower halves read as one wider vector through the stack: there, comparisons and
+ * conversions are written a native vector at a time (kernels.inc's RELUW, half_vec.h). */
 typedef double bn_v8d __attribute__((vector_size(64)));
 typedef float bn_v8f __attribute__((vector_size(32)));
 typedef float bn_v16f __attribute__((vector_size(64)));
