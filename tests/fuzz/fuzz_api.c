@@ -169,6 +169,8 @@ static void fill_values(bytes *b, unsigned char *p, int64_t count, bn_dtype dt, 
             if (finite && !(fabs(v) <= 1e6)) v = fmod(isfinite(v) ? v : 1.0, 1e6);
         }
         }
+        /* float16's largest finite value is 65504: a large offset would round to infinity */
+        if (finite && dt == BN_FLOAT16 && !(fabs(v) < 65504)) v = fmod(v, 65504);
         store_value(p, k, dt, v);
     }
 }
