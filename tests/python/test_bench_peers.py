@@ -71,3 +71,10 @@ def test_fused_cases_count_bytes_as_bnorm_bench(fuse, extra):
         plain = 3 if c["mode"] == "backward" else 2
         assert c["fuse"] == fuse and c["median_ns"] > 0
         assert c["bytes"] == (plain + extra[c["mode"]]) * 4 * (4 * 16 * 8 * 8)
+
+
+def test_an_unknown_epilogue_is_a_usage_error():
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "torch_peer.py"), "--shape", "4x3",
+                        "--fuse", "gelu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--fuse" in r.stderr and "gelu" in r.stderr
