@@ -187,8 +187,6 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
  * stack in AVX2 code.) */
 #define BN_LOAD8_bf16(p)                                                               \
     ((bn_v8f)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
-#define BN_LOAD4_bf16(p) \
-    ((bn_v4f)_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(p))))
 #elif defined(__SSE2__)
 #define BN_LOAD8_bf16(p)                                                               \
     __extension__({                                                                    \
@@ -198,10 +196,13 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
              _mm_unpackhi_epi16(_mm_setzero_si128(), h_)}};                             \
         l_.w;                                                                          \
     })
+#else
+#define BN_LOAD8_bf16(p) BN_LOAD8_GENERIC(bf16, p)
+#endif
+#if defined(__SSE2__) /* AVX2 and SSE2 alike */
 #define BN_LOAD4_bf16(p) \
     ((bn_v4f)_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)(p))))
 #else
-#define BN_LOAD8_bf16(p) BN_LOAD8_GENERIC(bf16, p)
 #define BN_LOAD4_bf16(p) BN_LOAD4_GENERIC(bf16, p)
 #endif
 
