@@ -12,18 +12,21 @@
  *   are C99 hex floats (exact through strtod). An array is "KEY COUNT v0 ... v(COUNT-1)".
  *
  *     bnorm-golden 1
- *     case NAME / dtype f32|f64 / layout first|last / channels C / affine 0|1 / track 0|1 /
- *     momentum none|HEX / eps HEX / [weight C ... / bias C ...]        (in this order)
+ *     case NAME / dtype f32|f64|bf16 / [params f32|bf16 (bf16 only)] / layout first|last /
+ *     channels C / affine 0|1 / track 0|1 / momentum none|HEX / eps HEX /
+ *     [weight C ... / bias C ...]                                      (in this order)
  *     step train|eval
  *       dims NDIM d0 d1 ...                                             (first in a step)
  *       any order: running_mean_before, running_var_before, nbt_before, x, dy, y, dx, dweight,
- *                  dbias, save_mean, save_invstd, running_mean_after, running_var_after, nbt_after
+ *                  dbias, save_mean, save_invstd, running_mean_after, running_var_after, nbt_after,
+ *                  and in bf16 cases exact_KEY beside each result KEY (float64's value)
  *     endstep
  *     ... more steps ... endcase
  *     ... more cases ... end
  *
  *   x, dy, y and dx are in the layout's memory order. For float32 cases the inputs are float32
  *   values and the results are torch's float64 computation on them (the exact answer to round to).
+ *   bf16 cases record torch's own bfloat16 kernel, with float64's value beside each result.
  *
  * HOW A CASE IS REPLAYED
  *
@@ -33,7 +36,9 @@
  *   bn_backward_train; an eval step with tracked statistics runs bn_forward_eval and
  *   bn_backward_eval. Each compared array is one check, within 2e-5 (float32) or 1e-10 (float64)
  *   of max(1, |reference|). The scalar reference of src/reference, the other tests' oracle,
- *   replays every step too and is held to the same checks.
+ *   replays every step too and is held to the same checks. bf16 cases (parameters in float32 or
+ *   bfloat16, desc.params) are two checks per array, parity with torch's bfloat16 and one
+ *   rounding of float64's value (compare), and start each step from torch's running statistics.
  */
 #include "check.h"
 #include "testutil.h"
@@ -172,6 +177,7 @@ static int read_flag(reader *r, const char *key, int *flag) {
 typedef struct golden_case {
     char name[64];
     bn_dtype dtype;
+    bn_dtype pdtype; /* the parameters' (weight, bias, running statistics, dweight, dbias) */
     bn_layout layout;
     int64_t c;
     int affine, track, cumulative;
@@ -196,12 +202,13 @@ typedef struct golden_step {
     int64_t dims[GOLDEN_MAX_NDIM];
     int64_t numel;
     double *a[N_ARRAYS];
+    double *exact[N_ARRAYS]; /* bf16 cases: exact_KEY, float64's value of each recorded result */
     int have_nbt_before, have_nbt_after;
     int64_t nbt_before, nbt_after;
 } golden_step;
 
 static void step_free(golden_step *s) {
-    for (int k = 0; k < N_ARRAYS; k++) free(s->a[k]);
+    for (int k = 0; k < N_ARRAYS; k++) free(s->a[k]), free(s->exact[k]);
     memset(s, 0, sizeof *s);
 }
 
@@ -219,7 +226,14 @@ static int read_case_header(reader *r, golden_case *gc) {
     if (!expect_word(r, "dtype") || !read_word(r, word, sizeof word)) return 0;
     if (strcmp(word, "f32") == 0) gc->dtype = BN_FLOAT32;
     else if (strcmp(word, "f64") == 0) gc->dtype = BN_FLOAT64;
+    else if (strcmp(word, "bf16") == 0) gc->dtype = BN_BFLOAT16;
     else return reader_fail(r, "unknown dtype \"%s\"", word);
+    gc->pdtype = gc->dtype;
+    if (gc->dtype == BN_BFLOAT16) { /* the parameters' dtype follows */
+        if (!expect_word(r, "params") || !read_word(r, word, sizeof word)) return 0;
+        if (strcmp(word, "f32") == 0) gc->pdtype = BN_FLOAT32;
+        else if (strcmp(word, "bf16") != 0) return reader_fail(r, "unknown params \"%s\"", word);
+    }
 
     if (!expect_word(r, "layout") || !read_word(r, word, sizeof word)) return 0;
     if (strcmp(word, "first") == 0) gc->layout = BN_CHANNELS_FIRST;
@@ -286,13 +300,15 @@ static int read_step(reader *r, const golden_case *gc, golden_step *s) {
             s->have_nbt_after = 1;
             continue;
         }
+        const int is_exact = gc->dtype == BN_BFLOAT16 && strncmp(word, "exact_", 6) == 0;
+        const char *key = is_exact ? word + 6 : word;
         int a = 0;
-        while (a < N_ARRAYS && strcmp(word, array_key[a]) != 0) a++;
+        while (a < N_ARRAYS && strcmp(key, array_key[a]) != 0) a++;
         if (a == N_ARRAYS) return reader_fail(r, "unknown key \"%s\"", word);
-        if (s->a[a]) return reader_fail(r, "%s given twice", word);
+        double **slot = is_exact ? &s->exact[a] : &s->a[a];
+        if (*slot) return reader_fail(r, "%s given twice", word);
         int64_t n;
-        if (!read_values(r, array_key[a], array_per_channel(a) ? gc->c : s->numel, &s->a[a], &n))
-            return 0;
+        if (!read_values(r, word, array_per_channel(a) ? gc->c : s->numel, slot, &n)) return 0;
     }
 
     /* what every step records, and what affine and track add */
@@ -306,6 +322,12 @@ static int read_step(reader *r, const golden_case *gc, golden_step *s) {
         return reader_fail(r, "tracked step without its running statistics");
     if (!s->a[SAVE_MEAN] != !s->a[SAVE_INVSTD])
         return reader_fail(r, "save_mean and save_invstd come together");
+    /* a bf16 step records float64's value beside each of torch's results, and nothing else */
+    if (gc->dtype == BN_BFLOAT16)
+        for (int a = 0; a < N_ARRAYS; a++)
+            if (a != X && a != DY && a != RM_BEFORE && a != RV_BEFORE && !s->a[a] != !s->exact[a])
+                return reader_fail(r, "%s without exact_%s, or the other way", array_key[a],
+                                   array_key[a]);
     return 1;
 }
 
@@ -324,15 +346,92 @@ typedef struct replay_state {
     int64_t ref_num_batches_tracked;
 } replay_state;
 
-/* One check: got (count values of dtype) against ref within tol of max(1, |ref|). */
+static size_t dtype_size(bn_dtype dtype) {
+    return dtype == BN_FLOAT64 ? 8 : dtype == BN_FLOAT32 ? 4 : 2;
+}
+
+/* A unit in the last place of a type of that many significant bits, at max(1, |v|). */
+static double ulp_at(double v, int bits) {
+    int e;
+    frexp(fmax(1.0, fabs(v)), &e); /* max(1, |v|) in [2^(e-1), 2^e) */
+    return ldexp(1.0, e - bits);
+}
+
+static int significant_bits(bn_dtype dtype) {
+    return dtype == BN_BFLOAT16 ? 8 : dtype == BN_FLOAT16 ? 11 : dtype == BN_FLOAT32 ? 24 : 53;
+}
+
+/* The float32 computation's own error allowed beside the one rounding of array a, relative to
+ * max(1, |exact|) (as tests/python/test_torch_half.py allows it): dx cancels, so its error is
+ * relative to its largest term; the parameter gradients sum numel products. */
+static double compute_error(int a, const golden_step *s, int64_t count) {
+    switch (a) {
+    case DX: {
+        double top = 1;
+        for (int64_t k = 0; k < count; k++) top = fmax(top, fabs(s->exact[DX][k]));
+        return 1e-5 * top;
+    }
+    case DWEIGHT: case DBIAS: return 1e-9 * (double)s->numel;
+    case Y: return 2e-6;
+    default: return 1e-6; /* the running statistics */
+    }
+}
+
+static void report(const golden_case *gc, int step, const golden_step *s, const char *what,
+                   int ok, const char *how, double d) {
+    CHECK_MSG(ok, "golden %s step %d (%s): %s %s %.3g", gc->name, step,
+              s->train ? "train" : "eval", what, how, d);
+}
+
+/* One check of a library result, got (count values of dtype), against array a of the step.
+ * float32 and float64 cases: within 2e-5 (float32) or 1e-10 (float64) of max(1, |torch|), torch
+ * being its float64 computation. bf16 cases: parity with torch's own bfloat16 kernel, which is
+ * recorded with float64's value (exact_KEY): got may differ from torch's only where torch's is
+ * off float64's, by at most a unit in the last place of bfloat16 more,
+ * |got - torch| <= |torch - exact| + ulp(max(1, |exact|)); and got is one rounding of float64's
+ * value to got's dtype, within half a unit in its last place and the float32 computation's error
+ * (compute_error), the saved statistics within bnorm.h's bound. */
 static void compare(const golden_case *gc, int step, const golden_step *s, const char *what,
-                    const void *got, bn_dtype dtype, const double *ref, int64_t count) {
-    double tol = gc->dtype == BN_FLOAT32 ? 2e-5 : 1e-10;
+                    const void *got, bn_dtype dtype, int a, int64_t count) {
     double *g = tu_to_double(got, count, dtype);
-    double d = tu_max_rel_diff(g, ref, count);
-    CHECK_MSG(d <= tol, "golden %s step %d (%s): %s max rel diff %.3g > %.0e", gc->name, step,
-              s->train ? "train" : "eval", what, d, tol);
+    const double *torch = s->a[a];
+    if (gc->dtype == BN_BFLOAT16) {
+        const double *exact = s->exact[a];
+        const double rel = compute_error(a, s, count);
+        const int bits = significant_bits(dtype);
+        double parity = 0, rounding = 0; /* the largest |got - torch| and |got - exact| / bound */
+        for (int64_t k = 0; k < count; k++) {
+            const double bound = fabs(torch[k] - exact[k]) + ulp_at(exact[k], 8);
+            parity = tu_worst(parity, fabs(g[k] - torch[k]) / bound);
+            /* the saved statistics: bnorm.h's promise (ACCURACY), the mean within 11 * 2^-24 of
+             * the channel's standard deviation, invstd of itself */
+            const double one =
+                a == SAVE_MEAN ? 11 * 0x1p-24 / s->exact[SAVE_INVSTD][k]
+                : a == SAVE_INVSTD ? 11 * 0x1p-24 * exact[k]
+                : ulp_at(exact[k], bits) / 2 + rel * fmax(1, fabs(exact[k]));
+            rounding = tu_worst(rounding, fabs(g[k] - exact[k]) / one);
+        }
+        report(gc, step, s, what, parity <= 1, "off torch's bfloat16 by (its bound)", parity);
+        report(gc, step, s, what, rounding <= 1, "off one rounding of float64's by (its bound)",
+               rounding);
+    } else {
+        double tol = gc->dtype == BN_FLOAT32 ? 2e-5 : 1e-10;
+        double d = tu_max_rel_diff(g, torch, count);
+        report(gc, step, s, what, d <= tol, "max rel diff", d);
+    }
     free(g);
+}
+
+/* The scalar reference's result (count doubles) against array a: as compare for float32 and
+ * float64 cases; for bf16 ones against float64's value, within 1e-10 of max(1, |exact|). */
+static void compare_reference(const golden_case *gc, int step, const golden_step *s,
+                              const char *what, const double *got, int a, int64_t count) {
+    if (gc->dtype != BN_BFLOAT16) {
+        compare(gc, step, s, what, got, BN_FLOAT64, a, count);
+        return;
+    }
+    double d = tu_max_rel_diff(got, s->exact[a], count);
+    report(gc, step, s, what, d <= 1e-10, "max rel diff from float64's", d);
 }
 
 static int call_ok(const golden_case *gc, int step, const char *what, bn_status st) {
@@ -372,22 +471,20 @@ static void replay_reference(const golden_case *gc, int step, const golden_step 
             rs->ref_running_mean[k] = (float)rs->ref_running_mean[k];
             rs->ref_running_var[k] = (float)rs->ref_running_var[k];
         }
-    compare(gc, step, s, "reference y", y, BN_FLOAT64, s->a[Y], s->numel);
-    compare(gc, step, s, "reference dx", dx, BN_FLOAT64, s->a[DX], s->numel);
+    compare_reference(gc, step, s, "reference y", y, Y, s->numel);
+    compare_reference(gc, step, s, "reference dx", dx, DX, s->numel);
     if (gc->affine) {
-        compare(gc, step, s, "reference dweight", dweight, BN_FLOAT64, s->a[DWEIGHT], c);
-        compare(gc, step, s, "reference dbias", dbias, BN_FLOAT64, s->a[DBIAS], c);
+        compare_reference(gc, step, s, "reference dweight", dweight, DWEIGHT, c);
+        compare_reference(gc, step, s, "reference dbias", dbias, DBIAS, c);
     }
     if (batch_stats && s->a[SAVE_MEAN]) {
-        compare(gc, step, s, "reference save_mean", save_mean, BN_FLOAT64, s->a[SAVE_MEAN], c);
-        compare(gc, step, s, "reference save_invstd", save_invstd, BN_FLOAT64,
-                s->a[SAVE_INVSTD], c);
+        compare_reference(gc, step, s, "reference save_mean", save_mean, SAVE_MEAN, c);
+        compare_reference(gc, step, s, "reference save_invstd", save_invstd, SAVE_INVSTD, c);
     }
     if (gc->track) {
-        compare(gc, step, s, "reference running_mean", rs->ref_running_mean, BN_FLOAT64,
-                s->a[RM_AFTER], c);
-        compare(gc, step, s, "reference running_var", rs->ref_running_var, BN_FLOAT64,
-                s->a[RV_AFTER], c);
+        compare_reference(gc, step, s, "reference running_mean", rs->ref_running_mean, RM_AFTER,
+                          c);
+        compare_reference(gc, step, s, "reference running_var", rs->ref_running_var, RV_AFTER, c);
         CHECK_MSG(rs->ref_num_batches_tracked == s->nbt_after,
                   "golden %s step %d: the reference's num_batches_tracked %lld, torch %lld",
                   gc->name, step, (long long)rs->ref_num_batches_tracked,
@@ -397,10 +494,14 @@ static void replay_reference(const golden_case *gc, int step, const golden_step 
 }
 
 static void replay_step(const golden_case *gc, int step, const golden_step *s, replay_state *rs) {
-    bn_dtype dt = gc->dtype;
-    if (gc->track && !rs->started) {
-        rs->running_mean = tu_to_dtype(s->a[RM_BEFORE], gc->c, dt);
-        rs->running_var = tu_to_dtype(s->a[RV_BEFORE], gc->c, dt);
+    const bn_dtype dt = gc->dtype, pt = gc->pdtype;
+    /* bf16 cases start each step from torch's running statistics: its bfloat16 kernel and the
+     * library round them differently, and a unit apart in the mean moves a whole eval output */
+    if (gc->track && (!rs->started || dt == BN_BFLOAT16)) {
+        free(rs->running_mean), free(rs->running_var);
+        free(rs->ref_running_mean), free(rs->ref_running_var);
+        rs->running_mean = tu_to_dtype(s->a[RM_BEFORE], gc->c, pt);
+        rs->running_var = tu_to_dtype(s->a[RV_BEFORE], gc->c, pt);
         rs->num_batches_tracked = s->nbt_before;
         rs->ref_running_mean = tu_to_double(s->a[RM_BEFORE], gc->c, BN_FLOAT64);
         rs->ref_running_var = tu_to_double(s->a[RV_BEFORE], gc->c, BN_FLOAT64);
@@ -414,6 +515,7 @@ static void replay_step(const golden_case *gc, int step, const golden_step *s, r
         rs->broken = 1;
         return;
     }
+    desc.params = pt == dt ? BN_PARAMS_AS_TENSOR : BN_PARAMS_FLOAT32;
     bn_options opt = BN_OPTIONS_DEFAULT;
     opt.eps = gc->eps;
     opt.momentum = gc->momentum;
@@ -422,14 +524,14 @@ static void replay_step(const golden_case *gc, int step, const golden_step *s, r
 
     void *x = tu_to_dtype(s->a[X], s->numel, dt);
     void *dy = tu_to_dtype(s->a[DY], s->numel, dt);
-    void *weight = gc->affine ? tu_to_dtype(gc->weight, gc->c, dt) : NULL;
-    void *bias = gc->affine ? tu_to_dtype(gc->bias, gc->c, dt) : NULL;
-    size_t esize = dt == BN_FLOAT32 ? sizeof(float) : sizeof(double);
+    void *weight = gc->affine ? tu_to_dtype(gc->weight, gc->c, pt) : NULL;
+    void *bias = gc->affine ? tu_to_dtype(gc->bias, gc->c, pt) : NULL;
+    const size_t esize = dtype_size(dt), psize = dtype_size(pt);
     size_t numel = (size_t)(s->numel > 0 ? s->numel : 1);
     void *y = calloc(numel, esize);
     void *dx = calloc(numel, esize);
-    void *dweight = gc->affine ? calloc((size_t)gc->c, esize) : NULL;
-    void *dbias = gc->affine ? calloc((size_t)gc->c, esize) : NULL;
+    void *dweight = gc->affine ? calloc((size_t)gc->c, psize) : NULL;
+    void *dbias = gc->affine ? calloc((size_t)gc->c, psize) : NULL;
     double *save_mean = calloc((size_t)gc->c, sizeof(double));
     double *save_invstd = calloc((size_t)gc->c, sizeof(double));
 
@@ -458,20 +560,19 @@ static void replay_step(const golden_case *gc, int step, const golden_step *s, r
     }
 
     if (ok) {
-        compare(gc, step, s, "y", y, dt, s->a[Y], s->numel);
-        compare(gc, step, s, "dx", dx, dt, s->a[DX], s->numel);
+        compare(gc, step, s, "y", y, dt, Y, s->numel);
+        compare(gc, step, s, "dx", dx, dt, DX, s->numel);
         if (gc->affine) {
-            compare(gc, step, s, "dweight", dweight, dt, s->a[DWEIGHT], gc->c);
-            compare(gc, step, s, "dbias", dbias, dt, s->a[DBIAS], gc->c);
+            compare(gc, step, s, "dweight", dweight, pt, DWEIGHT, gc->c);
+            compare(gc, step, s, "dbias", dbias, pt, DBIAS, gc->c);
         }
         if (batch_stats && s->a[SAVE_MEAN]) {
-            compare(gc, step, s, "save_mean", save_mean, BN_FLOAT64, s->a[SAVE_MEAN], gc->c);
-            compare(gc, step, s, "save_invstd", save_invstd, BN_FLOAT64, s->a[SAVE_INVSTD],
-                    gc->c);
+            compare(gc, step, s, "save_mean", save_mean, BN_FLOAT64, SAVE_MEAN, gc->c);
+            compare(gc, step, s, "save_invstd", save_invstd, BN_FLOAT64, SAVE_INVSTD, gc->c);
         }
         if (gc->track) {
-            compare(gc, step, s, "running_mean", rs->running_mean, dt, s->a[RM_AFTER], gc->c);
-            compare(gc, step, s, "running_var", rs->running_var, dt, s->a[RV_AFTER], gc->c);
+            compare(gc, step, s, "running_mean", rs->running_mean, pt, RM_AFTER, gc->c);
+            compare(gc, step, s, "running_var", rs->running_var, pt, RV_AFTER, gc->c);
             CHECK_MSG(rs->num_batches_tracked == s->nbt_after,
                       "golden %s step %d (%s): num_batches_tracked %lld, torch %lld", gc->name,
                       step, s->train ? "train" : "eval", (long long)rs->num_batches_tracked,

@@ -28,6 +28,14 @@ constant channel: comparing with it would test torch's rounding rather than its 
 float32 twin module runs alongside every float32 case; the script asserts it agrees with the
 float64 results to 1e-2 (so both follow the same semantics) and prints how far off it is.
 
+bf16 cases record torch's own bfloat16 kernel (bfloat16 inputs, parameters in float32 as autocast
+gives them, or in bfloat16), and beside each of its results float64's value on the same inputs
+(the key with "exact_" before it): the C test holds the library to parity with torch (it may
+differ from torch's only where torch's is off float64's, by at most a unit in the last place of
+bfloat16 more) and to one rounding of float64's value. With bfloat16 parameters torch rounds
+the batch mean and invstd it normalizes with to bfloat16, up to 7e-2 off float64's; the library
+keeps them exact. Each bf16 step starts from torch's running statistics (running_*_before).
+
 FILE FORMAT (version 1)
 
 Whitespace-separated tokens; '#' starts a comment that runs to the end of the line. Integers are
@@ -40,7 +48,8 @@ The file is:
 
     bnorm-golden 1
     case NAME                       a name without spaces
-    dtype f32|f64                   element type of x, y, dy, dx, weight, bias, running statistics
+    dtype f32|f64|bf16              element type of x, y, dy, dx (and of the parameters below)
+    params f32|bf16                 (bf16 only) of weight, bias, running statistics, dweight, dbias
     layout first|last               memory order of x, dy, y, dx: (N, C, S) or (N, S, C)
     channels C
     affine 0|1                      1: weight and bias follow and dweight, dbias are recorded
@@ -65,6 +74,8 @@ The file is:
       running_mean_after C ...      (track only) buffers after the step
       running_var_after C ...       (track only)
       nbt_after INT                 (track only)
+      exact_KEY COUNT ...           (bf16 only) float64's value of each result KEY above
+                                    (y, dx, dweight, dbias, save_*, running_*_after)
     endstep
     endcase                         after the last step of a case
     end                             after the last case: a file without it is truncated
@@ -88,12 +99,14 @@ MODULES = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNo
 
 
 def case(name, dtype, layout, steps, *, affine=True, track=True, momentum=0.1, eps=1e-5,
-         data="normal", init=None):
+         data="normal", init=None, params=None):
     """One case. steps: list of (mode, dims). data: how x is drawn ("normal", "offset": mean 100
     and std 0.1, "const": channel 0 constant, "offset_const": both). init: None (torch's defaults)
-    or a number of batches already tracked, with random starting running statistics."""
+    or a number of batches already tracked, with random starting running statistics. params
+    (bf16 cases only): "f32" (autocast's mixed precision) or "bf16", the parameters' dtype."""
+    assert (params is not None) == (dtype == "bf16")
     return dict(name=name, dtype=dtype, layout=layout, steps=steps, affine=affine, track=track,
-                momentum=momentum, eps=eps, data=data, init=init)
+                momentum=momentum, eps=eps, data=data, init=init, params=params or dtype)
 
 
 T3E2 = ["train", "train", "train", "eval", "eval"]   # three training steps, then two eval steps
@@ -159,6 +172,24 @@ CASES = [
     case("const_channel_f64", "f64", "last", same((3, 3, 2, 2)), data="const", eps=1e-3),
     case("offset_const_f32", "f32", "first", same((5, 2, 3)), data="offset_const",
          momentum=None),
+    # bfloat16 tensors, the parameters in float32 (as under autocast) or in bfloat16: what is
+    # recorded is torch's own bfloat16 kernel
+    case("bn1d_2d_bf16", "bf16", "first", same((8, 3)), params="f32"),
+    case("bn1d_3d_prime_bf16", "bf16", "first", same((3, 5, 7)), params="bf16", momentum=0.3),
+    case("bn2d_nchw_bf16", "bf16", "first", same((2, 3, 4, 5)), params="f32"),
+    case("bn2d_nchw_bf16_params", "bf16", "first", same((3, 4, 3, 5)), params="bf16"),
+    case("bn2d_nhwc_bf16", "bf16", "last", same((2, 5, 3, 4)), params="f32", eps=1e-3),
+    case("bn2d_nhwc_bf16_params", "bf16", "last", same((3, 3, 2, 5)), params="bf16"),
+    case("bn3d_ndhwc_bf16", "bf16", "last", same((2, 3, 2, 3, 4)), params="f32",
+         momentum=None),
+    case("bf16_empty_batch", "bf16", "first",
+         [("train", (0, 3, 2, 2)), ("train", (4, 3, 2, 2)), ("eval", (2, 3, 2, 2))],
+         params="f32"),
+    case("bf16_no_affine_no_track", "bf16", "first", same((4, 3, 5)), affine=False,
+         track=False, params="f32"),
+    case("bf16_offset", "bf16", "first", same((4, 3, 6)), data="offset", params="f32"),
+    case("bf16_const_channel", "bf16", "last", same((3, 3, 2, 2)), data="const",
+         params="bf16", eps=1e-3),
 ]
 
 
@@ -180,9 +211,12 @@ def memory_order(t, layout):
     return t.reshape(-1)
 
 
+TORCH_DTYPE = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16}
+
+
 def as_storage(t, dtype):
-    """t rounded to the case's element type, kept as float64 for the reference computation."""
-    return t.float().double() if dtype == "f32" else t.double()
+    """t rounded to the element type dtype, kept as float64 for the reference computation."""
+    return t.to(TORCH_DTYPE[dtype]).double()
 
 
 def draw_x(dims, data, gen_dtype):
@@ -227,7 +261,28 @@ def rel_dev(a, b):
     return float(((a - b).abs() / b.abs().clamp(min=1.0)).max())
 
 
+def write_header(w, spec, c, module):
+    """The case's header, its weight and bias those of module."""
+    momentum = spec["momentum"]
+    w.line("case", spec["name"])
+    w.line("dtype", spec["dtype"])
+    if spec["dtype"] == "bf16":
+        w.line("params", spec["params"])
+    w.line("layout", spec["layout"])
+    w.line("channels", c)
+    w.line("affine", int(spec["affine"]))
+    w.line("track", int(spec["track"]))
+    w.line("momentum", "none" if momentum is None else hexf(momentum))
+    w.line("eps", hexf(spec["eps"]))
+    if spec["affine"]:
+        w.array("weight", module.weight)
+        w.array("bias", module.bias)
+
+
 def make_case(w, spec, report):
+    if spec["dtype"] == "bf16":
+        make_case_bf16(w, spec, report)
+        return
     dtype, layout = spec["dtype"], spec["layout"]
     ndim = len(spec["steps"][0][1])
     c = spec["steps"][0][1][1]
@@ -249,17 +304,7 @@ def make_case(w, spec, report):
             twin.load_state_dict({k: v.float() if v.is_floating_point() else v
                                   for k, v in ref.state_dict().items()})
 
-    w.line("case", spec["name"])
-    w.line("dtype", dtype)
-    w.line("layout", layout)
-    w.line("channels", c)
-    w.line("affine", int(spec["affine"]))
-    w.line("track", int(spec["track"]))
-    w.line("momentum", "none" if momentum is None else hexf(momentum))
-    w.line("eps", hexf(eps))
-    if spec["affine"]:
-        w.array("weight", ref.weight)
-        w.array("bias", ref.bias)
+    write_header(w, spec, c, ref)
 
     worst_twin = 0.0
     for mode, dims in spec["steps"]:
@@ -345,6 +390,111 @@ def make_case(w, spec, report):
     assert worst_twin < 1e-2, (spec["name"], worst_twin)
     if dtype == "f32":
         report.append("%-28s torch float32 kernel off by %.1e" % (spec["name"], worst_twin))
+
+
+def make_case_bf16(w, spec, report):
+    """A bfloat16 case: what is recorded is torch's bfloat16 module (parameters in spec's params
+    dtype), fed bfloat16 values. A float64 module on the same values runs alongside; the script
+    asserts the two agree to 0.1 (the same semantics: with bfloat16 parameters torch rounds the
+    batch statistics it normalizes with to bfloat16) and prints how far apart they are."""
+    layout, pdt = spec["layout"], TORCH_DTYPE[spec["params"]]
+    ndim = len(spec["steps"][0][1])
+    c = spec["steps"][0][1][1]
+    momentum, eps = spec["momentum"], spec["eps"]
+    kw = dict(eps=eps, momentum=momentum, affine=spec["affine"],
+              track_running_stats=spec["track"])
+    mod = MODULES[ndim](c, **kw).to(pdt)                   # the recorded computation
+    exact = MODULES[ndim](c, **kw).double()
+    with torch.no_grad():
+        if spec["affine"]:
+            mod.weight.copy_(1.0 + 0.5 * torch.randn(c, dtype=torch.float64))
+            mod.bias.copy_(0.5 * torch.randn(c, dtype=torch.float64))
+        if spec["track"] and spec["init"] is not None:
+            mod.running_mean.copy_(torch.randn(c, dtype=torch.float64))
+            mod.running_var.copy_(0.25 + torch.rand(c, dtype=torch.float64))
+            mod.num_batches_tracked.fill_(spec["init"])
+        exact.load_state_dict({k: v.double() if v.is_floating_point() else v
+                               for k, v in mod.state_dict().items()})
+    write_header(w, spec, c, mod)
+
+    worst = 0.0
+    for mode, dims in spec["steps"]:
+        assert dims[1] == c and len(dims) == ndim
+        training = mode == "train"
+        batch_stats = training or not spec["track"]
+        mod.train(training)
+        exact.train(training)
+        x = to_layout(draw_x(dims, spec["data"], "bf16"), layout)
+        dy = to_layout(as_storage(torch.randn(dims, dtype=torch.float64), "bf16"), layout)
+        xb, dyb = x.bfloat16(), dy.bfloat16()
+
+        w.line("step", mode)
+        w.line("dims", ndim, *dims)
+        if spec["track"]:
+            rm0, rv0 = mod.running_mean.clone(), mod.running_var.clone()
+            w.array("running_mean_before", rm0)
+            w.array("running_var_before", rv0)
+            w.line("nbt_before", int(mod.num_batches_tracked))
+
+        xr = xb.clone().requires_grad_(True)
+        y = mod(xr)
+        if spec["affine"]:
+            mod.weight.grad = None
+            mod.bias.grad = None
+        y.backward(dyb)
+        assert y.dtype == xr.grad.dtype == torch.bfloat16
+        xe = x.clone().requires_grad_(True)                # the same step in float64
+        ye = exact(xe)
+        if spec["affine"]:
+            exact.weight.grad = None
+            exact.bias.grad = None
+        ye.backward(dy)
+
+        recorded = [("y", memory_order(y.double(), layout), memory_order(ye, layout)),
+                    ("dx", memory_order(xr.grad.double(), layout), memory_order(xe.grad, layout))]
+        if spec["affine"]:
+            recorded += [("dweight", mod.weight.grad, exact.weight.grad),
+                         ("dbias", mod.bias.grad, exact.bias.grad)]
+        if batch_stats and dims[0] > 0:
+            # the same kernel called directly, for the batch mean and invstd it saves (in the
+            # parameters' dtype), and float64's
+            if spec["track"]:
+                factor = 1.0 / int(mod.num_batches_tracked) if momentum is None else momentum
+                rm, rv = rm0.clone(), rv0.clone()
+            else:
+                factor, rm, rv = 0.0, None, None
+            wt = mod.weight.detach() if spec["affine"] else None
+            bs = mod.bias.detach() if spec["affine"] else None
+            out, save_mean, save_invstd = torch.native_batch_norm(xb, wt, bs, rm, rv, True,
+                                                                  factor, eps)
+            assert torch.equal(out, y), spec["name"]
+            if spec["track"]:
+                assert torch.equal(rm, mod.running_mean), spec["name"]
+                assert torch.equal(rv, mod.running_var), spec["name"]
+            _, exact_mean, exact_invstd = torch.native_batch_norm(x, None, None, None, None, True,
+                                                                  0.0, eps)
+            recorded += [("save_mean", save_mean, exact_mean),
+                         ("save_invstd", save_invstd, exact_invstd)]
+        if spec["track"]:
+            recorded += [("running_mean_after", mod.running_mean, exact.running_mean),
+                         ("running_var_after", mod.running_var, exact.running_var)]
+
+        w.array("x", memory_order(x, layout))
+        w.array("dy", memory_order(dy, layout))
+        for key, theirs, ours64 in recorded:
+            w.array(key, theirs.detach().double())
+            w.array("exact_" + key, ours64.detach())
+        if spec["track"]:
+            w.line("nbt_after", int(mod.num_batches_tracked))
+        w.line("endstep")
+
+        worst = max([worst] + [rel_dev(t, e) for _, t, e in recorded])
+        with torch.no_grad():   # the float64 twin goes on from the module's statistics
+            for name in ("running_mean", "running_var") if spec["track"] else ():
+                getattr(exact, name).copy_(getattr(mod, name).double())
+    w.line("endcase")
+    assert worst < 1e-1, (spec["name"], worst)
+    report.append("%-28s torch bfloat16 kernel off float64 by %.1e" % (spec["name"], worst))
 
 
 def main():
