@@ -110,6 +110,7 @@ probes:
 	$(if $(HEADER),@echo "$(HEADER): $(if $(call have_header,$(HEADER)),yes,no)")
 
 .PHONY: all demo test test-suites test-c test-python install clean sanitize isa-check tsan valgrind fuzz fuzz-build \
+        valgrind-tool valgrind-state valgrind-mpi \
         probes FORCE
 
 all: $(BUILD)/libbnorm.a $(BUILD)/libbnorm.so $(BUILD)/libbnorm_io.a $(BUILD)/bnorm \
@@ -302,13 +303,20 @@ test-c: $(BUILD)/test_bnorm
 test-python: all
 	BNORM_LIBRARY=$(CURDIR)/$(BUILD)/libbnorm.so PYTHONPATH=python $(PYTHON) -m pytest -q tests/python
 
+# One clang build of the libraries with AddressSanitizer, UndefinedBehaviorSanitizer and
+# libFuzzer's coverage (build-san/): the C tests of `make sanitize` and the targets of `make fuzz`
+# link the same archives, so the kernels (every type, epilogue and set) are compiled with the
+# sanitizers once. The coverage hooks cost the tests nothing they need: without libFuzzer they
+# are the sanitizer runtime's empty defaults.
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_MAKE = $(MAKE) BUILD=build-san CC=clang OPT=-O1 \
+  CFLAGS="-O1 -g $(SAN_FLAGS) -fsanitize=fuzzer-no-link" LDFLAGS="-fsanitize=address,undefined"
+
 # The C tests (the state library's too, where cJSON is) under AddressSanitizer and
-# UndefinedBehaviorSanitizer (clang or gcc). A failed allocation returns NULL, as malloc does, so
-# that BN_ERR_NO_MEMORY can be tested.
+# UndefinedBehaviorSanitizer. A failed allocation returns NULL, as malloc does, so that
+# BN_ERR_NO_MEMORY can be tested.
 sanitize:
-	$(MAKE) BUILD=build-san CC=clang OPT=-O1 \
-	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi) \
+	$(SAN_MAKE) build-san/test_bnorm $(if $(HAVE_MPI),build-san/test_bnorm_mpi) \
 	  $(if $(HAVE_CJSON),build-san/test_bnorm_state)
 	ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm
 	$(if $(HAVE_CJSON),ASAN_OPTIONS=allocator_may_return_null=1 build-san/test_bnorm_state)
@@ -336,52 +344,62 @@ tsan:
 
 # The C tests (the state library's too, where cJSON is) under valgrind memcheck: any error or
 # leak fails the run. The MPI tests run too, with Open MPI's suppressions for its own runtime and
-# without leak checks (Open MPI keeps its memory at exit).
+# without leak checks (Open MPI keeps its memory at exit). valgrind runs a program one thread at a
+# time, so the C tests are split into VALGRIND_SHARDS processes (test_bnorm --shard K/N), which
+# make -j runs side by side with the others; each one's output is in $(BUILD)/valgrind-*.log.
 VALGRIND_SUPP := $(wildcard /usr/share/openmpi/openmpi-valgrind.supp) tests/valgrind/openmpi.supp
 VALGRIND_RUN = OMP_NUM_THREADS=2 valgrind -q --error-exitcode=99 --leak-check=full \
   --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
-valgrind: $(BUILD)/test_bnorm $(if $(HAVE_MPI),$(BUILD)/test_bnorm_mpi) \
-          $(if $(HAVE_CJSON),$(BUILD)/test_bnorm_state)
+VALGRIND_SHARDS ?= 4
+VALGRIND_PARTS := $(addprefix valgrind-c-,$(shell seq 0 $$(($(VALGRIND_SHARDS) - 1)))) \
+  $(if $(HAVE_CJSON),valgrind-state) $(if $(HAVE_MPI),valgrind-mpi)
+valgrind: $(VALGRIND_PARTS)
+valgrind-tool:
 	@command -v valgrind >/dev/null || { echo "make valgrind: apt-get install valgrind" >&2; exit 1; }
-	$(VALGRIND_RUN) $(BUILD)/test_bnorm
-	$(if $(HAVE_CJSON),$(VALGRIND_RUN) $(BUILD)/test_bnorm_state)
-	$(if $(HAVE_MPI),OMP_NUM_THREADS=2 mpirun $(MPIRUN_FLAGS) -np 3 valgrind -q --error-exitcode=99 \
-	  --leak-check=no $(VALGRIND_SUPP:%=--suppressions=%) $(BUILD)/test_bnorm_mpi)
 
-# libFuzzer targets (tests/fuzz/fuzz_*.c) over the library built with ASan, UBSan and coverage.
+# $(call logged,NAME,COMMAND): COMMAND's output in $(BUILD)/NAME.log, its last line shown, the
+# whole log shown on failure
+logged = $(2) > $(BUILD)/$(1).log 2>&1; st=$$?; tail -n 1 $(BUILD)/$(1).log | sed 's/^/$(1): /'; \
+  if [ $$st -ne 0 ]; then cat $(BUILD)/$(1).log >&2; exit $$st; fi
+valgrind-c-%: $(BUILD)/test_bnorm valgrind-tool
+	@$(call logged,valgrind-c-$*,$(VALGRIND_RUN) $(BUILD)/test_bnorm --shard $*/$(VALGRIND_SHARDS))
+valgrind-state: $(BUILD)/test_bnorm_state valgrind-tool
+	@$(call logged,valgrind-state,$(VALGRIND_RUN) $(BUILD)/test_bnorm_state)
+valgrind-mpi: $(BUILD)/test_bnorm_mpi valgrind-tool
+	@$(call logged,valgrind-mpi,OMP_NUM_THREADS=2 mpirun $(MPIRUN_FLAGS) -np 3 valgrind -q \
+	  --error-exitcode=99 --leak-check=no $(VALGRIND_SUPP:%=--suppressions=%) $(BUILD)/test_bnorm_mpi)
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c) over the libraries of build-san/ (above).
 # `make fuzz` runs each for FUZZ_SECONDS from the committed seeds (tests/fuzz/corpus/<target>);
 # what it learns grows build-fuzz/corpus/<target>, and a finding is saved in build-fuzz/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := npy api safetensors state
-FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_BINS := $(FUZZ_TARGETS:%=build-fuzz/fuzz_%)
+FUZZ_LINK = clang $(WARN) -O1 -g $(SAN_FLAGS) -fsanitize=fuzzer $(OPENMP)
 
 fuzz-build:
 	@test -n "$(HAVE_CJSON)" || { echo "make fuzz: cJSON is missing: apt-get install libcjson-dev" >&2; exit 1; }
-	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 OPENMP= \
-	  CFLAGS="-O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link" build-fuzz/libbnorm.a \
-	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm_state.a
+	$(SAN_MAKE) build-san/libbnorm.a build-san/libbnorm_io.a build-san/libbnorm_state.a
+	@mkdir -p build-fuzz
 	$(MAKE) CC=clang $(FUZZ_BINS)
 
 # the safetensors reader needs cJSON, which the build of libbnorm_io above found
-build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_io.a \
-                   build-fuzz/libbnorm.a
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -Iio -o $@ $< \
-	  build-fuzz/libbnorm_io.a build-fuzz/libbnorm.a -lcjson -lm
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_files.h build-san/libbnorm_io.a \
+                   build-san/libbnorm.a
+	$(FUZZ_LINK) -Iinclude -Iio -o $@ $< build-san/libbnorm_io.a build-san/libbnorm.a -lcjson -lm
 
 # the state files' reader and writer, over libbnorm_state
-build-fuzz/fuzz_state: tests/fuzz/fuzz_state.c tests/fuzz/fuzz_files.h build-fuzz/libbnorm_state.a
-	clang $(WARN) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer -Iinclude -o $@ $< \
-	  build-fuzz/libbnorm_state.a -lcjson -lm
+build-fuzz/fuzz_state: tests/fuzz/fuzz_state.c tests/fuzz/fuzz_files.h build-san/libbnorm_state.a
+	$(FUZZ_LINK) -Iinclude -o $@ $< build-san/libbnorm_state.a -lcjson -lm
 
 # Each run's log is build-fuzz/fuzz_<target>.log; its last coverage line and statistics are shown,
 # each line headed by its target. The runs are separate targets, so that make -j runs them side by
-# side (one core each).
+# side, one core each (one OpenMP thread each).
 fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
 
 fuzz-run-%: fuzz-build
 	@mkdir -p build-fuzz/corpus/$* && \
-	if build-fuzz/fuzz_$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
+	if OMP_NUM_THREADS=1 build-fuzz/fuzz_$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -timeout=20 \
 	     -rss_limit_mb=2048 -max_len=4096 -artifact_prefix=build-fuzz/$*- \
 	     build-fuzz/corpus/$* tests/fuzz/corpus/$* > build-fuzz/fuzz_$*.log 2>&1; then \
 	  { echo "$(FUZZ_SECONDS) s"; grep -E '^#[0-9]+.*cov:' build-fuzz/fuzz_$*.log | tail -n 1; \

@@ -1,4 +1,5 @@
-/* main.c - runs every registered suite in name order; "N passed, N failed"; exit 1 on failure. */
+/* main.c - runs the registered suites in name order (all, those a filter names, or a shard of
+ * them); "N passed, N failed"; exit 1 on failure. */
 #include "check.h"
 
 #include <stdarg.h>
@@ -40,10 +41,28 @@ static int by_name(const void *a, const void *b) {
     return strcmp(((const char *const *)a)[0], ((const char *const *)b)[0]);
 }
 
+/* test_bnorm [--shard K/N] [FILTER]: the suites whose names contain FILTER; with --shard, of
+ * those the K-th of every N in name order (K from 0), so that N processes side by side (valgrind
+ * runs one thread at a time) run each suite once between them. */
 int main(int argc, char **argv) {
+    long shard = 0, shards = 1;
+    int arg = 1;
+    if (argc > 2 && strcmp(argv[1], "--shard") == 0) {
+        char *end;
+        shard = strtol(argv[2], &end, 10);
+        if (*end == '/') shards = strtol(end + 1, &end, 10);
+        if (*end || shards < 1 || shard < 0 || shard >= shards) {
+            fprintf(stderr, "test_bnorm: --shard K/N with 0 <= K < N, not \"%s\"\n", argv[2]);
+            return 2;
+        }
+        arg = 3;
+    }
+    const char *filter = argc > arg ? argv[arg] : NULL;
     qsort(suites, (size_t)n_suites, sizeof suites[0], by_name);
+    long matched = 0;
     for (int i = 0; i < n_suites; i++) {
-        if (argc > 1 && !strstr(suites[i].name, argv[1])) continue;
+        if (filter && !strstr(suites[i].name, filter)) continue;
+        if (matched++ % shards != shard) continue;
         current_suite = suites[i].name;
         int before = n_failed;
         suites[i].fn();
