@@ -2,7 +2,7 @@
  * buffers: bench/compare.py's timer.
  *
  *   build/bench_ab BASE.so NEW.so --shape NxC[xHxW...] [--layout nchw|nhwc]
- *                  [--mode train|eval|backward] [--threads T] [--dtype f32|f64] [--repeat R]
+ *                  [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
  *
  * Both libraries are opened with RTLD_LOCAL, so each one's calls stay inside it. The case's
  * buffers are made once, as `bnorm bench` makes them; the two builds then take turns on them:
@@ -32,7 +32,7 @@
 
 static const char usage[] =
     "usage: bench_ab BASE.so NEW.so --shape NxC[xHxW...] [--layout nchw|nhwc]\n"
-    "                [--mode train|eval|backward] [--threads T] [--dtype f32|f64] [--repeat R]\n";
+    "                [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]\n";
 
 enum { MODE_TRAIN, MODE_EVAL, MODE_BACKWARD };
 
@@ -111,8 +111,16 @@ static double time_calls(const build *b, bench_case *c, int inner) {
 static void fill(void *p, size_t n, bn_dtype dtype, double lo, double hi, uint64_t s) {
     for (size_t i = 0; i < n; i++) {
         const double v = lo + (hi - lo) * cli_uniform(&s);
-        if (dtype == BN_FLOAT32) ((float *)p)[i] = (float)v;
-        else ((double *)p)[i] = v;
+        if (dtype == BN_FLOAT32) {
+            ((float *)p)[i] = (float)v;
+        } else if (dtype == BN_BFLOAT16) { /* the float's bits rounded to nearest even */
+            const float f = (float)v;
+            uint32_t u;
+            memcpy(&u, &f, sizeof u);
+            ((uint16_t *)p)[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+        } else {
+            ((double *)p)[i] = v;
+        }
     }
 }
 
@@ -156,6 +164,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(opt, "--mode") && !strcmp(val, "backward")) mode = MODE_BACKWARD;
         else if (!strcmp(opt, "--dtype") && !strcmp(val, "f32")) dtype = BN_FLOAT32;
         else if (!strcmp(opt, "--dtype") && !strcmp(val, "f64")) dtype = BN_FLOAT64;
+        else if (!strcmp(opt, "--dtype") && !strcmp(val, "bf16")) dtype = BN_BFLOAT16;
         else if (!strcmp(opt, "--threads")) ok = (threads = atoi(val)) >= 1 && threads <= 1024;
         else if (!strcmp(opt, "--repeat")) ok = (repeat = atoi(val)) >= 1 && repeat <= 100000;
         else ok = 0;
@@ -168,7 +177,7 @@ int main(int argc, char **argv) {
     bench_case c = {.mode = mode, .opt = BN_OPTIONS_DEFAULT};
     if (builds[0].desc_from_dims(&c.desc, ndim, dims, dtype, layout) != BN_OK)
         return fprintf(stderr, "bench_ab: the shape is refused\n"), 2;
-    size_t es = dtype == BN_FLOAT32 ? 4 : 8, cc = (size_t)c.desc.c;
+    size_t es = dtype == BN_FLOAT32 ? 4 : dtype == BN_FLOAT64 ? 8 : 2, cc = (size_t)c.desc.c;
     size_t count = (size_t)(c.desc.n * c.desc.c * c.desc.s);
     c.x = alloc_filled(count, es, dtype, -2, 3, 1);
     c.out = alloc_filled(count, es, dtype, 0, 0, 0); /* every output page touched */

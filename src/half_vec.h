@@ -119,20 +119,22 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
 #define BN_AVX2_BF16_NARROW8(h)                                                        \
     __extension__({                                                                    \
         const __m256i u_ = _mm256_castps_si256(h);                                     \
-        const __m256i nan_ = _mm256_cmpgt_epi32(                                       \
-            _mm256_and_si256(u_, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000)); \
+        const __m256i nan_ = _mm256_castps_si256(_mm256_cmp_ps((h), (h), _CMP_UNORD_Q)); \
         const __m256i odd_ = _mm256_and_si256(_mm256_srli_epi32(u_, 16), _mm256_set1_epi32(1)); \
         const __m256i r_ = _mm256_srli_epi32(                                          \
             _mm256_add_epi32(_mm256_add_epi32(u_, _mm256_set1_epi32(0x7fff)), odd_), 16); \
         _mm256_blendv_epi8(r_, _mm256_set1_epi32(0x7fc0), nan_);                      \
     })
+/* each half widened straight from memory (VPMOVZXWD's memory operand, no lane extract), the
+ * two joined by a shuffle (a union of them went through the stack) */
 #define BN_LOAD16_bf16(p)                                                              \
     __extension__({                                                                    \
-        const __m256i h_ = _mm256_loadu_si256((const __m256i *)(p));                   \
-        const union { __m256i h[2]; bn_v16f w; } l_ = {                                \
-            {_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(h_)), 16),  \
-             _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(h_, 1)), 16)}}; \
-        l_.w;                                                                          \
+        const __m128i *q_ = (const __m128i *)(p);                                      \
+        const bn_v8f lo_ = (bn_v8f)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(q_)), 16); \
+        const bn_v8f hi_ =                                                             \
+            (bn_v8f)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(q_ + 1)), 16); \
+        (bn_v16f) __builtin_shufflevector(lo_, hi_, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, \
+                                          14, 15);                                     \
     })
 /* packus takes 128-bit lanes in turn: the permute puts the 64-bit quarters back in order */
 #define BN_NARROW_bf16(v)                                                              \
@@ -148,8 +150,7 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
 #define BN_SSE2_BF16_NARROW4(q)                                                        \
     __extension__({                                                                    \
         const __m128i u_ = _mm_castps_si128(q);                                        \
-        const __m128i nan_ = _mm_cmpgt_epi32(_mm_and_si128(u_, _mm_set1_epi32(0x7fffffff)), \
-                                             _mm_set1_epi32(0x7f800000));              \
+        const __m128i nan_ = _mm_castps_si128(_mm_cmpunord_ps((q), (q)));              \
         const __m128i odd_ = _mm_and_si128(_mm_srli_epi32(u_, 16), _mm_set1_epi32(1)); \
         const __m128i r_ =                                                             \
             _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(u_, _mm_set1_epi32(0x7fff)), odd_), 16); \
