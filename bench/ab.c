@@ -2,7 +2,7 @@
  * buffers: bench/compare.py's timer.
  *
  *   build/bench_ab BASE.so NEW.so --shape NxC[xHxW...] [--layout nchw|nhwc]
- *                  [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]
+ *                  [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16] [--repeat R]
  *
  * Both libraries are opened with RTLD_LOCAL, so each one's calls stay inside it. The case's
  * buffers are made once, as `bnorm bench` makes them; the two builds then take turns on them:
@@ -32,7 +32,7 @@
 
 static const char usage[] =
     "usage: bench_ab BASE.so NEW.so --shape NxC[xHxW...] [--layout nchw|nhwc]\n"
-    "                [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16] [--repeat R]\n";
+    "                [--mode train|eval|backward] [--threads T] [--dtype f32|f64|bf16|f16] [--repeat R]\n";
 
 enum { MODE_TRAIN, MODE_EVAL, MODE_BACKWARD };
 
@@ -118,6 +118,13 @@ static void fill(void *p, size_t n, bn_dtype dtype, double lo, double hi, uint64
             uint32_t u;
             memcpy(&u, &f, sizeof u);
             ((uint16_t *)p)[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+        } else if (dtype == BN_FLOAT16) { /* a multiple of 2^-8 below 4: a normal half, exactly */
+            const float f = (float)(nearbyint(v * 256) / 256);
+            uint32_t u;
+            memcpy(&u, &f, sizeof u);
+            ((uint16_t *)p)[i] = (u & 0x7fffffffu) == 0 ? (uint16_t)(u >> 16)
+                                 : (uint16_t)((u >> 16 & 0x8000u) | (((u >> 23 & 0xffu) - 112) << 10) |
+                                              (u >> 13 & 0x3ffu));
         } else {
             ((double *)p)[i] = v;
         }
@@ -165,6 +172,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(opt, "--dtype") && !strcmp(val, "f32")) dtype = BN_FLOAT32;
         else if (!strcmp(opt, "--dtype") && !strcmp(val, "f64")) dtype = BN_FLOAT64;
         else if (!strcmp(opt, "--dtype") && !strcmp(val, "bf16")) dtype = BN_BFLOAT16;
+        else if (!strcmp(opt, "--dtype") && !strcmp(val, "f16")) dtype = BN_FLOAT16;
         else if (!strcmp(opt, "--threads")) ok = (threads = atoi(val)) >= 1 && threads <= 1024;
         else if (!strcmp(opt, "--repeat")) ok = (repeat = atoi(val)) >= 1 && repeat <= 100000;
         else ok = 0;

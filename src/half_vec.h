@@ -220,11 +220,14 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
     })
 #elif defined(__AVX2__) && defined(__F16C__)
 #define BN_F16C_LOAD8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+/* the halves joined by a shuffle and the narrowed ones by an insert, as bfloat16's: unions of
+ * them went through the stack in every loop */
 #define BN_LOAD16_f16(p)                                                               \
     __extension__({                                                                    \
-        const union { __m256 h[2]; bn_v16f w; } l_ = {{BN_F16C_LOAD8(p),               \
-                                                      BN_F16C_LOAD8((const uint16_t *)(p) + 8)}}; \
-        l_.w;                                                                          \
+        const bn_v8f lo_ = (bn_v8f)BN_F16C_LOAD8(p);                                   \
+        const bn_v8f hi_ = (bn_v8f)BN_F16C_LOAD8((const uint16_t *)(p) + 8);           \
+        (bn_v16f) __builtin_shufflevector(lo_, hi_, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, \
+                                          14, 15);                                     \
     })
 #define BN_F16C_NARROW8(v)                                                             \
     _mm256_cvtps_ph(_mm256_blendv_ps((v), _mm256_or_ps(_mm256_and_ps((v), _mm256_set1_ps(-0.0f)), \
@@ -234,9 +237,8 @@ typedef uint32_t bn_v4u __attribute__((vector_size(16)));
 #define BN_NARROW_f16(v)                                                                \
     __extension__({                                                                    \
         const union { bn_v16f w; __m256 h[2]; } n_ = {(v)};                            \
-        const union { __m128i h[2]; bn_v16h w; } o_ = {{BN_F16C_NARROW8(n_.h[0]),      \
-                                                        BN_F16C_NARROW8(n_.h[1])}};    \
-        o_.w;                                                                          \
+        (bn_v16h)_mm256_inserti128_si256(_mm256_castsi128_si256(BN_F16C_NARROW8(n_.h[0])), \
+                                         BN_F16C_NARROW8(n_.h[1]), 1);                 \
     })
 #else
 #define BN_LOAD16_f16(p) BN_LOAD16_GENERIC(f16, p)

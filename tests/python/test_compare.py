@@ -59,7 +59,7 @@ def test_bench_ab_times_both_libraries_in_one_line():
     assert line["paired_ratio"] > 0
 
 
-@pytest.mark.parametrize("dtype", ["f32", "f64", "bf16"])
+@pytest.mark.parametrize("dtype", ["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("mode", ["train", "eval", "backward"])
 def test_bench_ab_times_every_dtype(dtype, mode):
     r = run_ab(LIB, LIB, "--shape", "8x3x5x5", "--mode", mode, "--dtype", dtype,
@@ -70,7 +70,7 @@ def test_bench_ab_times_every_dtype(dtype, mode):
 
 @pytest.mark.parametrize("args, message", [
     (["--shape", "0x2"], "bad --shape 0x2"),
-    (["--shape", "20x2", "--dtype", "f16"], "bad --dtype"),
+    (["--shape", "20x2", "--dtype", "f8"], "bad --dtype"),
     (["--shape", "20x2", "--layout", "ncwh"], "bad --layout"),
     (["--shape", "20x2", "--threads"], "--threads needs a value"),
     ([], "--shape is required"),
