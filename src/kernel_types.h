@@ -36,7 +36,8 @@
  * and SSE2 sets, GCC 12 splits 64-byte arithmetic and loads into native vectors well, but
  * compares two 64-byte vectors one lane at a time with a branch each, and moves a union of
  * narrower halves read as one wider vector through the stack: there, comparisons and
- * conversions are written a native vector at a time (kernels.inc's RELUW, half_vec.h). */
+ * conversions are written a native vector at a time, and halves are joined by
+ * __builtin_shufflevector or an insert, never a union (kernels.inc's RELUW, half_vec.h). */
 typedef double bn_v8d __attribute__((vector_size(64)));
 typedef float bn_v8f __attribute__((vector_size(32)));
 typedef float bn_v16f __attribute__((vector_size(64)));
