@@ -279,6 +279,23 @@ def write_header(w, spec, c, module):
         w.array("bias", module.bias)
 
 
+def native_step(spec, module, x, rm0, rv0):
+    """torch.native_batch_norm on x with module's weight and bias and a copy of the running
+    statistics it had before the step (rm0, rv0, None without tracking): (output, save_mean,
+    save_invstd, running mean, running var), the last two None without tracking."""
+    if spec["track"]:
+        momentum = spec["momentum"]
+        factor = 1.0 / int(module.num_batches_tracked) if momentum is None else momentum
+        rm, rv = rm0.clone(), rv0.clone()
+    else:
+        factor, rm, rv = 0.0, None, None
+    wt = module.weight.detach() if spec["affine"] else None
+    bs = module.bias.detach() if spec["affine"] else None
+    out, save_mean, save_invstd = torch.native_batch_norm(x, wt, bs, rm, rv, True, factor,
+                                                          spec["eps"])
+    return out, save_mean, save_invstd, rm, rv
+
+
 def make_case(w, spec, report):
     if spec["dtype"] == "bf16":
         make_case_bf16(w, spec, report)
@@ -317,6 +334,7 @@ def make_case(w, spec, report):
 
         w.line("step", mode)
         w.line("dims", ndim, *dims)
+        rm0 = rv0 = None
         if spec["track"]:
             rm0, rv0 = ref.running_mean.clone(), ref.running_var.clone()
             nbt0 = int(ref.num_batches_tracked)
@@ -347,15 +365,7 @@ def make_case(w, spec, report):
         if batch_stats and dims[0] > 0:
             # torch.native_batch_norm on the same input: the batch mean and invstd, and a
             # cross-check of the module's output and running update.
-            if spec["track"]:
-                factor = 1.0 / int(ref.num_batches_tracked) if momentum is None else momentum
-                rm, rv = rm0.clone(), rv0.clone()
-            else:
-                factor, rm, rv = 0.0, None, None
-            wt = ref.weight.detach() if spec["affine"] else None
-            bs = ref.bias.detach() if spec["affine"] else None
-            out, save_mean, save_invstd = torch.native_batch_norm(x, wt, bs, rm, rv, True,
-                                                                  factor, eps)
+            out, save_mean, save_invstd, rm, rv = native_step(spec, ref, x, rm0, rv0)
             assert rel_dev(out, y) < 1e-12, spec["name"]
             if spec["track"]:
                 assert rel_dev(rm, ref.running_mean) < 1e-6, spec["name"]
@@ -430,6 +440,7 @@ def make_case_bf16(w, spec, report):
 
         w.line("step", mode)
         w.line("dims", ndim, *dims)
+        rm0 = rv0 = None
         if spec["track"]:
             rm0, rv0 = mod.running_mean.clone(), mod.running_var.clone()
             w.array("running_mean_before", rm0)
@@ -458,15 +469,7 @@ def make_case_bf16(w, spec, report):
         if batch_stats and dims[0] > 0:
             # the same kernel called directly, for the batch mean and invstd it saves (in the
             # parameters' dtype), and float64's
-            if spec["track"]:
-                factor = 1.0 / int(mod.num_batches_tracked) if momentum is None else momentum
-                rm, rv = rm0.clone(), rv0.clone()
-            else:
-                factor, rm, rv = 0.0, None, None
-            wt = mod.weight.detach() if spec["affine"] else None
-            bs = mod.bias.detach() if spec["affine"] else None
-            out, save_mean, save_invstd = torch.native_batch_norm(xb, wt, bs, rm, rv, True,
-                                                                  factor, eps)
+            out, save_mean, save_invstd, rm, rv = native_step(spec, mod, xb, rm0, rv0)
             assert torch.equal(out, y), spec["name"]
             if spec["track"]:
                 assert torch.equal(rm, mod.running_mean), spec["name"]
