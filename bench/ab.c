@@ -48,6 +48,7 @@ typedef struct build {
                               const void *, const bn_desc *, double);
     bn_status (*backward_train)(void *, void *, void *, const void *, const void *,
                                 const double *, const double *, const void *, const bn_desc *);
+    bn_status (*convert)(void *, bn_dtype, const void *, bn_dtype, int64_t);
 } build;
 
 /* The buffers of the case, shared by both builds. */
@@ -81,6 +82,7 @@ static int open_build(build *b, const char *path) {
     FIND(forward_train, "bn_forward_train");
     FIND(forward_eval, "bn_forward_eval");
     FIND(backward_train, "bn_backward_train");
+    FIND(convert, "bn_convert");
 #undef FIND
     return 1;
 }
@@ -107,34 +109,19 @@ static double time_calls(const build *b, bench_case *c, int inner) {
     return (cli_now_ns() - t0) / inner;
 }
 
-/* n values of dtype from lo + (hi - lo) * uniform[0, 1) */
-static void fill(void *p, size_t n, bn_dtype dtype, double lo, double hi, uint64_t s) {
-    for (size_t i = 0; i < n; i++) {
-        const double v = lo + (hi - lo) * cli_uniform(&s);
-        if (dtype == BN_FLOAT32) {
-            ((float *)p)[i] = (float)v;
-        } else if (dtype == BN_BFLOAT16) { /* the float's bits rounded to nearest even */
-            const float f = (float)v;
-            uint32_t u;
-            memcpy(&u, &f, sizeof u);
-            ((uint16_t *)p)[i] = (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
-        } else if (dtype == BN_FLOAT16) { /* a multiple of 2^-8 below 4: a normal half, exactly */
-            const float f = (float)(nearbyint(v * 256) / 256);
-            uint32_t u;
-            memcpy(&u, &f, sizeof u);
-            ((uint16_t *)p)[i] = (u & 0x7fffffffu) == 0 ? (uint16_t)(u >> 16)
-                                 : (uint16_t)((u >> 16 & 0x8000u) | (((u >> 23 & 0xffu) - 112) << 10) |
-                                              (u >> 13 & 0x3ffu));
-        } else {
-            ((double *)p)[i] = v;
-        }
-    }
-}
-
-static void *alloc_filled(size_t n, size_t esize, bn_dtype dtype, double lo, double hi,
-                          uint64_t seed) {
+/* n values of dtype from lo + (hi - lo) * uniform[0, 1), each rounded once to dtype by the
+ * library's own bn_convert. */
+static void *alloc_filled(const build *b, size_t n, size_t esize, bn_dtype dtype, double lo,
+                          double hi, uint64_t seed) {
     void *p = aligned_alloc(64, (n * esize + 63) / 64 * 64);
-    if (p) fill(p, n, dtype, lo, hi, seed);
+    double *v = malloc(sizeof(double) * (n ? n : 1));
+    if (p && v) {
+        for (size_t i = 0; i < n; i++) v[i] = lo + (hi - lo) * cli_uniform(&seed);
+        if (b->convert(p, dtype, v, BN_FLOAT64, (int64_t)n) != BN_OK) free(p), p = NULL;
+    } else {
+        free(p), p = NULL;
+    }
+    free(v);
     return p;
 }
 
@@ -187,17 +174,17 @@ int main(int argc, char **argv) {
         return fprintf(stderr, "bench_ab: the shape is refused\n"), 2;
     size_t es = dtype == BN_FLOAT32 ? 4 : dtype == BN_FLOAT64 ? 8 : 2, cc = (size_t)c.desc.c;
     size_t count = (size_t)(c.desc.n * c.desc.c * c.desc.s);
-    c.x = alloc_filled(count, es, dtype, -2, 3, 1);
-    c.out = alloc_filled(count, es, dtype, 0, 0, 0); /* every output page touched */
-    c.dy = mode == MODE_BACKWARD ? alloc_filled(count, es, dtype, -1, 1, 2) : NULL;
-    c.weight = alloc_filled(cc, es, dtype, 0.5, 1.5, 3);
-    c.bias = alloc_filled(cc, es, dtype, -0.5, 0.5, 4);
-    c.rmean = alloc_filled(cc, es, dtype, -0.5, 0.5, 5);
-    c.rvar = alloc_filled(cc, es, dtype, 0.5, 2.0, 6);
-    c.dweight = alloc_filled(cc, es, dtype, 0, 0, 0);
-    c.dbias = alloc_filled(cc, es, dtype, 0, 0, 0);
-    c.save_mean = alloc_filled(cc, 8, BN_FLOAT64, 0, 0, 0);
-    c.save_invstd = alloc_filled(cc, 8, BN_FLOAT64, 0, 0, 0);
+    c.x = alloc_filled(&builds[0], count, es, dtype, -2, 3, 1);
+    c.out = alloc_filled(&builds[0], count, es, dtype, 0, 0, 0); /* every output page touched */
+    c.dy = mode == MODE_BACKWARD ? alloc_filled(&builds[0], count, es, dtype, -1, 1, 2) : NULL;
+    c.weight = alloc_filled(&builds[0], cc, es, dtype, 0.5, 1.5, 3);
+    c.bias = alloc_filled(&builds[0], cc, es, dtype, -0.5, 0.5, 4);
+    c.rmean = alloc_filled(&builds[0], cc, es, dtype, -0.5, 0.5, 5);
+    c.rvar = alloc_filled(&builds[0], cc, es, dtype, 0.5, 2.0, 6);
+    c.dweight = alloc_filled(&builds[0], cc, es, dtype, 0, 0, 0);
+    c.dbias = alloc_filled(&builds[0], cc, es, dtype, 0, 0, 0);
+    c.save_mean = alloc_filled(&builds[0], cc, 8, BN_FLOAT64, 0, 0, 0);
+    c.save_invstd = alloc_filled(&builds[0], cc, 8, BN_FLOAT64, 0, 0, 0);
     if (!c.x || !c.out || (mode == MODE_BACKWARD && !c.dy) || !c.weight || !c.bias || !c.rmean ||
         !c.rvar || !c.dweight || !c.dbias || !c.save_mean || !c.save_invstd)
         return fprintf(stderr, "bench_ab: out of memory\n"), 1;
